@@ -1,0 +1,174 @@
+"""`vpp-agent` command line: check-config, run, demo.
+
+This module is the composition root: the one place in `agent` that wires in drivers (and, for the demo, the
+simulator). Everything below it sees devices only through the Driver interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from agent.config import AppConfig, ConfigError, load_config
+from agent.logs import configure_logging
+from agent.loop import ControlLoop
+
+EXIT_CONFIG = 2
+log = structlog.get_logger("agent.cli")
+
+
+def _load_checked(path: str) -> AppConfig:
+    """Load the config and every register map it names, so a typo fails here and not at the first poll."""
+    from drivers.registermap import MapError, load_map
+
+    config = load_config(path)
+    for index, asset in enumerate(config.assets):
+        try:
+            load_map(asset.map)
+        except MapError as exc:
+            raise ConfigError(f"{path}: assets[{index}].map: {exc}") from exc
+    if config.simulation is not None:
+        from sim_devices.config import SimulationError, parse_simulation
+
+        try:
+            parse_simulation(config.simulation, f"{path}: simulation")
+        except SimulationError as exc:
+            raise ConfigError(str(exc)) from exc
+    return config
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float | None) -> None:
+    if seconds is None:
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    stop.set()
+
+
+async def run_agent(config: AppConfig, stop: asyncio.Event, now: Callable[[], datetime]) -> ControlLoop:
+    from drivers.factory import build_drivers
+
+    drivers, pool = build_drivers(config, now)
+    loop = ControlLoop(config, drivers, clock=now)
+    log.info("agent.start", assets=len(drivers), period_s=config.agent.poll_period_s)
+    try:
+        await loop.run(stop)
+    finally:
+        pool.close()
+        log.info("agent.stop", cycles=loop.cycles, writes=loop.writes)
+    return loop
+
+
+async def _run(config: AppConfig, duration_s: float | None) -> None:
+    stop = asyncio.Event()
+    _install_stop(stop)
+    await asyncio.gather(run_agent(config, stop, lambda: datetime.now(UTC)), _stop_after(stop, duration_s))
+
+
+async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    from agent.ui import render
+    from drivers.factory import build_drivers
+    from sim_devices.config import parse_simulation
+    from sim_devices.runner import SimSite
+
+    if config.simulation is None:
+        raise ConfigError("demo needs a [simulation] table in the config (see config.toml)")
+    sim_config = parse_simulation(config.simulation, "simulation")
+    if speed is not None:
+        sim_config = sim_config.model_copy(update={"speed": speed})
+    stop = asyncio.Event()
+    _install_stop(stop)
+    console = Console()
+    async with SimSite.from_config(sim_config) as site:
+        now = site.clock.now
+        drivers, pool = build_drivers(config, now)
+        loop = ControlLoop(config, drivers, clock=now)
+        runner = asyncio.create_task(loop.run(stop))
+        timer = asyncio.create_task(_stop_after(stop, duration_s))
+        try:
+            with Live(render(loop), console=console, refresh_per_second=2, transient=False) as live:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.5)
+                    live.update(render(loop))
+        finally:
+            stop.set()
+            await runner
+            timer.cancel()
+            pool.close()
+    console.print(f"demo stopped after {loop.cycles} cycles, {loop.writes} setpoint writes")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _load_checked(args.config)
+    count = sum(len(a.placements()) for a in config.assets)
+    print(f"{args.config}: ok ({count} assets)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load_checked(args.config)
+    configure_logging(config.agent.log_level, config.agent.log_format)
+    asyncio.run(_run(config, args.duration))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    config = _load_checked(args.config)
+    configure_logging("warning" if args.quiet else config.agent.log_level, config.agent.log_format)
+    started = time.monotonic()
+    asyncio.run(_demo(config, args.duration, args.speed))
+    log.info("demo.done", wall_s=round(time.monotonic() - started, 2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpp-agent", description="Virtual power plant control agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="validate a config file and the register maps it names")
+    check.add_argument("config", help="path to config.toml")
+    check.set_defaults(func=_cmd_check)
+    run = sub.add_parser("run", help="run the agent against the devices in the config")
+    run.add_argument("--config", default="config.toml")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.set_defaults(func=_cmd_run)
+    demo = sub.add_parser("demo", help="start the simulated site of the config and the agent, with a live table")
+    demo.add_argument("--config", default="config.toml")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--speed", type=float, default=None, help="simulated seconds per wall second")
+    demo.add_argument("--quiet", action="store_true", help="log warnings only")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

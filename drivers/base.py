@@ -1,0 +1,43 @@
+"""The Driver interface: the only face of a device the agent sees (DESIGN.md §2).
+
+A driver turns one device into Measurements and takes Setpoints, both in SI units and the agent's sign
+convention. The agent never imports a protocol library; adding a transport means adding a class that fits this.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from agent.model import AssetKind, Measurement
+
+
+class DriverError(Exception):
+    """A device did not answer, answered with an exception, or sent values that make no sense.
+
+    The message names the asset and what failed; the agent counts it toward the asset's availability.
+    """
+
+    def __init__(self, asset_id: str, message: str) -> None:
+        super().__init__(f"{asset_id}: {message}")
+        self.asset_id = asset_id
+
+
+@runtime_checkable
+class Driver(Protocol):
+    asset_id: str
+    kind: AssetKind
+
+    async def connect(self) -> None:
+        """Open what the driver needs; failing to connect is not fatal (reads will retry)."""
+
+    async def read(self) -> Measurement:
+        """One poll of the device; raises DriverError when it fails."""
+
+    async def write_setpoint(self, power_w: float) -> None:
+        """Write a power setpoint that has already passed the SafetyEnvelope; raises DriverError."""
+
+    async def write_lease_timeout(self, seconds: float) -> None:
+        """Set the device's communication timeout after which it returns to 0 W by itself."""
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""

@@ -83,11 +83,11 @@ async def _run(config: AppConfig, duration_s: float | None) -> None:
 async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
     from rich.console import Console
     from rich.live import Live
+    from sim_devices.config import parse_simulation
+    from sim_devices.runner import SimSite
 
     from agent.ui import render
     from drivers.factory import build_drivers
-    from sim_devices.config import parse_simulation
-    from sim_devices.runner import SimSite
 
     if config.simulation is None:
         raise ConfigError("demo needs a [simulation] table in the config (see config.toml)")

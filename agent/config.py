@@ -66,7 +66,9 @@ class AssetConfig(Strict):
     unit_id: int = Field(1, ge=0, le=247)
     count: int | None = Field(None, ge=1, le=100000)
     units_per_port: int = Field(1, ge=1, le=247)
-    rated_charge_w: float | None = Field(None, ge=0, description="nameplate override; the lower of this and the device's wins")
+    rated_charge_w: float | None = Field(
+        None, ge=0, description="nameplate override; the lower of this and the device's wins"
+    )
     rated_discharge_w: float | None = Field(None, ge=0)
     ramp_w_per_s: float | None = Field(None, gt=0, description="agent-side ramp limit on setpoint changes")
     efficiency: float = Field(0.95, gt=0, le=1, description="one-way conversion efficiency assumed for EV planning")

@@ -41,9 +41,7 @@ class AssetState:
         return _lower(self.config.rated_charge_w, self.measurement.rated_charge_w if self.measurement else None)
 
     def rated_discharge_w(self) -> float:
-        return _lower(
-            self.config.rated_discharge_w, self.measurement.rated_discharge_w if self.measurement else None
-        )
+        return _lower(self.config.rated_discharge_w, self.measurement.rated_discharge_w if self.measurement else None)
 
     def usable_capacity_wh(self) -> float | None:
         """Energy the pack holds when full: nominal capacity scaled by SoH where the device reports it."""

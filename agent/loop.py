@@ -9,6 +9,7 @@ device's lease needs refreshing, which halves the Modbus traffic of a steady sit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -88,10 +89,8 @@ class ControlLoop:
             if delay < 0:  # overran: start again now, do not try to catch up with a burst
                 next_start = self.monotonic()
                 delay = 0.0
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
     async def cycle(self) -> CycleTiming:
         t0 = self.monotonic()
@@ -127,7 +126,12 @@ class ControlLoop:
             else:
                 first = state.consecutive_failures == 0
                 if self.fleet.record_failure(state.id, result, done, self.period_s):
-                    log.warning("asset.unavailable", asset_id=state.id, error=result, failures=state.consecutive_failures)
+                    log.warning(
+                        "asset.unavailable",
+                        asset_id=state.id,
+                        error=result,
+                        failures=state.consecutive_failures,
+                    )
                 elif first:
                     log.info("poll.failed", asset_id=state.id, error=result)
 
@@ -141,7 +145,8 @@ class ControlLoop:
         now = self.clock()
         states = {s.id: s for s in self.fleet.controllable() if s.available}
         bounds: dict[str, Bounds] = {
-            asset_id: self.envelope.bounds(state, now, self.period_s, self.lease_s) for asset_id, state in states.items()
+            asset_id: self.envelope.bounds(state, now, self.period_s, self.lease_s)
+            for asset_id, state in states.items()
         }
         assets_power = sum(s.measurement.power_w for s in states.values() if s.measurement is not None)
         meter_w = self.site_meter_w()

@@ -60,7 +60,13 @@ def asset_bounds(state: AssetState, now: datetime, horizon_s: float) -> Bounds:
 
 
 def _ev_limits(
-    state: AssetState, now: datetime, horizon_s: float, capacity_wh: float, low: float, low_reason: str, high: float
+    state: AssetState,
+    now: datetime,
+    horizon_s: float,
+    capacity_wh: float,
+    low: float,
+    low_reason: str,
+    high: float,
 ) -> tuple[float, str, float]:
     """Raise the lower bound so the EV stays above its minimum SoC and can still reach its target by departure."""
     m = state.measurement

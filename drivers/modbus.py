@@ -7,7 +7,6 @@ A device that times out costs its gateway one timeout, never the other gateways 
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -110,10 +109,8 @@ class ModbusDriver:
         return f"ModbusDriver({self.asset_id} {self.map.id} @ {self.gateway.host}:{self.gateway.port}/{self.unit_id})"
 
     async def connect(self) -> None:
-        try:
+        with contextlib.suppress(ModbusException, OSError):  # reads report the failure; the client reconnects
             await self.gateway.ensure_connected()
-        except (ModbusException, OSError):
-            pass  # reads report the failure; the client keeps reconnecting
 
     async def read(self) -> Measurement:
         span_registers: list[list[int]] = []
@@ -125,7 +122,8 @@ class ModbusDriver:
             registers = response.registers
             if len(registers) != span.count:
                 raise DriverError(
-                    self.asset_id, f"read at {span.address} returned {len(registers)} registers, asked {span.count}"
+                    self.asset_id,
+                    f"read at {span.address} returned {len(registers)} registers, asked {span.count}",
                 )
             span_registers.append(registers)
         return self.to_measurement(self.map.decode(span_registers))
@@ -157,7 +155,7 @@ class ModbusDriver:
         try:
             await self.gateway.ensure_connected()
             response = await request
-        except (ModbusException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ModbusException, OSError) as exc:
             raise DriverError(self.asset_id, f"{what} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             request.close()  # a coroutine never awaited after a failed connect must not warn
@@ -212,9 +210,7 @@ class ModbusDriver:
 
     def _bad(self, field: str, value: float, problem: str) -> None:
         address = self.map.codec(field).row.address
-        raise DriverError(
-            self.asset_id, f"register {address} ({field}) value {value!r} {problem} (map {self.map.id})"
-        )
+        raise DriverError(self.asset_id, f"register {address} ({field}) value {value!r} {problem} (map {self.map.id})")
 
 
 def _clip01(value: float | None) -> float | None:

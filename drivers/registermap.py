@@ -273,8 +273,11 @@ def _spans(rows: list[RegisterRow]) -> list[Span]:
     spans: list[Span] = []
     start = end = None
     for row in rows:
-        if start is not None and end is not None and row.address == end and row.address + row.width - start <= (
-            MAX_READ_REGISTERS
+        if (
+            start is not None
+            and end is not None
+            and row.address == end
+            and row.address + row.width - start <= (MAX_READ_REGISTERS)
         ):
             end = row.address + row.width
             continue

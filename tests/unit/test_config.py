@@ -1,0 +1,107 @@
+"""Config validation: bad files fail with one message naming the key path and the value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_config(ROOT / "config.toml")
+    ids = [p.id for a in config.assets for p in a.placements()]
+    assert ids == ["ev1", "ev2", "ev3", "ev4", "bess1", "bess2", "meter-site", "meter-pv"]
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("[agent]\npoll_periodd_s = 1\n", "x.toml")
+    assert "agent.poll_periodd_s" in str(err.value)
+    assert "Extra inputs are not permitted" in str(err.value)
+
+
+def test_bad_value_names_path_and_value() -> None:
+    text = '[[assets]]\nid = "a"\nmap = "vppsim_battery"\nport = 70000\n'
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "site.toml")
+    message = str(err.value)
+    assert message.startswith("site.toml:")
+    assert "assets[0].port" in message and "70000" in message
+
+
+def test_timeout_must_fit_in_period() -> None:
+    with pytest.raises(ConfigError, match=r"poll_timeout_s \(2.0\) must be below poll_period_s \(1.0\)"):
+        parse_config("[agent]\npoll_timeout_s = 2.0\n")
+
+
+def test_duplicate_ids_after_group_expansion() -> None:
+    text = (
+        '[[assets]]\nid = "ev{i}"\ncount = 3\nmap = "vppsim_v2g_dc"\nport = 1000\n'
+        '[[assets]]\nid = "ev2"\nmap = "vppsim_v2g_dc"\nport = 2000\n'
+    )
+    with pytest.raises(ConfigError, match=r"assets\[1\].*'ev2' already used by assets\[0\]"):
+        parse_config(text)
+
+
+def test_site_meter_must_be_an_asset() -> None:
+    with pytest.raises(ConfigError, match=r"site\.meter: 'nope' is not an asset id"):
+        parse_config('[site]\nmeter = "nope"\n')
+
+
+def test_invalid_toml_names_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"^cfg.toml: not valid TOML"):
+        parse_config("[agent\n", "cfg.toml")
+
+
+def test_gateway_groups_fill_units_then_ports() -> None:
+    text = (
+        '[[assets]]\nid = "d{i:02d}"\ncount = 5\nmap = "vppsim_battery"\nport = 100\nunit_id = 1\nunits_per_port = 2\n'
+    )
+    placements = parse_config(text).assets[0].placements()
+    assert [(p.id, p.port, p.unit_id) for p in placements] == [
+        ("d01", 100, 1),
+        ("d02", 100, 2),
+        ("d03", 101, 1),
+        ("d04", 101, 2),
+        ("d05", 102, 1),
+    ]
+
+
+def _check_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_check_config_exits_2_with_message(tmp_path: Path) -> None:
+    result = _check_config(tmp_path, '[control]\nsite_target_w = "lots"\n')
+    assert result.returncode == 2
+    assert "control.site_target_w" in result.stderr and "'lots'" in result.stderr
+
+
+def test_check_config_rejects_unknown_map(tmp_path: Path) -> None:
+    result = _check_config(tmp_path, '[[assets]]\nid = "a"\nmap = "no_such_model"\nport = 1502\n')
+    assert result.returncode == 2
+    assert "assets[0].map" in result.stderr and "no_such_model" in result.stderr
+
+
+def test_check_config_accepts_shipped_config() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check-config", str(ROOT / "config.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok (8 assets)" in result.stdout

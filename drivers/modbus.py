@@ -7,6 +7,7 @@ A device that times out costs its gateway one timeout, never the other gateways 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime

@@ -65,6 +65,7 @@ class ControlLoop:
         self.fleet = Fleet(states, settings.unavailable_after, settings.max_backoff_s)
         self.envelope = SafetyEnvelope(config.site.import_limit_w, config.site.export_limit_w)
         self.site_target_w = config.control.site_target_w
+        self.overrides: dict[str, float] = {}
         self.mode = config.control.mode
         self.timings: deque[CycleTiming] = deque(maxlen=600)
         self.last_setpoints: dict[str, Setpoint] = {}
@@ -77,6 +78,19 @@ class ControlLoop:
     def set_site_target(self, watts: float) -> None:
         self.site_target_w = watts
         log.info("control.target", site_target_w=watts)
+
+    def set_override(self, asset_id: str, watts: float | None) -> None:
+        """Request a fixed power for one asset (commissioning, manual operation); None hands it back.
+
+        An override replaces the controller's request only: it still passes the SafetyEnvelope like any other.
+        """
+        if asset_id not in self.fleet.assets or not self.fleet.assets[asset_id].controllable:
+            raise KeyError(f"{asset_id!r} is not a controllable asset")
+        if watts is None:
+            self.overrides.pop(asset_id, None)
+        else:
+            self.overrides[asset_id] = watts
+        log.info("control.override", asset_id=asset_id, requested_w=watts)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle until `stop` is set; returns within one request timeout of it."""
@@ -155,6 +169,7 @@ class ControlLoop:
         else:
             requests = {asset_id: 0.0 for asset_id in states}
             self.uncontrolled_w = 0.0 if meter_w is None else meter_w - assets_power
+        requests.update({k: v for k, v in self.overrides.items() if k in requests})
         setpoints = self.envelope.apply(requests, states, bounds, self.uncontrolled_w)
         for asset_id, setpoint in setpoints.items():
             state = states[asset_id]

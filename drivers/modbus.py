@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
 
 from agent.model import AssetKind, DeviceStatus, Measurement
 from drivers.base import DriverError
@@ -118,7 +119,9 @@ class ModbusDriver:
         for span in self.map.spans:
             response = await self._call(
                 f"read {span.count} registers at {span.address}",
-                self.gateway.client.read_holding_registers(span.address, count=span.count, device_id=self.unit_id),
+                lambda client, span=span: client.read_holding_registers(
+                    span.address, count=span.count, device_id=self.unit_id
+                ),
             )
             registers = response.registers
             if len(registers) != span.count:
@@ -149,17 +152,16 @@ class ModbusDriver:
             raise DriverError(self.asset_id, f"cannot encode {field}: {exc}") from exc
         await self._call(
             f"write {field} at {codec.row.address}",
-            self.gateway.client.write_registers(codec.row.address, registers, device_id=self.unit_id),
+            lambda client: client.write_registers(codec.row.address, registers, device_id=self.unit_id),
         )
 
-    async def _call(self, what: str, request):  # type: ignore[no-untyped-def]
+    async def _call(self, what: str, request: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Run one request; every transport failure becomes a DriverError naming the asset and the request."""
         try:
             await self.gateway.ensure_connected()
-            response = await request
-        except (TimeoutError, ModbusException, OSError) as exc:
+            response = await request(self.gateway.client)
+        except (ModbusException, OSError, TimeoutError) as exc:
             raise DriverError(self.asset_id, f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            request.close()  # a coroutine never awaited after a failed connect must not warn
         if response.isError():
             code = getattr(response, "exception_code", "?")
             raise DriverError(self.asset_id, f"{what}: device answered Modbus exception {code}")

@@ -12,7 +12,7 @@ non-linear SEI term:
     f_cal  = k_t · t · S_σ(σ̄) · S_T(T)                  (σ̄ the time-averaged SoC)
     S_δ(δ) = 1 / (1.40e5 · δ^−0.501 − 1.23e5)           cycle-depth stress, per full cycle
     S_σ(σ) = exp(1.04 · (σ − 0.5))                        SoC stress
-    S_T(T) = exp(0.0693 · (T − 298 K) · 298 K / T)        temperature stress, T in kelvin
+    S_T(T) = exp(0.0693 · (T − T_ref) · T_ref / T)        temperature stress, T in kelvin, T_ref = 25 °C
     k_t    = 4.14e−10 per second                          calendar ageing
 
 With these numbers about 2,800 full cycles at 25 °C fade a cell to 80 % (REFERENCE.md). Half cycles are counted
@@ -34,7 +34,7 @@ K_DELTA3 = -1.23e5
 K_SIGMA = 1.04
 SIGMA_REF = 0.5
 K_TEMP = 0.0693
-T_REF_K = 298.0
+T_REF_K = 298.15  # 25 °C; the paper rounds it to 298 K
 K_CAL_PER_S = 4.14e-10
 # An SoC move smaller than this back from the running extreme is noise, not a reversal (keeps float jitter and
 # tiny regulation wiggles from closing thousands of micro half-cycles).

@@ -24,6 +24,9 @@ class SetpointLease:
     writes: int = 0
     last_written_w: float | None = None
     expiries: int = 0
+    # Extremes of every value ever written: lets a test prove no controller wrote beyond the device's limits.
+    max_written_w: float = -math.inf
+    min_written_w: float = math.inf
 
     def write(self, setpoint_w: float, now_s: float) -> None:
         """Record a setpoint write; every write renews the lease, even one with the same value."""
@@ -31,6 +34,8 @@ class SetpointLease:
             raise ValueError(f"setpoint {setpoint_w!r} is not a finite number")
         self.setpoint_w = float(setpoint_w)
         self.last_written_w = float(setpoint_w)
+        self.max_written_w = max(self.max_written_w, self.last_written_w)
+        self.min_written_w = min(self.min_written_w, self.last_written_w)
         self.written_at_s = now_s
         self.writes += 1
 

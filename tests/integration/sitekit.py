@@ -1,0 +1,96 @@
+"""Start a simulated site and the agent against it on free loopback ports, for end-to-end tests and the bench.
+
+Imported as `sitekit` (pytest puts this folder on sys.path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from agent.config import AppConfig, parse_config
+from agent.loop import ControlLoop
+from drivers.factory import build_drivers
+from drivers.modbus import GatewayPool
+from sim_devices.clock import Clock
+from sim_devices.config import parse_simulation
+from sim_devices.runner import SimSite
+
+HOST = "127.0.0.1"
+
+
+def free_port_block(count: int) -> int:
+    """First of `count` consecutive ports free on 127.0.0.1 (pymodbus servers cannot bind port 0)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind((HOST, port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {count} free ports")
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 15.0, what: str = "") -> None:
+    """Poll until `check` holds; the deadline only bounds a failing test, it is not a timing assertion."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {timeout_s} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Running:
+    site: SimSite
+    config: AppConfig
+    loop: ControlLoop
+    pool: GatewayPool
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None
+
+    def device(self, device_id: str):  # type: ignore[no-untyped-def]
+        return self.site.devices[device_id]
+
+    async def halt_agent(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+            self.task = None
+
+
+@contextlib.asynccontextmanager
+async def running_site(
+    template: str, ports: int, clock: Clock | None = None, start_agent: bool = True
+) -> AsyncIterator[Running]:
+    """`template` is one TOML text (agent tables + [simulation]) with `{port}` for the first of `ports` ports."""
+    text = template.replace("{port}", str(free_port_block(ports)))
+    config = parse_config(text, "test-site.toml")
+    sim_config = parse_simulation(tomllib.loads(text)["simulation"])
+    async with SimSite.from_config(sim_config, clock=clock) as site:
+        now = site.clock.now
+        drivers, pool = build_drivers(config, now)
+        loop = ControlLoop(config, drivers, clock=now)
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop.run(stop)) if start_agent else None
+        running = Running(site, config, loop, pool, stop, task)
+        try:
+            yield running
+        finally:
+            await running.halt_agent()
+            pool.close()

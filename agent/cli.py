@@ -53,11 +53,16 @@ def _install_stop(stop: asyncio.Event) -> None:
 
 
 async def _stop_after(stop: asyncio.Event, seconds: float | None) -> None:
-    if seconds is None:
-        return
+    if seconds is not None:
+        await _wait(stop, seconds)
+        stop.set()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `stop`; True when it is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    stop.set()
+    return stop.is_set()
 
 
 async def run_agent(config: AppConfig, stop: asyncio.Event, now: Callable[[], datetime]) -> ControlLoop:
@@ -83,11 +88,11 @@ async def _run(config: AppConfig, duration_s: float | None) -> None:
 async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
     from rich.console import Console
     from rich.live import Live
-    from sim_devices.config import parse_simulation
-    from sim_devices.runner import SimSite
 
     from agent.ui import render
     from drivers.factory import build_drivers
+    from sim_devices.config import parse_simulation
+    from sim_devices.runner import SimSite
 
     if config.simulation is None:
         raise ConfigError("demo needs a [simulation] table in the config (see config.toml)")
@@ -97,6 +102,8 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
     stop = asyncio.Event()
     _install_stop(stop)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and pipes: wide enough that ids and totals are not cut
     async with SimSite.from_config(sim_config) as site:
         now = site.clock.now
         drivers, pool = build_drivers(config, now)
@@ -104,16 +111,20 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
         runner = asyncio.create_task(loop.run(stop))
         timer = asyncio.create_task(_stop_after(stop, duration_s))
         try:
-            with Live(render(loop), console=console, refresh_per_second=2, transient=False) as live:
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=0.5)
-                    live.update(render(loop))
+            if console.is_terminal:
+                with Live(render(loop), console=console, refresh_per_second=2) as live:
+                    while not await _wait(stop, 0.5):
+                        live.update(render(loop))
+            else:  # no screen to redraw: one totals line per period, the full table at the end
+                while not await _wait(stop, config.agent.poll_period_s):
+                    console.print(render(loop).renderables[-1])
         finally:
             stop.set()
             await runner
             timer.cancel()
             pool.close()
+        if not console.is_terminal:
+            console.print(render(loop))
     console.print(f"demo stopped after {loop.cycles} cycles, {loop.writes} setpoint writes")
 
 

@@ -31,6 +31,8 @@ def _row(state: AssetState, loop: ControlLoop) -> list[str | Text]:
         status = Text("UNAVAILABLE", style="bold red")
     elif m is None:
         status = Text("…")
+    elif state.kind is AssetKind.METER:
+        status = Text("fault", style="red") if m.status is DeviceStatus.FAULT else Text("ok")
     else:
         status = Text(m.status.name.lower(), style="red" if m.status is DeviceStatus.FAULT else "")
     setpoint = loop.last_setpoints.get(state.id)
@@ -51,7 +53,7 @@ def _row(state: AssetState, loop: ControlLoop) -> list[str | Text]:
 
 
 def render(loop: ControlLoop) -> Group:
-    table = Table(title="vpp-agent — assets", expand=True)
+    table = Table(title="vpp-agent — assets")
     for column in ("asset", "kind", "status", "power kW", "setpoint kW", "SoC", "EV target", "note"):
         table.add_column(column, justify="right" if "kW" in column or column == "SoC" else "left")
     for state in loop.fleet.assets.values():

@@ -47,25 +47,27 @@ def free_port_block(count: int) -> int:
 
 
 def site_config(devices: int, port: int, period_s: float) -> str:
+    """Agent tables and the matching [simulation] for `devices` assets (80 % chargers, 20 % batteries) + a meter."""
     chargers = devices * 4 // 5
     batteries = devices - chargers
-    gateways_ev = -(-chargers // UNITS_PER_GATEWAY)
-    bess_port = port + gateways_ev
+    bess_port = port + -(-chargers // UNITS_PER_GATEWAY)
     meter_port = bess_port + -(-batteries // UNITS_PER_GATEWAY)
-    group = "id = {id!r}\ncount = {n}\n{key} = {model!r}\nport = {port}\nunits_per_port = " + str(UNITS_PER_GATEWAY)
-    parts = [
-        f"[agent]\npoll_period_s = {period_s}\npoll_timeout_s = {period_s / 2}\nlog_level = 'warning'\n",
-        "[site]\nmeter = 'meter-site'\n[control]\nsite_target_w = 0.0\n",
-    ]
-    for key, table in (("map", "[[assets]]"), ("model", "[[simulation.devices]]")):
-        parts.append(table + "\n" + group.format(id="ev{i:04d}", n=chargers, key=key, model="vppsim_v2g_dc", port=port))
-        parts.append(
-            table + "\n" + group.format(id="bess{i:04d}", n=batteries, key=key, model="vppsim_battery", port=bess_port)
-        )
-        parts.append(f"{table}\nid = 'meter-site'\n{key} = 'vppsim_dc_meter'\nport = {meter_port}\n")
-    sim = "[simulation]\nhost = '127.0.0.1'\nspeed = 1.0\ntick_s = 0.5\nseed = 3\nbase_load_w = 5000.0\n"
-    # [simulation] must precede its [[simulation.devices]] array in the file
-    return parts[0] + parts[1] + "".join(parts[2:5]) + sim + "\n".join(parts[5:8]) + "\n"
+    groups = [("ev{i:04d}", chargers, "vppsim_v2g_dc", port), ("bess{i:04d}", batteries, "vppsim_battery", bess_port)]
+
+    def tables(header: str, key: str) -> str:
+        text = ""
+        for pattern, count, model, first in groups:
+            text += f"{header}\nid = {pattern!r}\ncount = {count}\n{key} = {model!r}\nport = {first}\n"
+            text += f"units_per_port = {UNITS_PER_GATEWAY}\n"
+        return text + f"{header}\nid = 'meter-site'\n{key} = 'vppsim_dc_meter'\nport = {meter_port}\n"
+
+    return (
+        f"[agent]\npoll_period_s = {period_s}\npoll_timeout_s = {period_s / 2}\nlog_level = 'warning'\n"
+        "[site]\nmeter = 'meter-site'\n[control]\nsite_target_w = 0.0\n"
+        + tables("[[assets]]", "map")
+        + "[simulation]\nhost = '127.0.0.1'\nspeed = 1.0\ntick_s = 0.5\nseed = 3\nbase_load_w = 5000.0\n"
+        + tables("[[simulation.devices]]", "model")
+    )
 
 
 def peak_rss_mb() -> float:

@@ -78,3 +78,10 @@ def test_controllable_map_needs_setpoint(tmp_path: Path) -> None:
 def test_unknown_map_id_lists_known_ones() -> None:
     with pytest.raises(MapError, match=r"known: .*vppsim_battery"):
         load_map("nope")
+
+
+def test_devices_doc_is_generated_from_the_maps() -> None:
+    from drivers.docs import render_all
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "devices.md").read_text(encoding="utf-8")
+    assert committed == render_all(), "docs/devices.md is stale: python -m drivers.docs > docs/devices.md"

@@ -105,3 +105,10 @@ def test_check_config_accepts_shipped_config() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "ok (8 assets)" in result.stdout
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("apt-get update") and "pytest" in line)
+    assert command in ci.splitlines()

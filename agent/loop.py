@@ -27,7 +27,8 @@ from drivers.base import Driver, DriverError
 
 log = structlog.get_logger("agent.loop")
 
-LEASE_REFRESH_FRACTION = 0.3  # rewrite a held setpoint after this fraction of the lease has passed
+# Rewrite a held setpoint once half its lease has passed: one lost write still leaves half a lease of margin.
+LEASE_REFRESH_FRACTION = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +206,9 @@ class ControlLoop:
             return True
         if abs(setpoint.power_w - state.written_setpoint_w) > self.config.agent.setpoint_deadband_w:
             return True
-        if setpoint.power_w != state.written_setpoint_w and setpoint.power_w == 0.0:
-            return True  # an exact stop is always worth a write
+        if setpoint.power_w == 0.0:
+            # an exact stop is always worth one write; a held 0 W needs no refresh, the lapsed lease gives 0 W too
+            return state.written_setpoint_w != 0.0
         lease = self.lease_s if self.lease_s > 0 else float("inf")
         return now - state.written_at_monotonic >= max(self.period_s, lease * LEASE_REFRESH_FRACTION)
 

@@ -163,16 +163,23 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class FieldCodec:
-    """How to get one domain value out of a span's bytes and back."""
+    """How to turn one row's raw value into its domain value and back."""
 
     field: str
     row: RegisterRow
-    span_index: int
-    byte_offset: int
     swap_words: bool
     factor: float  # raw * factor (* 10**sf) = SI value, sign included
-    sf_span_index: int | None
-    sf_byte_offset: int | None
+    sf_address: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpanLayout:
+    """One precompiled struct per span: a single unpack yields every raw value in it, by address."""
+
+    pack_format: str
+    unpacker: struct.Struct
+    addresses: tuple[int, ...]
+    swap_offsets: tuple[int, ...]  # register offsets of 32-bit values sent low word first
 
 
 class RegisterMap:
@@ -185,28 +192,22 @@ class RegisterMap:
         rows = sorted(spec.registers, key=lambda r: r.address)
         self.spans = _spans(rows)
         self._codecs: dict[str, FieldCodec] = {}
-        sf_places: dict[int, tuple[int, int]] = {}
         for row in rows:
-            span_index, offset = self._locate(row.address)
-            if row.name and row.type == "s16":
-                sf_places[row.address] = (span_index, offset)
-        for row in rows:
-            if row.field is None:
-                continue
-            span_index, offset = self._locate(row.address)
-            order = row.word_order or spec.model.word_order
-            factor = row.scale * UNIT_FACTOR[row.unit] * (-1.0 if row.invert else 1.0)
-            sf = sf_places.get(row.scale_factor) if row.scale_factor is not None else None
-            self._codecs[row.field] = FieldCodec(
-                row.field,
-                row,
-                span_index,
-                offset,
-                row.width == 2 and order == "little",
-                factor,
-                sf[0] if sf else None,
-                sf[1] if sf else None,
-            )
+            if row.field is not None:
+                order = row.word_order or spec.model.word_order
+                factor = row.scale * UNIT_FACTOR[row.unit] * (-1.0 if row.invert else 1.0)
+                swap = row.width == 2 and order == "little"
+                self._codecs[row.field] = FieldCodec(row.field, row, swap, factor, row.scale_factor)
+        self._layouts = [self._layout(span, rows) for span in self.spans]
+
+    def _layout(self, span: Span, rows: list[RegisterRow]) -> SpanLayout:
+        inside = [r for r in rows if span.address <= r.address < span.address + span.count]
+        order = self.model.word_order
+        swaps = tuple(
+            r.address - span.address for r in inside if r.width == 2 and (r.word_order or order) == "little"
+        )
+        codes = ">" + "".join(TYPE_CODE[r.type] for r in inside)  # spans are contiguous: no padding needed
+        return SpanLayout(f">{span.count}H", struct.Struct(codes), tuple(r.address for r in inside), swaps)
 
     @property
     def id(self) -> str:
@@ -222,26 +223,21 @@ class RegisterMap:
     def has(self, field: str) -> bool:
         return field in self._codecs
 
-    def _locate(self, address: int) -> tuple[int, int]:
-        for index, span in enumerate(self.spans):
-            if span.address <= address < span.address + span.count:
-                return index, (address - span.address) * 2
-        raise AssertionError(f"address {address} outside every span")  # unreachable: spans cover all rows
-
     def decode(self, span_registers: list[list[int]]) -> dict[str, float]:
         """Turn the registers of every span (in span order) into SI domain values."""
-        blobs = [struct.pack(f">{len(regs)}H", *regs) for regs in span_registers]
+        raw: dict[int, float] = {}
+        for layout, registers in zip(self._layouts, span_registers, strict=True):
+            if layout.swap_offsets:
+                registers = list(registers)
+                for i in layout.swap_offsets:
+                    registers[i], registers[i + 1] = registers[i + 1], registers[i]
+            unpacked = layout.unpacker.unpack(struct.pack(layout.pack_format, *registers))
+            raw.update(zip(layout.addresses, unpacked, strict=True))
         values: dict[str, float] = {}
         for codec in self._codecs.values():
-            blob = blobs[codec.span_index]
-            raw_bytes = blob[codec.byte_offset : codec.byte_offset + 2 * codec.row.width]
-            if codec.swap_words:
-                raw_bytes = raw_bytes[2:4] + raw_bytes[0:2]
-            (raw,) = struct.unpack(">" + TYPE_CODE[codec.row.type], raw_bytes)
-            value = raw * codec.factor
-            if codec.sf_span_index is not None and codec.sf_byte_offset is not None:
-                (sf,) = struct.unpack_from(">h", blobs[codec.sf_span_index], codec.sf_byte_offset)
-                value *= 10.0**sf
+            value = raw[codec.row.address] * codec.factor
+            if codec.sf_address is not None:
+                value *= 10.0 ** raw[codec.sf_address]
             values[codec.field] = value
         return values
 

@@ -174,3 +174,27 @@ def test_envelope_totals() -> None:
     assert env.stored_wh == pytest.approx(75000)
     assert env.absorb_w == 100000 and env.deliver_w == 100000
     assert env.deliver_for_s == pytest.approx(75000 * 3600 / 100000)
+
+
+def test_setpoint_writes_follow_deadband_and_lease() -> None:
+    from agent.config import parse_config
+    from agent.loop import ControlLoop
+    from agent.model import Setpoint
+
+    config = parse_config(
+        '[agent]\nlease_timeout_s = 10\nsetpoint_deadband_w = 50\n[[assets]]\nid = "b"\nmap = "vppsim_battery"\n'
+    )
+
+    class Idle:
+        kind = AssetKind.BATTERY
+
+    loop = ControlLoop(config, {"b": Idle()}, monotonic=lambda: 0.0)  # type: ignore[dict-item]
+    state = loop.fleet.assets["b"]
+    assert loop._needs_write(state, Setpoint("b", 100, 100), 0.0)  # nothing written yet
+    state.lease_written, state.written_setpoint_w, state.written_at_monotonic = True, 100.0, 0.0
+    assert not loop._needs_write(state, Setpoint("b", 140, 140), 1.0)  # inside the deadband
+    assert loop._needs_write(state, Setpoint("b", 200, 200), 1.0)  # past the deadband
+    assert loop._needs_write(state, Setpoint("b", 100, 100), 5.0)  # half the lease: refresh
+    assert loop._needs_write(state, Setpoint("b", 0, 0), 1.0)  # a stop is always written
+    state.written_setpoint_w = 0.0
+    assert not loop._needs_write(state, Setpoint("b", 0, 0), 60.0)  # a held 0 W needs no refresh

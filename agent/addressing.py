@@ -6,6 +6,7 @@ simulator's device list expand them with this one rule so the two always agree o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -40,3 +41,32 @@ def expand_group(
     if placements[-1].port > 65535:
         raise ValueError(f"group {id_pattern!r} runs past port 65535")
     return placements
+
+
+def index_placements(
+    table: str, expansions: Sequence[Callable[[], list[Placement]]], hosts: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Expand every group of a config table and map each device id to the index of its group.
+
+    Raises ValueError naming `table[index]` for a group that cannot expand, an id used twice, or two devices on
+    the same host, port and unit id (they would silently read each other's registers).
+    """
+    seen_ids: dict[str, int] = {}
+    seen_units: dict[tuple[str, int, int], str] = {}
+    for index, expand in enumerate(expansions):
+        host = hosts[index] if hosts is not None else ""
+        try:
+            placements = expand()
+        except ValueError as exc:
+            raise ValueError(f"{table}[{index}]: {exc}") from exc
+        for p in placements:
+            if p.id in seen_ids:
+                raise ValueError(f"{table}[{index}]: id {p.id!r} already used by {table}[{seen_ids[p.id]}]")
+            seen_ids[p.id] = index
+            where = (host, p.port, p.unit_id)
+            if where in seen_units:
+                raise ValueError(
+                    f"{table}[{index}]: port {p.port} unit {p.unit_id} already taken by {seen_units[where]!r}"
+                )
+            seen_units[where] = p.id
+    return seen_ids

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.addressing import Placement, expand_group
+from agent.addressing import Placement, expand_group, index_placements
 
 
 class ConfigError(ValueError):
@@ -86,18 +86,7 @@ class AppConfig(Strict):
 
     @model_validator(mode="after")
     def _check_assets(self) -> AppConfig:
-        seen: dict[str, int] = {}
-        for index, asset in enumerate(self.assets):
-            try:
-                placements = asset.placements()
-            except ValueError as exc:
-                raise ValueError(f"assets[{index}]: {exc}") from exc
-            for placement in placements:
-                if placement.id in seen:
-                    raise ValueError(
-                        f"assets[{index}]: id {placement.id!r} already used by assets[{seen[placement.id]}]"
-                    )
-                seen[placement.id] = index
+        seen = index_placements("assets", [a.placements for a in self.assets], [a.host for a in self.assets])
         if self.site.meter is not None and self.site.meter not in seen:
             raise ValueError(f"site.meter: {self.site.meter!r} is not an asset id")
         return self

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.addressing import Placement, expand_group
+from agent.addressing import Placement, expand_group, index_placements
 from sim_devices.maps import MapError, load_map
 
 
@@ -152,21 +152,7 @@ class SimulationConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> SimulationConfig:
-        seen_ids: dict[str, int] = {}
-        seen_units: dict[tuple[int, int], str] = {}
-        for index, group in enumerate(self.devices):
-            try:
-                placements = group.placements()
-            except ValueError as exc:
-                raise ValueError(f"devices[{index}]: {exc}") from exc
-            for p in placements:
-                if p.id in seen_ids:
-                    raise ValueError(f"devices[{index}]: device id {p.id!r} already used by devices[{seen_ids[p.id]}]")
-                seen_ids[p.id] = index
-                if (p.port, p.unit_id) in seen_units:
-                    raise ValueError(f"devices[{index}]: port {p.port} unit {p.unit_id} already taken by "
-                                     f"{seen_units[p.port, p.unit_id]!r}")
-                seen_units[p.port, p.unit_id] = p.id
+        index_placements("devices", [g.placements for g in self.devices])
         return self
 
     def placements(self) -> list[tuple[DeviceGroupConfig, Placement]]:

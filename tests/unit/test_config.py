@@ -112,3 +112,14 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in readme.splitlines() if line.startswith("apt-get update") and "pytest" in line)
     assert command in ci.splitlines()
+
+
+def test_two_assets_on_one_unit_are_rejected() -> None:
+    text = (
+        '[[assets]]\nid = "a"\nmap = "vppsim_battery"\nport = 1502\n'
+        '[[assets]]\nid = "b"\nmap = "vppsim_battery"\nport = 1502\n'
+    )
+    with pytest.raises(ConfigError, match=r"assets\[1\]: port 1502 unit 1 already taken by 'a'"):
+        parse_config(text)
+    other_host = text.replace('id = "b"', 'id = "b"\nhost = "127.0.0.2"')
+    assert len(parse_config(other_host).assets) == 2  # same port and unit on another gateway is fine

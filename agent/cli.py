@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 import time
@@ -99,6 +100,7 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
     sim_config = parse_simulation(config.simulation, "simulation")
     if speed is not None:
         sim_config = sim_config.model_copy(update={"speed": speed})
+    config = _fit_lease_to_speed(config, sim_config.speed)
     stop = asyncio.Event()
     _install_stop(stop)
     console = Console()
@@ -107,8 +109,9 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
     async with SimSite.from_config(sim_config) as site:
         now = site.clock.now
         drivers, pool = build_drivers(config, now)
-        loop = ControlLoop(config, drivers, clock=now)
+        loop = ControlLoop(config, drivers, clock=now, time_scale=sim_config.speed)
         runner = asyncio.create_task(loop.run(stop))
+        runner.add_done_callback(lambda _: stop.set())  # if the agent ever dies, the demo must not show a frozen table
         timer = asyncio.create_task(_stop_after(stop, duration_s))
         try:
             if console.is_terminal:
@@ -120,12 +123,25 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
                     console.print(render(loop).renderables[-1])
         finally:
             stop.set()
-            await runner
+            await asyncio.gather(runner, return_exceptions=True)
             timer.cancel()
             pool.close()
+        if runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
         if not console.is_terminal:
             console.print(render(loop))
     console.print(f"demo stopped after {loop.cycles} cycles, {loop.writes} setpoint writes")
+
+
+def _fit_lease_to_speed(config: AppConfig, speed: float) -> AppConfig:
+    """A fast simulation runs device time `speed` times faster than the agent's loop: stretch the lease (device
+    seconds) so it still covers two cycles, or every device would fall back to 0 W between refreshes."""
+    agent = config.agent
+    least = speed * agent.min_lease_s(agent.poll_period_s, agent.poll_timeout_s)
+    if agent.lease_timeout_s >= least:
+        return config
+    log.info("demo.lease_stretched", lease_timeout_s=least, speed=speed)
+    return config.model_copy(update={"agent": agent.model_copy(update={"lease_timeout_s": float(math.ceil(least))})})
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

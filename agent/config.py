@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML allows nan and inf; no setting of ours means anything with them (a NaN target would command full power)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AgentSettings(Strict):
@@ -30,7 +31,9 @@ class AgentSettings(Strict):
     poll_timeout_s: float = Field(0.5, gt=0, le=60, description="per-request timeout toward one device")
     unavailable_after: int = Field(3, ge=1, le=1000, description="failed polls in a row before an asset is out")
     max_backoff_s: float = Field(30.0, ge=0, le=3600, description="longest wait between polls of a dead asset")
-    lease_timeout_s: float = Field(10.0, ge=0, le=65535, description="device-side setpoint lease written to devices")
+    lease_timeout_s: float = Field(
+        10.0, ge=1, le=65535, description="device-side setpoint lease written to devices (whole seconds of device time)"
+    )
     setpoint_deadband_w: float = Field(50.0, ge=0, description="rewrite a setpoint only past this change")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -42,7 +45,17 @@ class AgentSettings(Strict):
                 f"poll_timeout_s ({self.poll_timeout_s}) must be below poll_period_s ({self.poll_period_s}) "
                 "or one dead device stretches every cycle"
             )
+        least = self.min_lease_s(self.poll_period_s, self.poll_timeout_s)
+        if self.lease_timeout_s < least:
+            raise ValueError(
+                f"lease_timeout_s ({self.lease_timeout_s}) must be at least {least:g} s (2 x poll_period_s + "
+                "poll_timeout_s) or a single slow cycle lets every device's lease lapse"
+            )
         return self
+
+    @staticmethod
+    def min_lease_s(period_s: float, timeout_s: float) -> float:
+        return float(math.ceil(2 * period_s + timeout_s))
 
 
 class SiteSettings(Strict):

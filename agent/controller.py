@@ -30,13 +30,10 @@ def share_by_headroom(total_w: float, bounds: dict[str, Bounds]) -> dict[str, fl
     return {k: base[k] + sign * room[k] * fraction for k in bounds}
 
 
-def site_target_requests(
-    target_w: float, meter_w: float | None, assets_power_w: float, bounds: dict[str, Bounds]
-) -> tuple[dict[str, float], float]:
-    """Requests that bring the site meter to `target_w`; returns them and the uncontrolled power estimate.
+def site_target_requests(target_w: float, uncontrolled_w: float, bounds: dict[str, Bounds]) -> dict[str, float]:
+    """Requests that bring the site meter to `target_w`.
 
-    Uncontrolled power (base load, PV, anything the agent does not steer) is what the meter shows beyond the
-    assets' own measured power. Without a meter the target applies to the assets' total.
+    `uncontrolled_w` is what the meter shows beyond the assets' own measured power (base load, PV, anything the
+    agent does not steer); the assets together must make up the difference.
     """
-    uncontrolled = 0.0 if meter_w is None else meter_w - assets_power_w
-    return share_by_headroom(target_w - uncontrolled, bounds), uncontrolled
+    return share_by_headroom(target_w - uncontrolled_w, bounds)

@@ -149,7 +149,8 @@ class Fleet:
             deliver += min(x for x in (m.max_discharge_w, state.rated_discharge_w()) if x is not None)
             capacity = state.usable_capacity_wh()
             if capacity is not None and m.soc is not None:
-                floor = m.ev_min_soc if m.ev_min_soc is not None else 0.0
+                # an EV gives back nothing it must still have at departure: its floor is the higher of the two
+                floor = max(m.ev_min_soc or 0.0, m.ev_target_soc or 0.0)
                 stored += m.soc * capacity
                 headroom_wh += (1.0 - m.soc) * capacity
                 deliverable_wh += max(0.0, m.soc - floor) * capacity

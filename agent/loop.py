@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -42,6 +43,11 @@ class CycleTiming:
         return self.poll_s + self.decide_s + self.write_s
 
 
+def _require_finite(what: str, watts: float) -> None:
+    if not math.isfinite(watts):
+        raise ValueError(f"{what} must be a finite number of watts, got {watts!r}")
+
+
 class ControlLoop:
     """Runs the fixed cycle over a fleet of drivers."""
 
@@ -51,8 +57,14 @@ class ControlLoop:
         drivers: dict[str, Driver],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        time_scale: float = 1.0,
     ) -> None:
+        """`time_scale` is device seconds per loop second: 1 for real devices, the simulator's speed in a fast demo.
+
+        Leases, ramps and EV horizons are device time; the loop's period and refresh timing are its own.
+        """
         self.config = config
+        self.time_scale = time_scale
         self.drivers = drivers
         self.clock = clock
         self.monotonic = monotonic
@@ -71,12 +83,15 @@ class ControlLoop:
         self.timings: deque[CycleTiming] = deque(maxlen=600)
         self.last_setpoints: dict[str, Setpoint] = {}
         self.uncontrolled_w = 0.0
+        self.last_bounds: dict[str, Bounds] = {}
         self.cycles = 0
+        self.cycle_failures = 0
         self.writes = 0
         self.write_failures = 0
 
     # -- public ---------------------------------------------------------------------------------------------
     def set_site_target(self, watts: float) -> None:
+        _require_finite("site target", watts)
         self.site_target_w = watts
         log.info("control.target", site_target_w=watts)
 
@@ -90,22 +105,51 @@ class ControlLoop:
         if watts is None:
             self.overrides.pop(asset_id, None)
         else:
+            _require_finite(f"override for {asset_id}", watts)
             self.overrides[asset_id] = watts
         log.info("control.override", asset_id=asset_id, requested_w=watts)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle until `stop` is set; returns within one request timeout of it."""
-        await asyncio.gather(*(d.connect() for d in self.drivers.values()))
-        next_start = self.monotonic()
-        while not stop.is_set():
+        """Cycle until `stop` is set. A cycle in flight is cancelled at once, so stopping never waits on a
+        device timeout; devices keep their last setpoint until its lease lapses (DESIGN.md §7 rule 2)."""
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            if not await self._unless_stopped(asyncio.gather(*(d.connect() for d in self.drivers.values())), stopping):
+                return
+            next_start = self.monotonic()
+            while not stop.is_set():
+                if not await self._unless_stopped(self._guarded_cycle(), stopping):
+                    return
+                next_start += self.period_s
+                delay = next_start - self.monotonic()
+                if delay < 0:  # overran: start again now, do not try to catch up with a burst
+                    next_start = self.monotonic()
+                    delay = 0.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(stopping), timeout=delay)
+        finally:
+            stopping.cancel()
+
+    @staticmethod
+    async def _unless_stopped(work: Awaitable[object], stopping: asyncio.Task[bool]) -> bool:
+        """Run `work` unless stop comes first; False (work cancelled) when it does."""
+        task = asyncio.ensure_future(work)
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def _guarded_cycle(self) -> None:
+        """One cycle; an unexpected error is logged and counted, and the next cycle runs as usual."""
+        try:
             await self.cycle()
-            next_start += self.period_s
-            delay = next_start - self.monotonic()
-            if delay < 0:  # overran: start again now, do not try to catch up with a burst
-                next_start = self.monotonic()
-                delay = 0.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+        except Exception as exc:
+            self.cycle_failures += 1
+            log.exception("cycle.failed", error=f"{type(exc).__name__}: {exc}")
 
     async def cycle(self) -> CycleTiming:
         t0 = self.monotonic()
@@ -133,6 +177,7 @@ class ControlLoop:
         now = self.monotonic()
         due = [s for s in self.fleet.assets.values() if s.next_poll_monotonic <= now]
         results = await asyncio.gather(*(self._read(s.id) for s in due))
+        # (_read turns every failure into a message: one device can never abort the poll of the others)
         done = self.monotonic()
         for state, result in zip(due, results, strict=True):
             if isinstance(result, Measurement):
@@ -155,21 +200,30 @@ class ControlLoop:
             return await self.drivers[asset_id].read()
         except DriverError as exc:
             return str(exc)
+        except Exception as exc:  # a driver bug must cost one asset one poll, not the loop
+            log.exception("poll.driver_bug", asset_id=asset_id)
+            return f"{asset_id}: unexpected {type(exc).__name__}: {exc}"
 
     def decide(self) -> dict[str, Setpoint]:
         now = self.clock()
         states = {s.id: s for s in self.fleet.controllable() if s.available}
+        for state in states.values():
+            self._check_readback(state)
+        device_period_s = self.period_s * self.time_scale
         bounds: dict[str, Bounds] = {
-            asset_id: self.envelope.bounds(state, now, self.period_s, self.lease_s)
+            asset_id: self.envelope.bounds(state, now, device_period_s, self.lease_s)
             for asset_id, state in states.items()
         }
+        self.last_bounds = bounds
         assets_power = sum(s.measurement.power_w for s in states.values() if s.measurement is not None)
         meter_w = self.site_meter_w()
+        if meter_w is not None:
+            self.uncontrolled_w = meter_w - assets_power
+        # else: keep the last estimate; treating an unseen base load as 0 would let charging blow the import limit
         if self.mode == "site_target":
-            requests, self.uncontrolled_w = site_target_requests(self.site_target_w, meter_w, assets_power, bounds)
+            requests = site_target_requests(self.site_target_w, self.uncontrolled_w, bounds)
         else:
             requests = {asset_id: 0.0 for asset_id in states}
-            self.uncontrolled_w = 0.0 if meter_w is None else meter_w - assets_power
         requests.update({k: v for k, v in self.overrides.items() if k in requests})
         setpoints = self.envelope.apply(requests, states, bounds, self.uncontrolled_w)
         for asset_id, setpoint in setpoints.items():
@@ -187,6 +241,24 @@ class ControlLoop:
         self.last_setpoints = setpoints
         return setpoints
 
+    def _check_readback(self, state: AssetState) -> None:
+        """Compare what the device reports with what we wrote: a rebooted device or a lapsed lease gets rewritten."""
+        m = state.measurement
+        if m is None or not state.lease_written:
+            return
+        if m.lease_timeout_s is not None and abs(m.lease_timeout_s - round(self.lease_s)) > 0.5:
+            log.warning("lease.mismatch", asset_id=state.id, device_s=m.lease_timeout_s, wanted_s=self.lease_s)
+            state.lease_written = False  # rewrite lease and setpoint this cycle
+        elif (
+            m.setpoint_w is not None
+            and state.written_setpoint_w is not None
+            and abs(m.setpoint_w - state.written_setpoint_w) > max(self.config.agent.setpoint_deadband_w, 1.0)
+        ):
+            log.warning(
+                "setpoint.mismatch", asset_id=state.id, device_w=m.setpoint_w, written_w=state.written_setpoint_w
+            )
+            state.written_at_monotonic = None  # force a write this cycle
+
     def site_meter_w(self) -> float | None:
         meter_id = self.config.site.meter
         if meter_id is None:
@@ -199,18 +271,21 @@ class ControlLoop:
     async def write(self, setpoints: dict[str, Setpoint]) -> None:
         now = self.monotonic()
         due = [sp for sp in setpoints.values() if self._needs_write(self.fleet.assets[sp.asset_id], sp, now)]
-        await asyncio.gather(*(self._write(sp) for sp in due))
+        await asyncio.gather(*(self._write(sp) for sp in due))  # _write never raises
 
     def _needs_write(self, state: AssetState, setpoint: Setpoint, now: float) -> bool:
         if not state.lease_written or state.written_setpoint_w is None or state.written_at_monotonic is None:
             return True
         if abs(setpoint.power_w - state.written_setpoint_w) > self.config.agent.setpoint_deadband_w:
             return True
+        held_bounds = self.last_bounds.get(state.id)
+        if held_bounds is not None and not held_bounds.low_w <= state.written_setpoint_w <= held_bounds.high_w:
+            return True  # limits moved past the held value: never hold it for half a lease
         if setpoint.power_w == 0.0:
             # an exact stop is always worth one write; a held 0 W needs no refresh, the lapsed lease gives 0 W too
             return state.written_setpoint_w != 0.0
-        lease = self.lease_s if self.lease_s > 0 else float("inf")
-        return now - state.written_at_monotonic >= max(self.period_s, lease * LEASE_REFRESH_FRACTION)
+        lease_loop_s = self.lease_s / self.time_scale  # the lease runs in device time
+        return now - state.written_at_monotonic >= max(self.period_s, lease_loop_s * LEASE_REFRESH_FRACTION)
 
     async def _write(self, setpoint: Setpoint) -> None:
         state = self.fleet.assets[setpoint.asset_id]
@@ -220,9 +295,9 @@ class ControlLoop:
                 await driver.write_lease_timeout(self.lease_s)
                 state.lease_written = True
             await driver.write_setpoint(setpoint.power_w)
-        except DriverError as exc:
+        except Exception as exc:  # DriverError, or a driver bug: either way this asset only
             self.write_failures += 1
-            log.warning("setpoint.write_failed", asset_id=setpoint.asset_id, error=str(exc))
+            log.warning("setpoint.write_failed", asset_id=setpoint.asset_id, error=f"{type(exc).__name__}: {exc}")
             return
         self.writes += 1
         state.written_setpoint_w = setpoint.power_w

@@ -11,6 +11,7 @@ control period and the lease: if the agent died right after writing, the device 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +29,8 @@ class Bounds:
     high_reason: str
 
     def clamp(self, value: float) -> tuple[float, tuple[str, ...]]:
+        if not math.isfinite(value):  # NaN compares false with everything: it would slip through below
+            return min(max(0.0, self.low_w), self.high_w), ("non-finite request",)
         if value > self.high_w:
             return self.high_w, (self.high_reason,)
         if value < self.low_w:
@@ -91,13 +94,20 @@ def _ev_limits(
 
 
 def apply_ramp(bounds: Bounds, state: AssetState, period_s: float) -> Bounds:
-    """Narrow the bounds to the agent-side ramp limit around the last written setpoint, inside the hard limits."""
+    """Narrow the bounds to the agent-side ramp limit around where the device is, inside the hard limits.
+
+    "Where the device is" is the last setpoint written while the lease holds, else the measured power: on the
+    first write and after an outage the device sits at its measured power (0 W after a lapsed lease), not at
+    whatever the agent wrote long ago.
+    """
     rate = state.config.ramp_w_per_s
-    if rate is None or state.written_setpoint_w is None:
+    if rate is None or state.measurement is None:
         return bounds
+    held = state.written_setpoint_w if state.lease_written else None
+    start = held if held is not None else state.measurement.power_w
     step = rate * period_s
-    low = max(bounds.low_w, min(bounds.high_w, state.written_setpoint_w - step))
-    high = min(bounds.high_w, max(bounds.low_w, state.written_setpoint_w + step))
+    low = max(bounds.low_w, min(bounds.high_w, start - step))
+    high = min(bounds.high_w, max(bounds.low_w, start + step))
     low_reason = "ramp limit" if low > bounds.low_w else bounds.low_reason
     high_reason = "ramp limit" if high < bounds.high_w else bounds.high_reason
     return Bounds(low, high, low_reason, high_reason)
@@ -165,6 +175,8 @@ class SafetyEnvelope:
 
 def _within_hard_limits(value: float, state: AssetState) -> float:
     """Last line of defence: whatever happened above, never leave the device's nameplate or live limits."""
+    if not math.isfinite(value):
+        return 0.0
     m = state.measurement
     high = state.rated_charge_w()
     low = -state.rated_discharge_w()

@@ -11,6 +11,7 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -33,6 +34,8 @@ NON_NEGATIVE_FIELDS = (
     "lease_timeout_s",
 )
 FRACTION_SLACK = 1e-3  # rounding of percent registers
+DEPARTURE_MIN_UNIX_S = 946_684_800  # 2000-01-01: earlier is an unset clock, not a departure
+DEPARTURE_MAX_UNIX_S = 4_102_444_800  # 2100-01-01
 
 
 class ModbusGateway:
@@ -115,6 +118,14 @@ class ModbusDriver:
             await self.gateway.ensure_connected()
 
     async def read(self) -> Measurement:
+        try:
+            return await self._read()
+        except DriverError:
+            raise
+        except Exception as exc:  # whatever a device sends, the caller gets one kind of error naming the asset
+            raise DriverError(self.asset_id, f"unusable answer: {type(exc).__name__}: {exc}") from exc
+
+    async def _read(self) -> Measurement:
         span_registers: list[list[int]] = []
         for span in self.map.spans:
             response = await self._call(
@@ -147,7 +158,7 @@ class ModbusDriver:
             raise DriverError(self.asset_id, f"map {self.map.id} has no {field}")
         codec = self.map.codec(field)
         try:
-            registers = self.map.encode(field, value)
+            registers = self.map.encode(field, value, toward_zero=field == "setpoint_w")
         except ValueError as exc:
             raise DriverError(self.asset_id, f"cannot encode {field}: {exc}") from exc
         await self._call(
@@ -204,14 +215,19 @@ class ModbusDriver:
             ev_connected=connected,
             ev_target_soc=_clip01(values.get("ev_target_soc")) if ev else None,
             ev_min_soc=_clip01(values.get("ev_min_soc")) if ev else None,
-            ev_departure=datetime.fromtimestamp(departure_s, UTC) if ev and departure_s else None,
+            ev_departure=self._departure(departure_s) if ev and departure_s else None,
             voltage_v=values.get("voltage_v"),
             current_a=values.get("current_a"),
             energy_import_wh=values.get("energy_import_wh"),
             energy_export_wh=values.get("energy_export_wh"),
         )
 
-    def _bad(self, field: str, value: float, problem: str) -> None:
+    def _departure(self, unix_s: float) -> datetime:
+        if not DEPARTURE_MIN_UNIX_S <= unix_s <= DEPARTURE_MAX_UNIX_S:
+            self._bad("ev_departure", unix_s, "is not a plausible UNIX time")
+        return datetime.fromtimestamp(unix_s, UTC)
+
+    def _bad(self, field: str, value: float, problem: str) -> NoReturn:
         address = self.map.codec(field).row.address
         raise DriverError(self.asset_id, f"register {address} ({field}) value {value!r} {problem} (map {self.map.id})")
 

@@ -11,6 +11,7 @@ value: one poll of a 1000-device site decodes ~15 000 values a second and the pe
 
 from __future__ import annotations
 
+import math
 import struct
 import tomllib
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ UNIT_FAMILY: dict[str, set[str]] = {
     "bool": {"bool", "code"},
 }
 MAX_READ_REGISTERS = 125  # Modbus limit for one read-holding-registers request
+MAX_SCALE_FACTOR = 10  # SunSpec allows -10..10; anything else is a broken device, not a value
 
 
 class MapError(ValueError):
@@ -203,9 +205,7 @@ class RegisterMap:
     def _layout(self, span: Span, rows: list[RegisterRow]) -> SpanLayout:
         inside = [r for r in rows if span.address <= r.address < span.address + span.count]
         order = self.model.word_order
-        swaps = tuple(
-            r.address - span.address for r in inside if r.width == 2 and (r.word_order or order) == "little"
-        )
+        swaps = tuple(r.address - span.address for r in inside if r.width == 2 and (r.word_order or order) == "little")
         codes = ">" + "".join(TYPE_CODE[r.type] for r in inside)  # spans are contiguous: no padding needed
         return SpanLayout(f">{span.count}H", struct.Struct(codes), tuple(r.address for r in inside), swaps)
 
@@ -237,17 +237,26 @@ class RegisterMap:
         for codec in self._codecs.values():
             value = raw[codec.row.address] * codec.factor
             if codec.sf_address is not None:
-                value *= 10.0 ** raw[codec.sf_address]
+                sf = raw[codec.sf_address]
+                if not -MAX_SCALE_FACTOR <= sf <= MAX_SCALE_FACTOR:
+                    raise ValueError(f"scale factor at {codec.sf_address} is {sf}, outside ±{MAX_SCALE_FACTOR}")
+                value *= 10.0**sf
             values[codec.field] = value
         return values
 
-    def encode(self, field: str, value: float) -> list[int]:
-        """Registers that write `value` (SI) into `field`; raises ValueError when the raw value does not fit."""
+    def encode(self, field: str, value: float, toward_zero: bool = False) -> list[int]:
+        """Registers that write `value` (SI) into `field`; raises ValueError when the raw value does not fit.
+
+        `toward_zero` truncates instead of rounding, for setpoints: a value the envelope clamped to a limit must not
+        be rounded past it by a coarse register (10.6 kW into a whole-kW register is 10, never 11).
+        """
+        if not math.isfinite(value):
+            raise ValueError(f"{field}={value!r} is not a finite number")
         codec = self._codecs[field]
         raw = value / codec.factor
         kind = codec.row.type
         if kind != "f32":
-            raw = round(raw)
+            raw = math.trunc(raw) if toward_zero else round(raw)
             lo, hi = _int_range(kind)
             if not lo <= raw <= hi:
                 raise ValueError(f"{field}={value} needs raw {raw}, outside {kind} range {lo}..{hi}")

@@ -31,6 +31,7 @@ UNIT_FACTORS: dict[str, float] = {
     "V": 1.0,
     "A": 1.0,
     "%": 0.01,
+    "fraction": 1.0,
     "s": 1.0,
     "unix_s": 1.0,
     "code": 1.0,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sitekit import eventually, running_site
 
+from agent.cli import _fit_lease_to_speed
+from agent.loop import ControlLoop
 from agent.model import AssetKind, DeviceStatus
 from drivers.base import DriverError
+from drivers.factory import build_drivers
 from sim_devices.clock import ManualClock
 
 # One EV with a known session, one battery, a site meter; the agent steers the meter to a target.
@@ -154,7 +158,7 @@ async def test_offline_device_becomes_unavailable_and_recovers() -> None:
         await eventually(lambda: state.available, what="battery first seen")
         run.site.faults("bess").set_offline(True)
         await eventually(lambda: not state.available, what="battery marked unavailable")
-        assert "bess" not in run.loop.last_setpoints or not run.loop.fleet.assets["bess"].available
+        await eventually(lambda: "bess" not in run.loop.last_setpoints, what="no setpoint decided for it")
         # the others behind the same gateway port keep being polled
         polls = run.loop.fleet.assets["meter"].polls_ok
         await eventually(lambda: run.loop.fleet.assets["meter"].polls_ok > polls + 3, what="meter still polled")
@@ -201,3 +205,35 @@ async def test_agent_keeps_running_past_bad_values() -> None:
         await eventually(lambda: run.loop.cycles > cycles + 3, what="loop still cycling")
         assert run.loop.fleet.assets["ev"].available
         assert run.loop.fleet.assets["bess"].kind is AssetKind.BATTERY
+
+
+async def test_device_that_lost_its_lease_settings_is_rewritten() -> None:
+    async with running_site(SITE, 1) as run:
+        bess = run.device("bess")
+        await eventually(lambda: bess.power_w < -1000, what="battery under agent control")
+        bess.write_lease_timeout(30.0)  # as after a reboot: factory lease, setpoint gone
+        bess.write_setpoint(0.0)
+        await eventually(lambda: bess.lease.timeout_s == 1.0, what="agent rewrote the lease timeout")
+        await eventually(lambda: bess.power_w < -1000, what="agent restored the setpoint")
+
+
+async def test_accelerated_site_keeps_leases_with_scaled_agent() -> None:
+    """At 20x device time the agent must refresh leases 20x sooner (the demo's --speed)."""
+    fast = SITE.replace("speed = 1.0", "speed = 20.0")
+    async with running_site(fast, 1, start_agent=False) as run:
+        config = _fit_lease_to_speed(run.config, 20.0)
+        assert config.agent.lease_timeout_s >= 20 * 1.0  # stretched to cover two cycles of device time
+        drivers, pool = build_drivers(config, run.site.clock.now)
+        loop = ControlLoop(config, drivers, clock=run.site.clock.now, time_scale=20.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop.run(stop))
+        bess = run.device("bess")
+        try:
+            await eventually(lambda: bess.power_w < -1000, what="battery under agent control")
+            cycles = loop.cycles
+            await eventually(lambda: loop.cycles > cycles + 15, what="15 more cycles")
+            assert bess.lease.expiries == 0
+        finally:
+            stop.set()
+            await task
+            pool.close()

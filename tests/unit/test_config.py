@@ -123,3 +123,17 @@ def test_two_assets_on_one_unit_are_rejected() -> None:
         parse_config(text)
     other_host = text.replace('id = "b"', 'id = "b"\nhost = "127.0.0.2"')
     assert len(parse_config(other_host).assets) == 2  # same port and unit on another gateway is fine
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[control]\nsite_target_w = nan\n", "control.site_target_w"),
+        ("[agent]\nlease_timeout_s = 0\n", "agent.lease_timeout_s"),
+        ("[agent]\nlease_timeout_s = 2\n", r"lease_timeout_s \(2.0\) must be at least 3 s"),
+        ('[[assets]]\nid = "a"\nmap = "vppsim_battery"\nramp_w_per_s = inf\n', r"assets\[0\].ramp_w_per_s"),
+    ],
+)
+def test_unsafe_values_are_rejected(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text)

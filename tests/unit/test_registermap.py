@@ -85,3 +85,19 @@ def test_devices_doc_is_generated_from_the_maps() -> None:
 
     committed = (Path(__file__).resolve().parents[2] / "docs" / "devices.md").read_text(encoding="utf-8")
     assert committed == render_all(), "docs/devices.md is stale: python -m drivers.docs > docs/devices.md"
+
+
+def test_setpoints_are_truncated_toward_zero_not_rounded_past_a_limit() -> None:
+    charger = load_map("vppsim_v2g_dc")  # setpoint s32 in W
+    assert charger.encode("setpoint_w", 10600.9, toward_zero=True) == charger.encode("setpoint_w", 10600)
+    assert charger.encode("setpoint_w", -10600.9, toward_zero=True) == charger.encode("setpoint_w", -10600)
+    with pytest.raises(ValueError, match="not a finite number"):
+        charger.encode("setpoint_w", float("nan"))
+
+
+def test_absurd_scale_factor_is_an_error_not_an_overflow() -> None:
+    meter = load_map("vppsim_dc_meter")
+    registers = [0] * meter.spans[0].count
+    registers[6] = 400  # W_SF
+    with pytest.raises(ValueError, match="scale factor at 6 is 400"):
+        meter.decode([registers])

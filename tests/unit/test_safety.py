@@ -147,8 +147,8 @@ def test_share_keeps_must_charge_floor() -> None:
 
 def test_site_target_subtracts_uncontrolled_load() -> None:
     bounds = {"b": Bounds(-50000, 50000, "", "")}
-    requests, uncontrolled = site_target_requests(target_w=0, meter_w=12000, assets_power_w=2000, bounds=bounds)
-    assert uncontrolled == 10000 and requests["b"] == -10000
+    requests = site_target_requests(target_w=0, uncontrolled_w=10000, bounds=bounds)
+    assert requests["b"] == -10000
 
 
 def test_fleet_marks_unavailable_after_n_failures_and_backs_off() -> None:
@@ -176,25 +176,18 @@ def test_envelope_totals() -> None:
     assert env.deliver_for_s == pytest.approx(75000 * 3600 / 100000)
 
 
-def test_setpoint_writes_follow_deadband_and_lease() -> None:
-    from agent.config import parse_config
-    from agent.loop import ControlLoop
-    from agent.model import Setpoint
+def test_ramp_starts_from_measured_power_when_nothing_is_held() -> None:
+    state = battery(ramp_w_per_s=1000)
+    state.measurement = Measurement("b", NOW, power_w=-3000.0, soc=0.5, soh=1.0, capacity_wh=100000,
+                                    rated_charge_w=50000, rated_discharge_w=50000)  # fmt: skip
+    bounds = SafetyEnvelope(1e9, 1e9).bounds(state, NOW, period_s=1.0, lease_s=10.0)
+    assert (bounds.low_w, bounds.high_w) == (-4000, -2000)  # first write: around where the device is
+    state.written_setpoint_w, state.lease_written = 20000.0, False  # stale: the lease lapsed during an outage
+    assert SafetyEnvelope(1e9, 1e9).bounds(state, NOW, 1.0, 10.0).high_w == -2000
 
-    config = parse_config(
-        '[agent]\nlease_timeout_s = 10\nsetpoint_deadband_w = 50\n[[assets]]\nid = "b"\nmap = "vppsim_battery"\n'
-    )
 
-    class Idle:
-        kind = AssetKind.BATTERY
-
-    loop = ControlLoop(config, {"b": Idle()}, monotonic=lambda: 0.0)  # type: ignore[dict-item]
-    state = loop.fleet.assets["b"]
-    assert loop._needs_write(state, Setpoint("b", 100, 100), 0.0)  # nothing written yet
-    state.lease_written, state.written_setpoint_w, state.written_at_monotonic = True, 100.0, 0.0
-    assert not loop._needs_write(state, Setpoint("b", 140, 140), 1.0)  # inside the deadband
-    assert loop._needs_write(state, Setpoint("b", 200, 200), 1.0)  # past the deadband
-    assert loop._needs_write(state, Setpoint("b", 100, 100), 5.0)  # half the lease: refresh
-    assert loop._needs_write(state, Setpoint("b", 0, 0), 1.0)  # a stop is always written
-    state.written_setpoint_w = 0.0
-    assert not loop._needs_write(state, Setpoint("b", 0, 0), 60.0)  # a held 0 W needs no refresh
+def test_non_finite_request_never_reaches_a_device() -> None:
+    state = battery()
+    env = SafetyEnvelope(1e9, 1e9)
+    result = env.apply({"b": float("nan")}, {"b": state}, {"b": env.bounds(state, NOW, 1, 10)}, 0.0)["b"]
+    assert result.power_w == 0.0 and "non-finite request" in result.reasons

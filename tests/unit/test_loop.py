@@ -1,0 +1,170 @@
+"""ControlLoop logic with in-memory drivers: robustness, stopping, read-back, meter loss, write decisions.
+
+These drivers are test doubles of the Driver interface (no protocol is imitated); the loop over real Modbus is
+covered in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime
+
+import pytest
+from sitekit import eventually
+
+from agent.config import parse_config
+from agent.loop import ControlLoop
+from agent.model import AssetKind, Measurement, Setpoint
+from agent.safety import Bounds
+from drivers.base import DriverError
+
+NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+CONFIG = """
+[agent]
+poll_period_s = 0.1
+poll_timeout_s = 0.02
+lease_timeout_s = 10
+unavailable_after = 2
+[site]
+meter = "m"
+import_limit_w = 20000
+[control]
+site_target_w = 100000
+[[assets]]
+id = "b"
+map = "vppsim_battery"
+[[assets]]
+id = "m"
+map = "vppsim_dc_meter"
+port = 503
+"""
+
+
+class MemoryDriver:
+    """Returns whatever the test puts in `power_w` etc.; records writes; can fail or hang on demand."""
+
+    def __init__(self, asset_id: str, kind: AssetKind) -> None:
+        self.asset_id, self.kind = asset_id, kind
+        self.power_w = 0.0
+        self.setpoint_w = 0.0
+        self.lease_timeout_s = 0.0
+        self.fail: Exception | None = None
+        self.hang = False
+        self.writes: list[float] = []
+
+    async def connect(self) -> None:
+        return None
+
+    async def read(self) -> Measurement:
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.fail is not None:
+            raise self.fail
+        battery = self.kind is AssetKind.BATTERY
+        return Measurement(
+            self.asset_id, NOW, power_w=self.power_w, setpoint_w=self.setpoint_w if battery else None,
+            lease_timeout_s=self.lease_timeout_s if battery else None, soc=0.5 if battery else None,
+            soh=1.0 if battery else None, capacity_wh=100000 if battery else None,
+            rated_charge_w=50000 if battery else None, rated_discharge_w=50000 if battery else None,
+        )  # fmt: skip
+
+    async def write_setpoint(self, power_w: float) -> None:
+        self.writes.append(power_w)
+        self.setpoint_w = power_w
+
+    async def write_lease_timeout(self, seconds: float) -> None:
+        self.lease_timeout_s = seconds
+
+    async def close(self) -> None:
+        return None
+
+
+def make_loop(text: str = CONFIG, **kwargs: float) -> tuple[ControlLoop, dict[str, MemoryDriver]]:
+    config = parse_config(text)
+    drivers = {"b": MemoryDriver("b", AssetKind.BATTERY), "m": MemoryDriver("m", AssetKind.METER)}
+    return ControlLoop(config, drivers, clock=lambda: NOW, **kwargs), drivers  # type: ignore[arg-type]
+
+
+async def test_a_driver_bug_costs_one_poll_not_the_loop() -> None:
+    loop, drivers = make_loop()
+    drivers["b"].fail = OverflowError("math range error")
+    await loop.cycle()
+    state = loop.fleet.assets["b"]
+    assert state.consecutive_failures == 1 and "OverflowError" in (state.last_error or "")
+    assert loop.fleet.assets["m"].available
+
+
+async def test_stop_cancels_a_cycle_stuck_on_a_device() -> None:
+    loop, drivers = make_loop()
+    drivers["b"].hang = True  # a device that never answers and a driver with no timeout of its own
+    stop = asyncio.Event()
+    runner = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: drivers["m"].writes == [] and loop.cycles == 0, what="cycle in flight")
+    stop.set()
+    await asyncio.wait_for(runner, timeout=30)  # bounds only a failing test: without the fix this never returns
+    assert runner.done() and runner.exception() is None
+
+
+async def test_non_finite_requests_are_refused_or_neutralised() -> None:
+    loop, _ = make_loop()
+    with pytest.raises(ValueError, match="finite"):
+        loop.set_site_target(math.nan)
+    with pytest.raises(ValueError, match="finite"):
+        loop.set_override("b", math.inf)
+    assert Bounds(-5, 5, "lo", "hi").clamp(math.nan) == (0.0, ("non-finite request",))
+
+
+async def test_readback_mismatch_rewrites_lease_and_setpoint() -> None:
+    loop, drivers = make_loop()
+    drivers["m"].power_w = 5000
+    await loop.cycle()
+    await loop.cycle()
+    b = drivers["b"]
+    assert b.lease_timeout_s == 10 and b.writes
+    b.lease_timeout_s = 30  # the device rebooted with its default lease
+    b.setpoint_w = 0.0
+    writes = len(b.writes)
+    await loop.cycle()
+    assert b.lease_timeout_s == 10 and len(b.writes) == writes + 1
+    b.setpoint_w = 0.0  # the lease lapsed on the device: it reads back 0 W while we hold a non-zero setpoint
+    await loop.cycle()
+    assert b.setpoint_w != 0.0 and len(b.writes) == writes + 2
+
+
+async def test_meter_loss_keeps_the_last_uncontrolled_estimate() -> None:
+    loop, drivers = make_loop()
+    drivers["m"].power_w = 15000  # 15 kW base load, battery idle
+    await loop.cycle()
+    assert loop.uncontrolled_w == 15000
+    drivers["m"].fail = DriverError("m", "timeout")
+    for _ in range(3):
+        await loop.cycle()
+    assert not loop.fleet.assets["m"].available
+    # target +100 kW, import limit 20 kW: with the base load remembered, charging stays at 5 kW
+    assert loop.last_setpoints["b"].power_w == pytest.approx(5000)
+    assert "site import limit" in loop.last_setpoints["b"].reasons
+
+
+def test_write_decisions() -> None:
+    loop, _ = make_loop(CONFIG.replace("lease_timeout_s = 10", "lease_timeout_s = 10\nsetpoint_deadband_w = 50"))
+    state = loop.fleet.assets["b"]
+    assert loop._needs_write(state, Setpoint("b", 100, 100), 0.0)  # nothing written yet
+    state.lease_written, state.written_setpoint_w, state.written_at_monotonic = True, 100.0, 0.0
+    assert not loop._needs_write(state, Setpoint("b", 140, 140), 1.0)  # inside the deadband
+    assert loop._needs_write(state, Setpoint("b", 200, 200), 1.0)  # past the deadband
+    assert loop._needs_write(state, Setpoint("b", 100, 100), 5.0)  # half the lease: refresh
+    loop.last_bounds["b"] = Bounds(-60, 60, "", "live charge limit")
+    assert loop._needs_write(state, Setpoint("b", 60, 100), 1.0)  # held value now outside the limits
+    loop.last_bounds.clear()
+    assert loop._needs_write(state, Setpoint("b", 0, 0), 1.0)  # a stop is always written
+    state.written_setpoint_w = 0.0
+    assert not loop._needs_write(state, Setpoint("b", 0, 0), 60.0)  # a held 0 W needs no refresh
+
+
+def test_lease_refresh_follows_device_time() -> None:
+    loop, _ = make_loop(time_scale=10.0)  # device time runs 10x: a 10 s lease is 1 s of loop time
+    state = loop.fleet.assets["b"]
+    state.lease_written, state.written_setpoint_w, state.written_at_monotonic = True, 100.0, 0.0
+    assert not loop._needs_write(state, Setpoint("b", 100, 100), 0.3)
+    assert loop._needs_write(state, Setpoint("b", 100, 100), 0.5)

@@ -44,12 +44,13 @@ def expand_group(
 
 
 def index_placements(
-    table: str, expansions: Sequence[Callable[[], list[Placement]]], hosts: Sequence[str] | None = None
+    table: str, expansions: Sequence[Callable[[], list[Placement]]], hosts: Sequence[str | None] | None = None
 ) -> dict[str, int]:
     """Expand every group of a config table and map each device id to the index of its group.
 
     Raises ValueError naming `table[index]` for a group that cannot expand, an id used twice, or two devices on
-    the same host, port and unit id (they would silently read each other's registers).
+    the same host, port and unit id (they would silently read each other's registers). A group whose host is None
+    has no Modbus address (an MQTT device) and takes part in the id check only.
     """
     seen_ids: dict[str, int] = {}
     seen_units: dict[tuple[str, int, int], str] = {}
@@ -63,6 +64,8 @@ def index_placements(
             if p.id in seen_ids:
                 raise ValueError(f"{table}[{index}]: id {p.id!r} already used by {table}[{seen_ids[p.id]}]")
             seen_ids[p.id] = index
+            if host is None:
+                continue
             where = (host, p.port, p.unit_id)
             if where in seen_units:
                 raise ValueError(

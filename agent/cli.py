@@ -13,14 +13,12 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
 
 from agent.config import AppConfig, ConfigError, load_config
 from agent.logs import configure_logging
-from agent.loop import ControlLoop
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("agent.cli")
@@ -66,32 +64,21 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def run_agent(config: AppConfig, stop: asyncio.Event, now: Callable[[], datetime]) -> ControlLoop:
-    from drivers.factory import build_drivers
-
-    drivers, pool = build_drivers(config, now)
-    loop = ControlLoop(config, drivers, clock=now)
-    log.info("agent.start", assets=len(drivers), period_s=config.agent.poll_period_s)
-    try:
-        await loop.run(stop)
-    finally:
-        pool.close()
-        log.info("agent.stop", cycles=loop.cycles, writes=loop.writes)
-    return loop
-
-
 async def _run(config: AppConfig, duration_s: float | None) -> None:
     stop = asyncio.Event()
     _install_stop(stop)
-    await asyncio.gather(run_agent(config, stop, lambda: datetime.now(UTC)), _stop_after(stop, duration_s))
+    from agent.app import AgentApp
+
+    app = AgentApp(config, lambda: datetime.now(UTC))
+    await asyncio.gather(app.run(stop), _stop_after(stop, duration_s))
 
 
 async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
     from rich.console import Console
     from rich.live import Live
 
+    from agent.app import AgentApp
     from agent.ui import render
-    from drivers.factory import build_drivers
     from sim_devices.config import parse_simulation
     from sim_devices.runner import SimSite
 
@@ -107,10 +94,9 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
     if not console.is_terminal:
         console = Console(width=160)  # logs and pipes: wide enough that ids and totals are not cut
     async with SimSite.from_config(sim_config) as site:
-        now = site.clock.now
-        drivers, pool = build_drivers(config, now)
-        loop = ControlLoop(config, drivers, clock=now, time_scale=sim_config.speed)
-        runner = asyncio.create_task(loop.run(stop))
+        app = AgentApp(config, site.clock.now, time_scale=sim_config.speed)
+        loop = app.loop
+        runner = asyncio.create_task(app.run(stop))
         runner.add_done_callback(lambda _: stop.set())  # if the agent ever dies, the demo must not show a frozen table
         timer = asyncio.create_task(_stop_after(stop, duration_s))
         try:
@@ -125,7 +111,6 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
             stop.set()
             await asyncio.gather(runner, return_exceptions=True)
             timer.cancel()
-            pool.close()
         if runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
         if not console.is_terminal:

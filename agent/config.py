@@ -8,6 +8,7 @@ validated there; the agent only carries it along.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -69,11 +70,59 @@ class ControlSettings(Strict):
     site_target_w: float = Field(0.0, description="import at the site meter the rule controller steers to")
 
 
+class MqttSettings(Strict):
+    """The broker the agent publishes telemetry to, takes signals from and reaches MQTT-bridged devices through.
+
+    Secrets never sit in the file: the password comes from the environment variable named by `password_env` or
+    from the file named by `password_file` (e.g. a systemd credential).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = Field("vpp-agent", min_length=1, max_length=64)
+    username: str | None = None
+    password_env: str | None = Field(None, description="name of the environment variable holding the password")
+    password_file: str | None = Field(None, description="path of a file holding the password")
+    ca_file: str | None = Field(None, description="CA certificate (PEM); setting it turns TLS on")
+    topic_prefix: str = Field("vpp/site", min_length=1, description="root of the agent's topic tree (docs/mqtt.md)")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    buffer_limit: int = Field(10000, ge=1, le=10_000_000, description="telemetry kept while the broker is away")
+    max_payload_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024, description="larger signals are rejected")
+    signal_store: str = Field("vpp-signals.sqlite3", description="SQLite file of accepted signals")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSettings:
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if "+" in self.topic_prefix or "#" in self.topic_prefix or self.topic_prefix.endswith("/"):
+            raise ValueError(
+                f"topic_prefix {self.topic_prefix!r} must be a plain topic without wildcards or '/' at the end"
+            )
+        return self
+
+    def password(self) -> str | None:
+        """Read the secret now (at start-up), so a missing one fails before anything connects."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"mqtt.password_env: environment variable {self.password_env} is not set")
+            return value
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}") from exc
+        return None
+
+
 class AssetConfig(Strict):
     """One device, or a group of identical devices when `count` is set (see agent.addressing)."""
 
     id: str = Field(min_length=1)
-    map: str = Field(min_length=1, description="register map id (drivers/maps/<id>.toml) or a path")
+    map: str = Field(min_length=1, description="device map id (drivers/maps or drivers/mqtt_maps) or a path")
+    transport: Literal["modbus", "mqtt"] = "modbus"
+    topic: str = Field("devices/{id}", description="MQTT devices: base topic, {id} is the asset id")
     host: str = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=247)
@@ -94,12 +143,19 @@ class AppConfig(Strict):
     agent: AgentSettings = AgentSettings()
     site: SiteSettings = SiteSettings()
     control: ControlSettings = ControlSettings()
+    mqtt: MqttSettings = MqttSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_assets(self) -> AppConfig:
-        seen = index_placements("assets", [a.placements for a in self.assets], [a.host for a in self.assets])
+        seen = index_placements(
+            "assets",
+            [a.placements for a in self.assets],
+            [a.host if a.transport == "modbus" else None for a in self.assets],
+        )
+        if any(a.transport == "mqtt" for a in self.assets) and not self.mqtt.enabled:
+            raise ValueError("assets use transport = 'mqtt' but mqtt.enabled is false")
         if self.site.meter is not None and self.site.meter not in seen:
             raise ValueError(f"site.meter: {self.site.meter!r} is not an asset id")
         return self

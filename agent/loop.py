@@ -86,6 +86,7 @@ class ControlLoop:
         self.last_bounds: dict[str, Bounds] = {}
         self.cycles = 0
         self.cycle_failures = 0
+        self.after_cycle: list[Callable[[], None]] = []  # hooks run after every cycle (telemetry), never block it
         self.writes = 0
         self.write_failures = 0
 
@@ -147,6 +148,8 @@ class ControlLoop:
         """One cycle; an unexpected error is logged and counted, and the next cycle runs as usual."""
         try:
             await self.cycle()
+            for hook in self.after_cycle:
+                hook()
         except Exception as exc:
             self.cycle_failures += 1
             log.exception("cycle.failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,22 +1,57 @@
-"""Build drivers for the assets of a config: the one place that picks a transport per asset."""
+"""Build the transports and drivers a config asks for: the one place that picks a transport per asset."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
 
-from agent.config import AppConfig
+from agent.config import AppConfig, MqttSettings
+from agent.telemetry import agent_status
 from drivers.base import Driver
 from drivers.modbus import GatewayPool, ModbusDriver
+from drivers.mqtt_link import LinkSettings, MqttLink, Retained
 from drivers.registermap import RegisterMap, load_map
 
 
-def build_drivers(config: AppConfig, now: Callable[[], datetime]) -> tuple[dict[str, Driver], GatewayPool]:
-    """Drivers by asset id, and the pool whose close() releases their connections."""
+def build_link(settings: MqttSettings, now: Callable[[], datetime]) -> MqttLink:
+    """The agent's MQTT connection, with its retained birth, Will and shutdown status messages."""
+    status_topic = f"{settings.topic_prefix}/agent/status"
+    return MqttLink(
+        LinkSettings(
+            host=settings.host,
+            port=settings.port,
+            client_id=settings.client_id,
+            username=settings.username,
+            password=settings.password(),
+            ca_file=settings.ca_file,
+            keepalive_s=settings.keepalive_s,
+            birth=Retained(status_topic, agent_status("online", now())),
+            will=Retained(status_topic, agent_status("offline", now(), reason="connection lost")),
+            closing=Retained(status_topic, agent_status("offline", now(), reason="shutdown")),
+            buffer_limit=settings.buffer_limit,
+        )
+    )
+
+
+def build_drivers(
+    config: AppConfig, now: Callable[[], datetime], link: MqttLink | None = None
+) -> tuple[dict[str, Driver], GatewayPool]:
+    """Drivers by asset id, and the Modbus pool whose close() releases their connections."""
     pool = GatewayPool(timeout_s=config.agent.poll_timeout_s)
     maps: dict[str, RegisterMap] = {}
     drivers: dict[str, Driver] = {}
     for asset in config.assets:
+        if asset.transport == "mqtt":
+            from drivers.mqtt_driver import MqttDriver
+            from drivers.mqtt_map import load_mqtt_map
+
+            if link is None:
+                raise ValueError(f"asset {asset.id!r} is an MQTT device but no MQTT link was given")
+            mqtt_map = load_mqtt_map(asset.map)
+            for placement in asset.placements():
+                base = asset.topic.format(id=placement.id)
+                drivers[placement.id] = MqttDriver(placement.id, mqtt_map, link, base, now)
+            continue
         if asset.map not in maps:
             maps[asset.map] = load_map(asset.map)
         for placement in asset.placements():

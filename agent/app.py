@@ -17,6 +17,7 @@ import structlog
 from agent.config import AppConfig
 from agent.ingest import SignalIngest
 from agent.loop import ControlLoop
+from agent.signals import SignalModel, SiteTarget
 from agent.store import SignalStore
 from agent.telemetry import TelemetryPublisher
 
@@ -45,6 +46,7 @@ class AgentApp:
             self.telemetry = TelemetryPublisher(self.link, prefix)
             self.ingest = SignalIngest(self.link, prefix, self.store, config.mqtt.max_payload_bytes, now)
             self.loop.after_cycle.append(self._publish_telemetry)
+            self.ingest.on_accepted.append(self._apply_signal)
         self._telemetry_task: asyncio.Task[None] | None = None
         self.telemetry_skipped = 0
 
@@ -57,6 +59,12 @@ class AgentApp:
             return
         self._telemetry_task = asyncio.get_running_loop().create_task(self.telemetry.publish_cycle(self.loop.fleet))
         self._telemetry_task.add_done_callback(_log_failure)
+
+    def _apply_signal(self, kind: str, signal: SignalModel) -> None:
+        """Signals that act at once; the rest are kept in the book for the dispatcher (issues 4 and 5)."""
+        if isinstance(signal, SiteTarget):
+            self.loop.set_site_target(signal.site_target_w)
+            self.loop.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info(

@@ -32,6 +32,7 @@ class SignalIngest:
         self.max_payload_bytes = max_payload_bytes
         self.clock = clock
         self.counts: Counter[str] = Counter()
+        self.on_accepted: list[Callable[[str, SignalModel], None]] = []  # consumers of new signals
         self.book: dict[str, dict[str, SignalModel]] = {kind: {} for kind in SIGNAL_TYPES}
         for kind, signal_id, payload in store.load():
             if kind in SIGNAL_TYPES:
@@ -65,6 +66,9 @@ class SignalIngest:
             self.book[kind][signal.id] = signal
             status = "accepted" if new else "duplicate"
             self.counts[status] += 1
+            if new:
+                for consumer in self.on_accepted:
+                    consumer(kind, signal)
             log.info("signal.accepted" if new else "signal.duplicate", kind=kind, signal_id=signal.id)
             ack = Ack(kind=kind, signal_id=signal.id, status=status, received_at=received_at)
         await self.bus.publish(self.ack_topic, ack.model_dump_json(), qos=1)

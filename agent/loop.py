@@ -87,6 +87,7 @@ class ControlLoop:
         self.cycles = 0
         self.cycle_failures = 0
         self.after_cycle: list[Callable[[], None]] = []  # hooks run after every cycle (telemetry), never block it
+        self._wake = asyncio.Event()
         self.writes = 0
         self.write_failures = 0
 
@@ -95,6 +96,10 @@ class ControlLoop:
         _require_finite("site target", watts)
         self.site_target_w = watts
         log.info("control.target", site_target_w=watts)
+
+    def wake(self) -> None:
+        """Start the next cycle now instead of at the next period (a new target or signal should not wait)."""
+        self._wake.set()
 
     def set_override(self, asset_id: str, watts: float | None) -> None:
         """Request a fixed power for one asset (commissioning, manual operation); None hands it back.
@@ -126,8 +131,12 @@ class ControlLoop:
                 if delay < 0:  # overran: start again now, do not try to catch up with a burst
                     next_start = self.monotonic()
                     delay = 0.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(stopping), timeout=delay)
+                waker = asyncio.create_task(self._wake.wait())  # a wake() during the cycle is kept, not lost
+                await asyncio.wait({stopping, waker}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if self._wake.is_set():
+                    self._wake.clear()
+                    next_start = self.monotonic()  # the woken cycle sets the new rhythm
         finally:
             stopping.cancel()
 

@@ -87,7 +87,14 @@ class AsActivation(SignalModel):
     value: Finite = Field(ge=-1, le=1)
 
 
+class SiteTarget(SignalModel):
+    """Operator command: the import at the site meter the controller steers to from now on (W, + import)."""
+
+    site_target_w: Finite = Field(ge=-1e9, le=1e9)
+
+
 SIGNAL_TYPES: dict[str, type[SignalModel]] = {
+    "site_target": SiteTarget,
     "prices": PriceSeries,
     "up_dr": UpDrEvent,
     "as_award": AsAward,

@@ -247,3 +247,14 @@ def test_missing_password_variable_is_a_config_error(tmp_path: Path) -> None:
     config = parse_config('[mqtt]\nenabled = true\npassword_env = "VPP_NOT_SET"\n')
     with pytest.raises(ValueError, match="environment variable VPP_NOT_SET is not set"):
         config.mqtt.password()
+
+
+async def test_site_target_signal_moves_the_site(broker: Broker, tmp_path: Path) -> None:
+    async with running_agent(broker, tmp_path) as app:
+        assert app.link is not None
+        await eventually(lambda: app.link.connected and app.loop.fleet.assets["meter"].available, what="running")
+        async with peer(broker, f"{PREFIX}/signals/ack") as client:
+            await client.publish(f"{PREFIX}/signals/site_target", b'{"id": "t1", "site_target_w": 20000}', qos=1)
+            assert (await next_json(client, f"{PREFIX}/signals/ack"))["status"] == "accepted"
+        assert app.loop.site_target_w == 20000
+        await eventually(lambda: app.loop.last_setpoints["bess"].power_w > 10000, what="battery charging to the target")

@@ -137,3 +137,13 @@ def test_two_assets_on_one_unit_are_rejected() -> None:
 def test_unsafe_values_are_rejected(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
+
+
+def test_committed_json_schemas_match_the_code() -> None:
+    from agent.schemas import SCHEMA_DIR, all_schemas, render
+
+    for name, schema in all_schemas().items():
+        path = SCHEMA_DIR / name
+        assert path.exists() and path.read_text(encoding="utf-8") == render(schema), (
+            f"stale {name}: python -m agent.schemas"
+        )

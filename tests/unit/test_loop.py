@@ -168,3 +168,21 @@ def test_lease_refresh_follows_device_time() -> None:
     state.lease_written, state.written_setpoint_w, state.written_at_monotonic = True, 100.0, 0.0
     assert not loop._needs_write(state, Setpoint("b", 100, 100), 0.3)
     assert loop._needs_write(state, Setpoint("b", 100, 100), 0.5)
+
+
+async def test_wake_starts_the_next_cycle_at_once() -> None:
+    loop, drivers = make_loop(
+        CONFIG.replace("poll_period_s = 0.1", "poll_period_s = 600").replace(
+            "lease_timeout_s = 10", "lease_timeout_s = 1300"
+        )
+    )
+    drivers["m"].power_w = 1000
+    stop = asyncio.Event()
+    runner = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: loop.cycles == 1, what="first cycle")
+    loop.set_site_target(0.0)
+    loop.wake()  # without it the next cycle is ten minutes away
+    await eventually(lambda: loop.cycles == 2, what="woken cycle")
+    assert loop.last_setpoints["b"].power_w == pytest.approx(-1000)
+    stop.set()
+    await runner

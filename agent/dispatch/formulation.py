@@ -1,0 +1,207 @@
+"""The dispatch LP: one cvxpy problem per problem *shape*, re-solved with new Parameter values (DPP).
+
+Shape = (assets, steps, wear segments, has up-DR, reserve products). Everything that changes from one MPC step to
+the next — prices, forecasts, energies, availability, targets, limits — is a Parameter, so cvxpy compiles the
+problem once and each re-solve only refills numbers (EMHASS' lesson, DESIGN.md §10). Each cost term and
+constraint family is its own small function named for what it models.
+
+Variables (W and Wh, grid-side powers):
+  c[j], d[j]  (N×T)   charge / discharge power drawn from wear segment j (segment 1 = shallowest)
+  e[j]        (N×T+1) energy held in segment j above the asset's floor; E = floor + Σ e[j]
+Degradation follows Xu et al. 2018 (agent.dispatch.degradation): discharging from segment j costs m_j per kWh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+
+from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
+
+BIG_W = 1e12  # stands in for "no limit": Parameters cannot hold inf
+
+
+@dataclass(frozen=True)
+class Shape:
+    assets: int
+    steps: int
+    segments: int
+    updr: bool
+    products: tuple[str, ...]
+
+    @staticmethod
+    def of(inputs: PlanInputs) -> Shape:
+        segments = max((len(a.wear_prices) for a in inputs.assets), default=1)
+        products = tuple(r.product for r in inputs.reserves)
+        return Shape(len(inputs.assets), inputs.steps, segments, inputs.updr is not None, products)
+
+
+class DispatchModel:
+    """The compiled problem for one shape; `solve(inputs)` refills Parameters and solves."""
+
+    def __init__(self, shape: Shape, step_h: float) -> None:
+        self.shape = shape
+        n, t, j = shape.assets, shape.steps, shape.segments
+        self.h = step_h
+        p = self.params = _Params(n, t, j, shape)
+        self.c = [cp.Variable((n, t), nonneg=True, name=f"charge_{k}") for k in range(j)]
+        self.d = [cp.Variable((n, t), nonneg=True, name=f"discharge_{k}") for k in range(j)]
+        self.e = [cp.Variable((n, t + 1), nonneg=True, name=f"segment_{k}") for k in range(j)]
+        self.charge = cp.sum(self.c) if j > 1 else self.c[0]
+        self.discharge = cp.sum(self.d) if j > 1 else self.d[0]
+        # energy above each asset's floor; the floor itself is a Parameter kept out of products with other
+        # Parameters (DPP forbids parameter x parameter), so costs and targets are written on this
+        self.above = cp.sum(self.e) if j > 1 else self.e[0]
+        self.power = self.charge - self.discharge
+        self.site = p.base_minus_pv + cp.sum(self.power, axis=0)
+        constraints = self._storage() + self._limits()
+        terms: dict[str, cp.Expression] = {}
+        terms["energy"] = self._energy_cost()
+        terms["wear_cycle"] = self._wear_cost()
+        terms["wear_calendar"] = self._calendar_cost()
+        ev_cons, terms["ev_shortfall_penalty"] = self._ev_targets()
+        site_cons, terms["site_limit_penalty"] = self._site_limits()
+        constraints += ev_cons + site_cons
+        if shape.updr:
+            dr_cons, terms["updr_revenue"], terms["updr_shortfall_penalty"] = self._updr()
+            constraints += dr_cons
+        if shape.products:
+            as_cons, terms["reserve_revenue"], terms["reserve_shortfall_penalty"] = self._reserves()
+            constraints += as_cons
+        self.terms = terms
+        revenue = {"updr_revenue", "reserve_revenue"}
+        objective = sum(-v if k in revenue else v for k, v in terms.items())
+        self.problem = cp.Problem(cp.Minimize(objective), constraints)
+        assert self.problem.is_dcp(dpp=True), "the dispatch problem must stay DPP for cached re-solves"
+
+    # -- physics (hard) ---------------------------------------------------------------------------------------
+    def _storage(self) -> list[cp.Constraint]:
+        p, h = self.params, self.h
+        cons = []
+        for k in range(self.shape.segments):
+            gain = cp.multiply(p.efficiency, self.c[k]) - cp.multiply(p.inv_efficiency, self.d[k])
+            cons += [
+                self.e[k][:, 0] == p.initial[:, k],
+                self.e[k][:, 1:] == self.e[k][:, :-1] + h * gain,
+                self.e[k] <= p.segment_cap[:, k : k + 1] @ np.ones((1, self.shape.steps + 1)),
+            ]
+        return cons
+
+    def _limits(self) -> list[cp.Constraint]:
+        return [self.charge <= self.params.charge_max, self.discharge <= self.params.discharge_max]
+
+    # -- costs ------------------------------------------------------------------------------------------------
+    def _energy_cost(self) -> cp.Expression:
+        """Cost of the assets' energy at the site meter (the uncontrolled load's own cost is added in the report)."""
+        return self.h / 1000.0 * (self.params.price @ cp.sum(self.power, axis=0))
+
+    def _wear_cost(self) -> cp.Expression:
+        p = self.params
+        return sum(self.h / 1000.0 * (p.wear[:, k] @ cp.sum(self.d[k], axis=1)) for k in range(self.shape.segments))
+
+    def _calendar_cost(self) -> cp.Expression:
+        """SoC-dependent calendar ageing of the energy held above the floor (the floor's share is in the report)."""
+        return self.h * (self.params.calendar @ cp.sum(self.above[:, 1:], axis=1))
+
+    # -- preferences (soft, tiered) ---------------------------------------------------------------------------
+    def _ev_targets(self) -> tuple[list[cp.Constraint], cp.Expression]:
+        p = self.params
+        n = self.shape.assets
+        self.ev_short1 = cp.Variable(n, nonneg=True, name="ev_short_tier1")
+        self.ev_short2 = cp.Variable(n, nonneg=True, name="ev_short_tier2")
+        at_departure = cp.sum(cp.multiply(p.departure, self.above), axis=1)
+        cons = [at_departure + self.ev_short1 + self.ev_short2 >= p.target_above, self.ev_short1 <= p.tier1_wh]
+        penalty = (p.ev_tier1_price * cp.sum(self.ev_short1) + p.ev_tier2_price * cp.sum(self.ev_short2)) / 1000.0
+        return cons, penalty
+
+    def _site_limits(self) -> tuple[list[cp.Constraint], cp.Expression]:
+        p = self.params
+        self.site_over = cp.Variable(self.shape.steps, nonneg=True, name="site_limit_excess")
+        cons = [self.site <= p.import_limit + self.site_over, self.site >= -p.export_limit - self.site_over]
+        return cons, p.site_penalty * self.h / 1000.0 * cp.sum(self.site_over)
+
+    def _updr(self) -> tuple[list[cp.Constraint], cp.Expression, cp.Expression]:
+        p, t = self.params, self.shape.steps
+        self.dr_up = cp.Variable(t, nonneg=True, name="updr_increase")
+        self.dr_short = cp.Variable(t, nonneg=True, name="updr_shortfall")
+        cons = [
+            self.dr_up <= self.site - p.dr_baseline,
+            self.dr_up <= p.dr_requested,  # per step: requested x window
+            self.dr_up + self.dr_short >= p.dr_requested,
+        ]
+        revenue = p.dr_price * self.h / 1000.0 * cp.sum(self.dr_up)
+        penalty = p.dr_penalty * self.h / 1000.0 * cp.sum(self.dr_short)
+        return cons, revenue, penalty
+
+    def _reserves(self) -> tuple[list[cp.Constraint], cp.Expression, cp.Expression]:
+        p, n, t = self.params, self.shape.assets, self.shape.steps
+        self.r_up = [cp.Variable((n, t), nonneg=True, name=f"reserve_up_{k}") for k in self.shape.products]
+        self.r_down = [cp.Variable((n, t), nonneg=True, name=f"reserve_down_{k}") for k in self.shape.products]
+        up, down = cp.sum(self.r_up), cp.sum(self.r_down)
+        # power headroom: reserving up means being able to discharge that much more, down to charge more
+        cons = [
+            up <= p.discharge_max - self.discharge + self.charge,
+            down <= p.charge_max - self.charge + self.discharge,
+        ]
+        # energy headroom: every product's reservation sustainable for its duration from the planned energy
+        hours = [PRODUCT_DURATION_S[k] / 3600.0 for k in self.shape.products]
+        hold_up = sum(self.r_up[k] * hours[k] for k in range(len(hours)))
+        hold_down = sum(self.r_down[k] * hours[k] for k in range(len(hours)))
+        cons += [
+            self.above[:, 1:] - cp.multiply(p.inv_efficiency, hold_up) >= 0,
+            self.above[:, 1:] + cp.multiply(p.efficiency, hold_down) <= p.headroom @ np.ones((1, t)),
+        ]
+        revenue: cp.Expression = 0
+        penalty: cp.Expression = 0
+        self.r_short = []
+        for k in range(len(self.shape.products)):
+            short = cp.Variable((2, t), nonneg=True, name=f"reserve_short_{k}")
+            self.r_short.append(short)
+            cons += [
+                cp.sum(self.r_up[k], axis=0) + short[0] >= p.award_up[k],
+                cp.sum(self.r_down[k], axis=0) + short[1] >= p.award_down[k],
+            ]
+            revenue += self.h / 1000.0 * (
+                p.up_price[k] @ cp.sum(self.r_up[k], axis=0) + p.down_price[k] @ cp.sum(self.r_down[k], axis=0)
+            )
+            penalty += p.reserve_penalty * self.h / 1000.0 * cp.sum(short)
+        return cons, revenue, penalty
+
+
+class _Params:
+    """Every number the problem reads, as cvxpy Parameters (filled by agent.dispatch.planner.fill)."""
+
+    def __init__(self, n: int, t: int, j: int, shape: Shape) -> None:
+        P = cp.Parameter
+        self.efficiency = P((n, t), nonneg=True)
+        self.inv_efficiency = P((n, t), nonneg=True)
+        self.initial = P((n, j), nonneg=True)
+        self.segment_cap = P((n, j), nonneg=True)
+        self.headroom = P((n, 1), nonneg=True)  # usable energy between floor and ceiling
+        self.charge_max = P((n, t), nonneg=True)
+        self.discharge_max = P((n, t), nonneg=True)
+        self.wear = P((n, j), nonneg=True)
+        self.calendar = P(n, nonneg=True)
+        self.price = P(t)
+        self.base_minus_pv = P(t)
+        self.import_limit = P(t, nonneg=True)
+        self.export_limit = P(t, nonneg=True)
+        self.site_penalty = P(nonneg=True)
+        self.departure = P((n, t + 1), nonneg=True)
+        self.target_above = P(n, nonneg=True)  # EV target energy above the floor at departure
+        self.tier1_wh = P(n, nonneg=True)
+        self.ev_tier1_price = P(nonneg=True)
+        self.ev_tier2_price = P(nonneg=True)
+        if shape.updr:
+            self.dr_baseline = P(t)
+            self.dr_requested = P(t, nonneg=True)
+            self.dr_price = P(nonneg=True)
+            self.dr_penalty = P(nonneg=True)
+        k = len(shape.products)
+        self.award_up = [P(t, nonneg=True) for _ in range(k)]
+        self.award_down = [P(t, nonneg=True) for _ in range(k)]
+        self.up_price = [P(t, nonneg=True) for _ in range(k)]
+        self.down_price = [P(t, nonneg=True) for _ in range(k)]
+        self.reserve_penalty = P(nonneg=True)

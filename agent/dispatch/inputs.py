@@ -1,0 +1,106 @@
+"""What the dispatcher plans with: assets, site, forecasts and grid-service terms, as plain arrays per step.
+
+Everything is per step of `step_s` over a horizon of `steps`; powers in W, energies in Wh, prices in currency per
+kWh (per kW·h for capacity). Built from the live fleet and the signal book by agent.dispatch.build, or by hand in
+tests and the evaluation harness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Sustain duration of each ancillary-service product (REFERENCE.md): energy headroom held for a reservation.
+PRODUCT_DURATION_S: dict[str, float] = {
+    "FCR": 5 * 60,
+    "S-FRR": 30 * 60,
+    "FRR": 30 * 60,
+    "S-RR": 30 * 60,  # 30-min blocks from FY2026
+    "RR": 30 * 60,
+}
+
+
+@dataclass(frozen=True)
+class AssetPlan:
+    """One storage asset over the horizon. EVs set `available` (plugged-in steps) and `target_wh`/`target_step`."""
+
+    id: str
+    energy_wh: float  # now, usable (pack side)
+    min_wh: float  # hard floor (EV owner's minimum SoC, battery reserve)
+    max_wh: float  # usable capacity now (nominal x SoH)
+    charge_w: float  # max charge at the grid terminals
+    discharge_w: float  # max discharge at the grid terminals (magnitude)
+    efficiency: float = 0.95  # one-way
+    available: np.ndarray | None = None  # bool per step; None = always
+    target_wh: float | None = None  # owner's energy at departure
+    target_step: int | None = None  # departure: the energy after this many steps must reach target_wh
+    wear_prices: np.ndarray = field(default_factory=lambda: np.zeros(1))  # currency per kWh discharged, per segment
+    calendar_price_per_wh_h: float = 0.0
+    is_ev: bool = False
+
+
+@dataclass(frozen=True)
+class SiteForecast:
+    price_per_kwh: np.ndarray  # energy price per step (import cost = export revenue)
+    base_load_w: np.ndarray
+    pv_w: np.ndarray
+    import_limit_w: float = float("inf")
+    export_limit_w: float = float("inf")
+
+
+@dataclass(frozen=True)
+class UpDr:
+    """Up-DR: in `window` steps, consumption above `baseline_w` earns `price_per_kwh` up to `requested_w`."""
+
+    window: np.ndarray  # bool per step
+    baseline_w: np.ndarray
+    requested_w: float
+    price_per_kwh: float
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """An ancillary-service product: capacity prices, and awarded minimums (commitments) per step."""
+
+    product: str
+    up_price_per_kw_h: np.ndarray
+    down_price_per_kw_h: np.ndarray
+    awarded_up_w: np.ndarray
+    awarded_down_w: np.ndarray
+
+    @property
+    def duration_h(self) -> float:
+        return PRODUCT_DURATION_S[self.product] / 3600.0
+
+
+@dataclass(frozen=True)
+class Penalties:
+    """Tiered prices (currency per kWh short) for soft preferences; hard physics is never softened.
+
+    Tier 1 sits above any plausible energy price plus wear (JEPX rarely exceeds ~100 JPY/kWh), so a need that can be
+    met is met; tier 2 makes a large shortfall far dearer than a small one, so an impossible target is missed by
+    as little as physics allows rather than abandoned.
+    """
+
+    ev_short_tier1_per_kwh: float = 200.0  # the first `ev_tier1_fraction` of an EV target shortfall
+    ev_short_tier2_per_kwh: float = 2000.0
+    ev_tier1_fraction: float = 0.1
+    dr_short_per_kwh: float = 100.0
+    reserve_short_per_kwh: float = 1000.0
+    site_limit_per_kwh: float = 10000.0  # only when uncontrolled load alone breaks a site limit
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    steps: int
+    step_s: float
+    assets: list[AssetPlan]
+    site: SiteForecast
+    updr: UpDr | None = None
+    reserves: list[Reserve] = field(default_factory=list)
+    penalties: Penalties = Penalties()
+
+    @property
+    def step_h(self) -> float:
+        return self.step_s / 3600.0

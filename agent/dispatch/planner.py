@@ -1,0 +1,175 @@
+"""Fill the dispatch model from PlanInputs, solve it, and read back a Plan with its cost breakdown.
+
+Compiled models are cached per problem shape, so an MPC re-solve with new numbers costs one solver call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cvxpy as cp
+import numpy as np
+
+from agent.dispatch.formulation import BIG_W, DispatchModel, Shape
+from agent.dispatch.inputs import PlanInputs
+
+
+class PlanError(RuntimeError):
+    """The solver failed or returned no usable solution; the caller keeps its last plan or the safe rule."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    asset_ids: list[str]
+    step_s: float
+    power_w: np.ndarray  # (N, T): + charging, − discharging, grid side
+    energy_wh: np.ndarray  # (N, T+1) pack energy
+    reserve_up_w: np.ndarray  # (N, T) summed over products
+    reserve_down_w: np.ndarray
+    breakdown: dict[str, float]  # currency; revenues positive, costs positive, see `net_cost`
+    violations: dict[str, float] = field(default_factory=dict)  # kWh short of each soft preference
+    solve_s: float = 0.0
+    status: str = ""
+
+    @property
+    def net_cost(self) -> float:
+        """Energy cost + wear + penalties − revenues (what the optimiser minimised, plus fixed parts)."""
+        revenue_keys = ("updr_revenue", "reserve_revenue")
+        return sum(-v if k in revenue_keys else v for k, v in self.breakdown.items())
+
+    def power_now(self) -> dict[str, float]:
+        return {asset_id: float(self.power_w[i, 0]) for i, asset_id in enumerate(self.asset_ids)}
+
+
+_MODELS: dict[tuple[Shape, float], DispatchModel] = {}
+
+
+def model_for(inputs: PlanInputs) -> DispatchModel:
+    key = (Shape.of(inputs), inputs.step_h)
+    if key not in _MODELS:
+        _MODELS[key] = DispatchModel(key[0], inputs.step_h)
+    return _MODELS[key]
+
+
+def fill(model: DispatchModel, inputs: PlanInputs) -> None:
+    """Write every number of `inputs` into the model's Parameters."""
+    p, shape = model.params, model.shape
+    n, t, j = shape.assets, shape.steps, shape.segments
+    efficiency = np.array([a.efficiency for a in inputs.assets]).reshape(n, 1)
+    p.efficiency.value = np.repeat(efficiency, t, axis=1)
+    p.inv_efficiency.value = 1.0 / p.efficiency.value
+    headroom = np.zeros((n, 1))
+    initial = np.zeros((n, j))
+    segment_cap = np.zeros((n, j))
+    wear = np.zeros((n, j))
+    charge_max = np.zeros((n, t))
+    discharge_max = np.zeros((n, t))
+    departure = np.zeros((n, t + 1))
+    target_above = np.zeros(n)
+    for i, a in enumerate(inputs.assets):
+        room = max(0.0, a.max_wh - a.min_wh)
+        headroom[i, 0] = room
+        segments = len(a.wear_prices)
+        segment_cap[i, :segments] = room / segments
+        wear[i, :segments] = a.wear_prices
+        left = min(max(0.0, a.energy_wh - a.min_wh), room)
+        for k in range(segments):  # the shallowest (cheapest) segments hold the energy first
+            initial[i, k] = min(left, segment_cap[i, k])
+            left -= initial[i, k]
+        mask = np.ones(t) if a.available is None else np.asarray(a.available, dtype=float)[:t]
+        charge_max[i] = a.charge_w * mask
+        discharge_max[i] = a.discharge_w * mask
+        if a.target_wh is not None and a.target_step is not None:
+            step = min(a.target_step, t)
+            beyond_h = max(0, a.target_step - t) * inputs.step_h  # departure after the horizon: charge later
+            need = a.target_wh - a.min_wh - a.charge_w * a.efficiency * beyond_h
+            departure[i, step] = 1.0
+            target_above[i] = float(np.clip(need, 0.0, room))
+    p.headroom.value = headroom
+    p.initial.value = initial
+    p.segment_cap.value = segment_cap
+    p.wear.value = wear
+    p.calendar.value = np.array([a.calendar_price_per_wh_h for a in inputs.assets])
+    p.charge_max.value = charge_max
+    p.discharge_max.value = discharge_max
+    site = inputs.site
+    p.price.value = np.asarray(site.price_per_kwh[:t], dtype=float)
+    p.base_minus_pv.value = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float)
+    p.import_limit.value = np.full(t, min(site.import_limit_w, BIG_W))
+    p.export_limit.value = np.full(t, min(site.export_limit_w, BIG_W))
+    pen = inputs.penalties
+    p.site_penalty.value = pen.site_limit_per_kwh
+    p.departure.value = departure
+    p.target_above.value = target_above
+    p.tier1_wh.value = target_above * pen.ev_tier1_fraction
+    p.ev_tier1_price.value = pen.ev_short_tier1_per_kwh
+    p.ev_tier2_price.value = pen.ev_short_tier2_per_kwh
+    if shape.updr and inputs.updr is not None:
+        dr = inputs.updr
+        window = np.asarray(dr.window[:t], dtype=float)
+        p.dr_baseline.value = np.asarray(dr.baseline_w[:t], dtype=float)
+        p.dr_requested.value = dr.requested_w * window
+        p.dr_price.value = dr.price_per_kwh
+        p.dr_penalty.value = pen.dr_short_per_kwh
+    for k, reserve in enumerate(inputs.reserves):
+        p.award_up[k].value = np.asarray(reserve.awarded_up_w[:t], dtype=float)
+        p.award_down[k].value = np.asarray(reserve.awarded_down_w[:t], dtype=float)
+        p.up_price[k].value = np.asarray(reserve.up_price_per_kw_h[:t], dtype=float)
+        p.down_price[k].value = np.asarray(reserve.down_price_per_kw_h[:t], dtype=float)
+    if shape.products:
+        p.reserve_penalty.value = pen.reserve_short_per_kwh
+
+
+def solve(inputs: PlanInputs, time_limit_s: float = 30.0) -> Plan:
+    """Solve the plan; raises PlanError when no optimal solution comes back."""
+    model = model_for(inputs)
+    fill(model, inputs)
+    started = time.perf_counter()
+    try:
+        model.problem.solve(solver=cp.HIGHS, time_limit=time_limit_s)
+    except cp.SolverError as exc:
+        raise PlanError(f"solver failed: {exc}") from exc
+    elapsed = time.perf_counter() - started
+    if model.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or model.power.value is None:
+        raise PlanError(f"no plan: solver status {model.problem.status}")
+    return _read_plan(model, inputs, elapsed)
+
+
+def _read_plan(model: DispatchModel, inputs: PlanInputs, elapsed: float) -> Plan:
+    h = inputs.step_h
+    t = inputs.steps
+    floor = np.array([a.min_wh for a in inputs.assets]).reshape(-1, 1)
+    energy = floor + np.asarray(model.above.value)
+    breakdown = {name: float(term.value) for name, term in model.terms.items()}
+    site = inputs.site
+    uncontrolled = np.asarray(site.base_load_w[:t] - site.pv_w[:t])
+    breakdown["energy"] += float(h / 1000.0 * np.dot(site.price_per_kwh[:t], uncontrolled))
+    breakdown["wear_calendar"] += float(
+        h * sum(a.calendar_price_per_wh_h * a.min_wh for a in inputs.assets) * t
+    )
+    violations = {
+        "ev_short_kwh": float(np.sum(model.ev_short1.value) + np.sum(model.ev_short2.value)) / 1000.0,
+        "site_limit_excess_kwh": float(np.sum(model.site_over.value)) * h / 1000.0,
+    }
+    if model.shape.updr:
+        violations["updr_short_kwh"] = float(np.sum(model.dr_short.value)) * h / 1000.0
+    n = len(inputs.assets)
+    up = np.zeros((n, t))
+    down = np.zeros((n, t))
+    if model.shape.products:
+        up = sum(np.asarray(v.value) for v in model.r_up)
+        down = sum(np.asarray(v.value) for v in model.r_down)
+        violations["reserve_short_kwh"] = float(sum(np.sum(s.value) for s in model.r_short)) * h / 1000.0
+    return Plan(
+        asset_ids=[a.id for a in inputs.assets],
+        step_s=inputs.step_s,
+        power_w=np.asarray(model.power.value),
+        energy_wh=energy,
+        reserve_up_w=up,
+        reserve_down_w=down,
+        breakdown=breakdown,
+        violations={k: v for k, v in violations.items()},
+        solve_s=elapsed,
+        status=str(model.problem.status),
+    )

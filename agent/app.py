@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from agent.config import AppConfig
+from agent.dispatch.runner import Dispatcher
 from agent.ingest import SignalIngest
 from agent.loop import ControlLoop
 from agent.signals import SignalModel, SiteTarget
@@ -47,6 +48,15 @@ class AgentApp:
             self.ingest = SignalIngest(self.link, prefix, self.store, config.mqtt.max_payload_bytes, now)
             self.loop.after_cycle.append(self._publish_telemetry)
             self.ingest.on_accepted.append(self._apply_signal)
+        self.dispatcher: Dispatcher | None = None
+        if config.control.mode == "dispatch":
+            book = self.ingest.book if self.ingest is not None else {}
+            self.dispatcher = Dispatcher(config, now, book)
+            self.loop.schedule = self.dispatcher.requests
+            if self.ingest is not None:
+                self.ingest.on_accepted.append(
+                    lambda kind, signal: self.dispatcher and self.dispatcher.request_replan()
+                )
         self._telemetry_task: asyncio.Task[None] | None = None
         self.telemetry_skipped = 0
 
@@ -71,12 +81,21 @@ class AgentApp:
             "agent.start", assets=len(self.drivers), period_s=self.config.agent.poll_period_s, mqtt=bool(self.link)
         )
         link_task = asyncio.create_task(self.link.run(stop)) if self.link is not None else None
+        dispatch_task = (
+            asyncio.create_task(self.dispatcher.run(self.loop.fleet, lambda: self.loop.uncontrolled_w, stop))
+            if self.dispatcher is not None
+            else None
+        )
         try:
             await self.loop.run(stop)
         finally:
             stop.set()
             if self._telemetry_task is not None:
                 self._telemetry_task.cancel()
+            if dispatch_task is not None:
+                dispatch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatch_task
             if link_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(link_task, timeout=1.0)

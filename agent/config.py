@@ -66,8 +66,21 @@ class SiteSettings(Strict):
 
 
 class ControlSettings(Strict):
-    mode: Literal["site_target", "idle"] = "site_target"
+    mode: Literal["site_target", "dispatch", "idle"] = Field(
+        "site_target", description="rule controller, optimiser schedule (falls back to the rule), or hold 0 W"
+    )
     site_target_w: float = Field(0.0, description="import at the site meter the rule controller steers to")
+
+
+class DispatchSettings(Strict):
+    """The optimiser (agent/dispatch): rolling horizon, prices when no price signal has come, solver budget."""
+
+    step_s: float = Field(900.0, ge=60, le=3600, description="planning step")
+    horizon_steps: int = Field(96, ge=2, le=2000, description="steps planned ahead (96 x 15 min = 24 h)")
+    time_budget_s: float = Field(10.0, gt=0, le=600, description="solver time; past it the last plan runs on")
+    default_price_per_kwh: float = Field(25.0, description="energy price while no price signal covers a step")
+    base_load_w: float | None = Field(None, description="uncontrolled load forecast; None: the last measured")
+    wear_segments: int = Field(4, ge=1, le=16, description="cycle-depth segments of the wear cost (Xu et al.)")
 
 
 class MqttSettings(Strict):
@@ -133,6 +146,12 @@ class AssetConfig(Strict):
     )
     rated_discharge_w: float | None = Field(None, ge=0)
     ramp_w_per_s: float | None = Field(None, gt=0, description="agent-side ramp limit on setpoint changes")
+    replacement_cost: float | None = Field(
+        None, ge=0, description="batteries: cost of a new pack (currency); prices cycle-depth wear in the optimiser"
+    )
+    wear_price_per_kwh: float | None = Field(
+        None, ge=0, description="EVs: the owner's own price per kWh discharged for V2G (overrides replacement_cost)"
+    )
     efficiency: float = Field(0.95, gt=0, le=1, description="one-way conversion efficiency assumed for EV planning")
 
     def placements(self) -> list[Placement]:
@@ -143,6 +162,7 @@ class AppConfig(Strict):
     agent: AgentSettings = AgentSettings()
     site: SiteSettings = SiteSettings()
     control: ControlSettings = ControlSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     mqtt: MqttSettings = MqttSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None

@@ -88,6 +88,9 @@ class ControlLoop:
         self.cycle_failures = 0
         self.after_cycle: list[Callable[[], None]] = []  # hooks run after every cycle (telemetry), never block it
         self._wake = asyncio.Event()
+        # the optimiser's value for this step per asset (None: no plan covers now); set by the app in dispatch mode
+        self.schedule: Callable[[datetime], dict[str, float] | None] | None = None
+        self._warned_no_plan = False
         self.writes = 0
         self.write_failures = 0
 
@@ -232,10 +235,7 @@ class ControlLoop:
         if meter_w is not None:
             self.uncontrolled_w = meter_w - assets_power
         # else: keep the last estimate; treating an unseen base load as 0 would let charging blow the import limit
-        if self.mode == "site_target":
-            requests = site_target_requests(self.site_target_w, self.uncontrolled_w, bounds)
-        else:
-            requests = {asset_id: 0.0 for asset_id in states}
+        requests = self._requests(now, bounds)
         requests.update({k: v for k, v in self.overrides.items() if k in requests})
         setpoints = self.envelope.apply(requests, states, bounds, self.uncontrolled_w)
         for asset_id, setpoint in setpoints.items():
@@ -252,6 +252,21 @@ class ControlLoop:
                 state.clamp_reasons = setpoint.reasons
         self.last_setpoints = setpoints
         return setpoints
+
+    def _requests(self, now: datetime, bounds: dict[str, Bounds]) -> dict[str, float]:
+        """What each asset is asked for before the envelope: the plan's value, else the rule, else 0 W."""
+        if self.mode == "idle":
+            return {asset_id: 0.0 for asset_id in bounds}
+        rule = site_target_requests(self.site_target_w, self.uncontrolled_w, bounds)
+        if self.mode == "dispatch" and self.schedule is not None:
+            planned = self.schedule(now)
+            if planned is not None:
+                # assets the plan does not cover (arrived since it was made) follow the rule until the next plan
+                return {asset_id: planned.get(asset_id, rule[asset_id]) for asset_id in bounds}
+            if not self._warned_no_plan:
+                log.warning("dispatch.no_plan", fallback="site_target rule")
+                self._warned_no_plan = True
+        return rule
 
     def _check_readback(self, state: AssetState) -> None:
         """Compare what the device reports with what we wrote: a rebooted device or a lapsed lease gets rewritten."""

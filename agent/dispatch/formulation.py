@@ -163,8 +163,10 @@ class DispatchModel:
                 cp.sum(self.r_up[k], axis=0) + short[0] >= p.award_up[k],
                 cp.sum(self.r_down[k], axis=0) + short[1] >= p.award_down[k],
             ]
-            revenue += self.h / 1000.0 * (
-                p.up_price[k] @ cp.sum(self.r_up[k], axis=0) + p.down_price[k] @ cp.sum(self.r_down[k], axis=0)
+            revenue += (
+                self.h
+                / 1000.0
+                * (p.up_price[k] @ cp.sum(self.r_up[k], axis=0) + p.down_price[k] @ cp.sum(self.r_down[k], axis=0))
             )
             penalty += p.reserve_penalty * self.h / 1000.0 * cp.sum(short)
         return cons, revenue, penalty

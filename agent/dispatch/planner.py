@@ -145,9 +145,7 @@ def _read_plan(model: DispatchModel, inputs: PlanInputs, elapsed: float) -> Plan
     site = inputs.site
     uncontrolled = np.asarray(site.base_load_w[:t] - site.pv_w[:t])
     breakdown["energy"] += float(h / 1000.0 * np.dot(site.price_per_kwh[:t], uncontrolled))
-    breakdown["wear_calendar"] += float(
-        h * sum(a.calendar_price_per_wh_h * a.min_wh for a in inputs.assets) * t
-    )
+    breakdown["wear_calendar"] += float(h * sum(a.calendar_price_per_wh_h * a.min_wh for a in inputs.assets) * t)
     violations = {
         "ev_short_kwh": float(np.sum(model.ev_short1.value) + np.sum(model.ev_short2.value)) / 1000.0,
         "site_limit_excess_kwh": float(np.sum(model.site_over.value)) * h / 1000.0,

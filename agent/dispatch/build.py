@@ -1,0 +1,156 @@
+"""Turn the live fleet, the config and the signal book into PlanInputs for the next horizon.
+
+Forecasts are deliberately simple until a forecasting issue lands: the uncontrolled load (base load net of PV) is
+held at its last measured value (or the configured one), and an up-DR baseline is that same value. Prices come
+from the newest price signal covering each step, else the configured default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from agent.config import AppConfig
+from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
+from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
+from agent.fleet import AssetState, Fleet
+from agent.model import AssetKind, DeviceStatus
+from agent.signals import AsAward, PriceSeries, SignalModel, UpDrEvent
+
+
+def step_start(now: datetime, step_s: float) -> datetime:
+    """The start of the planning step containing `now` (steps aligned to the UNIX epoch, like market periods)."""
+    ts = now.timestamp()
+    return datetime.fromtimestamp(ts - ts % step_s, now.tzinfo)
+
+
+def plan_inputs(
+    fleet: Fleet,
+    config: AppConfig,
+    now: datetime,
+    book: Mapping[str, Mapping[str, SignalModel]],
+    uncontrolled_w: float,
+) -> tuple[PlanInputs, datetime]:
+    """Inputs for the horizon starting at the current step, and that step's start time."""
+    d = config.dispatch
+    start = step_start(now, d.step_s)
+    times = [start + timedelta(seconds=d.step_s * k) for k in range(d.horizon_steps)]
+    assets = [a for a in (_asset(s, d.step_s, start, d.horizon_steps, d.wear_segments) for s in _plannable(fleet)) if a]
+    base = d.base_load_w if d.base_load_w is not None else uncontrolled_w
+    site = SiteForecast(
+        price_per_kwh=_prices(times, d.step_s, book.get("prices", {}), d.default_price_per_kwh),
+        base_load_w=np.full(d.horizon_steps, base),
+        pv_w=np.zeros(d.horizon_steps),
+        import_limit_w=config.site.import_limit_w,
+        export_limit_w=config.site.export_limit_w,
+    )
+    updr = _updr(times, d.step_s, book.get("up_dr", {}), base)
+    reserves = _reserves(times, d.step_s, book.get("as_award", {}))
+    return PlanInputs(d.horizon_steps, d.step_s, assets, site, updr=updr, reserves=reserves), start
+
+
+def _plannable(fleet: Fleet) -> list[AssetState]:
+    return [
+        s
+        for s in fleet.assets.values()
+        if s.controllable
+        and s.available
+        and s.measurement is not None
+        and s.measurement.status not in (DeviceStatus.FAULT, DeviceStatus.NO_EV)
+        and s.measurement.soc is not None
+        and s.usable_capacity_wh()
+    ]
+
+
+def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segments: int) -> AssetPlan | None:
+    m = state.measurement
+    usable = state.usable_capacity_wh()
+    if m is None or m.soc is None or not usable:
+        return None
+    cfg = state.config
+    # nameplate, not the live limit: live limits derate with SoC, which the plan itself changes; the envelope
+    # applies the live limits to every setpoint actually written
+    charge = state.rated_charge_w()
+    discharge = state.rated_discharge_w()
+    nominal = m.capacity_wh or usable
+    soh = m.soh if m.soh is not None else 1.0
+    if cfg.wear_price_per_kwh is not None:
+        wear = np.array([cfg.wear_price_per_kwh])
+    elif cfg.replacement_cost:
+        wear = segment_prices(cfg.replacement_cost, nominal, soh, cfg.efficiency, segments)
+    else:
+        wear = np.zeros(1)
+    calendar = calendar_price_per_wh_h(cfg.replacement_cost, nominal) if cfg.replacement_cost else 0.0
+    is_ev = state.kind is AssetKind.EV_CHARGER
+    available = None
+    target_wh = target_step = None
+    floor = 0.0
+    if is_ev:
+        floor = (m.ev_min_soc or 0.0) * usable
+        if m.ev_departure is not None:
+            target_step = max(1, math.ceil((m.ev_departure - start).total_seconds() / step_s))
+            available = np.arange(steps) < target_step
+            target_wh = (m.ev_target_soc or 0.0) * usable
+    return AssetPlan(
+        id=state.id,
+        energy_wh=m.soc * usable,
+        min_wh=min(floor, m.soc * usable),  # below the floor already: the floor is where it is, never a violation
+        max_wh=usable,
+        charge_w=max(0.0, charge),
+        discharge_w=max(0.0, discharge),
+        efficiency=cfg.efficiency,
+        available=available,
+        target_wh=target_wh,
+        target_step=target_step,
+        wear_prices=wear,
+        calendar_price_per_wh_h=calendar,
+        is_ev=is_ev,
+    )
+
+
+def _covering(times: list[datetime], step_s: float, start: datetime, end: datetime) -> np.ndarray:
+    return np.array([start < t + timedelta(seconds=step_s) and t < end for t in times])
+
+
+def _prices(times: list[datetime], step_s: float, signals: Mapping[str, SignalModel], default: float) -> np.ndarray:
+    prices = np.full(len(times), default)
+    for signal in signals.values():  # insertion order: newer signals overwrite older ones
+        if not isinstance(signal, PriceSeries):
+            continue
+        for k, t in enumerate(times):
+            index = int((t - signal.start).total_seconds() // signal.interval_s)
+            if 0 <= index < len(signal.prices_per_kwh):
+                prices[k] = signal.prices_per_kwh[index]
+    return prices
+
+
+def _updr(times: list[datetime], step_s: float, events: Mapping[str, SignalModel], base_w: float) -> UpDr | None:
+    window = np.zeros(len(times), dtype=bool)
+    requested, price = 0.0, 0.0
+    for event in events.values():
+        if isinstance(event, UpDrEvent):
+            covered = _covering(times, step_s, event.start, event.end)
+            if covered.any():
+                window |= covered
+                requested, price = max(requested, event.requested_increase_w), max(price, event.price_per_kwh)
+    if not window.any():
+        return None
+    return UpDr(window, np.full(len(times), base_w), requested, price)
+
+
+def _reserves(times: list[datetime], step_s: float, awards: Mapping[str, SignalModel]) -> list[Reserve]:
+    by_product: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for award in awards.values():
+        if not isinstance(award, AsAward):
+            continue
+        covered = _covering(times, step_s, award.block_start, award.block_end)
+        if not covered.any():
+            continue
+        up, down = by_product.setdefault(award.product, (np.zeros(len(times)), np.zeros(len(times))))
+        up += covered * award.up_w
+        down += covered * award.down_w
+    zeros = np.zeros(len(times))
+    return [Reserve(product, zeros, zeros, up, down) for product, (up, down) in sorted(by_product.items())]

@@ -1,0 +1,95 @@
+"""The dispatcher in the running agent: re-plan each step and on new signals, off the event loop, with fallback.
+
+The solver runs in a worker thread (DESIGN.md §3: never on the event loop) under a time budget. If it fails or
+overruns, the last plan keeps running for as long as it covers the clock; after that `requests()` returns None
+and the control loop falls back to its safe rule. The fleet is never left without setpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import structlog
+
+from agent.config import AppConfig
+from agent.dispatch.build import plan_inputs
+from agent.dispatch.planner import Plan, PlanError, solve
+from agent.fleet import Fleet
+from agent.signals import SignalModel
+
+log = structlog.get_logger("agent.dispatch")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: AppConfig,
+        clock: Callable[[], datetime],
+        book: Mapping[str, Mapping[str, SignalModel]] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.book: Mapping[str, Mapping[str, SignalModel]] = book or {}
+        self.plan: Plan | None = None
+        self.plan_start: datetime | None = None
+        self.failures = 0
+        self.solves = 0
+        self._wake = asyncio.Event()
+
+    def request_replan(self) -> None:
+        """Called when a signal arrives: plan again now rather than at the next step."""
+        self._wake.set()
+
+    def requests(self, now: datetime) -> dict[str, float] | None:
+        """This step's planned power per asset, or None when no plan covers `now`."""
+        if self.plan is None or self.plan_start is None:
+            return None
+        index = int((now - self.plan_start).total_seconds() // self.plan.step_s)
+        if not 0 <= index < self.plan.power_w.shape[1]:
+            return None
+        return {asset_id: float(self.plan.power_w[i, index]) for i, asset_id in enumerate(self.plan.asset_ids)}
+
+    async def replan(self, fleet: Fleet, uncontrolled_w: float) -> Plan | None:
+        now = self.clock()
+        inputs, start = plan_inputs(fleet, self.config, now, self.book, uncontrolled_w)
+        if not inputs.assets:
+            return None
+        budget = self.config.dispatch.time_budget_s
+        try:
+            plan = await asyncio.wait_for(asyncio.to_thread(solve, inputs, budget), timeout=budget * 2 + 5)
+        except (PlanError, TimeoutError) as exc:
+            self.failures += 1
+            covered = self.requests(now) is not None
+            log.warning("dispatch.failed", error=str(exc) or type(exc).__name__, last_plan_covers_now=covered)
+            return None
+        self.plan, self.plan_start = plan, start
+        self.solves += 1
+        log.info(
+            "dispatch.planned",
+            assets=len(plan.asset_ids),
+            steps=inputs.steps,
+            solve_s=round(plan.solve_s, 3),
+            net_cost=round(plan.net_cost, 2),
+            breakdown={k: round(v, 2) for k, v in plan.breakdown.items()},
+            violations={k: round(v, 3) for k, v in plan.violations.items() if v > 1e-6},
+        )
+        return plan
+
+    async def run(self, fleet: Fleet, uncontrolled: Callable[[], float], stop: asyncio.Event) -> None:
+        """Re-plan at every step boundary and whenever woken, until `stop`."""
+        step = timedelta(seconds=self.config.dispatch.step_s)
+        while not stop.is_set():
+            planned = await self.replan(fleet, uncontrolled())
+            now = self.clock()
+            if planned is None:  # nothing to plan yet (fleet not polled) or the solver failed: try again soon
+                wait_s = 2 * self.config.agent.poll_period_s
+            else:
+                wait_s = max(0.1, ((self.plan_start or now) + step - now).total_seconds())
+            waker = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waker, stopper}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            self._wake.clear()

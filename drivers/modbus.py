@@ -8,7 +8,6 @@ A device that times out costs its gateway one timeout, never the other gateways 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -17,25 +16,10 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from agent.model import AssetKind, DeviceStatus, Measurement
+from agent.model import AssetKind, Measurement
 from drivers.base import DriverError
+from drivers.measure import to_measurement
 from drivers.registermap import RegisterMap
-
-# Plausibility bounds per domain field: values outside are a broken device or a wrong map, never data.
-FRACTION_FIELDS = ("soc", "soh", "ev_target_soc", "ev_min_soc")
-NON_NEGATIVE_FIELDS = (
-    "rated_charge_w",
-    "rated_discharge_w",
-    "max_charge_w",
-    "max_discharge_w",
-    "capacity_wh",
-    "energy_import_wh",
-    "energy_export_wh",
-    "lease_timeout_s",
-)
-FRACTION_SLACK = 1e-3  # rounding of percent registers
-DEPARTURE_MIN_UNIX_S = 946_684_800  # 2000-01-01: earlier is an unset clock, not a departure
-DEPARTURE_MAX_UNIX_S = 4_102_444_800  # 2100-01-01
 
 
 class ModbusGateway:
@@ -180,57 +164,8 @@ class ModbusDriver:
 
     def to_measurement(self, values: dict[str, float]) -> Measurement:
         """Check plausibility and build the Measurement; a bad value names its field, register and raw value."""
-        for name, value in values.items():
-            if not math.isfinite(value):
-                self._bad(name, value, "is not a finite number")
-        for name in FRACTION_FIELDS:
-            if name in values and not -FRACTION_SLACK <= values[name] <= 1 + FRACTION_SLACK:
-                self._bad(name, values[name], "is outside 0..1")
-        for name in NON_NEGATIVE_FIELDS:
-            if name in values and values[name] < 0:
-                self._bad(name, values[name], "is negative")
-        status_code = int(values.get("status", 0))
-        try:
-            status = DeviceStatus(status_code)
-        except ValueError:
-            self._bad("status", status_code, f"is not a known status code {[s.value for s in DeviceStatus]}")
-        connected = bool(values["ev_connected"]) if "ev_connected" in values else None
-        ev = connected is not False  # EV fields mean nothing while no EV is plugged in
-        departure_s = values.get("ev_departure")
-        return Measurement(
-            asset_id=self.asset_id,
-            at=self._now(),
-            power_w=values["power_w"],
-            status=status,
-            fault_code=int(values.get("fault_code", 0)),
-            setpoint_w=values.get("setpoint_w"),
-            lease_timeout_s=values.get("lease_timeout_s"),
-            rated_charge_w=values.get("rated_charge_w"),
-            rated_discharge_w=values.get("rated_discharge_w"),
-            max_charge_w=values.get("max_charge_w"),
-            max_discharge_w=values.get("max_discharge_w"),
-            soc=_clip01(values.get("soc")) if ev else None,
-            soh=_clip01(values.get("soh")),
-            capacity_wh=values.get("capacity_wh") if ev else None,
-            ev_connected=connected,
-            ev_target_soc=_clip01(values.get("ev_target_soc")) if ev else None,
-            ev_min_soc=_clip01(values.get("ev_min_soc")) if ev else None,
-            ev_departure=self._departure(departure_s) if ev and departure_s else None,
-            voltage_v=values.get("voltage_v"),
-            current_a=values.get("current_a"),
-            energy_import_wh=values.get("energy_import_wh"),
-            energy_export_wh=values.get("energy_export_wh"),
-        )
-
-    def _departure(self, unix_s: float) -> datetime:
-        if not DEPARTURE_MIN_UNIX_S <= unix_s <= DEPARTURE_MAX_UNIX_S:
-            self._bad("ev_departure", unix_s, "is not a plausible UNIX time")
-        return datetime.fromtimestamp(unix_s, UTC)
+        return to_measurement(self.asset_id, values, self._now, self._bad)
 
     def _bad(self, field: str, value: float, problem: str) -> NoReturn:
         address = self.map.codec(field).row.address
         raise DriverError(self.asset_id, f"register {address} ({field}) value {value!r} {problem} (map {self.map.id})")
-
-
-def _clip01(value: float | None) -> float | None:
-    return None if value is None else min(1.0, max(0.0, value))

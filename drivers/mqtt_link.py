@@ -117,8 +117,13 @@ class MqttLink:
             task = asyncio.get_running_loop().create_task(self._client.subscribe(topic_filter, qos))
             task.add_done_callback(_log_failure)
 
-    async def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        """Send now if connected (True), else keep it for after reconnect (False)."""
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False, buffer: bool = True
+    ) -> bool:
+        """Send now if connected (True), else keep it for after reconnect (False).
+
+        `buffer=False` drops instead of keeping: for commands, where a late delivery is worse than none.
+        """
         data = payload.encode() if isinstance(payload, str) else payload
         if self._client is not None and self.connected and not self._flushing:
             try:
@@ -127,7 +132,8 @@ class MqttLink:
                 return True
             except aiomqtt.MqttError as exc:
                 self.stats.last_error = str(exc)
-        self._keep(_Pending(topic, data, qos, retain))
+        if buffer:
+            self._keep(_Pending(topic, data, qos, retain))
         return False
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -1,6 +1,7 @@
 """`vpp-sim --config FILE [--speed X] [--host H] [--fault ID:KIND[=VALUE]]...`.
 
-Serves the `[simulation]` table of a config file until stopped.
+Serves the `[simulation]` table of a config file until stopped: Modbus TCP devices on their ports, MQTT devices
+(`transport = "mqtt"`) through the broker of `[simulation.mqtt]`, reconnecting whenever it restarts.
 
 Reads only `[simulation]` (the agent's tables in the same file are ignored), logs one line per listening port,
 stops within a second of SIGINT/SIGTERM, and exits with code 2 and the key path of the problem on a bad config.
@@ -41,10 +42,12 @@ def configure_logging() -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vpp-sim", description="Serve simulated VPP devices over Modbus TCP.")
+    parser = argparse.ArgumentParser(
+        prog="vpp-sim", description="Serve simulated VPP devices over Modbus TCP and MQTT."
+    )
     parser.add_argument("--config", required=True, help="TOML file with a [simulation] table")
     parser.add_argument("--speed", type=float, help="sim seconds per wall second (overrides the file)")
-    parser.add_argument("--host", help="address to listen on (overrides the file; default 127.0.0.1)")
+    parser.add_argument("--host", help="address the Modbus servers listen on (overrides the file; default 127.0.0.1)")
     parser.add_argument(
         "--fault", action="append", default=[], metavar="ID:KIND[=VALUE]",
         help="inject a fault from the start: offline, slow=SECONDS, exception[=CODE], frozen, device=CODE "
@@ -62,7 +65,8 @@ async def serve(config: SimulationConfig, faults: list[tuple[str, str, float | N
     async with SimSite.from_config(config) as site:
         for device_id, kind, value in faults or []:
             apply_fault(site.faults(device_id), kind, value)
-        log.info("sim.ready", devices=len(site.devices), ports=len(site.ports), speed=config.speed)
+        log.info("sim.ready", devices=len(site.devices), ports=len(site.ports), mqtt_devices=len(site.mqtt_endpoints),
+                 speed=config.speed)
         await stop.wait()
         log.info("sim.stopping")
     log.info("sim.stopped")

@@ -2,10 +2,15 @@
 
 Kind-specific params are checked against the kind of the register map the group names (a battery group cannot
 take `start_empty`), so a typo in a scenario fails at load with the key path and value instead of being ignored.
+
+A device group is served over Modbus TCP (default: `port`, `unit_id`, a register map in drivers/maps) or over MQTT
+(`transport = "mqtt"`: a `topic` pattern with `{id}` and an MQTT map in drivers/mqtt_maps), with the broker in the
+optional `[simulation.mqtt]` table. The physics is the same whichever transport serves it.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from datetime import datetime
@@ -13,10 +18,26 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.addressing import Placement, expand_group, index_placements
 from sim_devices.maps import MapError, load_map
+from sim_devices.mqtt_codec import load_mqtt_model
+
+Transport = Literal["modbus", "mqtt"]
+
+
+def model_kind(transport: str, model: str) -> str:
+    """Device kind of a model id: a register map for Modbus groups, an MQTT map for MQTT groups (MapError if none)."""
+    return load_mqtt_model(model).kind if transport == "mqtt" else load_map(model).kind
 
 
 class SimulationError(ValueError):
@@ -98,36 +119,115 @@ PARAMS_BY_KIND: dict[str, type[_Strict]] = {
 KindParams = EVChargerParams | BatteryParams | MeterParams
 
 
+class MqttSimConfig(_Strict):
+    """The `[simulation.mqtt]` table: the broker the MQTT devices of the site publish to.
+
+    The password comes from `password_env` (the name of an environment variable) on a shared machine; an inline
+    `password` is accepted for throw-away test brokers only (DESIGN.md §4: no secrets inline in real configs).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    ca_file: str | None = None
+    client_id: str | None = None
+    publish_period_s: float = Field(default=1.0, gt=0, le=3600)
+    qos: Literal[0, 1] = 0
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttSimConfig:
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give password or password_env, not both")
+        if self.password_env is not None and self.password_env not in os.environ:
+            raise ValueError(f"password_env names {self.password_env!r}, which is not set in the environment")
+        return self
+
+    def resolved_password(self) -> str | None:
+        return os.environ[self.password_env] if self.password_env is not None else self.password
+
+
+MODBUS_ONLY_KEYS = ("port", "unit_id", "units_per_port")
+
+
 class DeviceGroupConfig(_Strict):
-    """One `[[simulation.devices]]` entry: a device or a group (`count`) of one model."""
+    """One `[[simulation.devices]]` entry: a device or a group (`count`) of one model on one transport."""
 
     id: str = Field(min_length=1)
     count: int | None = Field(default=None, ge=1)
+    transport: Transport = "modbus"
     model: str
-    port: int = Field(ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     unit_id: int = Field(default=1, ge=1, le=247)
     units_per_port: int = Field(default=1, ge=1, le=247)
+    topic: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, model: str) -> str:
+    def _known_model(cls, model: str, info: ValidationInfo) -> str:
         try:
-            load_map(model)
+            model_kind(info.data.get("transport", "modbus"), model)
         except MapError as exc:
             raise ValueError(str(exc)) from exc
         return model
 
+    @field_validator("topic")
+    @classmethod
+    def _topic_pattern(cls, topic: str | None) -> str | None:
+        if topic is None:
+            return None
+        try:
+            sample = topic.format(id="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"topic pattern may only use {{id}} ({type(exc).__name__}: {exc})") from exc
+        if not sample or "+" in sample or "#" in sample or sample.startswith("/") or sample.endswith("/"):
+            raise ValueError("topic must be a plain topic (no wildcards, no leading or trailing /)")
+        return topic
+
+    @model_validator(mode="after")
+    def _transport_keys(self) -> DeviceGroupConfig:
+        if self.transport == "modbus":
+            if self.port is None:
+                raise ValueError("port is required for a Modbus device group")
+            if self.topic is not None:
+                raise ValueError("topic is only for transport = 'mqtt'")
+        else:
+            if self.topic is None:
+                raise ValueError("topic is required for transport = 'mqtt' (e.g. \"devices/{id}\")")
+            if self.count is not None and "{id}" not in self.topic:
+                raise ValueError(f"topic {self.topic!r} needs an {{id}} placeholder when count is set")
+            given = [k for k in MODBUS_ONLY_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(f"only transport = 'modbus' takes {', '.join(given)}")
+        return self
+
     @property
     def kind(self) -> str:
-        return load_map(self.model).kind
+        return model_kind(self.transport, self.model)
 
     def physics(self) -> KindParams:
         """The params validated for this group's device kind."""
         return PARAMS_BY_KIND[self.kind].model_validate(self.params)  # type: ignore[return-value]
 
     def placements(self) -> list[Placement]:
+        """Device ids with their Modbus address; MQTT devices have none (port and unit 0)."""
+        if self.transport == "mqtt":
+            return [Placement(p.id, 0, 0) for p in expand_group(self.id, self.count, 1)]
+        assert self.port is not None
         return expand_group(self.id, self.count, self.port, self.unit_id, self.units_per_port)
+
+    def device_topic(self, device_id: str) -> str:
+        """Base topic of one MQTT device of this group."""
+        assert self.topic is not None
+        return self.topic.format(id=device_id)
+
+    def _address_check(self) -> list[Placement]:
+        """What index_placements checks: MQTT devices get distinct pseudo ports so only their ids are compared."""
+        if self.transport == "mqtt":
+            return expand_group(self.id, self.count, 1)
+        return self.placements()
 
 
 class SimulationConfig(_Strict):
@@ -141,6 +241,7 @@ class SimulationConfig(_Strict):
     base_load_w: float = Field(default=3000.0, ge=0)
     pv_peak_w: float = Field(default=0.0, ge=0)
     utc_offset_h: float = Field(default=9.0, ge=-12, le=14)
+    mqtt: MqttSimConfig | None = None
     devices: list[DeviceGroupConfig] = Field(min_length=1)
 
     @field_validator("start")
@@ -152,8 +253,23 @@ class SimulationConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> SimulationConfig:
-        index_placements("devices", [g.placements for g in self.devices])
+        hosts = ["" if g.transport == "modbus" else f"mqtt#{i}" for i, g in enumerate(self.devices)]
+        index_placements("devices", [g._address_check for g in self.devices], hosts)
+        topics: dict[str, str] = {}
+        for index, group in enumerate(self.devices):
+            if group.transport != "mqtt":
+                continue
+            for placement in group.placements():
+                topic = group.device_topic(placement.id)
+                if topic in topics:
+                    raise ValueError(f"devices[{index}]: topic {topic!r} already used by {topics[topic]!r}")
+                topics[topic] = placement.id
         return self
+
+    @property
+    def mqtt_settings(self) -> MqttSimConfig:
+        """The broker settings, defaults when the `[simulation.mqtt]` table is absent."""
+        return self.mqtt if self.mqtt is not None else MqttSimConfig()
 
     def placements(self) -> list[tuple[DeviceGroupConfig, Placement]]:
         return [(g, p) for g in self.devices for p in g.placements()]
@@ -196,7 +312,7 @@ def parse_simulation(data: Mapping[str, Any], where: str = "simulation") -> Simu
         if not isinstance(group, Mapping) or not isinstance(group.get("params", {}), Mapping):
             continue
         try:
-            kind = load_map(str(group.get("model"))).kind
+            kind = model_kind(str(group.get("transport", "modbus")), str(group.get("model")))
             PARAMS_BY_KIND[kind].model_validate(dict(group.get("params", {})))
         except MapError:
             continue  # already reported as a bad model

@@ -5,6 +5,8 @@
         site.faults("ev1").set_offline()               # fault injection
 
 With a ManualClock there is no ticker: tests call `site.step(dt)` and nothing moves between calls.
+Devices with `transport = "mqtt"` are served by one MqttDeviceServer (`site.mqtt`), started and stopped with the
+Modbus servers; it publishes on wall time even with a ManualClock (the state it publishes only moves on step()).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from sim_devices.config import SimulationConfig, SimulationError
 from sim_devices.faults import DeviceFaults
 from sim_devices.maps import load_map
 from sim_devices.meter import DCMeter
+from sim_devices.mqtt_codec import load_mqtt_model
+from sim_devices.mqtt_server import MqttDeviceServer, MqttEndpoint
 from sim_devices.registers import DeviceCodec
 from sim_devices.server import DeviceEndpoint, PortServer
 from sim_devices.site import Site
@@ -63,10 +67,18 @@ class SimSite:
         self.devices = {**self.site.devices, **self.site.meters}
         self.placements: dict[str, Placement] = {p.id: p for _, p in config.placements()}
         self.endpoints: dict[str, DeviceEndpoint] = {}
+        self.mqtt_endpoints: dict[str, MqttEndpoint] = {}
         self._faults: dict[str, DeviceFaults] = {}
         by_port: dict[int, list[DeviceEndpoint]] = defaultdict(list)
         for group, placement in config.placements():
             physics = self.devices[placement.id]
+            if group.transport == "mqtt":
+                faults = DeviceFaults(placement.id, physics)  # offline = silent on the broker, no listener
+                self._faults[placement.id] = faults
+                self.mqtt_endpoints[placement.id] = MqttEndpoint(
+                    placement.id, group.device_topic(placement.id), load_mqtt_model(group.model), physics, faults
+                )
+                continue
             maxima = physics.field_maxima() if isinstance(physics, DCMeter) else None
             codec = DeviceCodec(load_map(group.model), maxima)
             faults = DeviceFaults(placement.id, physics, self._offline_hook(placement))
@@ -77,6 +89,9 @@ class SimSite:
         self.servers: dict[int, PortServer] = {
             port: PortServer(config.host, port, eps) for port, eps in sorted(by_port.items())
         }
+        self.mqtt: MqttDeviceServer | None = (
+            MqttDeviceServer(config.mqtt_settings, list(self.mqtt_endpoints.values())) if self.mqtt_endpoints else None
+        )
         self._ticker: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.manual = isinstance(self.clock, ManualClock)
@@ -112,6 +127,8 @@ class SimSite:
             raise
         for port, ids in self.ports.items():
             log.info("sim.listening", host=self.config.host, port=port, devices=len(ids), first=ids[0])
+        if self.mqtt is not None:
+            self.mqtt.start()  # connects in the background and keeps reconnecting: a broker may come up later
         if not self.manual:
             self._ticker = asyncio.create_task(self._tick(), name="sim-ticker")
 
@@ -125,10 +142,17 @@ class SimSite:
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S / 2)
         self._ticker = None
-        await asyncio.wait_for(
-            asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True),
-            timeout=STOP_TIMEOUT_S,
-        )
+        # The MQTT client bounds its own stop (clean disconnect, else cancel), so it runs beside the listeners
+        # rather than under their timeout, which would cancel it half-way through a disconnect.
+        mqtt_stop = asyncio.create_task(self.mqtt.stop(timeout_s=STOP_TIMEOUT_S / 2)) if self.mqtt else None
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True),
+                timeout=STOP_TIMEOUT_S,
+            )
+        finally:
+            if mqtt_stop is not None:
+                await mqtt_stop
 
     async def __aenter__(self) -> SimSite:
         await self.start()

@@ -258,3 +258,65 @@ async def test_site_target_signal_moves_the_site(broker: Broker, tmp_path: Path)
             assert (await next_json(client, f"{PREFIX}/signals/ack"))["status"] == "accepted"
         assert app.loop.site_target_w == 20000
         await eventually(lambda: app.loop.last_setpoints["bess"].power_w > 10000, what="battery charging to the target")
+
+
+MQTT_SITE = """
+[agent]
+poll_period_s = 0.2
+poll_timeout_s = 0.1
+lease_timeout_s = 3.0
+[site]
+meter = "meter"
+[control]
+site_target_w = 0.0
+[mqtt]
+enabled = true
+port = {broker}
+client_id = "agent-mqtt-devices"
+topic_prefix = "vpp/test"
+signal_store = "{store}"
+[[assets]]
+id = "bess"
+map = "vppsim_battery_mqtt"
+transport = "mqtt"
+topic = "bridge/{id}"
+[[assets]]
+id = "meter"
+map = "vppsim_dc_meter_mqtt"
+transport = "mqtt"
+topic = "bridge/{id}"
+[simulation]
+base_load_w = 12000.0
+[simulation.mqtt]
+port = {broker}
+publish_period_s = 0.2
+[[simulation.devices]]
+id = "bess"
+model = "vppsim_battery_mqtt"
+transport = "mqtt"
+topic = "bridge/bess"
+[[simulation.devices]]
+id = "meter"
+model = "vppsim_dc_meter_mqtt"
+transport = "mqtt"
+topic = "bridge/meter"
+"""
+
+
+async def test_agent_controls_an_mqtt_battery_end_to_end(broker: Broker, tmp_path: Path) -> None:
+    text = MQTT_SITE.replace("{broker}", str(broker.port)).replace("{store}", str(tmp_path / "s.sqlite3"))
+    config = parse_config(text)
+    async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
+        app = AgentApp(config, site.clock.now)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop))
+        try:
+            bess, meter = site.devices["bess"], site.devices["meter"]
+            # site target 0 W with 12 kW base load: the MQTT battery must discharge ~12 kW, seen at the MQTT meter
+            await eventually(lambda: abs(meter.power_w) < 500 and bess.power_w < -10_000, what="steered over MQTT")
+            assert bess.lease.timeout_s == 3.0  # the lease went over MQTT too
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        # the agent is gone: the battery's lease lapses and it returns to 0 W by itself
+        await eventually(lambda: bess.power_w == 0.0, what="lease lapsed after the agent stopped")

@@ -38,12 +38,23 @@ def test_good_config_expands_groups_and_types_params() -> None:
         ({"bogus": 1}, "simulation.bogus = 1: unknown key"),
         ({"start": "2026-11-23T09:00:00"}, "simulation.start"),
         ({"devices": [{"id": "x", "model": "nope", "port": 1}]}, "simulation.devices[0].model = 'nope'"),
-        ({"devices": [{"id": "x", "model": "vppsim_battery", "port": 1, "params": {"start_empty": True}}]},
-         "simulation.devices[0].params.start_empty = True: unknown key"),
-        ({"devices": [{"id": "x", "model": "vppsim_battery", "port": 1, "params": {"soc": 1.5}}]},
-         "simulation.devices[0].params.soc = 1.5"),
-        ({"devices": [{"id": "x", "model": "vppsim_battery", "port": 1},
-                      {"id": "y", "model": "vppsim_battery", "port": 1}]}, "port 1 unit 1 already taken"),
+        (
+            {"devices": [{"id": "x", "model": "vppsim_battery", "port": 1, "params": {"start_empty": True}}]},
+            "simulation.devices[0].params.start_empty = True: unknown key",
+        ),
+        (
+            {"devices": [{"id": "x", "model": "vppsim_battery", "port": 1, "params": {"soc": 1.5}}]},
+            "simulation.devices[0].params.soc = 1.5",
+        ),
+        (
+            {
+                "devices": [
+                    {"id": "x", "model": "vppsim_battery", "port": 1},
+                    {"id": "y", "model": "vppsim_battery", "port": 1},
+                ]
+            },
+            "port 1 unit 1 already taken",
+        ),
         ({"devices": [{"id": "x", "count": 2, "model": "vppsim_battery", "port": 1}]}, "{i}"),
     ],
 )
@@ -55,8 +66,10 @@ def test_errors_name_the_key_path_and_value(patch: dict, expected: str) -> None:
 
 def test_cli_exits_2_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text('[agent]\nx = 1\n[simulation]\nspeed = -2\n[[simulation.devices]]\nid = "a"\n'
-                    'model = "vppsim_battery"\nport = 15000\n')
+    path.write_text(
+        '[agent]\nx = 1\n[simulation]\nspeed = -2\n[[simulation.devices]]\nid = "a"\n'
+        'model = "vppsim_battery"\nport = 15000\n'
+    )
     assert main(["--config", str(path)]) == 2
     assert "simulation.speed = -2" in capsys.readouterr().err
     path.write_text("[agent]\nx = 1\n")

@@ -20,8 +20,14 @@ JST = timezone(timedelta(hours=9))
 
 
 def one_session(**kw: float) -> list[EVSession]:
-    args = {"arrival_s": 0.0, "departure_s": 1e9, "capacity_wh": 60_000.0, "soc": 0.5, "target_soc": 0.8,
-            "min_soc": 0.2}
+    args = {
+        "arrival_s": 0.0,
+        "departure_s": 1e9,
+        "capacity_wh": 60_000.0,
+        "soc": 0.5,
+        "target_soc": 0.8,
+        "min_soc": 0.2,
+    }
     args.update(kw)
     return [EVSession(**args)]
 

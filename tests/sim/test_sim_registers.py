@@ -12,11 +12,26 @@ from sim_devices.meter import DCMeter
 from sim_devices.registers import DeviceCodec, choose_scale_factor, decode, encode
 
 SAMPLE = {
-    "status": 2, "fault_code": 1, "power_w": -7_321.4, "setpoint_w": -7_000.0, "lease_timeout_s": 30,
-    "rated_charge_w": 11_000, "rated_discharge_w": 11_000, "max_charge_w": 9_870, "max_discharge_w": 10_990,
-    "soc": 0.4567, "soh": 0.9876, "capacity_wh": 64_300, "ev_connected": 1, "ev_target_soc": 0.8,
-    "ev_min_soc": 0.25, "ev_departure": 1_795_416_888, "voltage_v": 748.3, "current_a": -9.8,
-    "energy_import_wh": 123_456, "energy_export_wh": 789,
+    "status": 2,
+    "fault_code": 1,
+    "power_w": -7_321.4,
+    "setpoint_w": -7_000.0,
+    "lease_timeout_s": 30,
+    "rated_charge_w": 11_000,
+    "rated_discharge_w": 11_000,
+    "max_charge_w": 9_870,
+    "max_discharge_w": 10_990,
+    "soc": 0.4567,
+    "soh": 0.9876,
+    "capacity_wh": 64_300,
+    "ev_connected": 1,
+    "ev_target_soc": 0.8,
+    "ev_min_soc": 0.25,
+    "ev_departure": 1_795_416_888,
+    "voltage_v": 748.3,
+    "current_a": -9.8,
+    "energy_import_wh": 123_456,
+    "energy_export_wh": 789,
 }
 
 
@@ -54,7 +69,8 @@ def test_meter_scale_factors_fit_the_rating() -> None:
             sf = codec.sf_of_field[field]
             assert decode(row, encode(row, max_value, sf), sf) == pytest.approx(max_value, abs=10**sf)
             assert decode(row, encode(row, -max_value, sf), sf) == pytest.approx(
-                -max_value if row.type.startswith("s") else 0, abs=10**sf)
+                -max_value if row.type.startswith("s") else 0, abs=10**sf
+            )
     row = regmap.row_for("power_w")
     assert row is not None
     assert choose_scale_factor(row, 400_000) == -2

@@ -24,8 +24,15 @@ def _refused(port: int) -> bool:
 
 async def test_ticker_advances_physics_with_the_clock_and_stop_closes_ports() -> None:
     base = free_port_block(2)
-    cfg = parse_simulation({"speed": 100.0, "tick_s": 0.02, "devices": [
-        {"id": "b{i}", "count": 2, "model": "vppsim_battery", "port": base, "params": {"lease_timeout_s": 0}}]})
+    cfg = parse_simulation(
+        {
+            "speed": 100.0,
+            "tick_s": 0.02,
+            "devices": [
+                {"id": "b{i}", "count": 2, "model": "vppsim_battery", "port": base, "params": {"lease_timeout_s": 0}}
+            ],
+        }
+    )
     async with SimSite.from_config(cfg) as site:
         site.devices["b1"].write_setpoint(10_000)
 
@@ -39,11 +46,16 @@ async def test_ticker_advances_physics_with_the_clock_and_stop_closes_ports() ->
 
 async def test_five_hundred_devices_each_answer_one_read() -> None:
     n_solo, n_gw, per_port = 300, 200, 50
-    solo, gw = free_port_block(n_solo), free_port_block(n_gw // per_port)
-    cfg = parse_simulation({"devices": [
-        {"id": "ev{i:03d}", "count": n_solo, "model": "vppsim_v2g_dc", "port": solo},
-        {"id": "bess{i:03d}", "count": n_gw, "model": "vppsim_battery", "port": gw, "units_per_port": per_port},
-    ]})
+    solo = free_port_block(n_solo + n_gw // per_port)  # one block: two separate blocks could overlap
+    gw = solo + n_solo
+    cfg = parse_simulation(
+        {
+            "devices": [
+                {"id": "ev{i:03d}", "count": n_solo, "model": "vppsim_v2g_dc", "port": solo},
+                {"id": "bess{i:03d}", "count": n_gw, "model": "vppsim_battery", "port": gw, "units_per_port": per_port},
+            ]
+        }
+    )
     async with SimSite.from_config(cfg) as site:
         assert len(site.devices) == 500 and len(site.ports) == n_solo + n_gw // per_port
         answered: set[str] = set()
@@ -80,13 +92,24 @@ def test_fault_specs_parse() -> None:
 async def test_vpp_sim_command_serves_until_sigterm(tmp_path: Path) -> None:
     port = free_port_block(1)
     path = tmp_path / "sim.toml"
-    path.write_text(f'[agent]\nignored = true\n\n[simulation]\nspeed = 5\n\n[[simulation.devices]]\nid = "m"\n'
-                    f'model = "vppsim_dc_meter"\nport = {port}\n')
+    path.write_text(
+        f'[agent]\nignored = true\n\n[simulation]\nspeed = 5\n\n[[simulation.devices]]\nid = "m"\n'
+        f'model = "vppsim_dc_meter"\nport = {port}\n'
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sim_devices.cli", "--config", str(path), "--host", HOST, "--fault", "m:exception=6",
+        sys.executable,
+        "-m",
+        "sim_devices.cli",
+        "--config",
+        str(path),
+        "--host",
+        HOST,
+        "--fault",
+        "m:exception=6",
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+
         async def listening() -> bool:
             assert proc.returncode is None
             return not _refused(port)

@@ -21,9 +21,16 @@ def site_config(base: int) -> dict:
     return {
         "pv_peak_w": 15_000,
         "devices": [
-            {"id": "ev1", "model": "vppsim_v2g_dc", "port": base,
-             "params": {"sessions": [{"arrival_s": 0, "departure_s": 36_000, "capacity_kwh": 60, "soc": 0.4,
-                                      "min_soc": 0.25}]}},
+            {
+                "id": "ev1",
+                "model": "vppsim_v2g_dc",
+                "port": base,
+                "params": {
+                    "sessions": [
+                        {"arrival_s": 0, "departure_s": 36_000, "capacity_kwh": 60, "soc": 0.4, "min_soc": 0.25}
+                    ]
+                },
+            },
             {"id": "bess{i}", "count": 3, "model": "vppsim_battery", "port": base + 1, "units_per_port": 3},
             {"id": "meter", "model": "vppsim_dc_meter", "port": base + 2},
             {"id": "pv", "model": "vppsim_dc_meter", "port": base + 3, "params": {"measures": "pv"}},
@@ -54,8 +61,14 @@ async def client_for(sim: SimSite) -> AsyncIterator:
         c.close()
 
 
-MODELS = {"ev1": "vppsim_v2g_dc", "bess1": "vppsim_battery", "bess2": "vppsim_battery",
-          "bess3": "vppsim_battery", "meter": "vppsim_dc_meter", "pv": "vppsim_dc_meter"}
+MODELS = {
+    "ev1": "vppsim_v2g_dc",
+    "bess1": "vppsim_battery",
+    "bess2": "vppsim_battery",
+    "bess3": "vppsim_battery",
+    "meter": "vppsim_dc_meter",
+    "pv": "vppsim_dc_meter",
+}
 
 
 async def read_fields(client: AsyncModbusTcpClient, unit: int, model: str) -> dict[str, float]:

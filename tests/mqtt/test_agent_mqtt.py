@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -320,3 +321,29 @@ async def test_agent_controls_an_mqtt_battery_end_to_end(broker: Broker, tmp_pat
             await asyncio.wait_for(task, 10)
         # the agent is gone: the battery's lease lapses and it returns to 0 W by itself
         await eventually(lambda: bess.power_w == 0.0, what="lease lapsed after the agent stopped")
+
+
+async def test_will_announces_an_agent_that_died(broker: Broker, tmp_path: Path) -> None:
+    """A killed agent sends nothing; the broker publishes its Will once the keepalive lapses."""
+    port = free_port_block(1)
+    text = (
+        SITE.replace("{port}", str(port)).replace("{broker}", str(broker.port))
+        .replace("{store}", str(tmp_path / "s.sqlite3")).replace("{mqtt_extra}", "keepalive_s = 5")
+    )  # fmt: skip
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(text)
+    async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])):
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(config_path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            async with peer(broker, f"{PREFIX}/agent/status") as client:
+                assert (await next_json(client, f"{PREFIX}/agent/status", within_s=30))["state"] == "online"
+                agent.kill()  # no clean disconnect, no shutdown message
+                status = await next_json(client, f"{PREFIX}/agent/status", within_s=30)
+            assert status == {**status, "state": "offline", "reason": "connection lost"}
+        finally:
+            if agent.returncode is None:
+                agent.kill()
+            await agent.wait()

@@ -1,0 +1,76 @@
+"""Baselines for measurement and verification of demand response (what the site would have drawn anyway).
+
+* High 4 of 5 (METI ERAB guideline, REFERENCE.md): of the 5 most recent like-days (same day type, no event on
+  them) before the event day, take the 4 with the highest average demand over the event window and average them
+  interval by interval; then a same-day adjustment shifts the baseline by the mean difference between the actual
+  and the baseline demand over intervals shortly before the event.
+* Pre-event average: the mean demand over the intervals just before the event, held flat through the window —
+  simpler, for sites without history.
+
+Assumptions made explicit because the guideline leaves them to programme rules: like-days are weekdays for a
+weekday event and weekend days for a weekend event; the adjustment window is `adjust_intervals` intervals ending
+`adjust_gap` intervals before the event start (defaults 4 and 2: the 2 h ending 1 h before, for 30-min data).
+Demand is in W (+ import) per interval; a day is a 1-D array of intervals (48 for 30-min data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+from datetime import date, timedelta
+
+import numpy as np
+
+
+class BaselineError(ValueError):
+    """Not enough history or bad inputs; the message says what is missing."""
+
+
+def is_like_day(day: date, event_day: date) -> bool:
+    return (day.weekday() >= 5) == (event_day.weekday() >= 5)
+
+
+def high_4_of_5(
+    history: Mapping[date, np.ndarray],
+    event_day: date,
+    window: slice,
+    excluded: Set[date] = frozenset(),
+    like_day: Callable[[date, date], bool] = is_like_day,
+    lookback_days: int = 45,
+) -> np.ndarray:
+    """The unadjusted High 4 of 5 baseline for the whole event day (every interval)."""
+    candidates: list[date] = []
+    day = event_day - timedelta(days=1)
+    while len(candidates) < 5 and (event_day - day).days <= lookback_days:
+        if day in history and day not in excluded and like_day(day, event_day):
+            candidates.append(day)
+        day -= timedelta(days=1)
+    if len(candidates) < 5:
+        raise BaselineError(
+            f"High 4 of 5 needs 5 like-days without events in the {lookback_days} days before {event_day}; "
+            f"found {len(candidates)}"
+        )
+    ranked = sorted(candidates, key=lambda d: float(np.mean(history[d][window])), reverse=True)
+    return np.mean([history[d] for d in ranked[:4]], axis=0)
+
+
+def same_day_adjustment(
+    actual: np.ndarray, baseline: np.ndarray, event_start: int, adjust_intervals: int = 4, adjust_gap: int = 2
+) -> float:
+    """Mean (actual − baseline) over the adjustment window before the event (W)."""
+    end = event_start - adjust_gap
+    begin = end - adjust_intervals
+    if begin < 0:
+        raise BaselineError(f"the adjustment window starts {-begin} intervals before the day: use history of day -1")
+    return float(np.mean(actual[begin:end] - baseline[begin:end]))
+
+
+def pre_event_average(actual: np.ndarray, event_start: int, intervals: int = 4) -> float:
+    """Mean demand over the `intervals` intervals right before the event (W)."""
+    if event_start - intervals < 0:
+        raise BaselineError("not enough intervals before the event for a pre-event average")
+    return float(np.mean(actual[event_start - intervals : event_start]))
+
+
+def delivered_increase(actual: np.ndarray, baseline: np.ndarray, window: slice) -> np.ndarray:
+    """Up-DR delivered per interval of the window: demand above the baseline, never negative (W)."""
+    return np.maximum(0.0, actual[window] - baseline[window])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +17,11 @@ import structlog
 
 from agent.config import AppConfig
 from agent.dispatch.runner import Dispatcher
+from agent.events import EventManager
 from agent.ingest import SignalIngest
 from agent.loop import ControlLoop
-from agent.signals import SignalModel, SiteTarget
-from agent.store import SignalStore
+from agent.signals import SIGNAL_TYPES, AsActivation, SignalModel, SiteTarget
+from agent.store import Store
 from agent.telemetry import TelemetryPublisher
 
 log = structlog.get_logger("agent.app")
@@ -35,28 +37,28 @@ class AgentApp:
         self.link = build_link(config.mqtt, now) if config.mqtt.enabled else None
         self.drivers, self.pool = build_drivers(config, now, self.link)
         self.loop = ControlLoop(config, self.drivers, clock=now, time_scale=time_scale)
+        state_file = config.agent.state_file
+        if state_dir is not None and state_file != ":memory:" and not Path(state_file).is_absolute():
+            state_file = str(state_dir / state_file)
+        self.store = Store(state_file)
+        prefix = config.mqtt.topic_prefix
+        self.ingest = SignalIngest(self.link, prefix, self.store, config.mqtt.max_payload_bytes, now)
+        self.ingest.on_accepted.append(self._apply_signal)
+        self.events = EventManager(self.store, self.loop.fleet)
+        self.loop.target_source = self.events.site_target_w
+        self.loop.after_cycle.append(self._events_cycle)
         self.telemetry: TelemetryPublisher | None = None
-        self.ingest: SignalIngest | None = None
-        self.store: SignalStore | None = None
         if self.link is not None:
-            prefix = config.mqtt.topic_prefix
-            store_path = Path(config.mqtt.signal_store)
-            if state_dir is not None and not store_path.is_absolute():
-                store_path = state_dir / store_path
-            self.store = SignalStore(store_path)
             self.telemetry = TelemetryPublisher(self.link, prefix)
-            self.ingest = SignalIngest(self.link, prefix, self.store, config.mqtt.max_payload_bytes, now)
             self.loop.after_cycle.append(self._publish_telemetry)
-            self.ingest.on_accepted.append(self._apply_signal)
         self.dispatcher: Dispatcher | None = None
         if config.control.mode == "dispatch":
-            book = self.ingest.book if self.ingest is not None else {}
-            self.dispatcher = Dispatcher(config, now, book)
+            self.dispatcher = Dispatcher(config, now, self.ingest.book)
             self.loop.schedule = self.dispatcher.requests
-            if self.ingest is not None:
-                self.ingest.on_accepted.append(
-                    lambda kind, signal: self.dispatcher and self.dispatcher.request_replan()
-                )
+            self.ingest.on_accepted.append(lambda kind, signal: self.dispatcher and self.dispatcher.request_replan())
+        self.now = now
+        self._events_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[object]] = set()
         self._telemetry_task: asyncio.Task[None] | None = None
         self.telemetry_skipped = 0
 
@@ -71,10 +73,47 @@ class AgentApp:
         self._telemetry_task.add_done_callback(_log_failure)
 
     def _apply_signal(self, kind: str, signal: SignalModel) -> None:
-        """Signals that act at once; the rest are kept in the book for the dispatcher (issues 4 and 5)."""
+        """Signals that act at once: targets, events and activations; all are also in the dispatcher's book."""
         if isinstance(signal, SiteTarget):
             self.loop.set_site_target(signal.site_target_w)
             self.loop.wake()
+            return
+        task = asyncio.get_running_loop().create_task(self._to_events(kind, signal))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _to_events(self, kind: str, signal: SignalModel) -> None:
+        await self.events.receive(kind, signal, self.now())
+        if isinstance(signal, AsActivation):
+            self.loop.wake(fast=True)  # the fast path: act on the activation now, from the last poll
+
+    def _events_cycle(self) -> None:
+        """After each cycle: feed the site meter to the events and move them along (never blocks the cycle)."""
+        now = self.now()
+        self.events.observe_site(now, self.loop.site_meter_w())
+        if self._events_task is None or self._events_task.done():
+            self._events_task = asyncio.get_running_loop().create_task(self.events.tick(now))
+            self._events_task.add_done_callback(_log_failure)
+
+    async def feed_signals(self, path: Path) -> int:
+        """Signals from a JSON-lines file ({"kind": ..., "payload": {...}} per line), as if they came over MQTT."""
+        count = 0
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                kind, payload = entry["kind"], json.dumps(entry["payload"]).encode()
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                log.warning("signal.file_line_rejected", file=str(path), line=number, error=str(exc))
+                continue
+            if kind not in SIGNAL_TYPES:
+                log.warning("signal.file_line_rejected", file=str(path), line=number, error=f"unknown kind {kind!r}")
+                continue
+            await self.ingest.receive(kind, payload)
+            count += 1
+        return count
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info(
@@ -100,8 +139,9 @@ class AgentApp:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(link_task, timeout=1.0)
             self.pool.close()
-            if self.store is not None:
-                self.store.close()
+            for task in list(self._background):
+                task.cancel()
+            self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
 
 

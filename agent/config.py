@@ -36,6 +36,9 @@ class AgentSettings(Strict):
         10.0, ge=1, le=65535, description="device-side setpoint lease written to devices (whole seconds of device time)"
     )
     setpoint_deadband_w: float = Field(50.0, ge=0, description="rewrite a setpoint only past this change")
+    state_file: str = Field(
+        "vpp-state.sqlite3", description="SQLite file of accepted signals and event progress (':memory:' for none)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -102,7 +105,6 @@ class MqttSettings(Strict):
     keepalive_s: int = Field(30, ge=5, le=3600)
     buffer_limit: int = Field(10000, ge=1, le=10_000_000, description="telemetry kept while the broker is away")
     max_payload_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024, description="larger signals are rejected")
-    signal_store: str = Field("vpp-signals.sqlite3", description="SQLite file of accepted signals")
 
     @model_validator(mode="after")
     def _check(self) -> MqttSettings:

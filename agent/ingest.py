@@ -10,19 +10,22 @@ import structlog
 
 from agent.bus import Bus
 from agent.signals import SIGNAL_TYPES, Ack, SignalModel, SignalRejected, now_utc, parse_signal
-from agent.store import SignalStore
+from agent.store import Store
 
 log = structlog.get_logger("agent.signals")
 
 
 class SignalIngest:
-    """Subscribes to `{prefix}/signals/<kind>` for every kind and answers on `{prefix}/signals/ack`."""
+    """Subscribes to `{prefix}/signals/<kind>` for every kind and answers on `{prefix}/signals/ack`.
+
+    Also the entry for signals from a file or the command line (`receive`), with the same validation and storage.
+    """
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Bus | None,
         prefix: str,
-        store: SignalStore,
+        store: Store,
         max_payload_bytes: int,
         clock: Callable[[], datetime] = now_utc,
     ) -> None:
@@ -37,8 +40,9 @@ class SignalIngest:
         for kind, signal_id, payload in store.load():
             if kind in SIGNAL_TYPES:
                 self.book[kind][signal_id] = SIGNAL_TYPES[kind].model_validate(payload)
-        for kind in SIGNAL_TYPES:
-            bus.subscribe(self.topic(kind), self._handler(kind), qos=1)
+        if bus is not None:  # without a broker, signals come from a file or the CLI through receive()
+            for kind in SIGNAL_TYPES:
+                bus.subscribe(self.topic(kind), self._handler(kind), qos=1)
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/signals/{kind}"
@@ -66,10 +70,11 @@ class SignalIngest:
             self.book[kind][signal.id] = signal
             status = "accepted" if new else "duplicate"
             self.counts[status] += 1
-            if new:
+            if new or kind == "as_activation":
                 for consumer in self.on_accepted:
                     consumer(kind, signal)
             log.info("signal.accepted" if new else "signal.duplicate", kind=kind, signal_id=signal.id)
             ack = Ack(kind=kind, signal_id=signal.id, status=status, received_at=received_at)
-        await self.bus.publish(self.ack_topic, ack.model_dump_json(), qos=1)
+        if self.bus is not None:
+            await self.bus.publish(self.ack_topic, ack.model_dump_json(), qos=1)
         return ack

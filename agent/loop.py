@@ -90,6 +90,9 @@ class ControlLoop:
         self._wake = asyncio.Event()
         # the optimiser's value for this step per asset (None: no plan covers now); set by the app in dispatch mode
         self.schedule: Callable[[datetime], dict[str, float] | None] | None = None
+        # events shape the site target: (now, configured target) -> target in force; set by the app
+        self.target_source: Callable[[datetime, float], float] | None = None
+        self._skip_poll = False
         self._warned_no_plan = False
         self.writes = 0
         self.write_failures = 0
@@ -100,8 +103,12 @@ class ControlLoop:
         self.site_target_w = watts
         log.info("control.target", site_target_w=watts)
 
-    def wake(self) -> None:
-        """Start the next cycle now instead of at the next period (a new target or signal should not wait)."""
+    def wake(self, fast: bool = False) -> None:
+        """Start the next cycle now instead of at the next period (a new target or signal should not wait).
+
+        `fast` skips that cycle's poll: decide from the last measurements and write at once (activation signals).
+        """
+        self._skip_poll = self._skip_poll or fast
         self._wake.set()
 
     def set_override(self, asset_id: str, watts: float | None) -> None:
@@ -168,7 +175,10 @@ class ControlLoop:
 
     async def cycle(self) -> CycleTiming:
         t0 = self.monotonic()
-        await self.poll()
+        if self._skip_poll:
+            self._skip_poll = False
+        else:
+            await self.poll()
         t1 = self.monotonic()
         setpoints = self.decide()
         t2 = self.monotonic()
@@ -257,7 +267,10 @@ class ControlLoop:
         """What each asset is asked for before the envelope: the plan's value, else the rule, else 0 W."""
         if self.mode == "idle":
             return {asset_id: 0.0 for asset_id in bounds}
-        rule = site_target_requests(self.site_target_w, self.uncontrolled_w, bounds)
+        target = self.site_target_w if self.target_source is None else self.target_source(now, self.site_target_w)
+        rule = site_target_requests(target, self.uncontrolled_w, bounds)
+        if target != self.site_target_w:
+            return rule  # an active event owns the site target; it acts now, not at the next plan
         if self.mode == "dispatch" and self.schedule is not None:
             planned = self.schedule(now)
             if planned is not None:

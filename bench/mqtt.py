@@ -106,6 +106,7 @@ SITE = """
 [agent]
 poll_period_s = 1.0
 poll_timeout_s = 0.5
+state_file = "{store}"
 setpoint_deadband_w = 50
 [site]
 meter = "meter"
@@ -114,7 +115,6 @@ enabled = true
 port = {broker}
 client_id = "bench-agent"
 topic_prefix = "bench/site"
-signal_store = "{store}"
 [[assets]]
 id = "bess{i:03d}"
 count = {n}

@@ -27,6 +27,7 @@ SITE = """
 poll_period_s = 0.2
 poll_timeout_s = 0.1
 lease_timeout_s = 1.0
+state_file = "{store}"
 [site]
 meter = "meter"
 [mqtt]
@@ -35,7 +36,6 @@ host = "127.0.0.1"
 port = {broker}
 client_id = "agent-under-test"
 topic_prefix = "vpp/test"
-signal_store = "{store}"
 max_payload_bytes = 4096
 {mqtt_extra}
 [[assets]]
@@ -266,6 +266,7 @@ MQTT_SITE = """
 poll_period_s = 0.2
 poll_timeout_s = 0.1
 lease_timeout_s = 3.0
+state_file = "{store}"
 [site]
 meter = "meter"
 [control]
@@ -275,7 +276,6 @@ enabled = true
 port = {broker}
 client_id = "agent-mqtt-devices"
 topic_prefix = "vpp/test"
-signal_store = "{store}"
 [[assets]]
 id = "bess"
 map = "vppsim_battery_mqtt"

@@ -192,10 +192,16 @@ async def test_every_mqtt_map_round_trips_through_simulator(broker: Broker, mode
     async with rig(broker, {"dut": model}) as r:
         driver, physics = r.drivers["dut"], r.physics("dut")
         if mqtt_map.kind.controllable:
-            await driver.write_lease_timeout(0)
-            await driver.write_setpoint(-2500.0)
-            await until(lambda: physics.lease.setpoint_w == pytest.approx(-2500.0), "setpoint reaches physics")
-            assert physics.lease.timeout_s == 0
+
+            async def commanded() -> bool:
+                # re-sent until they land: a command published before the simulator has subscribed is lost
+                if physics.lease.timeout_s != 0:
+                    await driver.write_lease_timeout(0)
+                if physics.lease.setpoint_w != pytest.approx(-2500.0):
+                    await driver.write_setpoint(-2500.0)
+                return physics.lease.setpoint_w == pytest.approx(-2500.0) and physics.lease.timeout_s == 0
+
+            await until(commanded, "setpoint and lease reach physics")
         r.site.step(60.0)
         truth = physics.fields()
 
@@ -364,10 +370,12 @@ async def test_sim_and_driver_reconnect_after_broker_restart(broker: Broker) -> 
 
 async def test_site_starts_and_stops_while_the_broker_is_away(broker: Broker) -> None:
     await broker.astop()
-    cfg = parse_simulation({
-        "mqtt": {"host": HOST, "port": broker.port},
-        "devices": [{"id": "m", "transport": "mqtt", "model": "vppsim_dc_meter_mqtt", "topic": "devices/{id}"}],
-    })
+    cfg = parse_simulation(
+        {
+            "mqtt": {"host": HOST, "port": broker.port},
+            "devices": [{"id": "m", "transport": "mqtt", "model": "vppsim_dc_meter_mqtt", "topic": "devices/{id}"}],
+        }
+    )
     site = SimSite.from_config(cfg, ManualClock(START))
     async with site:
         assert site.mqtt is not None

@@ -26,6 +26,8 @@ from agent.store import Store
 
 log = structlog.get_logger("agent.events")
 
+MAX_SAMPLES = 50_000  # meter samples kept per event: 14 h at one per second
+
 
 class EventState(StrEnum):
     RECEIVED = "received"
@@ -62,7 +64,7 @@ class Event:
             "reason": self.reason,
             "history": self.history,
             "baseline_w": self.baseline_w,
-            "samples": self.samples[-20_000:],  # bounded: ~11 h of 2 s samples
+            "samples": self.samples,
             "report": self.report,
         }
 
@@ -124,7 +126,7 @@ class EventManager:
         while self._recent_site and self._recent_site[0][0] < cutoff:
             self._recent_site.pop(0)
         for event in self.events.values():
-            if event.state is EventState.ACTIVE:
+            if event.state is EventState.ACTIVE and len(event.samples) < MAX_SAMPLES:
                 event.samples.append((ts, site_w))
 
     async def tick(self, now: datetime) -> None:

@@ -14,6 +14,9 @@ from agent.store import Store
 
 log = structlog.get_logger("agent.signals")
 
+# Activations arrive every 2-4 s for hours: storing or logging each would grow the disk and the log without bound.
+TRANSIENT_KINDS = frozenset({"as_activation"})
+
 
 class SignalIngest:
     """Subscribes to `{prefix}/signals/<kind>` for every kind and answers on `{prefix}/signals/ack`.
@@ -66,14 +69,18 @@ class SignalIngest:
             log.warning("signal.rejected", kind=kind, signal_id=exc.signal_id, reason=str(exc))
             ack = Ack(kind=kind, signal_id=exc.signal_id, status="rejected", reason=str(exc), received_at=received_at)
         else:
-            new = await self.store.add(kind, signal.id, received_at, signal.model_dump(mode="json"))
-            self.book[kind][signal.id] = signal
+            if kind in TRANSIENT_KINDS:  # every few seconds, superseded by the next: acted on, never stored
+                new = True
+            else:
+                new = await self.store.add(kind, signal.id, received_at, signal.model_dump(mode="json"))
+                self.book[kind][signal.id] = signal
             status = "accepted" if new else "duplicate"
             self.counts[status] += 1
-            if new or kind == "as_activation":
+            if new:
                 for consumer in self.on_accepted:
                     consumer(kind, signal)
-            log.info("signal.accepted" if new else "signal.duplicate", kind=kind, signal_id=signal.id)
+            if kind not in TRANSIENT_KINDS:
+                log.info("signal.accepted" if new else "signal.duplicate", kind=kind, signal_id=signal.id)
             ack = Ack(kind=kind, signal_id=signal.id, status=status, received_at=received_at)
         if self.bus is not None:
             await self.bus.publish(self.ack_topic, ack.model_dump_json(), qos=1)

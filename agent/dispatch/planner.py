@@ -56,9 +56,6 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     """Write every number of `inputs` into the model's Parameters."""
     p, shape = model.params, model.shape
     n, t, j = shape.assets, shape.steps, shape.segments
-    efficiency = np.array([a.efficiency for a in inputs.assets]).reshape(n, 1)
-    p.efficiency.value = np.repeat(efficiency, t, axis=1)
-    p.inv_efficiency.value = 1.0 / p.efficiency.value
     headroom = np.zeros((n, 1))
     initial = np.zeros((n, j))
     segment_cap = np.zeros((n, j))
@@ -100,8 +97,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     p.export_limit.value = np.full(t, min(site.export_limit_w, BIG_W))
     pen = inputs.penalties
     p.site_penalty.value = pen.site_limit_per_kwh
-    p.departure.value = departure
-    p.target_above.value = target_above
+    p.target_at.value = departure * target_above.reshape(n, 1)
     p.tier1_wh.value = target_above * pen.ev_tier1_fraction
     p.ev_tier1_price.value = pen.ev_short_tier1_per_kwh
     p.ev_tier2_price.value = pen.ev_short_tier2_per_kwh
@@ -121,13 +117,19 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.reserve_penalty.value = pen.reserve_short_per_kwh
 
 
-def solve(inputs: PlanInputs, time_limit_s: float = 30.0) -> Plan:
-    """Solve the plan; raises PlanError when no optimal solution comes back."""
+def solve(
+    inputs: PlanInputs, time_limit_s: float = 30.0, solver_options: dict[str, object] | None = None
+) -> Plan:
+    """Solve the plan; raises PlanError when no optimal solution comes back.
+
+    `solver_options` go to HiGHS (e.g. {"solver": "ipm"}: interior point is 2-3x faster on large dispatch LPs).
+    """
     model = model_for(inputs)
     fill(model, inputs)
     started = time.perf_counter()
     try:
-        model.problem.solve(solver=cp.HIGHS, time_limit=time_limit_s)
+        options = {"time_limit": time_limit_s, **(solver_options or {})}
+        model.problem.solve(solver=cp.HIGHS, highs_options=options)
     except cp.SolverError as exc:
         raise PlanError(f"solver failed: {exc}") from exc
     elapsed = time.perf_counter() - started

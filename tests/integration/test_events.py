@@ -1,0 +1,199 @@
+"""Grid events on a simulated site: up-DR delivery, regulation following, FCR, failures, rejection, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tomllib
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sitekit import eventually, free_port_block
+
+from agent.app import AgentApp
+from agent.config import parse_config
+from agent.events import EventState
+from agent.mv.performance import score
+from agent.regulation import Droop
+from sim_devices.config import parse_simulation
+from sim_devices.runner import SimSite
+from sim_devices.scenarios import generate_regulation
+
+SITE = """
+[agent]
+poll_period_s = {period}
+poll_timeout_s = 0.05
+lease_timeout_s = {lease}
+state_file = "{state}"
+[site]
+meter = "meter"
+[control]
+site_target_w = 5000.0
+[[assets]]
+id = "bess{i}"
+count = 2
+map = "vppsim_battery"
+port = {port}
+units_per_port = 2
+[[assets]]
+id = "meter"
+map = "vppsim_dc_meter"
+port = {port}
+unit_id = 3
+[simulation]
+speed = {speed}
+tick_s = 0.02
+base_load_w = 5000.0
+[[simulation.devices]]
+id = "bess{i}"
+count = 2
+model = "vppsim_battery"
+port = {port}
+units_per_port = 2
+[simulation.devices.params]
+ramp_w_per_s = 50000.0
+[[simulation.devices]]
+id = "meter"
+model = "vppsim_dc_meter"
+port = {port}
+unit_id = 3
+"""
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, speed: float = 1.0, period: float = 0.1) -> AsyncIterator[tuple[SimSite, AgentApp]]:
+    lease = max(1.0, float(np.ceil(speed * (2 * period + 0.05))) + 1)
+    text = (
+        SITE.replace("{port}", str(free_port_block(1))).replace("{speed}", str(speed))
+        .replace("{period}", str(period)).replace("{lease}", str(lease)).replace("{state}", str(tmp_path / "s.db"))
+    )  # fmt: skip
+    config = parse_config(text)
+    async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
+        app = AgentApp(config, site.clock.now, time_scale=speed)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop))
+        try:
+            await eventually(lambda: len(app.loop.fleet.available()) == 3, what="site polled")
+            yield site, app
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
+def payload(**fields: object) -> bytes:
+    return json.dumps(fields, default=str).encode()
+
+
+async def test_updr_event_raises_consumption_by_the_requested_amount(tmp_path: Path) -> None:
+    async with running(tmp_path) as (site, app):
+        meter = site.devices["meter"]
+        await eventually(lambda: abs(meter.power_w - 5000) < 300, what="site at its 5 kW target")
+        now = site.clock.now()
+        event = payload(id="dr1", start=now + timedelta(seconds=1), end=now + timedelta(seconds=6),
+                        requested_increase_w=30000, price_per_kwh=5)  # fmt: skip
+        assert (await app.ingest.receive("up_dr", event)).status == "accepted"
+        await eventually(
+            lambda: getattr(app.events.events.get("dr1"), "state", None) is EventState.ACTIVE, what="event active"
+        )
+        await eventually(lambda: abs(meter.power_w - 35000) < 1000, what="baseline + 30 kW drawn")
+        await eventually(lambda: app.events.events["dr1"].state is EventState.COMPLETED, what="event completed")
+        report = app.events.events["dr1"].report
+        assert report is not None and report["baseline_w"] == pytest.approx(5000, abs=300)
+        assert 0.7 < report["delivered_fraction"] <= 1.05  # ramp-up and the first cycle are inside the window
+        await eventually(lambda: abs(meter.power_w - 5000) < 500, what="back to the normal target")
+
+
+async def test_infeasible_award_is_rejected_with_the_shortfall(tmp_path: Path) -> None:
+    async with running(tmp_path) as (site, app):
+        now = site.clock.now()
+        award = payload(id="big", product="FCR", block_start=now, block_end=now + timedelta(hours=1),
+                        up_w=500000, down_w=0)  # fmt: skip
+        await app.ingest.receive("as_award", award)
+        await eventually(lambda: "big" in app.events.events, what="award handled")
+        event = app.events.events["big"]
+        assert event.state is EventState.REJECTED
+        assert "kW short" in (event.reason or "") and "deliver (up)" in (event.reason or "")
+
+
+async def award_and_activate(app: AgentApp, site: SimSite, product: str, capacity: float) -> None:
+    now = site.clock.now()
+    award = payload(id="a1", product=product, block_start=now, block_end=now + timedelta(hours=2),
+                    up_w=capacity, down_w=capacity)  # fmt: skip
+    await app.ingest.receive("as_award", award)
+    await eventually(lambda: app.events.events.get("a1") is not None and app.events.events["a1"].state
+                     is EventState.ACTIVE, what="award active")  # fmt: skip
+
+
+async def activate(app: AgentApp, n: int, value: float, at: datetime) -> None:
+    body = payload(id=f"act{n}", award_id="a1", at=at, value=value)
+    assert (await app.ingest.receive("as_activation", body)).status == "accepted"
+
+
+async def test_fcr_frequency_excursion_gets_full_response_within_10_s(tmp_path: Path) -> None:
+    async with running(tmp_path) as (site, app):
+        meter = site.devices["meter"]
+        await award_and_activate(app, site, "FCR", 40000)
+        droop = Droop(rated_w=100000, capacity_w=40000)
+        value = droop.activation(49.5)  # 0.3 Hz beyond the deadband: 100 kW x 0.3 / 2.5 = 12 kW... capped below 1
+        assert value == pytest.approx(12000 / 40000)
+        full = Droop(rated_w=400000, capacity_w=40000).activation(49.5)
+        assert full == 1.0
+        started = site.clock.seconds()
+        await activate(app, 1, full, site.clock.now())
+        await eventually(lambda: meter.power_w < 5000 - 40000 + 1000, what="full 40 kW response at the meter")
+        assert site.clock.seconds() - started <= 10.0  # FCR: full response within 10 s of device time
+
+
+async def test_regd_like_signal_is_followed_with_score_above_0_9(tmp_path: Path) -> None:
+    speed = 5.0  # 200 s of device time in about 40 s
+    async with running(tmp_path, speed=speed, period=0.1) as (site, app):
+        meter = site.devices["meter"]
+        capacity = 40000.0
+        await award_and_activate(app, site, "S-FRR", capacity)
+        _, values = generate_regulation(site.clock.now(), 200, seed=11, step_s=2.0)
+        t0 = site.clock.seconds()
+        samples: list[tuple[float, float, float]] = []  # (sim s, signal, meter)
+        for n, value in enumerate(values):
+            target_s = t0 + 2.0 * n
+            while site.clock.seconds() < target_s:  # paced by the simulated clock
+                samples.append((site.clock.seconds(), float(values[max(0, n - 1)]), meter.power_w))
+                await asyncio.sleep(0.01)
+            await activate(app, n, float(value), site.clock.now())
+        t = np.array([s[0] for s in samples]) - t0
+        grid = np.arange(10.0, t[-1], 10.0)  # 10-s samples, PJM style
+        signal = np.interp(grid, t, [s[1] for s in samples])
+        response = -(np.interp(grid, t, [s[2] for s in samples]) - 5000.0) / capacity
+        result = score(signal, response)
+        assert result.composite >= 0.9, result
+
+
+async def test_asset_failure_during_activation_is_covered_by_the_others(tmp_path: Path) -> None:
+    async with running(tmp_path) as (site, app):
+        meter = site.devices["meter"]
+        await award_and_activate(app, site, "FRR", 30000)
+        await activate(app, 1, 1.0, site.clock.now())
+        await eventually(lambda: meter.power_w < 5000 - 30000 + 1000, what="30 kW up delivered")
+        site.faults("bess1").set_offline(True)
+        await eventually(lambda: not app.loop.fleet.assets["bess1"].available, what="bess1 out")
+        # bess2 alone (50 kW) covers the 30 kW once bess1's lease has lapsed
+        await eventually(lambda: site.devices["bess1"].power_w == 0.0, what="bess1 lease lapsed")
+        await eventually(lambda: meter.power_w < 5000 - 30000 + 1000, what="still 30 kW up with one battery")
+        assert site.devices["bess2"].power_w < -30000 + 5000 + 1000
+
+
+async def test_an_active_event_resumes_after_a_restart(tmp_path: Path) -> None:
+    async with running(tmp_path) as (site, app):
+        now = site.clock.now()
+        event = payload(id="dr2", start=now, end=now + timedelta(hours=1), requested_increase_w=20000,
+                        price_per_kwh=5)  # fmt: skip
+        await app.ingest.receive("up_dr", event)
+        await eventually(
+            lambda: getattr(app.events.events.get("dr2"), "state", None) is EventState.ACTIVE, what="active"
+        )
+    async with running(tmp_path) as (site, app):
+        assert app.events.events["dr2"].state is EventState.ACTIVE
+        await eventually(lambda: site.devices["meter"].power_w > 5000 + 15000, what="event resumed")

@@ -286,6 +286,12 @@ class ControlLoop:
         m = state.measurement
         if m is None or not state.lease_written:
             return
+        if (
+            state.written_at_monotonic is not None
+            and state.last_ok_monotonic is not None
+            and state.last_ok_monotonic <= state.written_at_monotonic
+        ):
+            return  # this reading predates our last write (a fast cycle decides from the previous poll)
         if m.lease_timeout_s is not None and abs(m.lease_timeout_s - round(self.lease_s)) > 0.5:
             log.warning("lease.mismatch", asset_id=state.id, device_s=m.lease_timeout_s, wanted_s=self.lease_s)
             state.lease_written = False  # rewrite lease and setpoint this cycle

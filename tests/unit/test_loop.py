@@ -186,3 +186,20 @@ async def test_wake_starts_the_next_cycle_at_once() -> None:
     assert loop.last_setpoints["b"].power_w == pytest.approx(-1000)
     stop.set()
     await runner
+
+
+async def test_fast_cycles_do_not_rewrite_from_readings_older_than_the_write() -> None:
+    loop, drivers = make_loop()
+    drivers["m"].power_w = 5000
+    await loop.cycle()
+    await loop.cycle()
+    b = drivers["b"]
+    lease_writes = b.lease_timeout_s
+    writes = len(b.writes)
+    b.lease_timeout_s = 10  # as the device has it
+    for target in (0.0, 20000.0, 0.0):  # activations: decide from the last poll, write at once
+        loop.set_site_target(target)
+        loop.wake(fast=True)
+        await loop.cycle()
+    assert len(b.writes) == writes + 3  # one setpoint write per fast cycle, no lease rewrites
+    assert lease_writes == 10

@@ -1,4 +1,4 @@
-"""`vpp-agent` command line: check-config, run, demo.
+"""`vpp-agent` command line: check-config, run, demo, simulate.
 
 This module is the composition root: the one place in `agent` that wires in drivers (and, for the demo, the
 simulator). Everything below it sees devices only through the Driver interface.
@@ -152,6 +152,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    """Closed-loop evaluation of dispatch strategies on the simulator's physics (agent.dispatch.evaluate)."""
+    import json
+
+    from agent.dispatch.evaluate import EvalConfig, evaluate
+    from agent.dispatch.evaluation.report import print_report
+
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    config = EvalConfig(days=args.days, seed=args.seed, fleet=args.fleet, strategies=strategies, step_s=args.step_s,
+                        area=args.area, jobs=args.jobs, use_blast=not args.no_blast)
+    try:
+        evaluation = evaluate(config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print_report(evaluation)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(evaluation.to_dict(), f, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpp-agent", description="Virtual power plant control agent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=None, help="simulated seconds per wall second")
     demo.add_argument("--quiet", action="store_true", help="log warnings only")
     demo.set_defaults(func=_cmd_demo)
+    sim = sub.add_parser("simulate", help="evaluate dispatch strategies in closed loop on simulated physics")
+    sim.add_argument("--days", type=int, default=7)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--fleet", choices=("tiny", "small", "default"), default="small")
+    sim.add_argument("--strategies", default="aware,blind,oracle", help="comma-separated: aware, blind, oracle")
+    sim.add_argument("--step-s", type=float, default=900.0, help="planning step, s (divides 1800 or a multiple of it)")
+    sim.add_argument("--area", default="Kyushu", help="JEPX area whose price the site pays")
+    sim.add_argument("--jobs", type=int, default=1, help="strategies run in this many processes")
+    sim.add_argument("--no-blast", action="store_true", help="skip BLAST-Lite scoring even if installed")
+    sim.add_argument("--out", default=None, help="write all figures as JSON to this file")
+    sim.set_defaults(func=_cmd_simulate)
     return parser
 
 

@@ -138,7 +138,8 @@ class DispatchModel:
         self.dr_up = cp.Variable(t, nonneg=True, name="updr_increase")
         self.dr_short = cp.Variable(t, nonneg=True, name="updr_shortfall")
         cons = [
-            self.dr_up <= self.site - p.dr_baseline,
+            # outside the window dr_outside is huge: dr_up (0 there anyway) must not tie the site to the baseline
+            self.dr_up <= self.site - p.dr_baseline + p.dr_outside,
             self.dr_up <= p.dr_requested,  # per step: requested x window
             self.dr_up + self.dr_short >= p.dr_requested,
         ]
@@ -206,6 +207,7 @@ class _Params:
         self.ev_tier2_price = P(nonneg=True)
         if shape.updr:
             self.dr_baseline = P(t)
+            self.dr_outside = P(t, nonneg=True)
             self.dr_requested = P(t, nonneg=True)
             self.dr_price = P(nonneg=True)
             self.dr_penalty = P(nonneg=True)

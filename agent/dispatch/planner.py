@@ -105,6 +105,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         dr = inputs.updr
         window = np.asarray(dr.window[:t], dtype=float)
         p.dr_baseline.value = np.asarray(dr.baseline_w[:t], dtype=float)
+        p.dr_outside.value = np.where(window > 0, 0.0, BIG_W)
         p.dr_requested.value = dr.requested_w * window
         p.dr_price.value = dr.price_per_kwh
         p.dr_penalty.value = pen.dr_short_per_kwh

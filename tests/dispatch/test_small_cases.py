@@ -98,3 +98,11 @@ def test_cycle_depth_prices_are_convex_and_scale_with_soh() -> None:
     assert np.all(aged > new)  # an aged pack costs more per kWh
     assert 2500 < 1 / life_per_cycle(1.0) < 3100  # ≈ 2,800 full cycles to 20 % fade (REFERENCE.md)
     assert 0.1 < damage_at_end_of_life() < 0.2
+
+
+def test_updr_outside_its_window_leaves_the_battery_free() -> None:
+    window = np.array([0, 0, 1, 1], dtype=bool)
+    dr = UpDr(window=window, baseline_w=np.full(4, 5000.0), requested_w=10_000, price_per_kwh=5.0)
+    plan = solve(PlanInputs(4, 3600, [battery(energy_wh=50_000)], site([40, 40, 1, 1], base=5000), updr=dr))
+    assert plan.power_w[0, 0] < -10_000  # sells at 40 before the window: the event does not pin the site
+    assert np.all(5000 + plan.power_w[0, 2:] >= 15_000 - 1e-3)  # and delivers the increase inside it

@@ -1,0 +1,270 @@
+"""What each strategy decides at a step: PlanInputs built from the plant's state and what the strategy may know.
+
+* `MpcPolicy` (aware / blind): re-plans every step over `horizon_s` from the measured SoC, SoH and the EVs plugged
+  in now (their departure and target known, future arrivals not), with day-ahead prices and announced up-DR events.
+  Aware prices wear (segment_prices from the pack's replacement cost, SoH-scaled, plus calendar ageing; the EV
+  owner's price per kWh); blind is the same model with every wear price 0.
+* `OraclePolicy`: perfect foresight, solved day by day: at each midnight one LP over the next `horizon_s` (48 h by
+  default) with the true prices, events and every EV session in it (each session its own asset, so arrival SoC,
+  dwell and target are known before the car comes), degradation-aware; the first day of the plan is then applied
+  open loop. One LP over a whole year is out of reach (one asset per session, ~35 k steps).
+* `UncontrolledPolicy`: the no-VPP reference: batteries idle, EVs charge at full power from arrival.
+
+The plan's storage window is the physics' untapered range (batteries 10-90 % SoC, EVs from their floor + 5 %):
+inside it the BMS never cuts power, so a planned step is what the physics does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
+from agent.dispatch.evaluation.plant import Plant
+from agent.dispatch.evaluation.scenario import BatterySpec, Scenario
+from agent.dispatch.inputs import AssetPlan, Penalties, PlanInputs, SiteForecast, UpDr
+from agent.dispatch.planner import Plan, PlanError, solve
+from sim_devices.battery import CHARGE_TAPER_START_SOC, DISCHARGE_TAPER_END_SOC
+from sim_devices.ev_charger import DISCHARGE_TAPER_WIDTH
+from sim_devices.scenarios import SessionSpec
+
+# Up-DR here pays per kWh delivered above the baseline; a shortfall is not fined (the request is a cap), so the
+# optimiser's own shortfall penalty is off and the objective matches the score.
+PENALTIES = Penalties(dr_short_per_kwh=0.0)
+ORACLE_SLOTS_PER_CHARGER = 3
+
+
+@dataclass(frozen=True)
+class Wear:
+    """How a strategy prices wear."""
+
+    aware: bool
+    segments: int = 4
+
+
+def battery_asset(spec: BatterySpec, plant: Plant, steps: int, wear: Wear) -> AssetPlan:
+    battery = plant.batteries[spec.id]
+    usable = battery.usable_wh
+    energy = battery.soc * usable
+    if wear.aware:
+        prices = segment_prices(spec.replacement_cost, spec.capacity_wh, battery.soh, spec.efficiency, wear.segments)
+        calendar = calendar_price_per_wh_h(spec.replacement_cost, spec.capacity_wh)
+    else:
+        prices, calendar = np.zeros(1), 0.0
+    return AssetPlan(
+        id=spec.id,
+        energy_wh=energy,
+        min_wh=min(DISCHARGE_TAPER_END_SOC * usable, energy),
+        max_wh=max(CHARGE_TAPER_START_SOC * usable, energy),
+        charge_w=spec.power_w,
+        discharge_w=spec.power_w,
+        efficiency=spec.efficiency,
+        wear_prices=prices,
+        calendar_price_per_wh_h=calendar,
+    )
+
+
+def ev_asset(
+    asset_id: str,
+    session: SessionSpec,
+    soc: float,
+    plant: Plant,
+    t0_s: float,
+    steps: int,
+    power_w: tuple[float, float],
+    efficiency: float,
+    wear_price: float,
+) -> AssetPlan:
+    """One EV session as a storage asset over the horizon starting at sim time `t0_s`.
+
+    Only whole steps inside the session are available (a car arriving or leaving mid-step is not planned for
+    that step), and the target is checked at the last step boundary before departure.
+    """
+    step_s = plant.scenario.step_s
+    start = plant.scenario.start
+    arrive = max((session.arrival - start).total_seconds(), t0_s)
+    depart = (session.departure - start).total_seconds()
+    first = math.ceil((arrive - t0_s) / step_s - 1e-9)
+    target_step = math.floor((depart - t0_s) / step_s + 1e-9)
+    k = np.arange(steps)
+    available = (k >= first) & (k < target_step)
+    capacity = session.capacity_wh
+    energy = soc * capacity
+    floor = min((session.min_soc + DISCHARGE_TAPER_WIDTH) * capacity, energy)
+    has_target = target_step >= 1 and target_step > first
+    return AssetPlan(
+        id=asset_id,
+        energy_wh=energy,
+        min_wh=floor,
+        max_wh=max(capacity, energy),
+        charge_w=power_w[0],
+        discharge_w=power_w[1],
+        efficiency=efficiency,
+        available=available,
+        target_wh=session.target_soc * capacity if has_target else None,
+        target_step=target_step if has_target else None,
+        wear_prices=np.array([wear_price]),
+        is_ev=True,
+    )
+
+
+def _site(scenario: Scenario, k: int, steps: int) -> tuple[SiteForecast, UpDr]:
+    """Forecasts from step k: true prices (known day-ahead), base load and announced up-DR events."""
+    base = scenario.window(scenario.base_load_w, k, steps)
+    site = SiteForecast(
+        price_per_kwh=scenario.window(scenario.price_per_kwh, k, steps),
+        base_load_w=base,
+        pv_w=np.zeros(steps),
+    )
+    window = scenario.window(scenario.updr_window, k, steps, fill=False)
+    requested = scenario.window(scenario.updr_requested_w, k, steps)
+    price = scenario.window(scenario.updr_price_per_kwh, k, steps)
+    # UpDr carries one request and one price: take the nearest event's (the one being delivered or next)
+    first = int(np.argmax(window)) if window.any() else 0
+    return site, UpDr(window, base, float(requested[first]), float(price[first]))
+
+
+class UncontrolledPolicy:
+    name = "uncontrolled"
+    solves = 0
+    failures = 0
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+
+    def decide(self, plant: Plant) -> dict[str, float]:
+        return {c.id: c.power_w for c in self.scenario.fleet.chargers}
+
+
+class MpcPolicy:
+    """Re-plan every step, apply the first step; on a solver failure keep following the last plan."""
+
+    def __init__(self, scenario: Scenario, wear: Wear, horizon_s: float = 86400.0) -> None:
+        self.scenario = scenario
+        self.wear = wear
+        self.name = "aware" if wear.aware else "blind"
+        self.steps = round(horizon_s / scenario.step_s)
+        self.solves = 0
+        self.failures = 0
+        self._last: tuple[Plan, int] | None = None
+        self._sessions = _session_index(scenario)
+
+    def inputs(self, plant: Plant) -> PlanInputs:
+        sc, k = self.scenario, plant.k
+        assets = [battery_asset(b, plant, self.steps, self.wear) for b in sc.fleet.batteries]
+        for spec in sc.fleet.chargers:
+            charger = plant.chargers[spec.id]
+            if charger.session is None:
+                continue
+            session = self._sessions[spec.id, round(charger.session.departure_s)]
+            live_charge, _ = charger.live_limits()  # tapered above 80 % SoC: the plan must not promise more
+            asset = ev_asset(
+                spec.id, session, charger.soc, plant, plant.t_s, self.steps,
+                (min(spec.power_w, live_charge), spec.power_w), spec.efficiency,
+                sc.fleet.ev_wear_price_per_kwh if self.wear.aware else 0.0,
+            )
+            assets.append(asset)
+        site, updr = _site(sc, k, self.steps)
+        return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, penalties=PENALTIES)
+
+    def decide(self, plant: Plant) -> dict[str, float]:
+        try:
+            plan = solve(self.inputs(plant))
+            self.solves += 1
+            self._last = (plan, plant.k)
+            return plan.power_now()
+        except PlanError:
+            self.failures += 1
+            if self._last is None:
+                return {}
+            plan, at = self._last
+            index = plant.k - at
+            if index >= plan.power_w.shape[1]:
+                return {}
+            return {a: float(plan.power_w[i, index]) for i, a in enumerate(plan.asset_ids)}
+
+
+class OraclePolicy:
+    """Perfect foresight, one LP per day over `horizon_s`, applied open loop for the day."""
+
+    name = "oracle"
+
+    def __init__(self, scenario: Scenario, wear: Wear | None = None, horizon_s: float = 2 * 86400.0) -> None:
+        self.scenario = scenario
+        self.wear = wear or Wear(aware=True)
+        self.steps = round(horizon_s / scenario.step_s)
+        self.per_day = round(86400 / scenario.step_s)
+        self.solves = 0
+        self.failures = 0
+        self.dropped_sessions = 0
+        self._plan: Plan | None = None
+        self._plan_k = 0
+        self._slots: dict[str, list[str]] = {}
+
+    def inputs(self, plant: Plant) -> PlanInputs:
+        sc, k, t0 = self.scenario, plant.k, plant.t_s
+        assets = [battery_asset(b, plant, self.steps, self.wear) for b in sc.fleet.batteries]
+        horizon_end = t0 + self.steps * sc.step_s
+        self._pending_slots: dict[str, list[str]] = {}
+        for spec in sc.fleet.chargers:
+            charger = plant.chargers[spec.id]
+            sessions = [
+                s for s in sc.sessions.get(spec.id, [])
+                if (s.departure - sc.start).total_seconds() > t0
+                and (s.arrival - sc.start).total_seconds() < horizon_end
+            ]
+            if len(sessions) > ORACLE_SLOTS_PER_CHARGER:
+                self.dropped_sessions += len(sessions) - ORACLE_SLOTS_PER_CHARGER
+                sessions = sessions[:ORACLE_SLOTS_PER_CHARGER]
+            ids = []
+            for n in range(ORACLE_SLOTS_PER_CHARGER):
+                slot_id = f"{spec.id}#{n}"
+                ids.append(slot_id)
+                if n < len(sessions):
+                    s = sessions[n]
+                    plugged = charger.session is not None and (s.arrival - sc.start).total_seconds() <= t0
+                    soc = charger.soc if plugged else s.arrival_soc
+                    assets.append(ev_asset(
+                        slot_id, s, soc, plant, t0, self.steps, (spec.power_w, spec.power_w), spec.efficiency,
+                        sc.fleet.ev_wear_price_per_kwh if self.wear.aware else 0.0,
+                    ))
+                else:  # an empty slot keeps the problem's shape (and its compiled model) the same every day
+                    assets.append(AssetPlan(
+                        id=slot_id, energy_wh=0.0, min_wh=0.0, max_wh=0.0, charge_w=0.0, discharge_w=0.0,
+                        available=np.zeros(self.steps, dtype=bool), wear_prices=np.zeros(1), is_ev=True,
+                    ))
+            self._pending_slots[spec.id] = ids
+        site, updr = _site(sc, k, self.steps)
+        return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, penalties=PENALTIES)
+
+    def decide(self, plant: Plant) -> dict[str, float]:
+        if self._plan is None or plant.k - self._plan_k >= self.per_day:
+            try:
+                self._plan = solve(self.inputs(plant), time_limit_s=120.0)
+                self._plan_k = plant.k
+                self._slots = self._pending_slots
+                self.solves += 1
+            except PlanError:
+                self.failures += 1
+                if self._plan is None:
+                    return {}
+        j = plant.k - self._plan_k
+        plan = self._plan
+        if j >= plan.power_w.shape[1]:
+            return {}
+        index = {a: i for i, a in enumerate(plan.asset_ids)}
+        out = {b.id: float(plan.power_w[index[b.id], j]) for b in self.scenario.fleet.batteries}
+        for charger_id, slots in self._slots.items():
+            out[charger_id] = float(sum(plan.power_w[index[s], j] for s in slots))
+        return out
+
+
+def _session_index(scenario: Scenario) -> dict[tuple[str, int], SessionSpec]:
+    """Scenario sessions by (charger, departure second): how a plugged-in EV is matched to its owner's wishes."""
+    return {
+        (charger_id, round((s.departure - scenario.start).total_seconds())): s
+        for charger_id, sessions in scenario.sessions.items()
+        for s in sessions
+    }

@@ -58,6 +58,7 @@ class AgentApp:
             self.ingest.on_accepted.append(lambda kind, signal: self.dispatcher and self.dispatcher.request_replan())
         self.now = now
         self._events_task: asyncio.Task[None] | None = None
+        self.first_cycle = asyncio.Event()  # set once the fleet has been polled: capability checks need it
         self._background: set[asyncio.Task[object]] = set()
         self._telemetry_task: asyncio.Task[None] | None = None
         self.telemetry_skipped = 0
@@ -90,6 +91,7 @@ class AgentApp:
     def _events_cycle(self) -> None:
         """After each cycle: feed the site meter to the events and move them along (never blocks the cycle)."""
         now = self.now()
+        self.first_cycle.set()
         self.events.observe_site(now, self.loop.site_meter_w())
         if self._events_task is None or self._events_task.done():
             self._events_task = asyncio.get_running_loop().create_task(self.events.tick(now))

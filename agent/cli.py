@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -64,13 +65,21 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def _run(config: AppConfig, duration_s: float | None) -> None:
+async def _run(config: AppConfig, duration_s: float | None, signals: str | None = None) -> None:
     stop = asyncio.Event()
     _install_stop(stop)
     from agent.app import AgentApp
 
     app = AgentApp(config, lambda: datetime.now(UTC))
-    await asyncio.gather(app.run(stop), _stop_after(stop, duration_s))
+
+    async def feed() -> None:
+        if signals is None:
+            return
+        await app.first_cycle.wait()  # events are checked against the fleet's envelope: poll it first
+        fed = await app.feed_signals(Path(signals))
+        log.info("signals.file_loaded", file=signals, signals=fed)
+
+    await asyncio.gather(app.run(stop), _stop_after(stop, duration_s), feed())
 
 
 async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
@@ -139,7 +148,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load_checked(args.config)
     configure_logging(config.agent.log_level, config.agent.log_format)
-    asyncio.run(_run(config, args.duration))
+    asyncio.run(_run(config, args.duration, args.signals))
     return 0
 
 
@@ -160,8 +169,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from agent.dispatch.evaluation.report import print_report
 
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    config = EvalConfig(days=args.days, seed=args.seed, fleet=args.fleet, strategies=strategies, step_s=args.step_s,
-                        area=args.area, jobs=args.jobs, use_blast=not args.no_blast)
+    config = EvalConfig(
+        days=args.days,
+        seed=args.seed,
+        fleet=args.fleet,
+        strategies=strategies,
+        step_s=args.step_s,
+        area=args.area,
+        jobs=args.jobs,
+        use_blast=not args.no_blast,
+    )
     try:
         evaluation = evaluate(config)
     except ValueError as exc:
@@ -174,6 +191,35 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.store import Store
+
+    config = load_config(args.config)
+    store = Store(config.agent.state_file)
+    rows = store.load_events()
+    store.close()
+    if args.json:
+        print(json.dumps([{"id": i, "kind": k, "state": st, **d} for i, k, st, d in rows], indent=2, default=str))
+        return 0
+    table = Table(title=f"grid events in {config.agent.state_file}")
+    for column in ("id", "kind", "state", "window", "reason / report"):
+        table.add_column(column)
+    for event_id, kind, state, data in rows:
+        signal = data.get("signal", {})
+        assert isinstance(signal, dict)
+        window = f"{signal.get('start') or signal.get('block_start')} → {signal.get('end') or signal.get('block_end')}"
+        report = data.get("report") or {}
+        detail = data.get("reason") or ", ".join(f"{k} {v:.3g}" for k, v in report.items())  # type: ignore[union-attr]
+        table.add_row(event_id, kind, state, window, str(detail))
+    Console().print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpp-agent", description="Virtual power plant control agent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent against the devices in the config")
     run.add_argument("--config", default="config.toml")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--signals", default=None, help="JSON-lines file of signals to take at start (no broker needed)")
     run.set_defaults(func=_cmd_run)
+    events = sub.add_parser("events", help="list grid events and their M&V reports from the agent's state file")
+    events.add_argument("--config", default="config.toml")
+    events.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    events.set_defaults(func=_cmd_events)
     demo = sub.add_parser("demo", help="start the simulated site of the config and the agent, with a live table")
     demo.add_argument("--config", default="config.toml")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -100,3 +100,43 @@ async def test_agent_run_against_vpp_sim_process(tmp_path: Path) -> None:
         sim.send_signal(signal.SIGTERM)
         await asyncio.wait_for(sim.communicate(), timeout=20)
     assert sim.returncode == 0
+
+
+async def test_signals_from_a_file_and_the_events_report(tmp_path: Path) -> None:
+    """Without a broker: an up-DR event from a JSON-lines file runs to completion and `events` reports it."""
+    from datetime import UTC, datetime, timedelta
+
+    config = shipped_config_on_free_ports(tmp_path)
+    text = config.read_text().replace('state_file = "vpp-state.sqlite3"', f'state_file = "{tmp_path / "state.db"}"')
+    config.write_text(text)
+    now = datetime.now(UTC)
+    event = {
+        "id": "file-dr",
+        "start": (now + timedelta(seconds=3)).isoformat(),
+        "end": (now + timedelta(seconds=9)).isoformat(),
+        "requested_increase_w": 10000,
+        "price_per_kwh": 4,
+    }
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text(json.dumps({"kind": "up_dr", "payload": event}) + "\n" + "not json\n")
+    sim, _ = await run_until([sys.executable, "-m", "sim_devices.cli", "--config", str(config)], "meter-pv")
+    try:
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--duration", "11",
+            "--signals", str(signals), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(agent.communicate(), timeout=60)
+        assert agent.returncode == 0, err.decode()
+        log_events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+        assert any(e["event"] == "signal.file_line_rejected" and e["line"] == 2 for e in log_events)
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(sim.communicate(), timeout=20)
+    report = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "events", "--config", str(config), "--json",
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    out, _ = await report.communicate()
+    events = json.loads(out)
+    assert [e["id"] for e in events] == ["file-dr"]
+    assert events[0]["state"] == "completed" and events[0]["report"]["delivered_kwh"] > 0

@@ -222,6 +222,9 @@ async def main() -> None:
     parser.add_argument("--signals", type=int, default=30)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
     args = parser.parse_args()
+    from agent.logs import configure_logging
+
+    configure_logging("error", "json")  # the bench prints its own figures
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker(Path(tmp))
         broker.start()

@@ -6,7 +6,7 @@ unit ids each, as large sites are wired). Then, one after the other and each in 
   * agent – the real ControlLoop (drivers, fleet, safety envelope, controller, setpoint writes) at the same period.
 Printed per size: reads/s achieved, cycle time p50/p99, process CPU seconds per wall second and peak RSS, and the
 agent/bare CPU ratio. Figures are ratios against the baseline measured in the same run because these machines are
-shared and noisy. Usage: python bench/poll.py [--sizes 100 500 1000] [--seconds 20]
+shared and noisy. Usage: python bench/poll.py [--sizes 100 500 1000] [--seconds 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -176,6 +176,11 @@ def _figures(reads: int, wall: float, cpu: float, cycles: list[float], writes: i
     }
 
 
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per figure, the median over runs (each figure on its own: a robust summary of a noisy machine)."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def run_child(kind: str, config_path: str, seconds: float) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--config", config_path, "--seconds", str(seconds)],
@@ -203,6 +208,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating bare/agent runs; medians are reported")
     parser.add_argument("--child", choices=["bare", "agent"])
     parser.add_argument("--config")
     args = parser.parse_args()
@@ -227,8 +233,11 @@ def main() -> None:
         )
         try:
             wait_for_ports(first, ports)
-            bare = run_child("bare", handle.name, args.seconds)
-            agent = run_child("agent", handle.name, args.seconds)
+            bare_runs, agent_runs = [], []
+            for _ in range(args.repeats):  # alternate, so a noisy neighbour hits both sides alike
+                bare_runs.append(run_child("bare", handle.name, args.seconds))
+                agent_runs.append(run_child("agent", handle.name, args.seconds))
+            bare, agent = _median_run(bare_runs), _median_run(agent_runs)
         finally:
             sim.terminate()
             sim.wait(10)
@@ -240,7 +249,11 @@ def main() -> None:
                 f"{fig['rss_mb']:>7.1f}"
             )
         ratio = agent["cpu_per_s"] / bare["cpu_per_s"] if bare["cpu_per_s"] else float("nan")
-        rows.append(f"{'':>7} agent/bare CPU ratio {ratio:.2f} · assets available {agent['available']:.0f}/{size + 1}")
+        spread = [round(a["cpu_per_s"] / b["cpu_per_s"], 2) for a, b in zip(agent_runs, bare_runs, strict=True)]
+        rows.append(
+            f"{'':>7} agent/bare CPU ratio {ratio:.2f} (median of {args.repeats}; per pair {spread}) · "
+            f"assets available {agent['available']:.0f}/{size + 1}"
+        )
         print("\n".join(rows[-3:]), flush=True)
     print("\n" + "\n".join(rows))
 

@@ -26,6 +26,8 @@ class DriverError(Exception):
 class Driver(Protocol):
     asset_id: str
     kind: AssetKind
+    # Optional attribute `channel`: drivers with equal channels share a connection that serves one request at a
+    # time, so the loop reads them in turn instead of queueing a task per device on the connection's lock.
 
     async def connect(self) -> None:
         """Open what the driver needs; failing to connect is not fatal (reads will retry)."""

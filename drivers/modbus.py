@@ -91,6 +91,7 @@ class ModbusDriver:
         self.map = register_map
         self.kind: AssetKind = register_map.kind
         self.gateway = gateway
+        self.channel = (gateway.host, gateway.port)  # devices on one connection are polled in turn (agent.loop)
         self.unit_id = unit_id
         self._now = now
 

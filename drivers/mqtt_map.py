@@ -9,17 +9,16 @@ so an integrator who knows one format knows the other. The simulator reads these
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind
-from drivers.registermap import UNIT_FACTOR, UNIT_FAMILY, MapError
+from drivers.registermap import UNIT_FACTOR, UNIT_FAMILY, MapError, read_map_file
 
 __all__ = ["MapError", "MqttMap", "PayloadError", "available_mqtt_maps", "load_mqtt_map", "mqtt_maps_dir"]
 
@@ -238,23 +237,5 @@ def available_mqtt_maps() -> list[str]:
 
 def load_mqtt_map(name_or_path: str | Path) -> MqttMap:
     """Load an MQTT map by id (a file in drivers/mqtt_maps) or by path; errors name the file, row and key."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = mqtt_maps_dir() / f"{name_or_path}.toml"
-    if not path.is_file():
-        raise MapError(f"MQTT map {name_or_path!r} not found (looked for {path}; known: {available_mqtt_maps()})")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise MapError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        spec = MqttMapFile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(file)"
-            got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"  # a whole row is noise
-            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}")
-        raise MapError(f"{path}: " + "; ".join(problems)) from exc
+    spec, path = read_map_file(name_or_path, mqtt_maps_dir(), "MQTT map", MqttMapFile)
     return MqttMap(spec, str(path))

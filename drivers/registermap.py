@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -57,6 +57,7 @@ UNIT_FAMILY: dict[str, set[str]] = {
     "code": {"code"},
     "bool": {"bool", "code"},
 }
+M = TypeVar("M", bound=BaseModel)
 MAX_READ_REGISTERS = 125  # Modbus limit for one read-holding-registers request
 MAX_SCALE_FACTOR = 10  # SunSpec allows -10..10; anything else is a broken device, not a value
 
@@ -302,23 +303,34 @@ def available_maps() -> list[str]:
     return sorted(p.stem for p in maps_dir().glob("*.toml"))
 
 
-def load_map(name_or_path: str | Path) -> RegisterMap:
-    """Load a map by id (a file in drivers/maps) or by path; errors name the file, row and key."""
+def read_map_file(name_or_path: str | Path, folder: Path, label: str, schema: type[M]) -> tuple[M, Path]:
+    """Find (by id in `folder`, or by path), parse and validate one device-map file; errors name file, row, key.
+
+    Shared by the register maps and the MQTT maps, so both report problems the same way.
+    """
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = maps_dir() / f"{name_or_path}.toml"
+        path = folder / f"{name_or_path}.toml"
     if not path.is_file():
-        raise MapError(f"register map {name_or_path!r} not found (looked for {path}; known: {available_maps()})")
+        known = sorted(p.stem for p in folder.glob("*.toml"))
+        raise MapError(f"{label} {name_or_path!r} not found (looked for {path}; known: {known})")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise MapError(f"{path}: not valid TOML: {exc}") from exc
     try:
-        spec = RegisterMapFile.model_validate(data)
+        return schema.model_validate(data), path
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            loc = ".".join(str(p) for p in err["loc"]) or "(file)"
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"  # a whole row is noise
+            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}")
         raise MapError(f"{path}: " + "; ".join(problems)) from exc
+
+
+def load_map(name_or_path: str | Path) -> RegisterMap:
+    """Load a map by id (a file in drivers/maps) or by path; errors name the file, row and key."""
+    spec, path = read_map_file(name_or_path, maps_dir(), "register map", RegisterMapFile)
     return RegisterMap(spec, str(path))

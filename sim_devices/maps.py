@@ -143,8 +143,8 @@ def _row(raw: dict[str, Any], index: int, default_order: str, where: str) -> Map
     )
 
 
-def parse_map(path: Path) -> RegisterMap:
-    """Parse and check one map file (overlaps, scale-factor references, model id = file name)."""
+def read_map_file(path: Path) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """Read a device-map file (register or MQTT) and check its header: (data, [model] table, model id, kind)."""
     where = path.name
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -156,6 +156,13 @@ def parse_map(path: Path) -> RegisterMap:
         raise MapError(f"{where}: [model].id = {model_id!r} must equal the file name {path.stem!r}")
     if kind not in KINDS:
         raise MapError(f"{where}: [model].kind = {kind!r} is not one of {sorted(KINDS)}")
+    return data, model, model_id, kind
+
+
+def parse_map(path: Path) -> RegisterMap:
+    """Parse and check one map file (overlaps, scale-factor references, model id = file name)."""
+    where = path.name
+    data, model, model_id, kind = read_map_file(path)
     order = model.get("word_order", "big")
     rows = sorted(
         (_row(r, i, order, where) for i, r in enumerate(data.get("registers", []))), key=lambda r: r.address

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS
-from sim_devices.maps import KINDS, UNIT_FACTORS, MapError
+from sim_devices.maps import UNIT_FACTORS, MapError, read_map_file
 
 ROW_KEYS = frozenset({"field", "key", "unit", "scale", "invert", "access", "description"})
 
@@ -143,16 +142,7 @@ def _row(raw: dict[str, Any], index: int, where: str) -> MqttRow:
 def parse_mqtt_map(path: Path) -> MqttModel:
     """Parse and check one MQTT map file (model id = file name, each field and key once)."""
     where = path.name
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise MapError(f"{where}: {exc}") from exc
-    model = data.get("model", {})
-    model_id, kind = model.get("id"), model.get("kind")
-    if model_id != path.stem:
-        raise MapError(f"{where}: [model].id = {model_id!r} must equal the file name {path.stem!r}")
-    if kind not in KINDS:
-        raise MapError(f"{where}: [model].kind = {kind!r} is not one of {sorted(KINDS)}")
+    data, model, model_id, kind = read_map_file(path)
     telemetry, command = model.get("telemetry", "state"), model.get("command", "set")
     for name, value in (("telemetry", telemetry), ("command", command)):
         if not isinstance(value, str) or not value or any(c in value for c in "+#"):

@@ -65,9 +65,7 @@ def quarter_hour_prices(seed: int) -> tuple[datetime, np.ndarray]:
     return prices.times[0], np.repeat(np.asarray(prices.system, dtype=float), 2)
 
 
-def ev_plans(
-    sessions: list[SessionSpec], start: datetime, energy: dict[int, float] | None = None
-) -> list[AssetPlan]:
+def ev_plans(sessions: list[SessionSpec], start: datetime, energy: dict[int, float] | None = None) -> list[AssetPlan]:
     """One AssetPlan per session, as agent.dispatch.build makes them (floor, target, departure, wear prices)."""
     plans = []
     for k, s in enumerate(sessions):
@@ -141,9 +139,7 @@ def fleet_inputs(
     return PlanInputs(STEPS, STEP_S, evs + batteries(bess_energy), site, updr=updr)
 
 
-def next_step(
-    sessions: list[SessionSpec], plan: Plan, prices: tuple[datetime, np.ndarray], seed: int
-) -> PlanInputs:
+def next_step(sessions: list[SessionSpec], plan: Plan, prices: tuple[datetime, np.ndarray], seed: int) -> PlanInputs:
     """The MPC re-solve 15 min later: energies from the plan's next step plus noise, re-forecast prices."""
     rng = np.random.default_rng(seed)
     t0, series = prices

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -22,14 +21,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from benchkit import free_port_block, raw_write_p50_ms, wait_for_ports
 
-from sitekit import free_port_block  # noqa: E402
-
-from agent.app import AgentApp  # noqa: E402
-from agent.config import AppConfig, parse_config  # noqa: E402
-from agent.logs import configure_logging  # noqa: E402
+from agent.app import AgentApp
+from agent.config import AppConfig, parse_config
+from agent.logs import configure_logging
 
 SITE = """
 [agent]
@@ -68,20 +64,6 @@ port = {meter_port}
 """
 
 
-async def raw_write_p50_ms(port: int, count: int = 200) -> float:
-    from pymodbus.client import AsyncModbusTcpClient
-
-    client = AsyncModbusTcpClient("127.0.0.1", port=port)
-    await client.connect()
-    times = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        await client.write_registers(19, [10], device_id=1)  # lease register: harmless
-        times.append(time.perf_counter() - t0)
-    client.close()
-    return statistics.median(times) * 1000
-
-
 async def run(size: int, count: int, tmp: Path) -> dict[str, float]:
     gateways = -(-size // 100)
     first = free_port_block(gateways + 1)
@@ -95,20 +77,11 @@ async def run(size: int, count: int, tmp: Path) -> dict[str, float]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await wait_for_ports(first, gateways + 1)
+        await asyncio.to_thread(wait_for_ports, first, gateways + 1)
         return await measure(config, size, count, first)
     finally:
         sim.terminate()
         await sim.wait()
-
-
-async def wait_for_ports(first: int, count: int) -> None:
-    for port in range(first, first + count):
-        for _ in range(600):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            await asyncio.sleep(0.05)
 
 
 async def measure(config: AppConfig, size: int, count: int, first: int) -> dict[str, float]:

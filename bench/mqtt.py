@@ -28,10 +28,9 @@ import aiomqtt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "mqtt"))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from benchkit import free_port_block, raw_write_p50_ms  # noqa: E402
 from brokerkit import Broker  # noqa: E402
-from sitekit import free_port_block  # noqa: E402
 
 from agent.config import AssetConfig  # noqa: E402
 from agent.fleet import AssetState, Fleet  # noqa: E402
@@ -174,7 +173,7 @@ async def latency_run(port: int, devices: int, signals: int, tmp: Path) -> dict[
         await app.link.wait_connected()
         while len(app.loop.fleet.available()) < devices + 1:  # noqa: ASYNC110 - the fleet has no event to await
             await asyncio.sleep(0.05)
-        raw = await raw_write_round_trips(first)
+        raw = await raw_write_p50_ms(first)
         latencies = []
         async with aiomqtt.Client("127.0.0.1", port, identifier="bench-operator") as operator:
             for n in range(signals):
@@ -199,20 +198,6 @@ async def latency_run(port: int, devices: int, signals: int, tmp: Path) -> dict[
         "complete": len(latencies),
         "raw_write_p50_ms": raw,
     }
-
-
-async def raw_write_round_trips(port: int, count: int = 200) -> float:
-    from pymodbus.client import AsyncModbusTcpClient
-
-    client = AsyncModbusTcpClient("127.0.0.1", port=port)
-    await client.connect()
-    times = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        await client.write_registers(19, [10], device_id=1)  # the battery's lease register: harmless
-        times.append(time.perf_counter() - t0)
-    client.close()
-    return statistics.median(times) * 1000
 
 
 async def main() -> None:

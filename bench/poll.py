@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,26 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchkit import free_port_block, wait_for_ports
+
 UNITS_PER_GATEWAY = 100
 WARMUP_S = 3.0
-
-
-def free_port_block(count: int) -> int:
-    """First of `count` consecutive ports that are free on 127.0.0.1 now."""
-    for base in range(20000, 60000, 997):
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 def site_config(devices: int, port: int, period_s: float) -> str:
@@ -189,18 +172,6 @@ def run_child(kind: str, config_path: str, seconds: float) -> dict[str, float]:
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def wait_for_ports(first: int, count: int, deadline_s: float = 60.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    for port in range(first, first + count):
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"simulator port {port} did not open")
-            time.sleep(0.1)
 
 
 def main() -> None:

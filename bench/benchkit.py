@@ -1,0 +1,57 @@
+"""Pieces every bench script uses: waiting for a simulator's ports, a raw Modbus write round trip."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+
+
+def wait_for_ports(first: int, count: int, deadline_s: float = 60.0) -> None:
+    """Block until ports first..first+count-1 accept connections on 127.0.0.1 (a simulator started elsewhere)."""
+    deadline = time.monotonic() + deadline_s
+    for port in range(first, first + count):
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulator port {port} did not open")
+            time.sleep(0.05)
+
+
+async def raw_write_p50_ms(port: int, count: int = 200) -> float:
+    """Median round trip of a bare pymodbus register write: the floor any agent-side latency is compared with."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=port)
+    await client.connect()
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await client.write_registers(19, [10], device_id=1)  # the battery map's lease register: harmless
+        times.append(time.perf_counter() - t0)
+    client.close()
+    return statistics.median(times) * 1000
+
+
+def free_port_block(count: int) -> int:
+    """First of `count` consecutive ports free on 127.0.0.1 now (pymodbus servers cannot bind port 0).
+
+    Kept here rather than imported from the tests' sitekit: that pulls in the whole agent, which would inflate
+    the bare loop's memory figure in bench/poll.py.
+    """
+    for base in range(20000, 60000, 997):
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                sockets.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free port block")

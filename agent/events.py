@@ -12,6 +12,7 @@ and re-shares at once when one drops out.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -78,7 +79,7 @@ class EventManager:
         self.pre_event_s = pre_event_s
         self.events: dict[str, Event] = {}
         self.activation: dict[str, float] = {}  # award id -> latest normalised activation
-        self._recent_site: list[tuple[float, float]] = []  # (unix s, W) for pre-event baselines
+        self._recent_site: deque[tuple[float, float]] = deque()  # (unix s, W) for pre-event baselines
         for event_id, kind, state, data in store.load_events():
             signal_data = data["signal"]
             assert isinstance(signal_data, dict)
@@ -124,7 +125,7 @@ class EventManager:
         self._recent_site.append((ts, site_w))
         cutoff = ts - self.pre_event_s
         while self._recent_site and self._recent_site[0][0] < cutoff:
-            self._recent_site.pop(0)
+            self._recent_site.popleft()
         for event in self.events.values():
             if event.state is EventState.ACTIVE and len(event.samples) < MAX_SAMPLES:
                 event.samples.append((ts, site_w))

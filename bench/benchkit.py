@@ -33,25 +33,3 @@ async def raw_write_p50_ms(port: int, count: int = 200) -> float:
         times.append(time.perf_counter() - t0)
     client.close()
     return statistics.median(times) * 1000
-
-
-def free_port_block(count: int) -> int:
-    """First of `count` consecutive ports free on 127.0.0.1 now (pymodbus servers cannot bind port 0).
-
-    Kept here rather than imported from the tests' sitekit: that pulls in the whole agent, which would inflate
-    the bare loop's memory figure in bench/poll.py.
-    """
-    for base in range(20000, 60000, 997):
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port block")

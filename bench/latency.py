@@ -21,11 +21,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from benchkit import free_port_block, raw_write_p50_ms, wait_for_ports
+from benchkit import raw_write_p50_ms, wait_for_ports
 
 from agent.app import AgentApp
 from agent.config import AppConfig, parse_config
 from agent.logs import configure_logging
+from sim_devices.ports import free_port_block
 
 SITE = """
 [agent]

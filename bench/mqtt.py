@@ -29,7 +29,7 @@ import aiomqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "mqtt"))
 
-from benchkit import free_port_block, raw_write_p50_ms  # noqa: E402
+from benchkit import raw_write_p50_ms  # noqa: E402
 from brokerkit import Broker  # noqa: E402
 
 from agent.config import AssetConfig  # noqa: E402
@@ -37,6 +37,7 @@ from agent.fleet import AssetState, Fleet  # noqa: E402
 from agent.model import AssetKind, Measurement  # noqa: E402
 from agent.telemetry import ENVELOPE_JSON, MEASUREMENT_JSON, TelemetryPublisher  # noqa: E402
 from drivers.mqtt_link import LinkSettings, MqttLink  # noqa: E402
+from sim_devices.ports import free_port_block  # noqa: E402
 
 
 def make_fleet(count: int) -> Fleet:

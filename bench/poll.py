@@ -23,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import free_port_block, wait_for_ports
+from benchkit import wait_for_ports
+
+from sim_devices.ports import free_port_block
 
 UNITS_PER_GATEWAY = 100
 WARMUP_S = 3.0

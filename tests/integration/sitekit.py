@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,25 +17,10 @@ from drivers.factory import build_drivers
 from drivers.modbus import GatewayPool
 from sim_devices.clock import Clock
 from sim_devices.config import parse_simulation
+from sim_devices.ports import free_port_block
 from sim_devices.runner import SimSite
 
 HOST = "127.0.0.1"
-
-
-def free_port_block(count: int) -> int:
-    """First of `count` consecutive ports free on 127.0.0.1 (pymodbus servers cannot bind port 0)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 60_000 - count)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    s = stack.enter_context(socket.socket())
-                    s.bind((HOST, port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no block of {count} free ports")
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 15.0, what: str = "") -> None:

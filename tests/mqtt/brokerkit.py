@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sim_devices.ports import free_port_block
+
 HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A port for the broker, outside the ephemeral range so no client socket can take it before Mosquitto binds."""
+    return free_port_block(1)
 
 
 def make_ca(directory: Path) -> tuple[Path, Path, Path]:

@@ -7,36 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
 import struct
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sim_devices.ports import free_port_block
+
 MAPS = Path(__file__).resolve().parents[2] / "drivers" / "maps"
 HOST = "127.0.0.1"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(n: int) -> int:
-    """First port of `n` consecutive free loopback ports (groups take consecutive ports; pymodbus can't bind 0)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 60_000 - n)
-        if all(_port_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError(f"no block of {n} free ports found")
+__all__ = ["HOST", "free_port_block"]
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "") -> None:

@@ -20,7 +20,7 @@ from agent.dispatch.runner import Dispatcher
 from agent.events import EventManager
 from agent.ingest import SignalIngest
 from agent.loop import ControlLoop
-from agent.signals import SIGNAL_TYPES, AsActivation, SignalModel, SiteTarget
+from agent.signals import SIGNAL_TYPES, AsActivation, GridFrequency, SignalModel, SiteTarget
 from agent.store import Store
 from agent.telemetry import TelemetryPublisher
 
@@ -44,7 +44,9 @@ class AgentApp:
         prefix = config.mqtt.topic_prefix
         self.ingest = SignalIngest(self.link, prefix, self.store, config.mqtt.max_payload_bytes, now)
         self.ingest.on_accepted.append(self._apply_signal)
-        self.events = EventManager(self.store, self.loop.fleet)
+        # a meter reading stands for the power after it for at most 10 periods (device time): longer gaps stay gaps
+        hold_s = max(5.0, 10 * config.agent.poll_period_s * time_scale)
+        self.events = EventManager(self.store, self.loop.fleet, config.events, max_hold_s=hold_s)
         self.loop.target_source = self.events.site_target_w
         self.loop.after_cycle.append(self._events_cycle)
         self.telemetry: TelemetryPublisher | None = None
@@ -85,7 +87,7 @@ class AgentApp:
 
     async def _to_events(self, kind: str, signal: SignalModel) -> None:
         await self.events.receive(kind, signal, self.now())
-        if isinstance(signal, AsActivation):
+        if isinstance(signal, AsActivation | GridFrequency):
             self.loop.wake(fast=True)  # the fast path: act on the activation now, from the last poll
 
     def _events_cycle(self) -> None:

@@ -7,8 +7,8 @@ The answer names the shortfall in W or kWh, so the operator knows by how much to
 
 from __future__ import annotations
 
-from agent.dispatch.inputs import PRODUCT_DURATION_S
 from agent.fleet import Envelope
+from agent.products import PRODUCTS
 from agent.signals import AsAward, UpDrEvent
 
 
@@ -21,7 +21,7 @@ def capability_shortfall(envelope: Envelope, signal: UpDrEvent | AsAward) -> str
         hours = (signal.end - signal.start).total_seconds() / 3600.0
         _check(problems, "absorb", signal.requested_increase_w, envelope.absorb_w, absorb_wh, hours)
     else:
-        hours = PRODUCT_DURATION_S[signal.product] / 3600.0
+        hours = PRODUCTS[signal.product].sustain_s / 3600.0
         _check(problems, "deliver (up)", signal.up_w, envelope.deliver_w, deliver_wh, hours)
         _check(problems, "absorb (down)", signal.down_w, envelope.absorb_w, absorb_wh, hours)
     return "; ".join(problems) or None

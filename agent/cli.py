@@ -214,10 +214,31 @@ def _cmd_events(args: argparse.Namespace) -> int:
         assert isinstance(signal, dict)
         window = f"{signal.get('start') or signal.get('block_start')} → {signal.get('end') or signal.get('block_end')}"
         report = data.get("report") or {}
-        detail = data.get("reason") or ", ".join(f"{k} {v:.3g}" for k, v in report.items())  # type: ignore[union-attr]
+        assert isinstance(report, dict)
+        detail = data.get("reason") or ", ".join(_summary_item(k, v) for k, v in report.items())
         table.add_row(event_id, kind, state, window, str(detail))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for event_id, _, _, data in rows:
+        intervals = (data.get("report") or {}).get("intervals")  # type: ignore[union-attr]
+        if not intervals:
+            continue
+        per = Table(title=f"{event_id}: delivery per interval")
+        columns = ("start", "covered_s", "baseline_w", "mean_site_w", "delivered_kwh", "requested_kwh")
+        for column in columns:
+            per.add_column(column, justify="left" if column == "start" else "right")
+        for row in intervals:
+            per.add_row(*(str(row.get(c, "")) for c in columns))
+        console.print(per)
     return 0
+
+
+def _summary_item(key: str, value: object) -> str:
+    if isinstance(value, list):
+        return f"{key}: {len(value)}"
+    if isinstance(value, float):
+        return f"{key} {value:.3g}"
+    return f"{key} {value}"
 
 
 def build_parser() -> argparse.ArgumentParser:

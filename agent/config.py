@@ -12,8 +12,9 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.addressing import Placement, expand_group, index_placements
 
@@ -84,6 +85,30 @@ class DispatchSettings(Strict):
     default_price_per_kwh: float = Field(25.0, description="energy price while no price signal covers a step")
     base_load_w: float | None = Field(None, description="uncontrolled load forecast; None: the last measured")
     wear_segments: int = Field(4, ge=1, le=16, description="cycle-depth segments of the wear cost (Xu et al.)")
+
+
+class EventSettings(Strict):
+    """Grid events (agent/events.py): M&V intervals and baselines, and the local-frequency droop for FCR."""
+
+    timezone: str = Field("Asia/Tokyo", description="zone of the settlement day: like-days and intervals")
+    interval_s: float = Field(1800.0, ge=60, le=3600, description="M&V interval (JEPX / ERAB: 30 min)")
+    history_days: float = Field(60.0, ge=7, le=400, description="meter interval history kept for baselines")
+    pre_event_s: float = Field(1800.0, ge=60, le=86400, description="window of the pre-event-average baseline")
+    nominal_hz: Literal[50, 60] = Field(50, description="grid frequency: 50 Hz east Japan, 60 Hz west")
+    deadband_hz: float = Field(0.2, ge=0, le=1, description="FCR deadband (0.3 in Hokkaido)")
+    droop: float = Field(0.05, gt=0, le=0.2, description="FCR droop as a fraction of nominal frequency")
+    rated_w: float | None = Field(
+        None, gt=0, description="power the droop refers to; None: the fleet's rated power when the signal arrives"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'Asia/Tokyo')") from exc
+        return value
 
 
 class MqttSettings(Strict):
@@ -166,6 +191,7 @@ class AppConfig(Strict):
     control: ControlSettings = ControlSettings()
     dispatch: DispatchSettings = DispatchSettings()
     mqtt: MqttSettings = MqttSettings()
+    events: EventSettings = EventSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 

@@ -5,29 +5,44 @@
 
 Every transition is written to the Store before it takes effect, so a restarted agent resumes an active event where
 it was. While an event is active it shapes what the control loop steers to (`site_target_w`): an up-DR event raises
-the site meter's target to baseline + requested increase; an ancillary-service award shifts it by the latest
-activation (−1..1) times the awarded capacity, so the rule controller shares the response over assets by headroom
-and re-shares at once when one drops out.
+the site meter's target to the current interval's baseline + requested increase; an ancillary-service award shifts
+it by the latest activation (−1..1) times the awarded capacity, so the controller shares the response over assets
+and re-shares at once when one drops out. Activations come from the operator's signal, or for frequency products
+(FCR) from local frequency readings through the droop of `[events]`.
+
+The site meter is also kept as 30-min interval history in the Store: the High 4 of 5 baseline of the next up-DR
+event is computed from it (with the pre-event average as the fallback when there is not enough history).
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import structlog
 
 from agent.capability import capability_shortfall
+from agent.config import EventSettings
 from agent.fleet import Fleet
-from agent.signals import AsActivation, AsAward, SignalModel, UpDrEvent
+from agent.mv.baseline import BaselineError, event_baseline
+from agent.mv.intervals import Interval, IntervalMeter
+from agent.mv.report import Report, award_report, updr_report
+from agent.products import PRODUCTS
+from agent.regulation import Droop
+from agent.signals import AsActivation, AsAward, GridFrequency, SignalModel, UpDrEvent
 from agent.store import Store
 
 log = structlog.get_logger("agent.events")
 
-MAX_SAMPLES = 50_000  # meter samples kept per event: 14 h at one per second
+MAX_SAMPLES = 50_000  # meter samples (and activations) kept per event: 14 h at one per second
+LOOKBACK_DAYS = 45  # High 4 of 5 looks this far back for its 5 like-days
 
 
 class EventState(StrEnum):
@@ -47,9 +62,13 @@ class Event:
     state: EventState = EventState.RECEIVED
     reason: str | None = None
     history: list[tuple[str, str]] = field(default_factory=list)  # (state, ISO time)
-    baseline_w: float | None = None  # site demand without the event (pre-event average, W)
+    baseline_w: float | None = None  # site demand without the event (W; the mean over the window for up-DR)
+    baseline_method: str | None = None  # high4of5 | high4of5_unadjusted | pre_event_average
+    baseline_note: str | None = None  # why the method asked for was not used as is
+    baseline_intervals: dict[float, float] = field(default_factory=dict)  # interval start (unix s) -> W
     samples: list[tuple[float, float]] = field(default_factory=list)  # (unix s, site meter W) while active
-    report: dict[str, float] | None = None
+    activations: list[tuple[float, float]] = field(default_factory=list)  # (unix s, value) while active
+    report: Report | None = None
 
     @property
     def start(self) -> datetime:
@@ -65,37 +84,65 @@ class Event:
             "reason": self.reason,
             "history": self.history,
             "baseline_w": self.baseline_w,
+            "baseline_method": self.baseline_method,
+            "baseline_note": self.baseline_note,
+            "baseline_intervals": [[k, v] for k, v in sorted(self.baseline_intervals.items())],
             "samples": self.samples,
+            "activations": self.activations,
             "report": self.report,
         }
+
+    def restore(self, data: Mapping[str, object]) -> None:
+        """Progress from the Store (the inverse of `data`), so a restarted agent carries on with the same event."""
+        self.reason = data.get("reason")  # type: ignore[assignment]
+        self.history = [tuple(h) for h in data.get("history", [])]  # type: ignore[misc, attr-defined]
+        self.baseline_w = data.get("baseline_w")  # type: ignore[assignment]
+        self.baseline_method = data.get("baseline_method")  # type: ignore[assignment]
+        self.baseline_note = data.get("baseline_note")  # type: ignore[assignment]
+        self.baseline_intervals = {float(k): float(v) for k, v in data.get("baseline_intervals", [])}  # type: ignore[attr-defined]
+        self.samples = [tuple(x) for x in data.get("samples", [])]  # type: ignore[misc, attr-defined]
+        self.activations = [tuple(x) for x in data.get("activations", [])]  # type: ignore[misc, attr-defined]
+        self.report = data.get("report")  # type: ignore[assignment]
+
+    def baseline_at(self, ts: float, interval_s: float) -> float | None:
+        """The baseline for the interval holding `ts` (up-DR), else the flat one."""
+        start = math.floor(ts / interval_s) * interval_s
+        return self.baseline_intervals.get(start, self.baseline_w)
 
 
 class EventManager:
     """Owns every event; `tick(now)` moves them along the lifecycle, `site_target_w(now)` says what they ask."""
 
-    def __init__(self, store: Store, fleet: Fleet, pre_event_s: float = 1800.0) -> None:
+    def __init__(
+        self, store: Store, fleet: Fleet, settings: EventSettings | None = None, max_hold_s: float = 60.0
+    ) -> None:
+        """`max_hold_s`: longest a meter reading stands for the power after it (a few poll periods of device time)."""
         self.store = store
         self.fleet = fleet
-        self.pre_event_s = pre_event_s
+        self.settings = settings or EventSettings()
+        self.zone = ZoneInfo(self.settings.timezone)
+        self.max_hold_s = max_hold_s
         self.events: dict[str, Event] = {}
         self.activation: dict[str, float] = {}  # award id -> latest normalised activation
         self._recent_site: deque[tuple[float, float]] = deque()  # (unix s, W) for pre-event baselines
+        self._meter = IntervalMeter(self.settings.interval_s, max_hold_s)
+        self._closed: list[Interval] = []  # closed intervals not yet in the Store
         for event_id, kind, state, data in store.load_events():
             signal_data = data["signal"]
             assert isinstance(signal_data, dict)
             signal = UpDrEvent.model_validate(signal_data) if kind == "up_dr" else AsAward.model_validate(signal_data)
-            event = Event(event_id, kind, signal, EventState(state), data.get("reason"))  # type: ignore[arg-type]
-            event.history = [tuple(h) for h in data.get("history", [])]  # type: ignore[misc, union-attr]
-            event.baseline_w = data.get("baseline_w")  # type: ignore[assignment]
-            event.samples = [tuple(s) for s in data.get("samples", [])]  # type: ignore[misc, union-attr]
-            event.report = data.get("report")  # type: ignore[assignment]
+            event = Event(event_id, kind, signal, EventState(state))
+            event.restore(data)
             self.events[event_id] = event
 
     # -- intake -----------------------------------------------------------------------------------------------
     async def receive(self, kind: str, signal: SignalModel, now: datetime) -> Event | None:
         """Take an up-DR event, an award or an activation; events are checked against the fleet's envelope."""
         if isinstance(signal, AsActivation):
-            self.activation[signal.award_id] = signal.value
+            self._activate(signal.award_id, signal.value, now)
+            return None
+        if isinstance(signal, GridFrequency):
+            self._frequency(signal.frequency_hz, now)
             return None
         if not isinstance(signal, UpDrEvent | AsAward):
             return None
@@ -122,8 +169,9 @@ class EventManager:
         if site_w is None:
             return
         ts = now.timestamp()
+        self._closed += self._meter.add(ts, site_w)
         self._recent_site.append((ts, site_w))
-        cutoff = ts - self.pre_event_s
+        cutoff = ts - self.settings.pre_event_s
         while self._recent_site and self._recent_site[0][0] < cutoff:
             self._recent_site.popleft()
         for event in self.events.values():
@@ -131,12 +179,21 @@ class EventManager:
                 event.samples.append((ts, site_w))
 
     async def tick(self, now: datetime) -> None:
+        if self._closed:
+            closed, self._closed = self._closed, []
+            await self.store.add_intervals(closed, keep_days=self.settings.history_days)
         for event in self.events.values():
             if event.state is EventState.SCHEDULED and now >= event.start:
                 if event.baseline_w is None:
-                    event.baseline_w = self._pre_event_baseline()
+                    await self._set_baseline(event)
                 self._mark(event, EventState.ACTIVE, now)
-                log.info("event.active", event_id=event.id, baseline_w=event.baseline_w)
+                log.info(
+                    "event.active",
+                    event_id=event.id,
+                    baseline_w=event.baseline_w,
+                    baseline_method=event.baseline_method,
+                    baseline_note=event.baseline_note,
+                )
                 await self._save(event)
             if event.state is EventState.ACTIVE and now >= event.end:
                 event.report = self._report(event)
@@ -150,7 +207,8 @@ class EventManager:
         for event in self.events.values():
             if event.state is not EventState.ACTIVE or not event.start <= now < event.end:
                 continue
-            base = event.baseline_w if event.baseline_w is not None else default_w
+            base = event.baseline_at(now.timestamp(), self.settings.interval_s)
+            base = default_w if base is None else base
             if isinstance(event.signal, UpDrEvent):
                 target = max(target, base + event.signal.requested_increase_w)
             else:
@@ -160,29 +218,101 @@ class EventManager:
         return target
 
     # -- internals --------------------------------------------------------------------------------------------
+    def _activate(self, award_id: str, value: float, now: datetime) -> None:
+        self.activation[award_id] = value
+        event = self.events.get(award_id)
+        if event is not None and event.state is EventState.ACTIVE and len(event.activations) < MAX_SAMPLES:
+            event.activations.append((now.timestamp(), value))
+
+    def _frequency(self, frequency_hz: float, now: datetime) -> None:
+        """Local frequency → activation of every active frequency product (FCR) through the droop."""
+        s = self.settings
+        for event in self.events.values():
+            signal = event.signal
+            if event.state is not EventState.ACTIVE or not isinstance(signal, AsAward):
+                continue
+            if PRODUCTS[signal.product].signal != "frequency":
+                continue
+            up = frequency_hz < s.nominal_hz
+            rated = s.rated_w if s.rated_w is not None else self._rated_w(up)
+            capacity = signal.up_w if up else signal.down_w
+            droop = Droop(rated, capacity, float(s.nominal_hz), s.deadband_hz, s.droop)
+            self._activate(event.id, droop.activation(frequency_hz), now)
+
+    def _rated_w(self, up: bool) -> float:
+        """The fleet's rated power in one direction (assets reporting no finite rating are left out)."""
+        total = 0.0
+        for state in self.fleet.controllable():
+            if state.available:
+                rated = state.rated_discharge_w() if up else state.rated_charge_w()
+                total += rated if math.isfinite(rated) else 0.0
+        return total
+
+    async def _set_baseline(self, event: Event) -> None:
+        """High 4 of 5 (+ same-day adjustment) from the interval history when asked for and possible; else the
+        pre-event average, with the reason kept in `baseline_note` and the report."""
+        pre_event = self._pre_event_baseline()
+        signal = event.signal
+        if isinstance(signal, UpDrEvent) and signal.baseline_method == "high4of5":
+            interval = self.settings.interval_s
+            first = math.floor(event.start.timestamp() / interval) * interval
+            starts = list(np.arange(first, event.end.timestamp(), interval, dtype=float))
+            since = first - (LOOKBACK_DAYS + 1) * 86400
+            try:
+                history = await asyncio.to_thread(self.store.load_intervals, since)
+                values, method, note = event_baseline(
+                    history, self.zone, interval, starts, self._event_days(event), LOOKBACK_DAYS
+                )
+            except BaselineError as exc:
+                event.baseline_note = f"High 4 of 5 not possible ({exc}); pre-event average used"
+            else:
+                event.baseline_intervals, event.baseline_method, event.baseline_note = values, method, note
+                event.baseline_w = float(np.mean(list(values.values())))
+                return
+        event.baseline_method = "pre_event_average"
+        event.baseline_w = pre_event
+
+    def _event_days(self, event: Event) -> set[date]:
+        """Local days of other up-DR events that ran: not like-days for a baseline (their demand was shifted)."""
+        days = set()
+        for other in self.events.values():
+            ran = other.state in (EventState.ACTIVE, EventState.COMPLETED)
+            if other is not event and other.kind == "up_dr" and ran:
+                days.add(other.start.astimezone(self.zone).date())
+        return days
+
     def _pre_event_baseline(self) -> float | None:
         if not self._recent_site:
             return None
         return float(np.mean([w for _, w in self._recent_site]))
 
-    def _report(self, event: Event) -> dict[str, float]:
-        """M&V: energy delivered against the baseline from the meter samples taken while the event was active."""
-        if len(event.samples) < 2 or event.baseline_w is None:
-            return {"samples": float(len(event.samples))}
-        times = np.array([t for t, _ in event.samples])
-        watts = np.array([w for _, w in event.samples])
-        dt_h = np.diff(times) / 3600.0
-        above = np.maximum(0.0, watts[:-1] - event.baseline_w)
-        report = {
-            "samples": float(len(event.samples)),
-            "baseline_w": float(event.baseline_w),
-            "mean_site_w": float(np.average(watts[:-1], weights=dt_h)),
-            "delivered_kwh": float(np.sum(above * dt_h) / 1000.0),
-        }
-        if isinstance(event.signal, UpDrEvent):
-            requested_kwh = event.signal.requested_increase_w * float(np.sum(dt_h)) / 1000.0
-            report["requested_kwh"] = requested_kwh
-            report["delivered_fraction"] = report["delivered_kwh"] / requested_kwh if requested_kwh else 0.0
+    def _report(self, event: Event) -> Report:
+        """M&V from the meter samples taken while the event was active (agent.mv.report)."""
+        signal = event.signal
+        if event.baseline_w is None:
+            return {"samples": len(event.samples), "note": "no site meter reading before the event: no baseline"}
+        if isinstance(signal, UpDrEvent):
+            report = updr_report(
+                event.samples,
+                lambda ts: event.baseline_at(ts, self.settings.interval_s) or 0.0,
+                signal.requested_increase_w,
+                self.settings.interval_s,
+                self.max_hold_s,
+                event.end.timestamp(),
+            )
+        else:
+            report = award_report(
+                event.samples,
+                event.activations,
+                event.baseline_w,
+                signal.up_w,
+                signal.down_w,
+                PRODUCTS[signal.product].response_s,
+                self.max_hold_s,
+            )
+        report["baseline_method"] = event.baseline_method or "pre_event_average"
+        if event.baseline_note:
+            report["baseline_note"] = event.baseline_note
         return report
 
     def _mark(self, event: Event, state: EventState, now: datetime) -> None:

@@ -14,8 +14,9 @@ from agent.store import Store
 
 log = structlog.get_logger("agent.signals")
 
-# Activations arrive every 2-4 s for hours: storing or logging each would grow the disk and the log without bound.
-TRANSIENT_KINDS = frozenset({"as_activation"})
+# Activations arrive every 2-4 s and frequency readings every second, for hours: storing or logging each would grow
+# the disk and the log without bound.
+TRANSIENT_KINDS = frozenset({"as_activation", "frequency"})
 
 
 class SignalIngest:

@@ -87,6 +87,14 @@ class AsActivation(SignalModel):
     value: Finite = Field(ge=-1, le=1)
 
 
+class GridFrequency(SignalModel):
+    """A local grid-frequency measurement (e.g. from a frequency relay, every 0.1-1 s); active FCR awards turn it
+    into an activation through the droop of `[events]`."""
+
+    at: AwareDatetime
+    frequency_hz: Finite = Field(gt=40, lt=70)
+
+
 class SiteTarget(SignalModel):
     """Operator command: the import at the site meter the controller steers to from now on (W, + import)."""
 
@@ -99,6 +107,7 @@ SIGNAL_TYPES: dict[str, type[SignalModel]] = {
     "up_dr": UpDrEvent,
     "as_award": AsAward,
     "as_activation": AsActivation,
+    "frequency": GridFrequency,
 }
 
 

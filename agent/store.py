@@ -1,4 +1,4 @@
-"""The agent's durable state (SQLite): accepted signals and the lifecycle of grid events.
+"""The agent's durable state (SQLite): accepted signals, the lifecycle of grid events, site-meter interval history.
 
 An acknowledged signal and an event's progress must survive any restart (an active event resumes).
 
@@ -15,6 +15,8 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from agent.mv.intervals import Interval
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS signals (
         kind TEXT NOT NULL,
@@ -28,6 +30,12 @@ SCHEMA = [
         kind TEXT NOT NULL,
         state TEXT NOT NULL,
         data TEXT NOT NULL
+    )""",
+    # one row per settlement interval (30 min): 48 a day, pruned past `keep_days`, so the file stays small
+    """CREATE TABLE IF NOT EXISTS meter_intervals (
+        start_ts REAL PRIMARY KEY,
+        mean_w REAL NOT NULL,
+        covered_s REAL NOT NULL
     )""",
 ]
 
@@ -83,6 +91,40 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT id, kind, state, data FROM events ORDER BY rowid").fetchall()
         return [(i, k, s, json.loads(d)) for i, k, s, d in rows]
+
+    def _add_intervals(self, intervals: list[Interval], keep_days: float) -> None:
+        if not intervals:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            # a restart can re-close an interval already stored: merge by coverage rather than lose either part
+            for item in intervals:
+                row = self._db.execute(
+                    "SELECT mean_w, covered_s FROM meter_intervals WHERE start_ts = ?", (item.start_ts,)
+                ).fetchone()
+                mean, covered = item.mean_w, item.covered_s
+                if row is not None:
+                    covered = row[1] + item.covered_s
+                    mean = (row[0] * row[1] + item.mean_w * item.covered_s) / covered
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meter_intervals (start_ts, mean_w, covered_s) VALUES (?, ?, ?)",
+                    (item.start_ts, mean, covered),
+                )
+            cutoff = max(i.start_ts for i in intervals) - keep_days * 86400
+            self._db.execute("DELETE FROM meter_intervals WHERE start_ts < ?", (cutoff,))
+            self._db.execute("COMMIT")
+
+    async def add_intervals(self, intervals: list[Interval], keep_days: float = 60.0) -> None:
+        """Store closed meter intervals (and drop those older than `keep_days`)."""
+        await asyncio.to_thread(self._add_intervals, intervals, keep_days)
+
+    def load_intervals(self, since_ts: float = 0.0) -> list[Interval]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT start_ts, mean_w, covered_s FROM meter_intervals WHERE start_ts >= ? ORDER BY start_ts",
+                (since_ts,),
+            ).fetchall()
+        return [Interval(float(t), float(w), float(c)) for t, w, c in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -15,10 +15,14 @@ Demand is in W (+ import) per interval; a day is a 1-D array of intervals (48 fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+import math
+from collections.abc import Callable, Iterable, Mapping, Set
 from datetime import date, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
+
+from agent.mv.intervals import Interval, day_profiles, interval_index
 
 
 class BaselineError(ValueError):
@@ -74,3 +78,43 @@ def pre_event_average(actual: np.ndarray, event_start: int, intervals: int = 4) 
 def delivered_increase(actual: np.ndarray, baseline: np.ndarray, window: slice) -> np.ndarray:
     """Up-DR delivered per interval of the window: demand above the baseline, never negative (W)."""
     return np.maximum(0.0, actual[window] - baseline[window])
+
+
+def event_baseline(
+    history: Iterable[Interval],
+    zone: ZoneInfo,
+    interval_s: float,
+    starts: list[float],
+    excluded: Set[date] = frozenset(),
+    lookback_days: int = 45,
+) -> tuple[dict[float, float], str, str | None]:
+    """High 4 of 5 with the same-day adjustment for the intervals starting at `starts` (unix s), from stored history.
+
+    Returns (baseline W per interval start, method used, note). The adjustment needs the event day's own readings
+    before the event; without them the unadjusted baseline is used and the note says why. Raises BaselineError
+    when there are not 5 complete like-days, so the caller can fall back to the pre-event average.
+    """
+    complete, every = day_profiles(history, zone, interval_s)
+    by_day: dict[date, list[tuple[float, int]]] = {}
+    for start in starts:
+        day, index = interval_index(start, zone, interval_s)
+        by_day.setdefault(day, []).append((start, index))
+    baseline: dict[float, float] = {}
+    method, note = "high4of5", None
+    for number, (day, members) in enumerate(sorted(by_day.items())):
+        indexes = [i for _, i in members]
+        window = slice(min(indexes), max(indexes) + 1)
+        base = high_4_of_5(complete, day, window, excluded, lookback_days=lookback_days)
+        adjustment = 0.0
+        if number == 0:  # the adjustment is taken before the event starts, so only on its first day
+            actual = every.get(day, np.full(base.shape, np.nan))
+            try:
+                adjustment = same_day_adjustment(actual, base, min(indexes))
+            except BaselineError as exc:
+                adjustment, note = math.nan, str(exc)
+            if not math.isfinite(adjustment):
+                note = note or "no meter readings in the same-day adjustment window"
+                method, adjustment = "high4of5_unadjusted", 0.0
+        for start, index in members:
+            baseline[start] = float(base[index] + adjustment)
+    return baseline, method, note

@@ -7,8 +7,9 @@ import contextlib
 import json
 import tomllib
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -17,8 +18,11 @@ from sitekit import eventually, free_port_block
 from agent.app import AgentApp
 from agent.config import parse_config
 from agent.events import EventState
+from agent.mv.baseline import is_like_day
+from agent.mv.intervals import Interval, interval_index
 from agent.mv.performance import score
 from agent.regulation import Droop
+from agent.store import Store
 from sim_devices.config import parse_simulation
 from sim_devices.runner import SimSite
 from sim_devices.scenarios import generate_regulation
@@ -65,12 +69,14 @@ unit_id = 3
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, speed: float = 1.0, period: float = 0.1) -> AsyncIterator[tuple[SimSite, AgentApp]]:
+async def running(
+    tmp_path: Path, speed: float = 1.0, period: float = 0.1, extra: str = ""
+) -> AsyncIterator[tuple[SimSite, AgentApp]]:
     lease = max(1.0, float(np.ceil(speed * (2 * period + 0.05))) + 1)
     text = (
         SITE.replace("{port}", str(free_port_block(1))).replace("{speed}", str(speed))
         .replace("{period}", str(period)).replace("{lease}", str(lease)).replace("{state}", str(tmp_path / "s.db"))
-    )  # fmt: skip
+    ) + extra  # fmt: skip
     config = parse_config(text)
     async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
         app = AgentApp(config, site.clock.now, time_scale=speed)
@@ -104,6 +110,9 @@ async def test_updr_event_raises_consumption_by_the_requested_amount(tmp_path: P
         report = app.events.events["dr1"].report
         assert report is not None and report["baseline_w"] == pytest.approx(5000, abs=300)
         assert 0.7 < report["delivered_fraction"] <= 1.05  # ramp-up and the first cycle are inside the window
+        # no meter history yet: High 4 of 5 (the signal's default) is impossible, and the report says so
+        assert report["baseline_method"] == "pre_event_average" and "found 0" in str(report["baseline_note"])
+        assert report["intervals"] and report["intervals"][0]["delivered_kwh"] > 0
         await eventually(lambda: abs(meter.power_w - 5000) < 500, what="back to the normal target")
 
 
@@ -119,9 +128,11 @@ async def test_infeasible_award_is_rejected_with_the_shortfall(tmp_path: Path) -
         assert "kW short" in (event.reason or "") and "deliver (up)" in (event.reason or "")
 
 
-async def award_and_activate(app: AgentApp, site: SimSite, product: str, capacity: float) -> None:
+async def award_and_activate(
+    app: AgentApp, site: SimSite, product: str, capacity: float, block_s: float = 7200.0
+) -> None:
     now = site.clock.now()
-    award = payload(id="a1", product=product, block_start=now, block_end=now + timedelta(hours=2),
+    award = payload(id="a1", product=product, block_start=now, block_end=now + timedelta(seconds=block_s),
                     up_w=capacity, down_w=capacity)  # fmt: skip
     await app.ingest.receive("as_award", award)
     await eventually(lambda: app.events.events.get("a1") is not None and app.events.events["a1"].state
@@ -133,19 +144,31 @@ async def activate(app: AgentApp, n: int, value: float, at: datetime) -> None:
     assert (await app.ingest.receive("as_activation", body)).status == "accepted"
 
 
+def test_droop_turns_frequency_into_activation() -> None:
+    value = Droop(rated_w=100000, capacity_w=40000).activation(49.5)  # 0.3 Hz past the deadband: 100 kW x 0.3/2.5
+    assert value == pytest.approx(12000 / 40000)
+    assert Droop(rated_w=400000, capacity_w=40000).activation(49.5) == 1.0
+    assert Droop(rated_w=400000, capacity_w=40000).activation(50.15) == 0.0  # inside the deadband
+    assert Droop(rated_w=400000, capacity_w=40000).activation(50.5) == -1.0  # high frequency: absorb
+
+
 async def test_fcr_frequency_excursion_gets_full_response_within_10_s(tmp_path: Path) -> None:
-    async with running(tmp_path) as (site, app):
+    # the droop refers to 400 kW: a 0.3 Hz excursion beyond the deadband asks for 48 kW, the full 40 kW award
+    async with running(tmp_path, speed=2.0, extra="[events]\nrated_w = 400000.0\n") as (site, app):
         meter = site.devices["meter"]
-        await award_and_activate(app, site, "FCR", 40000)
-        droop = Droop(rated_w=100000, capacity_w=40000)
-        value = droop.activation(49.5)  # 0.3 Hz beyond the deadband: 100 kW x 0.3 / 2.5 = 12 kW... capped below 1
-        assert value == pytest.approx(12000 / 40000)
-        full = Droop(rated_w=400000, capacity_w=40000).activation(49.5)
-        assert full == 1.0
+        await award_and_activate(app, site, "FCR", 40000, block_s=40)
         started = site.clock.seconds()
-        await activate(app, 1, full, site.clock.now())
+        reading = payload(id="f1", at=site.clock.now(), frequency_hz=49.5)
+        assert (await app.ingest.receive("frequency", reading)).status == "accepted"
         await eventually(lambda: meter.power_w < 5000 - 40000 + 1000, what="full 40 kW response at the meter")
         assert site.clock.seconds() - started <= 10.0  # FCR: full response within 10 s of device time
+        await eventually(lambda: site.clock.seconds() - started > 15, what="response held past the product's 10 s")
+        await app.ingest.receive("frequency", payload(id="f2", at=site.clock.now(), frequency_hz=50.1))
+        await eventually(lambda: abs(meter.power_w - 5000) < 1000, what="inside the deadband: back to baseline")
+        await eventually(lambda: app.events.events["a1"].state is EventState.COMPLETED, what="award completed")
+        report = app.events.events["a1"].report
+        assert report is not None and report["allowed_response_s"] == 10
+        assert report["steps_judged"] >= 1 and report["steps_late"] == 0 and report["up_kwh"] > 0
 
 
 async def test_regd_like_signal_is_followed_with_score_above_0_9(tmp_path: Path) -> None:
@@ -153,7 +176,7 @@ async def test_regd_like_signal_is_followed_with_score_above_0_9(tmp_path: Path)
     async with running(tmp_path, speed=speed, period=0.1) as (site, app):
         meter = site.devices["meter"]
         capacity = 40000.0
-        await award_and_activate(app, site, "S-FRR", capacity)
+        await award_and_activate(app, site, "S-FRR", capacity, block_s=205)
         _, values = generate_regulation(site.clock.now(), 200, seed=11, step_s=2.0)
         t0 = site.clock.seconds()
         samples: list[tuple[float, float, float]] = []  # (sim s, signal, meter)
@@ -169,6 +192,10 @@ async def test_regd_like_signal_is_followed_with_score_above_0_9(tmp_path: Path)
         response = -(np.interp(grid, t, [s[2] for s in samples]) - 5000.0) / capacity
         result = score(signal, response)
         assert result.composite >= 0.9, result
+        # the agent's own M&V scores the same delivery from its meter readings
+        await eventually(lambda: app.events.events["a1"].state is EventState.COMPLETED, what="award completed")
+        report = app.events.events["a1"].report
+        assert report is not None and report["score"] >= 0.9, report
 
 
 async def test_asset_failure_during_activation_is_covered_by_the_others(tmp_path: Path) -> None:
@@ -183,6 +210,48 @@ async def test_asset_failure_during_activation_is_covered_by_the_others(tmp_path
         await eventually(lambda: site.devices["bess1"].power_w == 0.0, what="bess1 lease lapsed")
         await eventually(lambda: meter.power_w < 5000 - 30000 + 1000, what="still 30 kW up with one battery")
         assert site.devices["bess2"].power_w < -30000 + 5000 + 1000
+
+
+def seed_like_day_history(path: Path, event_ts: float, today_level: float) -> float:
+    """Five complete like-days before the event day (6, 6, 6, 6, 2 kW: High 4 of 5 = 6 kW) and today's readings up to
+    an hour before the event; returns the baseline High 4 of 5 must give (adjusted when today's window exists)."""
+    zone = ZoneInfo("Asia/Tokyo")
+    today, index = interval_index(event_ts, zone)
+    midnight = datetime(today.year, today.month, today.day, tzinfo=zone).timestamp()
+    items, like = [], 0
+    day = today
+    while like < 5:
+        day -= timedelta(days=1)
+        if is_like_day(day, today):
+            level = 2000.0 if like == 4 else 6000.0
+            base = datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
+            items += [Interval(base + k * 1800, level, 1800) for k in range(48)]
+            like += 1
+    items += [Interval(midnight + k * 1800, today_level, 1800) for k in range(max(0, index - 2))]
+    store = Store(path)
+    store._add_intervals(items, keep_days=60)
+    store.close()
+    return 6000.0 + (today_level - 6000.0 if index >= 6 else 0.0)  # the adjustment window: 2 h ending 1 h before
+
+
+async def test_updr_baseline_is_high_4_of_5_from_the_meter_history(tmp_path: Path) -> None:
+    start = datetime.now(UTC) + timedelta(seconds=3)
+    expected = seed_like_day_history(tmp_path / "s.db", start.timestamp(), today_level=5500.0)
+    async with running(tmp_path) as (site, app):
+        meter = site.devices["meter"]
+        start = site.clock.now() + timedelta(seconds=1)
+        event = payload(id="dr3", start=start, end=start + timedelta(seconds=5), requested_increase_w=20000,
+                        price_per_kwh=5)  # fmt: skip
+        await app.ingest.receive("up_dr", event)
+        await eventually(
+            lambda: getattr(app.events.events.get("dr3"), "state", None) is EventState.ACTIVE, what="active"
+        )
+        dr = app.events.events["dr3"]
+        assert dr.baseline_method in ("high4of5", "high4of5_unadjusted") and dr.baseline_w == pytest.approx(expected)
+        await eventually(lambda: abs(meter.power_w - (expected + 20000)) < 1000, what="High 4 of 5 + 20 kW drawn")
+        await eventually(lambda: dr.state is EventState.COMPLETED, what="completed")
+        assert dr.report is not None and dr.report["baseline_method"] == dr.baseline_method
+        assert all(row["baseline_w"] == pytest.approx(expected) for row in dr.report["intervals"])
 
 
 async def test_an_active_event_resumes_after_a_restart(tmp_path: Path) -> None:

@@ -1,0 +1,159 @@
+"""M&V reports of completed events, from the site-meter readings taken while they were active.
+
+Up-DR: delivered energy per settlement interval against that interval's baseline (the guideline settles per
+interval; a shortfall in one interval is not offset by a surplus in another). Awards: energy moved up and down
+against the baseline, the PJM-style performance score of the response to the activation signal, and how long the
+response took to follow each activation step against the product's allowed response time.
+
+Readings are held until the next one, at most `max_hold_s` (agent.mv.intervals), so a silent meter is not
+credited with delivery it did not measure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+
+from agent.mv.intervals import IntervalMeter
+from agent.mv.performance import SAMPLE_S, score
+
+Report = dict[str, object]
+STEP_MIN = 0.1  # activation changes smaller than this (of capacity) are not judged for response time
+SETTLED = 0.1  # a step counts as followed once the response is within this fraction of the step from its value
+
+
+def updr_report(
+    samples: Sequence[tuple[float, float]],
+    baseline_at: Callable[[float], float],
+    increase_w: float,
+    interval_s: float,
+    max_hold_s: float,
+    end_ts: float,
+) -> Report:
+    if len(samples) < 2:
+        return {"samples": len(samples), "note": "fewer than 2 meter readings while active"}
+    meter = IntervalMeter(interval_s, max_hold_s)
+    closed = []
+    for ts, watts in samples:
+        closed += meter.add(ts, watts)
+    closed += meter.flush(until_ts=end_ts)
+    rows: list[dict[str, object]] = []
+    delivered = requested = covered = 0.0
+    for item in closed:
+        baseline = baseline_at(item.start_ts)
+        hours = item.covered_s / 3600.0
+        got = max(0.0, item.mean_w - baseline) * hours / 1000.0
+        asked = increase_w * hours / 1000.0
+        delivered, requested, covered = delivered + got, requested + asked, covered + item.covered_s
+        rows.append(
+            {
+                "start": datetime.fromtimestamp(item.start_ts, UTC).isoformat(),
+                "covered_s": round(item.covered_s, 1),
+                "baseline_w": round(baseline, 1),
+                "mean_site_w": round(item.mean_w, 1),
+                "delivered_kwh": round(got, 4),
+                "requested_kwh": round(asked, 4),
+            }
+        )
+    return {
+        "samples": len(samples),
+        "covered_s": round(covered, 1),
+        "baseline_w": round(float(np.mean([r["baseline_w"] for r in rows])), 1),  # type: ignore[misc]
+        "mean_site_w": round(sum(r["mean_site_w"] * r["covered_s"] for r in rows) / covered, 1),  # type: ignore[operator]
+        "delivered_kwh": round(delivered, 4),
+        "requested_kwh": round(requested, 4),
+        "delivered_fraction": round(delivered / requested, 4) if requested else 0.0,
+        "intervals": rows,
+    }
+
+
+def award_report(
+    samples: Sequence[tuple[float, float]],
+    activations: Sequence[tuple[float, float]],
+    baseline_w: float,
+    up_w: float,
+    down_w: float,
+    response_s: float,
+    max_hold_s: float,
+) -> Report:
+    """Response of the site to an award's activations; +activation = up = the site imports less than its baseline."""
+    if len(samples) < 2:
+        return {"samples": len(samples), "note": "fewer than 2 meter readings while active"}
+    times = np.array([t for t, _ in samples])
+    watts = np.array([w for _, w in samples])
+    dt = np.minimum(np.diff(times), max_hold_s)
+    moved = baseline_w - watts[:-1]  # W toward "up"
+    report: Report = {
+        "samples": len(samples),
+        "baseline_w": round(baseline_w, 1),
+        "up_kwh": round(float(np.sum(np.maximum(0.0, moved) * dt)) / 3.6e6, 4),
+        "down_kwh": round(float(np.sum(np.maximum(0.0, -moved) * dt)) / 3.6e6, 4),
+        "activations": len(activations),
+    }
+    if not activations:
+        return report
+    act_t = np.array([t for t, _ in activations])
+    act_v = np.array([v for _, v in activations])
+
+    def signal_at(t: np.ndarray) -> np.ndarray:
+        index = np.searchsorted(act_t, t, side="right") - 1
+        return np.where(index >= 0, act_v[np.clip(index, 0, None)], 0.0)
+
+    def response_at(t: np.ndarray, signal: np.ndarray) -> np.ndarray:
+        index = np.clip(np.searchsorted(times, t, side="right") - 1, 0, None)
+        capacity = np.where(signal >= 0, up_w, down_w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(capacity > 0, (baseline_w - watts[index]) / np.where(capacity > 0, capacity, 1), 0.0)
+
+    grid = np.arange(times[0] + SAMPLE_S, times[-1], SAMPLE_S)
+    if grid.size >= 3:
+        signal = signal_at(grid)
+        if np.any(signal != 0):
+            result = score(signal, response_at(grid, signal))
+            report.update(
+                score=round(result.composite, 4),
+                accuracy=round(result.accuracy, 4),
+                delay_score=round(result.delay, 4),
+                precision=round(result.precision, 4),
+                delay_s=result.delay_s,
+            )
+    report.update(_response_times(times, act_t, act_v, signal_at, response_at, response_s))
+    return report
+
+
+def _response_times(
+    times: np.ndarray,
+    act_t: np.ndarray,
+    act_v: np.ndarray,
+    signal_at: Callable[[np.ndarray], np.ndarray],
+    response_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    allowed_s: float,
+) -> Report:
+    """Time from each activation step to a settled response; a step is judged only if held for `allowed_s`."""
+    judged = late = 0
+    worst = 0.0
+    previous = 0.0
+    for k, (start, value) in enumerate(zip(act_t, act_v, strict=True)):
+        step = value - previous
+        previous = value
+        held_until = act_t[k + 1] if k + 1 < act_t.size else times[-1]
+        if abs(step) < STEP_MIN or held_until - start < allowed_s:
+            continue
+        window = times[(times >= start) & (times <= held_until)]
+        if window.size == 0:
+            continue
+        judged += 1
+        response = response_at(window, signal_at(window))
+        settled = np.abs(response - value) <= SETTLED * abs(step)
+        took = float(window[np.argmax(settled)] - start) if settled.any() else math.inf
+        worst = max(worst, took)
+        late += took > allowed_s
+    return {
+        "allowed_response_s": allowed_s,
+        "steps_judged": judged,
+        "steps_late": late,
+        "worst_response_s": round(worst, 2) if math.isfinite(worst) else "not reached",
+    }

@@ -57,6 +57,7 @@ class AgentApp:
         if config.control.mode == "dispatch":
             self.dispatcher = Dispatcher(config, now, self.ingest.book)
             self.loop.schedule = self.dispatcher.requests
+            self.loop.reserve_source = self.dispatcher.reserves
             self.ingest.on_accepted.append(lambda kind, signal: self.dispatcher and self.dispatcher.request_replan())
         self.now = now
         self._events_task: asyncio.Task[None] | None = None

@@ -22,12 +22,50 @@ def share_by_headroom(total_w: float, bounds: dict[str, Bounds]) -> dict[str, fl
         room = {k: max(0.0, b.high_w - base[k]) for k, b in bounds.items()}
     else:
         room = {k: max(0.0, base[k] - b.low_w) for k, b in bounds.items()}
+    return _spread(base, remaining, room)
+
+
+def share_within_reserves(
+    total_w: float,
+    planned: dict[str, float],
+    bounds: dict[str, Bounds],
+    reserved_up: dict[str, float],
+    reserved_down: dict[str, float],
+) -> dict[str, float]:
+    """The plan's power plus a grid service's activation, placed first where the plan reserved headroom for it.
+
+    The optimiser held capacity (and the energy to sustain it) on particular assets; an activation should land
+    there, not wherever physical headroom happens to be, or it drains an EV the plan meant to leave alone. What the
+    reserved assets cannot take — one dropped out, or the meter shows more is needed — goes to the rest by headroom,
+    so the fleet still covers an asset failure where it can. Up (delivery) is negative power: `reserved_up` serves a
+    negative change, `reserved_down` a positive one.
+    """
+    base = {k: min(max(planned.get(k, 0.0), b.low_w), b.high_w) for k, b in bounds.items()}
+    change = total_w - sum(base.values())
+    if change == 0:
+        return base
+    reserved = reserved_down if change > 0 else reserved_up
+    sign = 1.0 if change > 0 else -1.0
+
+    def room_of(k: str, b: Bounds, request: float) -> float:
+        return max(0.0, (b.high_w - request) if sign > 0 else (request - b.low_w))
+
+    first = {k: min(max(0.0, reserved.get(k, 0.0)), room_of(k, b, base[k])) for k, b in bounds.items()}
+    requests = _spread(base, change, first)
+    rest = total_w - sum(requests.values())
+    if abs(rest) > 1e-9:
+        requests = _spread(requests, rest, {k: room_of(k, b, requests[k]) for k, b in bounds.items()})
+    return requests
+
+
+def _spread(base: dict[str, float], change: float, room: dict[str, float]) -> dict[str, float]:
+    """Add `change` over the assets in proportion to their room in its direction, never past it."""
     total_room = sum(room.values())
     if total_room <= 0:
-        return base
-    fraction = min(1.0, abs(remaining) / total_room)
-    sign = 1.0 if remaining >= 0 else -1.0
-    return {k: base[k] + sign * room[k] * fraction for k in bounds}
+        return dict(base)
+    fraction = min(1.0, abs(change) / total_room)
+    sign = 1.0 if change >= 0 else -1.0
+    return {k: base[k] + sign * room.get(k, 0.0) * fraction for k in base}
 
 
 def site_target_requests(target_w: float, uncontrolled_w: float, bounds: dict[str, Bounds]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import structlog
 
 from agent.config import AppConfig
-from agent.controller import site_target_requests
+from agent.controller import share_within_reserves, site_target_requests
 from agent.fleet import AssetState, Fleet
 from agent.model import Measurement, Setpoint
 from agent.safety import Bounds, SafetyEnvelope
@@ -92,6 +92,8 @@ class ControlLoop:
         self.schedule: Callable[[datetime], dict[str, float] | None] | None = None
         # events shape the site target: (now, configured target) -> target in force; set by the app
         self.target_source: Callable[[datetime, float], float] | None = None
+        # the plan's reserved (up, down) W per asset now: where an activation lands first (dispatch mode)
+        self.reserve_source: Callable[[datetime], tuple[dict[str, float], dict[str, float]] | None] | None = None
         self._skip_poll = False
         self._warned_no_plan = False
         self.writes = 0
@@ -289,8 +291,12 @@ class ControlLoop:
             return {asset_id: 0.0 for asset_id in bounds}
         target = self.site_target_w if self.target_source is None else self.target_source(now, self.site_target_w)
         rule = site_target_requests(target, self.uncontrolled_w, bounds)
-        if target != self.site_target_w:
-            return rule  # an active event owns the site target; it acts now, not at the next plan
+        if target != self.site_target_w:  # an active event owns the site target; it acts now, not at the next plan
+            if self.mode == "dispatch" and self.schedule is not None and self.reserve_source is not None:
+                planned, reserved = self.schedule(now), self.reserve_source(now)
+                if planned is not None and reserved is not None:
+                    return share_within_reserves(target - self.uncontrolled_w, planned, bounds, *reserved)
+            return rule
         if self.mode == "dispatch" and self.schedule is not None:
             planned = self.schedule(now)
             if planned is not None:

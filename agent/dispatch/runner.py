@@ -42,14 +42,28 @@ class Dispatcher:
         """Called when a signal arrives: plan again now rather than at the next step."""
         self._wake.set()
 
-    def requests(self, now: datetime) -> dict[str, float] | None:
-        """This step's planned power per asset, or None when no plan covers `now`."""
+    def _index(self, now: datetime) -> int | None:
         if self.plan is None or self.plan_start is None:
             return None
         index = int((now - self.plan_start).total_seconds() // self.plan.step_s)
-        if not 0 <= index < self.plan.power_w.shape[1]:
+        return index if 0 <= index < self.plan.power_w.shape[1] else None
+
+    def requests(self, now: datetime) -> dict[str, float] | None:
+        """This step's planned power per asset, or None when no plan covers `now`."""
+        index = self._index(now)
+        if self.plan is None or index is None:
             return None
         return {asset_id: float(self.plan.power_w[i, index]) for i, asset_id in enumerate(self.plan.asset_ids)}
+
+    def reserves(self, now: datetime) -> tuple[dict[str, float], dict[str, float]] | None:
+        """This step's reserved (up, down) headroom per asset in W, or None when no plan covers `now`."""
+        index = self._index(now)
+        if self.plan is None or index is None:
+            return None
+        ids = self.plan.asset_ids
+        up = {a: float(self.plan.reserve_up_w[i, index]) for i, a in enumerate(ids)}
+        down = {a: float(self.plan.reserve_down_w[i, index]) for i, a in enumerate(ids)}
+        return up, down
 
     async def replan(self, fleet: Fleet, uncontrolled_w: float) -> Plan | None:
         now = self.clock()

@@ -6,12 +6,15 @@ import asyncio
 import tomllib
 from datetime import timedelta
 
+import numpy as np
 from sitekit import eventually, free_port_block
 
 from agent.app import AgentApp
 from agent.config import parse_config
 from agent.dispatch.build import step_start
-from agent.signals import PriceSeries
+from agent.dispatch.planner import Plan
+from agent.events import EventState
+from agent.signals import AsActivation, AsAward, PriceSeries
 from sim_devices.config import parse_simulation
 from sim_devices.runner import SimSite
 
@@ -97,3 +100,41 @@ async def test_without_a_plan_the_rule_keeps_control() -> None:
         finally:
             stop.set()
             await task
+
+
+async def test_activation_in_dispatch_mode_lands_on_the_plans_reserved_battery() -> None:
+    text = SITE.replace("{port}", str(free_port_block(1))).replace("soc = 0.02", "soc = 0.5")
+    text = text.replace('id = "bess"', 'id = "bess{i}"\ncount = 2\nunits_per_port = 2')
+    text = text.replace("unit_id = 2", "unit_id = 3")
+    config = parse_config(text)
+    async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
+        app = AgentApp(config, site.clock.now)
+        assert app.dispatcher is not None and app.loop.reserve_source is not None
+        # a plan made elsewhere: hold both batteries at 0 W and reserve 20 kW of up on bess2 only
+        steps = 10
+        app.dispatcher.plan = Plan(
+            asset_ids=["bess1", "bess2"],
+            step_s=60,
+            power_w=np.zeros((2, steps)),
+            energy_wh=np.zeros((2, steps + 1)),
+            reserve_up_w=np.array([[0.0] * steps, [20_000.0] * steps]),
+            reserve_down_w=np.zeros((2, steps)),
+            breakdown={},
+        )
+        app.dispatcher.plan_start = step_start(site.clock.now(), 60)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.loop.run(stop))  # the loop alone: no re-plan replaces the plan above
+        try:
+            await eventually(lambda: len(app.loop.fleet.available()) == 3, what="site polled")
+            now = site.clock.now()
+            award = AsAward(id="a1", product="FRR", block_start=now, block_end=now + timedelta(hours=1), up_w=20_000,
+                            down_w=0)  # fmt: skip
+            await app.events.receive("as_award", award, now)
+            await eventually(lambda: app.events.events["a1"].state is EventState.ACTIVE, what="award active")
+            await app.events.receive("as_activation", AsActivation(id="x", award_id="a1", at=now, value=1.0), now)
+            app.loop.wake(fast=True)
+            await eventually(lambda: site.devices["bess2"].power_w < -15_000, what="bess2 delivers the activation")
+            assert abs(site.devices["bess1"].power_w) < 2_000  # bess1 had no reserve: it stays on its plan
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)

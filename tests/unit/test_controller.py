@@ -1,0 +1,46 @@
+"""Sharing power over assets: by headroom (the rule) and within the plan's reserves (activations in dispatch mode)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.controller import share_by_headroom, share_within_reserves
+from agent.safety import Bounds
+
+
+def bounds(low: float, high: float) -> Bounds:
+    return Bounds(low, high, "rated", "rated")
+
+
+FLEET = {"a": bounds(-50_000, 50_000), "b": bounds(-50_000, 50_000), "ev": bounds(-7_000, 7_000)}
+
+
+def test_headroom_sharing_is_exact_when_the_fleet_can_deliver() -> None:
+    requests = share_by_headroom(-53_500, FLEET)
+    assert sum(requests.values()) == pytest.approx(-53_500)
+    assert requests["a"] == pytest.approx(requests["b"]) and requests["ev"] == pytest.approx(-53_500 * 7 / 107)
+
+
+def test_activation_lands_on_the_assets_the_plan_reserved() -> None:
+    planned = {"a": 10_000, "b": 0.0, "ev": 5_000}
+    up = {"a": 30_000, "b": 0.0, "ev": 0.0}  # the plan held 30 kW of up on battery a only
+    requests = share_within_reserves(15_000 - 30_000, planned, FLEET, up, {})
+    assert requests == pytest.approx({"a": -20_000, "b": 0.0, "ev": 5_000})  # the EV keeps charging as planned
+
+
+def test_a_dropped_reserved_asset_is_covered_by_the_others_by_headroom() -> None:
+    planned = {"b": 0.0, "ev": 5_000}
+    fleet = {k: v for k, v in FLEET.items() if k != "a"}  # a is out: not in the bounds any more
+    requests = share_within_reserves(5_000 - 30_000, planned, fleet, {"a": 30_000}, {})
+    assert sum(requests.values()) == pytest.approx(-25_000)
+    assert all(fleet[k].low_w <= v <= fleet[k].high_w for k, v in requests.items())
+
+
+def test_reserve_split_is_proportional_and_never_past_bounds() -> None:
+    planned = {"a": 0.0, "b": 0.0, "ev": 0.0}
+    down = {"a": 20_000, "b": 10_000, "ev": 0.0}
+    requests = share_within_reserves(15_000, planned, FLEET, {}, down)
+    assert requests == pytest.approx({"a": 10_000, "b": 5_000, "ev": 0.0})
+    assert share_within_reserves(500_000, planned, FLEET, {}, down) == pytest.approx(
+        {"a": 50_000, "b": 50_000, "ev": 7_000}
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -140,3 +141,10 @@ async def test_signals_from_a_file_and_the_events_report(tmp_path: Path) -> None
     events = json.loads(out)
     assert [e["id"] for e in events] == ["file-dr"]
     assert events[0]["state"] == "completed" and events[0]["report"]["delivered_kwh"] > 0
+    table = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "events", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    printed, err = await table.communicate()
+    assert table.returncode == 0, err.decode()
+    assert "file-dr: delivery per interval" in printed.decode() and "baseline_method" in printed.decode()

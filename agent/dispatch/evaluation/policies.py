@@ -1,13 +1,18 @@
 """What each strategy decides at a step: PlanInputs built from the plant's state and what the strategy may know.
 
 * `MpcPolicy` (aware / blind): re-plans every step over `horizon_s` from the measured SoC, SoH and the EVs plugged
-  in now (their departure and target known, future arrivals not), with day-ahead prices and announced up-DR events.
+  in now (their departure and target known, future arrivals not), with the day-ahead prices and up-DR events
+  published so far (tomorrow's from 10:00 JST; beyond them a persistence forecast: the same time on the last
+  published day, and no event).
   Aware prices wear (segment_prices from the pack's replacement cost, SoH-scaled, plus calendar ageing; the EV
   owner's price per kWh); blind is the same model with every wear price 0.
-* `OraclePolicy`: perfect foresight, solved day by day: at each midnight one LP over the next `horizon_s` (48 h by
-  default) with the true prices, events and every EV session in it (each session its own asset, so arrival SoC,
-  dwell and target are known before the car comes), degradation-aware; the first day of the plan is then applied
-  open loop. One LP over a whole year is out of reach (one asset per session, ~35 k steps).
+* `OraclePolicy`: perfect foresight as MPC: every step (`replan_steps`) one LP over the next `horizon_s` (48 h by
+  default, twice the others') with the true prices, events and every EV session in it, future ones included (each
+  session its own asset, so arrival SoC, dwell and target are known before the car comes), degradation-aware, from
+  the measured state and with the plugged car's live (tapered) charge limit, like the MPC. It knows everything the
+  MPC knows and more, and corrects itself as often, so it bounds what the MPC can reach. (Solved once a day and
+  applied open loop, the "oracle" fell short of the MPC: its plans promised charging the BMS taper did not
+  deliver.) One LP over a whole year is out of reach (one asset per session, ~35 k steps).
 * `UncontrolledPolicy`: the no-VPP reference: batteries idle, EVs charge at full power from arrival.
 
 The plan's storage window is the physics' untapered range (batteries 10-90 % SoC, EVs from their floor + 5 %):
@@ -23,7 +28,7 @@ import numpy as np
 
 from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
 from agent.dispatch.evaluation.plant import Plant
-from agent.dispatch.evaluation.scenario import BatterySpec, Scenario
+from agent.dispatch.evaluation.scenario import BatterySpec, Scenario, persistence_forecast, published_until
 from agent.dispatch.inputs import AssetPlan, Penalties, PlanInputs, SiteForecast, UpDr
 from agent.dispatch.planner import Plan, PlanError, solve
 from sim_devices.battery import CHARGE_TAPER_START_SOC, DISCHARGE_TAPER_END_SOC
@@ -110,15 +115,18 @@ def ev_asset(
     )
 
 
-def _site(scenario: Scenario, k: int, steps: int) -> tuple[SiteForecast, UpDr]:
-    """Forecasts from step k: true prices (known day-ahead), base load and announced up-DR events."""
+def _site(scenario: Scenario, k: int, steps: int, foresight: bool = False) -> tuple[SiteForecast, UpDr]:
+    """Forecasts from step k: prices and up-DR events as published at k (all of them with `foresight`), base load."""
     base = scenario.window(scenario.base_load_w, k, steps)
-    site = SiteForecast(
-        price_per_kwh=scenario.window(scenario.price_per_kwh, k, steps),
-        base_load_w=base,
-        pv_w=np.zeros(steps),
-    )
-    window = scenario.window(scenario.updr_window, k, steps, fill=False)
+    if foresight:
+        price = scenario.window(scenario.price_per_kwh, k, steps)
+        window = scenario.window(scenario.updr_window, k, steps, fill=False)
+    else:
+        known = published_until(scenario, k)
+        per_day = round(86400 / scenario.step_s)
+        price = persistence_forecast(scenario.price_per_kwh, k, steps, known, per_day)
+        window = scenario.window(scenario.updr_window, k, steps, fill=False) & (np.arange(k, k + steps) < known)
+    site = SiteForecast(price_per_kwh=price, base_load_w=base, pv_w=np.zeros(steps))
     requested = scenario.window(scenario.updr_requested_w, k, steps)
     price = scenario.window(scenario.updr_price_per_kwh, k, steps)
     # UpDr carries one request and one price: take the nearest event's (the one being delivered or next)
@@ -187,15 +195,17 @@ class MpcPolicy:
 
 
 class OraclePolicy:
-    """Perfect foresight, one LP per day over `horizon_s`, applied open loop for the day."""
+    """Perfect foresight over `horizon_s`, re-planned every `replan_steps` from the measured state."""
 
     name = "oracle"
 
-    def __init__(self, scenario: Scenario, wear: Wear | None = None, horizon_s: float = 2 * 86400.0) -> None:
+    def __init__(
+        self, scenario: Scenario, wear: Wear | None = None, horizon_s: float = 2 * 86400.0, replan_steps: int = 1
+    ) -> None:
         self.scenario = scenario
         self.wear = wear or Wear(aware=True)
         self.steps = round(horizon_s / scenario.step_s)
-        self.per_day = round(86400 / scenario.step_s)
+        self.replan_steps = replan_steps
         self.solves = 0
         self.failures = 0
         self.dropped_sessions = 0
@@ -226,8 +236,9 @@ class OraclePolicy:
                     s = sessions[n]
                     plugged = charger.session is not None and (s.arrival - sc.start).total_seconds() <= t0
                     soc = charger.soc if plugged else s.arrival_soc
+                    charge_w = min(spec.power_w, charger.live_limits()[0]) if plugged else spec.power_w
                     assets.append(ev_asset(
-                        slot_id, s, soc, plant, t0, self.steps, (spec.power_w, spec.power_w), spec.efficiency,
+                        slot_id, s, soc, plant, t0, self.steps, (charge_w, spec.power_w), spec.efficiency,
                         sc.fleet.ev_wear_price_per_kwh if self.wear.aware else 0.0,
                     ))
                 else:  # an empty slot keeps the problem's shape (and its compiled model) the same every day
@@ -236,11 +247,11 @@ class OraclePolicy:
                         available=np.zeros(self.steps, dtype=bool), wear_prices=np.zeros(1), is_ev=True,
                     ))
             self._pending_slots[spec.id] = ids
-        site, updr = _site(sc, k, self.steps)
+        site, updr = _site(sc, k, self.steps, foresight=True)
         return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, penalties=PENALTIES)
 
     def decide(self, plant: Plant) -> dict[str, float]:
-        if self._plan is None or plant.k - self._plan_k >= self.per_day:
+        if self._plan is None or plant.k - self._plan_k >= self.replan_steps:
             try:
                 self._plan = solve(self.inputs(plant), time_limit_s=120.0)
                 self._plan_k = plant.k

@@ -24,6 +24,9 @@ from sim_devices.scenarios import JST, SessionSpec, generate_prices, generate_se
 from sim_devices.scenarios.prices import PERIOD_S
 
 DEFAULT_START = date(2025, 4, 1)  # April: a spring curtailment season falls in the first weeks
+# JEPX's day-ahead auction closes at 10:00 JST and publishes day D+1's prices shortly after; up-DR events for D+1 are
+# called on the same rhythm. Before 10:00 only today's prices are known.
+PUBLISH_HOUR_JST = 10
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,29 @@ class Scenario:
         part = series[k : k + length]
         out[: len(part)] = part
         return out
+
+
+def published_until(scenario: Scenario, k: int) -> int:
+    """First step whose day-ahead prices and up-DR events are not yet published at step k (midnights are steps
+    because step_s divides a day or is a multiple of 30 min within it)."""
+    now = scenario.start + timedelta(seconds=k * scenario.step_s)
+    days_known = 2 if now.astimezone(JST).hour >= PUBLISH_HOUR_JST else 1
+    end_day = datetime.combine(now.astimezone(JST).date() + timedelta(days=days_known), time(), JST)
+    return math.ceil((end_day - scenario.start).total_seconds() / scenario.step_s - 1e-9)
+
+
+def persistence_forecast(series: np.ndarray, k: int, length: int, known_until: int, per_day: int) -> np.ndarray:
+    """`series[k:k+length]` where published (`< known_until`), else the value at the same time of day on the last
+    published day: what a trader knows without a price model. Past the series' end: 0 (the world ends)."""
+    out = np.zeros(length)
+    for j in range(length):
+        index = k + j
+        if index >= len(series):
+            break
+        while index >= known_until:
+            index -= per_day
+        out[j] = series[index] if index >= 0 else 0.0
+    return out
 
 
 def _base_load(start: datetime, steps: int, step_s: float, fleet: FleetSpec) -> np.ndarray:

@@ -178,6 +178,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         area=args.area,
         jobs=args.jobs,
         use_blast=not args.no_blast,
+        progress_days=args.progress_days,
     )
     try:
         evaluation = evaluate(config)
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--area", default="Kyushu", help="JEPX area whose price the site pays")
     sim.add_argument("--jobs", type=int, default=1, help="strategies run in this many processes")
     sim.add_argument("--no-blast", action="store_true", help="skip BLAST-Lite scoring even if installed")
+    sim.add_argument(
+        "--progress-days", type=int, default=30, help="progress line on stderr every N simulated days (0: none)"
+    )
     sim.add_argument("--out", default=None, help="write all figures as JSON to this file")
     sim.set_defaults(func=_cmd_simulate)
     return parser

@@ -12,6 +12,7 @@ Public API: `EvalConfig`, `evaluate(config) -> Evaluation`, `run_strategy(scenar
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ class EvalConfig:
     area: str = "Kyushu"
     jobs: int = 1  # strategies run in parallel processes (each strategy is single-threaded)
     use_blast: bool = True
+    progress_days: int = 0  # a progress line on stderr every this many simulated days per strategy (0: none)
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,13 @@ def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None
     plant = Plant(scenario)
     ledger = Ledger(scenario)
     started = time.perf_counter()
+    per_day = round(86400 / scenario.step_s)
     with fast_substeps():
         for k in range(scenario.steps):
             record = plant.step(policy.decide(plant))
             ledger.book(k, record, plant)
+            if config.progress_days and (k + 1) % (per_day * config.progress_days) == 0:
+                _progress(name, (k + 1) // per_day, scenario.days, time.perf_counter() - started)
     wall = time.perf_counter() - started
     outcomes = battery_outcomes(ledger, plant)
     if config.use_blast and blast_score.available():
@@ -189,6 +194,13 @@ def goals_of(results: dict[str, StrategyResult]) -> Goals:
     if aware and blind and blind.mean_fade > 0:
         fade = 1.0 - aware.mean_fade / blind.mean_fade
     return Goals(share, over, fade)
+
+
+def _progress(name: str, day: int, days: int, elapsed_s: float) -> None:
+    """One line per milestone on stderr (workers share it): a year of MPC takes many minutes."""
+    left = elapsed_s / day * (days - day)
+    line = f"simulate: {name} day {day}/{days}, {elapsed_s:.0f} s so far, ~{left:.0f} s left"
+    print(line, file=sys.stderr, flush=True)
 
 
 def _run_named(args: tuple[Scenario, str, EvalConfig]) -> StrategyResult:

@@ -195,7 +195,7 @@ def run(sizes: list[int], groups: int, naive_max_s: float) -> None:
     head = (
         f"{'N':>6} {'naive 1st':>9} {'naive re':>9} {'agg 1st':>8} {'agg re':>8} {'re ratio':>8} "
         f"{'gap % 1st':>9} {'gap % re':>8} {'EV short kWh agg/naive':>22} {'unreal. kWh':>11} "
-        f"{'groups':>6} {'grids':>7}"
+        f"{'groups':>6} {'cat x bkt':>9}"
     )
     print(head)
     print("(naive 're' suffix: dpp = planner.solve on its cached model; no- = same LP recompiled, see DPP_MAX_EVS)")
@@ -234,7 +234,7 @@ def run(sizes: list[int], groups: int, naive_max_s: float) -> None:
         print(
             f"{n:>6} {n1} {n2} {t_agg:8.3f} {t_agg_re:8.3f} {ratio} {gap1} {gap2} {short:>22} "
             f"{agg_re.plan.violations['unrealised_kwh']:11.3f} {agg_re.grouping.used:>6} "
-            f"{agg_re.grouping.quantum!s:>7}",
+            f"{f'{agg_re.grouping.categories}x{agg_re.grouping.buckets}':>9}",
             flush=True,
         )
         if not run_naive:

@@ -1,41 +1,48 @@
 """Large EV fleets: plan a few virtual batteries instead of thousands of EVs, then split their power over the members.
 
 Why: the full LP has one set of charge/discharge/segment variables per EV and step, and HiGHS needs seconds for a
-thousand EVs (REFERENCE.md "Solvers"). EVs that share a plug-in window, efficiency and wear-segment count differ only
-in their sizes, so their *sum* behaves like one storage asset. `aggregate` turns the EVs into a fixed number of such
-virtual AssetPlans (stationary batteries pass through unchanged) and the existing planner solves that small LP —
-every cost term of the full model (energy, wear, calendar, targets, site limits, up-DR, reserves) comes with it.
-`disaggregate` then splits each virtual battery's planned power over its members, step by step.
+thousand EVs (REFERENCE.md "Solvers"). `aggregate` replaces the EVs by a fixed number of virtual AssetPlans
+(stationary batteries pass through unchanged) and the planner solves that small LP with every cost term of the full
+model (energy, wear, calendar, needs, site limits, up-DR, reserves); `disaggregate` splits each virtual battery's
+planned power over its members, step by step, and the result is priced by `plan_cost` exactly as the full LP prices
+a plan, so what is reported is what executing it costs.
 
-Why the aggregate is a relaxation. Member i of a group is the polytope X_i of its power/energy trajectories:
-energy floor/ceiling, charge/discharge limits during the shared window, the shared efficiency, its initial energy
-and its own departure need. The virtual battery has the summed floor, ceiling, limits, initial energy and need, so
-for any x_i ∈ X_i the sum Σ x_i satisfies every constraint of the virtual battery (each constraint is a sum of the
-members' constraints): X_1 ⊕ … ⊕ X_n ⊆ X_agg (Minkowski sum inside the aggregate polytope). The inclusion is strict
-in general — the aggregate may charge energy "into" a member that is already full while another is empty — which is
-why disaggregation can fall short. Costs: energy and site terms are linear in the summed power, and the tiered EV
-shortfall penalty of the summed need is the infimal convolution of the members' identical-slope penalties, so it is
-never dearer. Wear segment prices and the calendar price are capacity-weighted means of the members': exact when
-members share the per-kWh prices (same replacement cost per kWh and SoH, as `segment_prices` gives), otherwise an
-approximation. So, with exact windows and equal per-kWh prices, aggregated LP cost ≤ full LP cost ≤ cost of the
-disaggregated schedule (which is a feasible point of the full LP), and the last two are what the bench compares.
+Envelopes, not static sums. Each EV i has, per step boundary t, a reachable-energy envelope computed from its own
+numbers: with K_i(t) its plugged-in steps before t and L_i(t) those left between t and its departure checkpoint,
+  ceiling_i(t) = min(max_i, e0_i + η_i·C_i·h·K_i(t))           (it cannot have charged more than that by t)
+  floor_i(t)   = max(min_i, e0_i − D_i·h/η_i·K_i(t))           (nor discharged more)
+  need_i(t)    = min(ceiling_i(t), max(floor_i(t), need_i − η_i·C_i·h·L_i(t)))  (below: need out of reach)
+and a virtual battery carries the sums of its members' envelopes (hard: ceiling, floor; soft, penalised like a
+departure target: need) and, per step, the sums of the plugged members' charge/discharge limits. An EV that has not
+arrived yet sits in the sum at its initial energy (its envelope is flat until it plugs in); one that has left stays
+at its final energy. Summed static bounds (a pack's full capacity, a window shared by the whole group) let the
+aggregate charge a pack it could not reach and were 29 % off at 1000 EVs; the envelopes keep each member's own
+rates, arrival and departure in the sum.
 
-Windows and a stable shape. A group needs one plug-in window: the virtual AssetPlan carries one availability mask
-and one charge limit. With more distinct windows than `groups`, windows are coarsened on a grid of q steps: a member
-available over [a, f) is planned over [ceil(a/q)·q, floor(f/q)·q) — a sub-window, so each member is *restricted*
-(never relaxed): it charges only inside it and must reach its need by the window's end. The number of virtual
-assets is always `groups` (+ the batteries), padding with empty ones, so the planner's compiled model for that shape
-is reused by every re-solve and only the solver runs.
+Why it is a relaxation. Every constraint of a virtual battery is the sum of constraints every member's trajectory
+satisfies in the full LP (the envelopes are implied by each member's dynamics and limits; its need path is implied
+by its departure need up to that member's shortfall, so the group's shortfall is at most the members' summed
+shortfall), so the sum of any feasible member trajectories is feasible for the aggregate: aggregated LP cost ≤ full
+LP cost ≤ cost of the disaggregated schedule, which is a feasible point of the full LP. Exact where members share
+the per-kWh wear and calendar prices and efficiency, which is why EVs are first split into categories of those
+(`_categories`); wear segments of a group are the summed segments of its members (a further relaxation: the group
+may discharge from a shallow segment while a member is deep). Charge-only groups get a single wear-free segment, as
+their members never discharge: the LP then has no segment variables for them after HiGHS' presolve.
 
-What disaggregation guarantees (`disaggregate`): every member's power stays within its own charge/discharge
-limits, is zero outside its (restricted) window, and keeps its energy within [floor, ceiling]; within a step all
-members of a group move in the direction of the group's power (no member discharges into another), so energy is
-conserved between the group and its members except where a member has to charge to keep its departure need
-reachable while its group discharges. A member's need gets the power it *must* have now to stay reachable (even
-beyond the group's power: that excess is reported as unrealised aggregate power), then the group's power goes by
-least laxity first to reaching needs, then to charging beyond them. Discharge comes from the members with the most
-slack first, never below what their departure need allows. Not guaranteed: exact tracking of the group's power when
-the aggregate relaxation was loose, and per-member reserve energy (reserves are split by power headroom only).
+Where it is loose, and departure buckets. The sum forgets which member holds the energy: after a member leaves at
+less than its own ceiling, the group still counts that member's unused room and could fill it with the members that
+remain (and the converse for discharging). Grouping members by departure (`groups` virtual batteries split evenly
+over the categories, each category's members cut into buckets of equal counts by departure step) bounds that to the
+members leaving within one bucket. The number of virtual assets is always `groups` (+ the batteries), padding with
+empty ones, so the planner's compiled (DPP) model is reused by every re-solve while the categories stay the same.
+
+What disaggregation guarantees (`disaggregate`): every member's power stays within its own limits, is zero when it
+is not plugged in, keeps its energy within [floor, ceiling] and keeps its departure need reachable (a member below
+its need path charges what it must, even beyond its group's power: reported as unrealised). Within those limits the
+group's power is tracked by moving every member to the same relative position λ between its own need-or-floor path
+and its ceiling at the next step (one λ per group and step, found by bisection), so the members' energies stay
+spread like the aggregate's envelope assumed. Not guaranteed: exact tracking where the relaxation was loose, and
+per-member reserve energy (reserves are split by power headroom only).
 """
 
 from __future__ import annotations
@@ -43,37 +50,38 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import cvxpy as cp
 import numpy as np
 
+from agent.dispatch import planner
 from agent.dispatch.inputs import AssetPlan, PlanInputs
-from agent.dispatch.planner import Plan, PlanError, _read_plan, fill, model_for
+from agent.dispatch.planner import Plan
 
-DEFAULT_GROUPS = 24
-# HiGHS' interior point is 2-3x faster than its default simplex on these banded LPs, and a cold start is faster than
-# cvxpy's warm start from the previous solution (measured in bench/dispatch.py); crossover keeps a vertex solution
+DEFAULT_GROUPS = 16
+# HiGHS' interior point is several times faster than its simplex on these banded LPs (bench/dispatch.py measures)
 HIGHS_OPTIONS: dict[str, object] = {"solver": "ipm"}
-# coarsening grids tried in order until the distinct windows fit in `groups` (steps)
-QUANTA = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 96)
-_EPS_W = 1e-6
+PRICE_BIN = 0.02  # members whose wear/calendar prices differ by less than this (relative) share a category
+ARRIVAL_BUCKETS = 2  # per category: EVs plugged in now and those arriving later (see "Where it is loose")
 
 
 @dataclass(frozen=True)
 class Members:
-    """The aggregated EVs as arrays (one entry per EV), everything disaggregation and evaluation need."""
+    """The aggregated EVs as arrays (one row per EV), everything disaggregation needs."""
 
     index: np.ndarray  # position of each EV in inputs.assets
-    group: np.ndarray  # virtual asset index, −1 = idle (no usable window in the horizon: power stays 0)
-    start: np.ndarray  # first step of the (restricted) window
-    end: np.ndarray  # one past its last step; also where its need is checked
-    has_target: np.ndarray  # bool
-    need_above: np.ndarray  # Wh above the floor to hold at `end` (0 without a target), as the planner computes it
+    group: np.ndarray  # virtual asset index, −1 = idle (never plugged in within the horizon: power stays 0)
+    plugged: np.ndarray  # (n, T) bool
     energy: np.ndarray  # Wh now, clipped into [floor, ceiling] as the planner does
     floor: np.ndarray
     ceiling: np.ndarray
     charge_w: np.ndarray
     discharge_w: np.ndarray
     efficiency: np.ndarray
+    need_above: np.ndarray  # Wh above the floor at the checkpoint, as the planner asks (0 without a target)
+    lower: np.ndarray  # (n, T+1) reachable floor envelope
+    upper: np.ndarray  # (n, T+1) reachable ceiling envelope
+    need_path: np.ndarray  # (n, T+1) energy below which the departure need is out of reach (≥ lower, ≤ upper)
+    check: np.ndarray  # step of each member's departure checkpoint (T without a target)
+    left: np.ndarray  # (n, T+1) plugged-in steps from each step boundary to the checkpoint (0 after it)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ class Grouping:
 
     groups: int  # EV virtual assets (padded); batteries follow them
     used: int  # non-empty EV groups
-    quantum: tuple[int, int]  # coarsening grids of window starts and ends, in steps ((1, 1) = exact windows)
+    categories: int  # distinct (efficiency, V2G, wear and calendar price) classes
+    buckets: int  # departure buckets per category
     members: Members
     passthrough: np.ndarray  # (k, 2): (index in inputs.assets, index in the aggregated assets) of non-EVs
 
@@ -115,144 +124,151 @@ def _need_above(a: AssetPlan, steps: int, step_h: float) -> float:
     return float(np.clip(a.target_wh - a.min_wh - a.charge_w * a.efficiency * beyond_h, 0.0, room))
 
 
-def _window(a: AssetPlan, steps: int) -> tuple[int, int]:
-    """First contiguous run of available steps, cut at the departure checkpoint: [first, end)."""
-    if a.available is None:
-        first, end = 0, steps
-    else:
-        mask = np.asarray(a.available, dtype=bool)[:steps]
-        if not mask.any():
-            return 0, 0
-        first = int(np.argmax(mask))
-        rest = mask[first:]
-        end = first + (int(np.argmin(rest)) if not rest.all() else len(rest))
-    if a.target_wh is not None and a.target_step is not None:
-        end = min(end, a.target_step)
-    return first, end
-
-
-def _grid(first: np.ndarray, end: np.ndarray, qs: int, qe: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-windows: start rounded up to a multiple of qs, end down to one of qe (the horizon's end stays the end);
-    a window too short for the grid keeps its exact bounds."""
-    start = -(-first // qs) * qs
-    stop = np.where(end >= steps, steps, (end // qe) * qe)
-    short = stop <= start
-    return np.where(short, first, start), np.where(short, end, stop)
-
-
-def _choose_grid(
-    first: np.ndarray, end: np.ndarray, category: np.ndarray, idle: np.ndarray, groups: int, steps: int
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The (start, end) grids that fit the distinct groups into `groups` losing the fewest member-steps of window.
-
-    Works on the distinct exact (window, category) rows with their counts, so it costs little for any fleet size.
-    Returns the grids, every member's sub-window, the distinct group rows and each active member's row index.
-    """
-    rows = np.concatenate([first[:, None], end[:, None], category], axis=1)[~idle]
-    exact, counts = np.unique(rows, axis=0, return_counts=True)
-    best = None
-    for qs in QUANTA:
-        for qe in QUANTA:
-            s, e = _grid(exact[:, 0], exact[:, 1], qs, qe, steps)
-            keyed = np.concatenate([s[:, None], e[:, None], exact[:, 2:]], axis=1)
-            unique = np.unique(keyed, axis=0) if len(keyed) else keyed
-            if len(unique) > groups:
-                continue
-            lost = float(np.dot(counts, (exact[:, 1] - exact[:, 0]) - (e - s)))
-            if best is None or lost < best[0]:
-                best = (lost, qs, qe)
-    if best is None:
-        raise ValueError(f"{len(first)} EVs need more than {groups} groups even on the coarsest grid; raise `groups`")
-    _, qs, qe = best
-    start, stop = _grid(first, end, qs, qe, steps)
-    keyed = np.concatenate([start[:, None], stop[:, None], category], axis=1)[~idle]
-    unique, inverse = np.unique(keyed, axis=0, return_inverse=True) if len(keyed) else (keyed, np.zeros(0, int))
-    return qs, qe, start, stop, unique, inverse.reshape(-1)
-
-
-def aggregate(inputs: PlanInputs, groups: int | None = None) -> tuple[PlanInputs, Grouping]:
-    """PlanInputs with the EVs replaced by `groups` virtual batteries (padded), and the mapping back.
-
-    Raises ValueError when even the coarsest grid leaves more distinct windows than `groups`.
-    """
-    groups = DEFAULT_GROUPS if groups is None else groups
+def _members(inputs: PlanInputs, evs: list[int]) -> tuple[Members, np.ndarray]:
+    """Every EV's numbers and envelopes as arrays (vectorised over the fleet), and each EV's checkpoint step."""
     t, h = inputs.steps, inputs.step_h
-    evs = [i for i, a in enumerate(inputs.assets) if a.is_ev]
-    others = [i for i, a in enumerate(inputs.assets) if not a.is_ev]
     assets = [inputs.assets[i] for i in evs]
     n = len(assets)
-    windows = np.array([_window(a, t) for a in assets], dtype=int).reshape(n, 2)
-    first, end = windows[:, 0], windows[:, 1]
     floor = np.array([a.min_wh for a in assets], dtype=float)
     ceiling = np.maximum(np.array([a.max_wh for a in assets], dtype=float), floor)
     energy = np.clip(np.array([a.energy_wh for a in assets], dtype=float), floor, ceiling)
     charge = np.array([max(0.0, a.charge_w) for a in assets], dtype=float)
     discharge = np.array([max(0.0, a.discharge_w) for a in assets], dtype=float)
     eff = np.array([a.efficiency for a in assets], dtype=float)
-    has_target = np.array([a.target_wh is not None and a.target_step is not None for a in assets], dtype=bool)
-    need = np.array([_need_above(a, t, h) for a in assets], dtype=float)
-    segments = np.array([len(a.wear_prices) for a in assets], dtype=int)
-    idle = end <= first
-    category = np.stack(
-        [has_target.astype(int), np.round(eff * 1000).astype(int), segments, (discharge > 0).astype(int)], axis=1
-    )
-    q_start, q_end, start, stop, unique, inverse = _choose_grid(first, end, category, idle, groups, t)
-    group = np.full(n, -1, dtype=int)
-    group[~idle] = inverse
-    start = np.where(idle, 0, start)
-    stop = np.where(idle, 0, stop)
-
-    seg_max = max((len(a.wear_prices) for a in inputs.assets), default=1)
-    virtual: list[AssetPlan] = []
-    room = ceiling - floor
-    for g in range(groups):
-        sel = np.flatnonzero(group == g)
-        if len(sel) == 0:
-            virtual.append(_empty(g, seg_max))
-            continue
-        a0, d0 = int(start[sel[0]]), int(stop[sel[0]])
-        weight = room[sel] if room[sel].sum() > 0 else np.ones(len(sel))
-        wear = np.average(np.stack([assets[i].wear_prices for i in sel]), axis=0, weights=weight)
-        calendar = float(np.average([assets[i].calendar_price_per_wh_h for i in sel], weights=weight))
-        mask = np.zeros(t, dtype=bool)
-        mask[a0:d0] = True
-        targeted = bool(has_target[sel[0]])
-        virtual.append(
-            AssetPlan(
-                id=f"ev-group-{g}",
-                energy_wh=float(energy[sel].sum()),
-                min_wh=float(floor[sel].sum()),
-                max_wh=float(ceiling[sel].sum()),
-                charge_w=float(charge[sel].sum()),
-                discharge_w=float(discharge[sel].sum()),
-                efficiency=float(eff[sel].mean()),
-                available=mask,
-                # the planner recomputes need = target − floor (no beyond-horizon term at a checkpoint ≤ steps)
-                target_wh=float(floor[sel].sum() + need[sel].sum()) if targeted else None,
-                target_step=d0 if targeted else None,
-                wear_prices=wear,
-                calendar_price_per_wh_h=calendar,
-                is_ev=True,
-            )
-        )
-    virtual += [inputs.assets[i] for i in others]
-    passthrough = np.array([(i, groups + k) for k, i in enumerate(others)], dtype=int).reshape(-1, 2)
+    ones = np.ones(t, dtype=bool)
+    plugged = np.array(
+        [ones if a.available is None else np.asarray(a.available, dtype=bool)[:t] for a in assets], dtype=bool
+    ).reshape(n, t)
+    targeted = np.array([a.target_wh is not None and a.target_step is not None for a in assets], dtype=bool)
+    check = np.array([min(a.target_step, t) if a.target_step is not None else t for a in assets], dtype=int)
+    check = np.where(targeted, check, t)
+    need_above = np.array([_need_above(a, t, h) for a in assets], dtype=float)
+    # plugged-in steps before each step boundary, and those left before the checkpoint
+    before = np.concatenate([np.zeros((n, 1)), np.cumsum(plugged, axis=1)], axis=1)
+    at_check = before[np.arange(n), check][:, None]
+    gain = (eff * charge * h)[:, None]
+    loss = (discharge * h / eff)[:, None]
+    upper = np.minimum(ceiling[:, None], energy[:, None] + gain * before)
+    lower = np.maximum(floor[:, None], energy[:, None] - loss * before)
+    need = (floor + need_above)[:, None] - np.where(
+        before <= at_check, gain * (at_check - before), -loss * (before - at_check)
+    )  # after the checkpoint: what discharging since then can have taken off a need met on time
+    # per member the need path never lies below its own floor envelope: summed, one member's surplus above its need
+    # must not count for another's need (it would, summing the bare need paths)
+    need_path = np.clip(np.where(targeted[:, None], need, floor[:, None]), lower, upper)
     members = Members(
         index=np.array(evs, dtype=int),
-        group=group,
-        start=start,
-        end=stop,
-        has_target=has_target,
-        need_above=need,
+        group=np.full(n, -1, dtype=int),
+        plugged=plugged,
         energy=energy,
         floor=floor,
         ceiling=ceiling,
         charge_w=charge,
         discharge_w=discharge,
         efficiency=eff,
+        need_above=need_above,
+        lower=lower,
+        upper=upper,
+        need_path=need_path,
+        check=check,
+        left=np.maximum(at_check - before, 0.0),
     )
+    return members, check
+
+
+def _price_bins(values: np.ndarray) -> np.ndarray:
+    """Prices on a relative grid of PRICE_BIN (0 stays its own bin), so near-equal prices share a category."""
+    positive = values > 0
+    logs = np.log(np.where(positive, values, 1.0)) / np.log1p(PRICE_BIN)
+    return np.where(positive, np.round(logs).astype(np.int64) + 1, 0)
+
+
+def _categories(inputs: PlanInputs, evs: list[int], m: Members) -> np.ndarray:
+    """Category of each EV: efficiency, V2G or charge-only, wear-segment prices and calendar price (binned).
+
+    Members of one category share what the aggregate cannot average exactly: the dynamics (efficiency) and the
+    per-kWh prices. Charge-only EVs ignore their wear prices: they never discharge, so never pay them.
+    """
+    n = len(evs)
+    seg = max((len(inputs.assets[i].wear_prices) for i in evs), default=1)
+    wear = np.zeros((n, seg))
+    for row, i in enumerate(evs):
+        prices = inputs.assets[i].wear_prices
+        wear[row, : len(prices)] = prices
+    v2g = m.discharge_w > 0
+    calendar = np.array([inputs.assets[i].calendar_price_per_wh_h for i in evs], dtype=float)
+    key = np.concatenate(
+        [
+            np.round(m.efficiency * 1000).astype(np.int64)[:, None],
+            v2g[:, None].astype(np.int64),
+            np.where(v2g[:, None], _price_bins(wear), 0),
+            np.array([len(inputs.assets[i].wear_prices) for i in evs])[:, None] * v2g[:, None],
+            _price_bins(calendar)[:, None],
+        ],
+        axis=1,
+    )
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    _, category = np.unique(key, axis=0, return_inverse=True)
+    return category.reshape(-1)
+
+
+def _buckets(check: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each member by a step (arrival, checkpoint): equal counts, members on the same step together."""
+    _, inverse, counts = np.unique(check, return_inverse=True, return_counts=True)
+    before = np.cumsum(counts) - counts
+    bucket_of_value = np.minimum((before * buckets) // max(len(check), 1), buckets - 1)
+    return bucket_of_value[inverse.reshape(-1)]
+
+
+def aggregate(inputs: PlanInputs, groups: int | None = None) -> tuple[PlanInputs, Grouping]:
+    """PlanInputs with the EVs replaced by `groups` virtual batteries (padded), and the mapping back.
+
+    Raises ValueError when the EVs fall into more categories than `groups` (each category needs a group).
+    """
+    groups = DEFAULT_GROUPS if groups is None else groups
+    t = inputs.steps
+    evs = [i for i, a in enumerate(inputs.assets) if a.is_ev]
+    others = [i for i, a in enumerate(inputs.assets) if not a.is_ev]
+    m, check = _members(inputs, evs)
+    category = _categories(inputs, evs, m)
+    active = m.plugged.any(axis=1)
+    category = np.where(active, category, -1)  # never plugged in: in no group, power stays 0
+    kinds = np.unique(category[active])
+    if len(kinds) > groups:
+        raise ValueError(f"the EVs fall into {len(kinds)} categories (efficiency, V2G, prices), more than {groups}")
+    per = groups // max(len(kinds), 1)
+    group = m.group
+    arrivals = max(1, min(ARRIVAL_BUCKETS, per // 2))
+    departures = per // arrivals
+    first = np.argmax(m.plugged, axis=1)
+    for rank, kind in enumerate(kinds):
+        sel = np.flatnonzero(category == kind)
+        arrival = _buckets(first[sel], arrivals)
+        for a in range(arrivals):
+            sub = sel[arrival == a]
+            group[sub] = rank * per + a * departures + _buckets(check[sub], departures)
+
+    seg_max = max((len(a.wear_prices) for a in inputs.assets), default=1)
+    virtual: list[AssetPlan] = []
+    room = m.ceiling - m.floor
+    for g in range(groups):
+        sel = np.flatnonzero(group == g)
+        kind = g // per if per else 0
+        if len(sel) == 0:
+            same = np.flatnonzero(category == kinds[kind]) if kind < len(kinds) else sel
+            virtual.append(_empty(g, t, float(m.efficiency[same[0]]) if len(same) else 0.95))
+            continue
+        virtual.append(_virtual(g, inputs, [evs[i] for i in sel], m, sel, room, seg_max))
+    virtual += [inputs.assets[i] for i in others]
+    passthrough = np.array([(i, groups + k) for k, i in enumerate(others)], dtype=int).reshape(-1, 2)
     grouping = Grouping(
-        groups=groups, used=len(unique), quantum=(q_start, q_end), members=members, passthrough=passthrough
+        groups=groups,
+        used=len(np.unique(group[group >= 0])),
+        categories=len(kinds),
+        buckets=per,
+        members=m,
+        passthrough=passthrough,
     )
     aggregated = PlanInputs(
         inputs.steps, inputs.step_s, virtual, inputs.site, inputs.updr, inputs.reserves, inputs.penalties
@@ -260,28 +276,123 @@ def aggregate(inputs: PlanInputs, groups: int | None = None) -> tuple[PlanInputs
     return aggregated, grouping
 
 
-def _empty(g: int, segments: int) -> AssetPlan:
+def _virtual(
+    g: int, inputs: PlanInputs, ids: list[int], m: Members, sel: np.ndarray, room: np.ndarray, seg_max: int
+) -> AssetPlan:
+    """One virtual battery: summed energies, envelopes and per-step limits of its members, their mean prices."""
+    plugged = m.plugged[sel]
+    weight = room[sel] if room[sel].sum() > 0 else np.ones(len(sel))
+    v2g = bool((m.discharge_w[sel] > 0).any())
+    if v2g:
+        wear = np.zeros((len(sel), seg_max))
+        for row, i in enumerate(ids):
+            wear[row, : len(inputs.assets[i].wear_prices)] = inputs.assets[i].wear_prices
+        segments = max(len(inputs.assets[i].wear_prices) for i in ids)
+        wear_prices = np.average(wear[:, :segments], axis=0, weights=weight)
+    else:
+        wear_prices = np.zeros(1)  # never discharges: one segment, nothing to price
+    calendar = float(np.average([inputs.assets[i].calendar_price_per_wh_h for i in ids], weights=weight))
+    charge = (m.charge_w[sel][:, None] * plugged).sum(axis=0)
+    discharge = (m.discharge_w[sel][:, None] * plugged).sum(axis=0)
+    return AssetPlan(
+        id=f"ev-group-{g}",
+        energy_wh=float(m.energy[sel].sum()),
+        min_wh=float(m.floor[sel].sum()),
+        max_wh=float(m.ceiling[sel].sum()),
+        charge_w=float(charge.max()),
+        discharge_w=float(discharge.max()),
+        efficiency=float(m.efficiency[sel][0]),  # one category, one efficiency
+        wear_prices=wear_prices,
+        calendar_price_per_wh_h=calendar,
+        is_ev=True,
+        charge_limit_w=charge,
+        discharge_limit_w=discharge,
+        floor_path_wh=m.lower[sel].sum(axis=0),
+        ceiling_path_wh=m.upper[sel].sum(axis=0),
+        need_path_wh=m.need_path[sel].sum(axis=0),
+        need_total_wh=float(m.need_above[sel].sum()),
+    )
+
+
+def _empty(g: int, steps: int, efficiency: float) -> AssetPlan:
     """Padding: a virtual battery with no energy and no power, so the problem shape never depends on the fleet."""
-    return AssetPlan(f"ev-group-{g}", 0.0, 0.0, 0.0, 0.0, 0.0, wear_prices=np.zeros(segments), is_ev=True)
+    zeros = np.zeros(steps + 1)
+    return AssetPlan(
+        f"ev-group-{g}", 0.0, 0.0, 0.0, 0.0, 0.0, efficiency, wear_prices=np.zeros(1), is_ev=True,
+        floor_path_wh=zeros, ceiling_path_wh=zeros,
+    )  # fmt: skip
 
 
 # -- disaggregation -------------------------------------------------------------------------------------------
 
 
-def _fill(amount: np.ndarray, caps: np.ndarray, key: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
-    """Split each group's `amount` over its members in `key` order (lowest first), each up to its cap.
+def _fill(amount: np.ndarray, caps: np.ndarray, key: np.ndarray | None, group: np.ndarray, groups: int) -> np.ndarray:
+    """Split each group's `amount` (≥ 0) over its members, each up to its cap.
 
-    Vectorised over all groups: members sorted by (group, key), a running sum of caps inside each group says how much
-    of the group's amount is left when a member's turn comes.
+    With a `key`: in key order, lowest first (a running sum of caps inside each group, all groups at once). Without:
+    the same fraction of every member's cap (no sort, for tiers where order does not matter).
     """
+    total = np.bincount(group, weights=caps, minlength=groups)
+    if key is None:
+        share = np.divide(amount, total, out=np.zeros(groups), where=total > 0)
+        return caps * np.clip(share, 0.0, 1.0)[group]
     order = np.lexsort((key, group))
     g = group[order]
     c = caps[order]
     before = np.cumsum(c) - c
-    offset = np.cumsum(np.bincount(g, weights=c, minlength=groups)) - np.bincount(g, weights=c, minlength=groups)
+    offset = np.cumsum(total) - total
     out = np.empty_like(caps)
     out[order] = np.clip(amount[g] - (before - offset[g]), 0.0, c)
     return out
+
+
+def _step(
+    power: np.ndarray,
+    g: np.ndarray,
+    groups: int,
+    e: np.ndarray,
+    need_next: np.ndarray,
+    final: np.ndarray,
+    left: np.ndarray,
+    floor: np.ndarray,
+    ceiling: np.ndarray,
+    charge: np.ndarray,
+    discharge: np.ndarray,
+    up_gain: np.ndarray,
+    down_gain: np.ndarray,
+    charge_gain: np.ndarray,
+    before_check: np.ndarray,
+    expected: np.ndarray,
+) -> np.ndarray:
+    """The plugged-in members' powers for one step, given their groups' planned `power` (W per group).
+
+    Charging, in tiers: (1) what a member must take now to keep its need reachable; (2) towards its departure need,
+    least laxity first (the members that can least wait); (3) room it could not fill later anyway (more room than
+    its remaining steps at full power can fill: charging it now costs no later flexibility); (4) the rest in
+    proportion to what each can take. Discharging: from what members hold above their need path, in proportion.
+    """
+    cmax = np.minimum(charge, np.maximum(0.0, ceiling - e) / up_gain)
+    dmax = np.minimum(discharge, np.maximum(0.0, e - floor) / down_gain)
+    gap = need_next - e  # > 0: must charge now to keep the departure need reachable
+    must = np.where(gap > 0, np.minimum(gap / up_gain, cmax), 0.0)
+    p = must.copy()
+    planned_charge = np.maximum(power, 0.0)
+    rest = planned_charge - np.bincount(g, weights=must, minlength=groups)
+    remaining = np.where(before_check, np.maximum(final - e, 0.0), 0.0)
+    laxity = left - remaining / np.maximum(charge_gain, 1e-9)
+    deficit = np.clip((remaining - expected) / up_gain, 0.0, cmax)  # need the plan's later charging won't bring
+    spare = np.clip((ceiling - e - expected) / up_gain, 0.0, cmax)  # room the plan's later charging won't use
+    for caps, key in ((deficit - p, laxity), (np.maximum(deficit, spare) - p, None), (cmax - p, None)):
+        got = _fill(np.maximum(rest, 0.0), np.maximum(caps, 0.0), key, g, groups)
+        p += got
+        rest -= np.bincount(g, weights=got, minlength=groups)
+    if (power < 0).any():
+        discharging = power[g] < 0
+        spare = np.where(gap < 0, np.minimum(dmax, -gap / down_gain), 0.0)
+        wanted = np.maximum(-power, 0.0) + np.bincount(g, weights=must, minlength=groups)
+        caps = np.where(discharging, spare, 0.0)
+        p = np.where(discharging, must - _fill(np.where(power < 0, wanted, 0.0), caps, None, g, groups), p)
+    return np.clip(p, -dmax, cmax)  # the member's own limits, whatever rounding in the tiers left
 
 
 def disaggregate(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Plan:
@@ -293,70 +404,49 @@ def disaggregate(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Plan:
     t, h = inputs.steps, inputs.step_h
     m = grouping.members
     groups = grouping.groups
-    active = m.group >= 0
-    g = np.where(active, m.group, 0)
-    eff = m.efficiency
-    he = eff * h
-    goal = m.floor + m.need_above
-    energy = m.energy.copy()
+    rows = np.flatnonzero(m.group >= 0)
+    g = m.group[rows]
+    eff = m.efficiency[rows]
+    up_gain, down_gain = eff * h, h / eff
+    floor, ceiling = m.floor[rows], m.ceiling[rows]
+    charge, discharge = m.charge_w[rows], m.discharge_w[rows]
+    need, left, charge_gain = m.need_path[rows], m.left[rows], charge * up_gain
+    final = need[np.arange(len(rows)), m.check[rows]]  # the need at the checkpoint, as reachable as it can be
+    energy = m.energy[rows].copy()
+    n_ev = len(m.index)
+    ev_power = np.zeros((n_ev, t))
+    ev_energy = np.repeat(m.energy[:, None], t + 1, axis=1)
+    group_power = plan.power_w[:groups]
+    # what each member can expect to take later if every later step's group charge is shared in proportion to the
+    # members' rates: room kept for it now lets the group follow its plan then (Wh, per step boundary)
+    limit = np.zeros((groups, t))
+    np.add.at(limit, g, charge[:, None] * m.plugged[rows])
+    use = np.clip(np.divide(group_power, limit, out=np.zeros_like(limit), where=limit > 0), 0.0, 1.0)
+    share = charge_gain[:, None] * m.plugged[rows] * use[g]
+    later = np.concatenate([np.cumsum(share[:, ::-1], axis=1)[:, ::-1], np.zeros((len(rows), 1))], axis=1)
+    for k in range(t):
+        on = np.flatnonzero(m.plugged[rows, k])
+        if len(on):
+            p = _step(group_power[:, k], g[on], groups, energy[on], need[on, k + 1], final[on], left[on, k],
+                      floor[on], ceiling[on], charge[on], discharge[on], up_gain[on], down_gain[on], charge_gain[on],
+                      k < m.check[rows[on]], later[on, k + 1])  # fmt: skip
+            energy[on] = np.clip(
+                energy[on] + np.where(p > 0, p * up_gain[on], p * down_gain[on]), floor[on], ceiling[on]
+            )
+            ev_power[rows[on], k] = p
+        ev_energy[rows, k + 1] = energy
     n_all = len(inputs.assets)
     power = np.zeros((n_all, t))
     stored = np.zeros((n_all, t + 1))
     up = np.zeros((n_all, t))
     down = np.zeros((n_all, t))
-    ev_power = np.zeros((len(energy), t))
-    ev_energy = np.zeros((len(energy), t + 1))
-    ev_energy[:, 0] = energy
-    target_p = plan.power_w[:groups]
-    charge_ok = np.maximum(m.charge_w, 1e-9)
-    count = np.bincount(g[active], minlength=groups)
-    end_step = np.zeros(groups, dtype=int)
-    end_step[g[active]] = m.end[active]
-    target_end = plan.energy_wh[np.arange(groups), end_step] if len(energy) else np.zeros(groups)
-    for k in range(t):
-        on = active & (m.start <= k) & (k < m.end)
-        cmax = np.where(on, np.minimum(m.charge_w, np.maximum(0.0, m.ceiling - energy) / he), 0.0)
-        dmax = np.where(on, np.minimum(m.discharge_w, np.maximum(0.0, energy - m.floor) * eff / h), 0.0)
-        future = np.maximum(m.end - k - 1, 0)
-        later = m.charge_w * he * future  # what the rest of the window can still add at full power
-        short = np.where(m.has_target, goal - energy, 0.0)
-        must = np.where(on, np.clip((short - later) / he, 0.0, cmax), 0.0)
-        want = np.where(on, np.clip(short / he, 0.0, cmax), 0.0)
-        spare = np.where(m.has_target, np.maximum(0.0, energy + later - goal) * eff / h, np.inf)
-        dallow = np.where(must > 0, 0.0, np.minimum(dmax, spare))
-        laxity = np.where(short > 0, future + 1 - short / (he * charge_ok), 1e9)
-        gp = target_p[:, k]
-        charging = gp >= -_EPS_W
-        p = must.copy()
-        rest = np.where(charging, gp, 0.0) - np.bincount(g, weights=must * active, minlength=groups)
-        in_charge = on & charging[g]
-        # beyond the members' needs a group may only charge the surplus its own plan ends with: charging one
-        # member past its need early would force another to charge later when the group plans not to
-        held = np.bincount(g, weights=np.where(active, np.maximum(energy, goal), 0.0), minlength=groups)
-        surplus = target_end - held
-        beyond = np.maximum(surplus, 0.0) / np.maximum(
-            np.bincount(g, weights=np.where(active, he, 0.0), minlength=groups) / np.maximum(count, 1), 1e-12
-        )
-        for caps, limit in ((want - must, np.inf), (cmax - want, beyond)):
-            caps = np.where(in_charge, caps, 0.0)
-            got = _fill(np.minimum(np.maximum(rest, 0.0), limit), caps, laxity, g, groups)
-            p += got
-            rest -= np.bincount(g, weights=got, minlength=groups)
-        discharging = ~charging
-        if discharging.any():
-            wanted = np.where(discharging, -gp, 0.0) + np.bincount(g, weights=must * active, minlength=groups)
-            caps = np.where(on & discharging[g], dallow, 0.0)
-            p -= _fill(np.maximum(wanted, 0.0), caps, -laxity, g, groups)
-        energy = np.clip(energy + np.where(p > 0, p * he, p * h / eff), m.floor, m.ceiling)
-        ev_power[:, k] = p
-        ev_energy[:, k + 1] = energy
     power[m.index] = ev_power
     stored[m.index] = ev_energy
     unrealised = 0.0
-    if len(energy):
+    if len(rows):
         summed = np.zeros((groups, t))
-        np.add.at(summed, g[active], ev_power[active])
-        unrealised = float(np.abs(summed - target_p).sum()) * h / 1000.0
+        np.add.at(summed, g, ev_power[rows])
+        unrealised = float(np.abs(summed - group_power).sum()) * h / 1000.0
         _split_reserves(plan, grouping, ev_power, up, down)
     if len(grouping.passthrough):
         src, dst = grouping.passthrough[:, 0], grouping.passthrough[:, 1]
@@ -387,13 +477,14 @@ def disaggregate(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Plan:
 
 def _split_reserves(plan: Plan, grouping: Grouping, ev_power: np.ndarray, up: np.ndarray, down: np.ndarray) -> None:
     """Each group's reserve shared by its members' power headroom (no per-member energy guarantee)."""
+    if not (plan.reserve_up_w[: grouping.groups].any() or plan.reserve_down_w[: grouping.groups].any()):
+        return  # nothing reserved: `up` and `down` stay zero
     m = grouping.members
-    t = ev_power.shape[1]
-    steps = np.arange(t)
-    on = (m.group[:, None] >= 0) & (m.start[:, None] <= steps) & (steps < m.end[:, None])
+    on = (m.group[:, None] >= 0) & m.plugged
     head_up = np.where(on, np.maximum(0.0, m.discharge_w[:, None] + ev_power), 0.0)
     head_down = np.where(on, np.maximum(0.0, m.charge_w[:, None] - ev_power), 0.0)
     g = np.where(m.group >= 0, m.group, 0)
+    t = ev_power.shape[1]
     for head, src, dst in ((head_up, plan.reserve_up_w, up), (head_down, plan.reserve_down_w, down)):
         total = np.zeros((grouping.groups, t))
         np.add.at(total, g, head)
@@ -414,8 +505,10 @@ def _cycle_wear(inputs: PlanInputs, power: np.ndarray) -> float:
     h = inputs.step_h
     total = 0.0
     by_segments: dict[int, list[int]] = {}
-    for i, a in enumerate(inputs.assets):
-        by_segments.setdefault(len(a.wear_prices), []).append(i)
+    discharging = np.flatnonzero((power < 0).any(axis=1))  # wear is paid on discharge only: skip the others
+    for i in discharging:
+        a = inputs.assets[i]
+        by_segments.setdefault(len(a.wear_prices), []).append(int(i))
     for j, idx in by_segments.items():
         assets = [inputs.assets[i] for i in idx]
         prices = np.stack([a.wear_prices for a in assets])
@@ -487,27 +580,6 @@ def plan_cost(inputs: PlanInputs, power: np.ndarray, energy: np.ndarray) -> tupl
 # -- convenience ----------------------------------------------------------------------------------------------
 
 
-def _solve(inputs: PlanInputs, time_limit_s: float) -> Plan:
-    """agent.dispatch.planner.solve with HIGHS_OPTIONS and no warm start (same cached model, same read-back).
-
-    Hook wanted in the planner: `solve(inputs, time_limit_s, solver_options=None, warm_start=True)`; this then
-    becomes `solve(inputs, time_limit_s, HIGHS_OPTIONS, warm_start=False)`.
-    """
-    model = model_for(inputs)
-    fill(model, inputs)
-    started = time.perf_counter()
-    try:
-        model.problem.solve(
-            solver=cp.HIGHS, warm_start=False, time_limit=time_limit_s, highs_options=dict(HIGHS_OPTIONS)
-        )
-    except cp.SolverError as exc:
-        raise PlanError(f"solver failed: {exc}") from exc
-    elapsed = time.perf_counter() - started
-    if model.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or model.power.value is None:
-        raise PlanError(f"no plan: solver status {model.problem.status}")
-    return _read_plan(model, inputs, elapsed)
-
-
 def solve_aggregated_detail(
     inputs: PlanInputs, groups: int | None = None, time_limit_s: float = 30.0
 ) -> AggregatedSolve:
@@ -515,7 +587,7 @@ def solve_aggregated_detail(
     started = time.perf_counter()
     aggregated, grouping = aggregate(inputs, groups)
     aggregated_at = time.perf_counter()
-    virtual_plan = _solve(aggregated, time_limit_s)
+    virtual_plan = planner.solve(aggregated, time_limit_s, HIGHS_OPTIONS)
     solved_at = time.perf_counter()
     plan = disaggregate(virtual_plan, grouping, inputs)
     done = time.perf_counter()

@@ -35,13 +35,17 @@ class Shape:
     updr: bool
     products: tuple[str, ...]
     efficiencies: tuple[float, ...]
+    paths: bool = False  # per-step hard energy bounds (virtual batteries of agent.dispatch.aggregate)
 
     @staticmethod
     def of(inputs: PlanInputs) -> Shape:
         segments = max((len(a.wear_prices) for a in inputs.assets), default=1)
         products = tuple(r.product for r in inputs.reserves)
         efficiencies = tuple(float(a.efficiency) for a in inputs.assets)
-        return Shape(len(inputs.assets), inputs.steps, segments, inputs.updr is not None, products, efficiencies)
+        paths = any(a.has_paths for a in inputs.assets)
+        return Shape(
+            len(inputs.assets), inputs.steps, segments, inputs.updr is not None, products, efficiencies, paths
+        )
 
 
 class DispatchModel:
@@ -95,6 +99,9 @@ class DispatchModel:
                 self.e[k][:, 1:] == self.e[k][:, :-1] + h * gain,
                 self.e[k] <= p.segment_cap[:, k : k + 1] @ np.ones((1, self.shape.steps + 1)),
             ]
+        if self.shape.paths:
+            # a virtual battery's reachable-energy envelope: the sum of its members' own envelopes, per step
+            cons += [self.above >= p.floor_at, self.above <= p.ceiling_at]
         return cons
 
     def _limits(self) -> list[cp.Constraint]:
@@ -203,6 +210,9 @@ class _Params:
         self.site_penalty = P(nonneg=True)
         self.target_at = P((n, t + 1), nonneg=True)  # EV target energy above the floor, at its departure column
         self.tier1_wh = P(n, nonneg=True)
+        if shape.paths:  # energy above the floor, per step boundary (only models of virtual batteries have them)
+            self.floor_at = P((n, t + 1), nonneg=True)
+            self.ceiling_at = P((n, t + 1), nonneg=True)
         self.ev_tier1_price = P(nonneg=True)
         self.ev_tier2_price = P(nonneg=True)
         if shape.updr:

@@ -38,6 +38,20 @@ class AssetPlan:
     wear_prices: np.ndarray = field(default_factory=lambda: np.zeros(1))  # currency per kWh discharged, per segment
     calendar_price_per_wh_h: float = 0.0
     is_ev: bool = False
+    # Per-step overrides, for virtual batteries standing for many EVs (agent.dispatch.aggregate): their members
+    # plug in and leave at different steps, so limits and reachable energies change along the horizon. None = the
+    # scalar fields above. Energies are pack Wh per step boundary (steps + 1 values), powers W per step.
+    charge_limit_w: np.ndarray | None = None  # replaces charge_w x available
+    discharge_limit_w: np.ndarray | None = None  # replaces discharge_w x available
+    floor_path_wh: np.ndarray | None = None  # hard: energy never below this (within [min_wh, max_wh])
+    ceiling_path_wh: np.ndarray | None = None  # hard: energy never above this
+    need_path_wh: np.ndarray | None = None  # soft (penalised like a departure target): replaces target_wh/step
+    need_total_wh: float | None = None  # with need_path_wh: the summed needs above the floor, sizes penalty tier 1
+
+    @property
+    def has_paths(self) -> bool:
+        """Whether the asset carries hard per-step energy bounds (the compiled model then needs them)."""
+        return self.floor_path_wh is not None or self.ceiling_path_wh is not None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import numpy as np
 from agent.dispatch.formulation import BIG_W, DispatchModel, Shape
 from agent.dispatch.inputs import PlanInputs
 
+PATH_MARGIN_WH = 1e-3
+
 
 class PlanError(RuntimeError):
     """The solver failed or returned no usable solution; the caller keeps its last plan or the safe rule."""
@@ -64,6 +66,10 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     discharge_max = np.zeros((n, t))
     departure = np.zeros((n, t + 1))
     target_above = np.zeros(n)
+    need_at = np.zeros((n, t + 1))  # soft per-step needs of virtual batteries (0 = none)
+    tier1 = np.zeros(n)
+    floor_at = np.zeros((n, t + 1))
+    ceiling_at = np.zeros((n, t + 1))
     for i, a in enumerate(inputs.assets):
         room = max(0.0, a.max_wh - a.min_wh)
         headroom[i, 0] = room
@@ -75,9 +81,21 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
             initial[i, k] = min(left, segment_cap[i, k])
             left -= initial[i, k]
         mask = np.ones(t) if a.available is None else np.asarray(a.available, dtype=float)[:t]
-        charge_max[i] = a.charge_w * mask
-        discharge_max[i] = a.discharge_w * mask
-        if a.target_wh is not None and a.target_step is not None:
+        charge_max[i] = a.charge_w * mask if a.charge_limit_w is None else np.asarray(a.charge_limit_w)[:t]
+        discharge_max[i] = a.discharge_w * mask if a.discharge_limit_w is None else np.asarray(a.discharge_limit_w)[:t]
+        # path bounds are sums over thousands of EVs: widened by a rounding margin, so that the initial energy
+        # (summed separately) never sits a few ulps outside them and makes the LP infeasible
+        margin = PATH_MARGIN_WH + 1e-9 * room
+        low = 0.0 if a.floor_path_wh is None else np.asarray(a.floor_path_wh)[: t + 1] - a.min_wh - margin
+        low = np.clip(low, 0.0, room)
+        high = room if a.ceiling_path_wh is None else np.asarray(a.ceiling_path_wh)[: t + 1] - a.min_wh + margin
+        ceiling_at[i] = np.clip(high, low, room)  # never below the floor: the envelope stays non-empty
+        floor_at[i] = low
+        if a.need_path_wh is not None:
+            need_at[i] = np.clip(np.asarray(a.need_path_wh)[: t + 1] - a.min_wh, 0.0, room)
+            total = need_at[i].max() if a.need_total_wh is None else a.need_total_wh
+            tier1[i] = max(0.0, total) * inputs.penalties.ev_tier1_fraction
+        elif a.target_wh is not None and a.target_step is not None:
             step = min(a.target_step, t)
             beyond_h = max(0, a.target_step - t) * inputs.step_h  # departure after the horizon: charge later
             need = a.target_wh - a.min_wh - a.charge_w * a.efficiency * beyond_h
@@ -97,8 +115,11 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     p.export_limit.value = np.full(t, min(site.export_limit_w, BIG_W))
     pen = inputs.penalties
     p.site_penalty.value = pen.site_limit_per_kwh
-    p.target_at.value = departure * target_above.reshape(n, 1)
-    p.tier1_wh.value = target_above * pen.ev_tier1_fraction
+    p.target_at.value = departure * target_above.reshape(n, 1) + need_at
+    p.tier1_wh.value = target_above * pen.ev_tier1_fraction + tier1
+    if shape.paths:
+        p.floor_at.value = floor_at
+        p.ceiling_at.value = ceiling_at
     p.ev_tier1_price.value = pen.ev_short_tier1_per_kwh
     p.ev_tier2_price.value = pen.ev_short_tier2_per_kwh
     if shape.updr and inputs.updr is not None:

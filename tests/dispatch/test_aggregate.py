@@ -1,10 +1,11 @@
 """The aggregated path (agent.dispatch.aggregate) against the full per-EV LP on small fleets.
 
-What is asserted, and why these bounds: with exact windows (enough groups) and members sharing per-kWh wear prices,
-the aggregate is a relaxation, so its LP cost is a lower bound on the full LP's; the disaggregated schedule is a
-feasible point of the full LP priced the same way, so its cost is an upper bound. The full optimum is bracketed,
-and the test fleets' gap is bounded by GAP (measured, not a theorem: the relaxation is not tight for heterogeneous
-members). Per-EV physics and reachable targets are guarantees of `disaggregate` and are asserted exactly.
+What is asserted, and why these bounds: with members sharing efficiency and per-kWh wear prices, the virtual batteries
+(summed per-step envelopes and limits) are a relaxation, so their LP cost is a lower bound on the full LP's; the
+disaggregated schedule is a feasible point of the full LP priced the same way, so its cost is an upper bound. The
+full optimum is bracketed. Per-EV physics and reachable targets are guarantees of `disaggregate` and are asserted
+exactly; the gap is asserted only on a fleet where the envelopes are known to be tight (shared windows, different
+charge rates), as a measured property, not a theorem.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.dispatch import planner
 from agent.dispatch.aggregate import aggregate, disaggregate, plan_cost, solve_aggregated_detail
 from agent.dispatch.inputs import AssetPlan, PlanInputs, SiteForecast
 from agent.dispatch.planner import solve
@@ -65,7 +67,8 @@ def check_member_physics(inputs: PlanInputs, power: np.ndarray, energy: np.ndarr
         if not a.is_ev:
             continue
         p, e = power[i], energy[i]
-        assert np.all(p <= a.charge_w + TOL) and np.all(p >= -a.discharge_w - TOL)
+        assert np.all(p <= a.charge_w + TOL), (p.max(), a.charge_w)
+        assert np.all(p >= -a.discharge_w - TOL), (p.min(), a.discharge_w)
         assert np.all(np.abs(p[~a.available]) <= TOL), "power only while plugged in"
         assert np.all(e >= a.min_wh - TOL) and np.all(e <= a.max_wh + TOL)
         gain = np.where(p > 0, p * a.efficiency * H, p * H / a.efficiency)
@@ -77,11 +80,11 @@ def check_member_physics(inputs: PlanInputs, power: np.ndarray, energy: np.ndarr
 def test_aggregate_brackets_the_full_lp_and_members_keep_their_physics(inputs: PlanInputs) -> None:
     full = solve(inputs)
     result = solve_aggregated_detail(inputs, GROUPS)
-    assert result.grouping.quantum == (1, 1), "exact windows: the relaxation premise"
     lower, upper = result.aggregate_plan.net_cost, result.plan.net_cost
     scale = max(1.0, abs(full.net_cost))
     assert lower <= full.net_cost + 1e-4 * scale, "aggregated LP is a relaxation"
-    assert upper >= full.net_cost - 1e-4 * scale, "the executed schedule is feasible for the full LP"
+    # solver tolerances: the LP optimum is only optimal to ~1e-7 of its largest terms (penalties), a few mJPY here
+    assert upper >= full.net_cost - 1e-4 * scale - 0.01, "the executed schedule is feasible for the full LP"
     check_member_physics(inputs, result.plan.power_w, result.plan.energy_wh)
     # a target the EV can reach on its own (as the full LP then meets it) is met by the disaggregated schedule
     for i, a in enumerate(inputs.assets):
@@ -146,3 +149,67 @@ def test_shape_is_stable_across_fleets() -> None:
     a, _ = aggregate(fixed_fleet(5), GROUPS)
     b, _ = aggregate(fixed_fleet(30), GROUPS)
     assert len(a.assets) == len(b.assets) == GROUPS + 1
+
+
+def same_window_fleet(n: int = 10) -> PlanInputs:
+    """EVs plugged in over the same window with different charge rates, capacities and needs."""
+    rng = np.random.default_rng(7)
+    assets = []
+    for i in range(n):
+        cap = float(rng.choice([40_000, 60_000, 80_000]))
+        charge = 6_000.0 if i % 2 else 11_000.0
+        assets.append(ev(i, 0, T, cap, cap * rng.uniform(0.2, 0.5), rng.uniform(5_000, 20_000), charge, False))
+    prices = 15 + 10 * np.sin(np.arange(T) / T * 2 * np.pi) + rng.normal(0, 2, T)
+    site = SiteForecast(prices, np.full(T, 20_000.0), np.zeros(T))
+    return PlanInputs(T, STEP_S, assets, site)
+
+
+def test_different_charge_rates_in_one_group_bracket_the_optimum() -> None:
+    """Shared windows, 6 and 11 kW members in one virtual battery: relaxation below, executed schedule above, needs met.
+    """
+    inputs = same_window_fleet()
+    full = solve(inputs)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert result.grouping.used == 1, "one category (charge-only, same efficiency), one departure: one group"
+    assert result.aggregate_plan.net_cost <= full.net_cost + 1e-6 * abs(full.net_cost)
+    assert result.plan.net_cost >= full.net_cost - 1e-6 * abs(full.net_cost)
+    check_member_physics(inputs, result.plan.power_w, result.plan.energy_wh)
+    for i, a in enumerate(inputs.assets):
+        assert result.plan.energy_wh[i, T] >= a.target_wh - 1.0, "every need here is reachable, so met"
+
+
+def test_late_arrivals_keep_their_initial_energy_until_they_plug_in() -> None:
+    """An EV that arrives later sits in its group at its initial energy: the group's envelope is flat until then."""
+    inputs = fixed_fleet(12)
+    aggregated, grouping = aggregate(inputs, GROUPS)
+    m = grouping.members
+    late = [j for j, i in enumerate(m.index) if not inputs.assets[i].available[0]]
+    assert late, "the fixture has EVs arriving after the start"
+    for j in late:
+        arrive = int(np.argmax(inputs.assets[m.index[j]].available))
+        assert np.allclose(m.upper[j, : arrive + 1], m.energy[j]) and np.allclose(m.lower[j, : arrive + 1], m.energy[j])
+    for g in np.unique(m.group[m.group >= 0]):
+        virtual = aggregated.assets[g]
+        rows = m.group == g
+        plugged = m.plugged[rows]
+        assert np.allclose(virtual.charge_limit_w, (m.charge_w[rows][:, None] * plugged).sum(axis=0))
+        assert np.all(virtual.floor_path_wh <= virtual.need_path_wh + 1e-6)
+        assert np.all(virtual.need_path_wh <= virtual.ceiling_path_wh + 1e-6)
+
+
+def test_compiled_model_is_reused_across_fleets_of_the_same_categories() -> None:
+    """Re-solves only refill Parameters: two fleets with the same categories map onto one compiled model."""
+    a, _ = aggregate(fixed_fleet(20), GROUPS)
+    b, _ = aggregate(fixed_fleet(30), GROUPS)
+    assert planner.model_for(a) is planner.model_for(b)
+    assert planner.model_for(a).problem.is_dcp(dpp=True)
+
+
+@pytest.mark.xfail(strict=True, reason="known: the disaggregation loses ~14 % here (measured); issue 4 goal not met")
+def test_different_charge_rates_in_one_group_keep_the_gap_small() -> None:
+    """The goal of issue 4 on a fleet where the envelopes should be tight: executed within GAP of the optimum."""
+    inputs = same_window_fleet()
+    full = solve(inputs)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    controllable = full.net_cost - float(H / 1000.0 * np.dot(inputs.site.price_per_kwh, inputs.site.base_load_w))
+    assert result.plan.net_cost - full.net_cost <= GAP * abs(controllable)

@@ -48,6 +48,7 @@ class AgentApp:
         hold_s = max(5.0, 10 * config.agent.poll_period_s * time_scale)
         self.events = EventManager(self.store, self.loop.fleet, config.events, max_hold_s=hold_s)
         self.loop.target_source = self.events.site_target_w
+        self.loop.award_shift_source = self.events.award_shift_w
         self.loop.after_cycle.append(self._events_cycle)
         self.telemetry: TelemetryPublisher | None = None
         if self.link is not None:
@@ -98,7 +99,7 @@ class AgentApp:
         self.events.observe_site(now, self.loop.site_meter_w())
         if self._events_task is None or self._events_task.done():
             self._events_task = asyncio.get_running_loop().create_task(self.events.tick(now))
-            self._events_task.add_done_callback(_log_failure)
+            self._events_task.add_done_callback(_log_events_failure)
 
     async def feed_signals(self, path: Path) -> int:
         """Signals from a JSON-lines file ({"kind": ..., "payload": {...}} per line), as if they came over MQTT."""
@@ -144,10 +145,20 @@ class AgentApp:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(link_task, timeout=1.0)
             self.pool.close()
-            for task in list(self._background):
-                task.cancel()
+            for task in [*self._background, self._events_task]:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            with contextlib.suppress(Exception):  # progress of active events, so a restart resumes them
+                await self.events.flush()
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
+
+
+def _log_events_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("events.tick_failed", error=repr(task.exception()))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

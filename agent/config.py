@@ -100,6 +100,16 @@ class EventSettings(Strict):
     rated_w: float | None = Field(
         None, gt=0, description="power the droop refers to; None: the fleet's rated power when the signal arrives"
     )
+    frequency_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="no frequency reading this long: the droop's output returns to 0"
+    )
+
+    @field_validator("interval_s")
+    @classmethod
+    def _divides_day(cls, value: float) -> float:
+        if 86400 % value:
+            raise ValueError(f"interval_s {value:g} must divide a day (86400 s) so intervals are numbered per day")
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -21,7 +21,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -41,7 +41,10 @@ from agent.store import Store
 
 log = structlog.get_logger("agent.events")
 
-MAX_SAMPLES = 50_000  # meter samples (and activations) kept per event: 14 h at one per second
+MAX_SAMPLES = 50_000  # meter samples (and activations) kept per event: 7 h at the rate below
+SAMPLE_EVERY_S = 0.5  # device seconds between the meter samples an event keeps (the loop may poll faster)
+ACTIVATION_STEP = 0.002  # an activation closer than this to the last one kept is acted on but not kept again
+SAVE_EVERY_S = 120.0  # an active event's progress is written this often (device time): a restart loses at most this
 LOOKBACK_DAYS = 45  # High 4 of 5 looks this far back for its 5 like-days
 
 
@@ -69,6 +72,7 @@ class Event:
     samples: list[tuple[float, float]] = field(default_factory=list)  # (unix s, site meter W) while active
     activations: list[tuple[float, float]] = field(default_factory=list)  # (unix s, value) while active
     report: Report | None = None
+    saved_ts: float = 0.0  # when progress was last written (not persisted)
 
     @property
     def start(self) -> datetime:
@@ -111,7 +115,8 @@ class Event:
 
 
 class EventManager:
-    """Owns every event; `tick(now)` moves them along the lifecycle, `site_target_w(now)` says what they ask."""
+    """Owns every event; `tick(now)` moves them along the lifecycle; `site_target_w` and `award_shift_w` say what
+    the active ones ask of the control loop."""
 
     def __init__(
         self, store: Store, fleet: Fleet, settings: EventSettings | None = None, max_hold_s: float = 60.0
@@ -127,6 +132,7 @@ class EventManager:
         self._recent_site: deque[tuple[float, float]] = deque()  # (unix s, W) for pre-event baselines
         self._meter = IntervalMeter(self.settings.interval_s, max_hold_s)
         self._closed: list[Interval] = []  # closed intervals not yet in the Store
+        self._frequency_at: dict[str, float] = {}  # award id -> `at` (unix s) of the reading behind its activation
         for event_id, kind, state, data in store.load_events():
             signal_data = data["signal"]
             assert isinstance(signal_data, dict)
@@ -134,6 +140,8 @@ class EventManager:
             event = Event(event_id, kind, signal, EventState(state))
             event.restore(data)
             self.events[event_id] = event
+            if event.state is EventState.ACTIVE and event.activations:  # carry on from the last activation
+                self.activation[event_id] = event.activations[-1][1]
 
     # -- intake -----------------------------------------------------------------------------------------------
     async def receive(self, kind: str, signal: SignalModel, now: datetime) -> Event | None:
@@ -142,7 +150,7 @@ class EventManager:
             self._activate(signal.award_id, signal.value, now)
             return None
         if isinstance(signal, GridFrequency):
-            self._frequency(signal.frequency_hz, now)
+            self._frequency(signal.frequency_hz, signal.at.timestamp(), now)
             return None
         if not isinstance(signal, UpDrEvent | AsAward):
             return None
@@ -175,14 +183,17 @@ class EventManager:
         while self._recent_site and self._recent_site[0][0] < cutoff:
             self._recent_site.popleft()
         for event in self.events.values():
-            if event.state is EventState.ACTIVE and len(event.samples) < MAX_SAMPLES:
+            if event.state is not EventState.ACTIVE or len(event.samples) >= MAX_SAMPLES:
+                continue
+            if not event.samples or ts - event.samples[-1][0] >= SAMPLE_EVERY_S:
                 event.samples.append((ts, site_w))
 
     async def tick(self, now: datetime) -> None:
         if self._closed:
             closed, self._closed = self._closed, []
             await self.store.add_intervals(closed, keep_days=self.settings.history_days)
-        for event in self.events.values():
+        self._expire_frequency(now)
+        for event in list(self.events.values()):  # receive() may add events while this awaits
             if event.state is EventState.SCHEDULED and now >= event.start:
                 if event.baseline_w is None:
                     await self._set_baseline(event)
@@ -194,50 +205,114 @@ class EventManager:
                     baseline_method=event.baseline_method,
                     baseline_note=event.baseline_note,
                 )
-                await self._save(event)
+                await self._save(event, now)
             if event.state is EventState.ACTIVE and now >= event.end:
-                event.report = self._report(event)
-                self._mark(event, EventState.COMPLETED, now)
-                log.info("event.completed", event_id=event.id, **event.report)
+                self._mark(event, EventState.COMPLETED, now)  # no more samples go in while the report is made
+                event.report = await asyncio.to_thread(self._report, event)
+                event.samples, event.activations = [], []  # the report holds what they showed
+                self.activation.pop(event.id, None)
+                self._frequency_at.pop(event.id, None)
+                log.info("event.completed", event_id=event.id, **{k: v for k, v in event.report.items()
+                                                                  if not isinstance(v, list)})  # fmt: skip
+                await self._save(event)
+            elif event.state is EventState.ACTIVE and now.timestamp() - event.saved_ts >= SAVE_EVERY_S:
+                await self._save(event, now)
+
+    async def flush(self) -> None:
+        """Write the progress of every active event (at shutdown: a restart resumes from here)."""
+        for event in list(self.events.values()):
+            if event.state is EventState.ACTIVE:
                 await self._save(event)
 
-    def site_target_w(self, now: datetime, default_w: float) -> float:
-        """The site meter target with every active event applied (the default when none is active)."""
-        target = default_w
+    def _active(self, now: datetime) -> tuple[list[Event], list[Event]]:
+        """(active up-DR events, active awards) at `now`."""
+        updr, awards = [], []
         for event in self.events.values():
-            if event.state is not EventState.ACTIVE or not event.start <= now < event.end:
-                continue
-            base = event.baseline_at(now.timestamp(), self.settings.interval_s)
-            base = default_w if base is None else base
-            if isinstance(event.signal, UpDrEvent):
-                target = max(target, base + event.signal.requested_increase_w)
-            else:
-                value = self.activation.get(event.id, 0.0)
-                capacity = event.signal.up_w if value > 0 else event.signal.down_w
-                target = base - value * capacity  # +1 = full up = deliver: the site imports less
-        return target
+            if event.state is EventState.ACTIVE and event.start <= now < event.end:
+                (updr if isinstance(event.signal, UpDrEvent) else awards).append(event)
+        return updr, awards
+
+    def _shift_w(self, awards: list[Event]) -> float:
+        """Σ activation × awarded capacity over awards, W toward "up" (+1 = full up = the site imports less)."""
+        shift = 0.0
+        for event in awards:
+            assert isinstance(event.signal, AsAward)
+            value = self.activation.get(event.id, 0.0)
+            shift += value * (event.signal.up_w if value > 0 else event.signal.down_w)
+        return shift
+
+    def site_target_w(self, now: datetime, default_w: float) -> float | None:
+        """The site meter target the active events ask for, or None when no event is active.
+
+        Events add up: the base is the highest up-DR target (baseline + increase) or, without up-DR, the baseline
+        of the earliest active award; every award then shifts it by its own activation × capacity.
+        """
+        updr, awards = self._active(now)
+        ts = now.timestamp()
+        if updr:
+            targets = [self._baseline(e, ts, default_w) + e.signal.requested_increase_w for e in updr]  # type: ignore[union-attr]
+            base = max(default_w, *targets)
+        elif awards:
+            base = self._baseline(min(awards, key=lambda e: e.start), ts, default_w)
+        else:
+            return None
+        return base - self._shift_w(awards)
+
+    def award_shift_w(self, now: datetime) -> float | None:
+        """What active awards ask on top of a plan (W toward "up"), or None when no award is active or an up-DR
+        event is (then the site target owns the meter). The optimiser's plan already holds the site where the
+        plan wants it, so in dispatch mode an activation is a change to the plan, not to a pre-event baseline."""
+        updr, awards = self._active(now)
+        if updr or not awards:
+            return None
+        return self._shift_w(awards)
+
+    def _baseline(self, event: Event, ts: float, default_w: float) -> float:
+        base = event.baseline_at(ts, self.settings.interval_s)
+        return default_w if base is None else base
 
     # -- internals --------------------------------------------------------------------------------------------
     def _activate(self, award_id: str, value: float, now: datetime) -> None:
         self.activation[award_id] = value
         event = self.events.get(award_id)
-        if event is not None and event.state is EventState.ACTIVE and len(event.activations) < MAX_SAMPLES:
+        if event is None or event.state is not EventState.ACTIVE or len(event.activations) >= MAX_SAMPLES:
+            return
+        if not event.activations or abs(event.activations[-1][1] - value) >= ACTIVATION_STEP:
             event.activations.append((now.timestamp(), value))
 
-    def _frequency(self, frequency_hz: float, now: datetime) -> None:
-        """Local frequency → activation of every active frequency product (FCR) through the droop."""
+    def _frequency(self, frequency_hz: float, at_ts: float, now: datetime) -> None:
+        """Local frequency → activation of every active frequency product (FCR) through the droop.
+
+        A reading older than the one already applied (replayed after a reconnect) or older than
+        `frequency_timeout_s` is ignored: acting on it would respond to a grid state that has passed.
+        """
         s = self.settings
+        if now.timestamp() - at_ts > s.frequency_timeout_s:
+            log.warning("frequency.stale", at=at_ts, age_s=round(now.timestamp() - at_ts, 1))
+            return
         for event in self.events.values():
             signal = event.signal
             if event.state is not EventState.ACTIVE or not isinstance(signal, AsAward):
                 continue
-            if PRODUCTS[signal.product].signal != "frequency":
+            if PRODUCTS[signal.product].signal != "frequency" or at_ts < self._frequency_at.get(event.id, -math.inf):
                 continue
+            self._frequency_at[event.id] = at_ts
             up = frequency_hz < s.nominal_hz
             rated = s.rated_w if s.rated_w is not None else self._rated_w(up)
             capacity = signal.up_w if up else signal.down_w
             droop = Droop(rated, capacity, float(s.nominal_hz), s.deadband_hz, s.droop)
             self._activate(event.id, droop.activation(frequency_hz), now)
+
+    def _expire_frequency(self, now: datetime) -> None:
+        """No frequency reading for `frequency_timeout_s`: the droop's output falls back to 0 rather than holding a
+        full response to an excursion that may be long over (the relay or its link failed)."""
+        cutoff = now.timestamp() - self.settings.frequency_timeout_s
+        for award_id, at_ts in list(self._frequency_at.items()):
+            if at_ts < cutoff:
+                del self._frequency_at[award_id]
+                if self.activation.get(award_id, 0.0) != 0.0:
+                    log.warning("frequency.lost", award_id=award_id, timeout_s=self.settings.frequency_timeout_s)
+                    self._activate(award_id, 0.0, now)
 
     def _rated_w(self, up: bool) -> float:
         """The fleet's rated power in one direction (assets reporting no finite rating are left out)."""
@@ -273,12 +348,16 @@ class EventManager:
         event.baseline_w = pre_event
 
     def _event_days(self, event: Event) -> set[date]:
-        """Local days of other up-DR events that ran: not like-days for a baseline (their demand was shifted)."""
+        """Local days touched by other events that ran (up-DR or awards): not like-days for a baseline, since the
+        agent shifted the site's demand on them."""
         days = set()
         for other in self.events.values():
-            ran = other.state in (EventState.ACTIVE, EventState.COMPLETED)
-            if other is not event and other.kind == "up_dr" and ran:
-                days.add(other.start.astimezone(self.zone).date())
+            if other is event or other.state not in (EventState.ACTIVE, EventState.COMPLETED):
+                continue
+            day = other.start.astimezone(self.zone).date()
+            while day <= other.end.astimezone(self.zone).date():
+                days.add(day)
+                day += timedelta(days=1)
         return days
 
     def _pre_event_baseline(self) -> float | None:
@@ -298,6 +377,7 @@ class EventManager:
                 signal.requested_increase_w,
                 self.settings.interval_s,
                 self.max_hold_s,
+                event.start.timestamp(),
                 event.end.timestamp(),
             )
         else:
@@ -319,5 +399,7 @@ class EventManager:
         event.state = state
         event.history.append((state.value, now.isoformat()))
 
-    async def _save(self, event: Event) -> None:
+    async def _save(self, event: Event, now: datetime | None = None) -> None:
+        if now is not None:
+            event.saved_ts = now.timestamp()
         await self.store.save_event(event.id, event.kind, event.state.value, event.data())

@@ -91,7 +91,9 @@ class ControlLoop:
         # the optimiser's value for this step per asset (None: no plan covers now); set by the app in dispatch mode
         self.schedule: Callable[[datetime], dict[str, float] | None] | None = None
         # events shape the site target: (now, configured target) -> target in force; set by the app
-        self.target_source: Callable[[datetime, float], float] | None = None
+        self.target_source: Callable[[datetime, float], float | None] | None = None  # None: no event active
+        # active awards' activation x capacity (W toward up) to apply on top of a plan; None: none active
+        self.award_shift_source: Callable[[datetime], float | None] | None = None
         # the plan's reserved (up, down) W per asset now: where an activation lands first (dispatch mode)
         self.reserve_source: Callable[[datetime], tuple[dict[str, float], dict[str, float]] | None] | None = None
         self._skip_poll = False
@@ -289,12 +291,17 @@ class ControlLoop:
         """What each asset is asked for before the envelope: the plan's value, else the rule, else 0 W."""
         if self.mode == "idle":
             return {asset_id: 0.0 for asset_id in bounds}
-        target = self.site_target_w if self.target_source is None else self.target_source(now, self.site_target_w)
+        event_target = None if self.target_source is None else self.target_source(now, self.site_target_w)
+        target = self.site_target_w if event_target is None else event_target
         rule = site_target_requests(target, self.uncontrolled_w, bounds)
-        if target != self.site_target_w:  # an active event owns the site target; it acts now, not at the next plan
+        if event_target is not None:  # an active event owns the site; it acts now, not at the next plan
             if self.mode == "dispatch" and self.schedule is not None and self.reserve_source is not None:
                 planned, reserved = self.schedule(now), self.reserve_source(now)
                 if planned is not None and reserved is not None:
+                    shift = None if self.award_shift_source is None else self.award_shift_source(now)
+                    if shift is not None:  # an award on top of the plan: the activation moves the plan's power
+                        total = sum(min(max(planned.get(k, 0.0), b.low_w), b.high_w) for k, b in bounds.items())
+                        return share_within_reserves(total - shift, planned, bounds, *reserved)
                     return share_within_reserves(target - self.uncontrolled_w, planned, bounds, *reserved)
             return rule
         if self.mode == "dispatch" and self.schedule is not None:

@@ -96,23 +96,30 @@ class Store:
         if not intervals:
             return
         with self._lock:
-            self._db.execute("BEGIN")
-            # a restart can re-close an interval already stored: merge by coverage rather than lose either part
-            for item in intervals:
-                row = self._db.execute(
-                    "SELECT mean_w, covered_s FROM meter_intervals WHERE start_ts = ?", (item.start_ts,)
-                ).fetchone()
-                mean, covered = item.mean_w, item.covered_s
-                if row is not None:
-                    covered = row[1] + item.covered_s
-                    mean = (row[0] * row[1] + item.mean_w * item.covered_s) / covered
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meter_intervals (start_ts, mean_w, covered_s) VALUES (?, ?, ?)",
-                    (item.start_ts, mean, covered),
-                )
-            cutoff = max(i.start_ts for i in intervals) - keep_days * 86400
-            self._db.execute("DELETE FROM meter_intervals WHERE start_ts < ?", (cutoff,))
+            self._db.execute("BEGIN")  # autocommit connection: the transaction is explicit
+            try:
+                self._merge_intervals(intervals, keep_days)
+            except BaseException:
+                self._db.execute("ROLLBACK")  # an open transaction would make every later BEGIN fail
+                raise
             self._db.execute("COMMIT")
+
+    def _merge_intervals(self, intervals: list[Interval], keep_days: float) -> None:
+        # a restart can re-close an interval already stored: merge by coverage rather than lose either part
+        for item in intervals:
+            row = self._db.execute(
+                "SELECT mean_w, covered_s FROM meter_intervals WHERE start_ts = ?", (item.start_ts,)
+            ).fetchone()
+            mean, covered = item.mean_w, item.covered_s
+            if row is not None:
+                covered = row[1] + item.covered_s
+                mean = (row[0] * row[1] + item.mean_w * item.covered_s) / covered
+            self._db.execute(
+                "INSERT OR REPLACE INTO meter_intervals (start_ts, mean_w, covered_s) VALUES (?, ?, ?)",
+                (item.start_ts, mean, covered),
+            )
+        cutoff = max(i.start_ts for i in intervals) - keep_days * 86400
+        self._db.execute("DELETE FROM meter_intervals WHERE start_ts < ?", (cutoff,))
 
     async def add_intervals(self, intervals: list[Interval], keep_days: float = 60.0) -> None:
         """Store closed meter intervals (and drop those older than `keep_days`)."""

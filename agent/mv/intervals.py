@@ -97,7 +97,7 @@ def day_profiles(
     for item in intervals:
         local = datetime.fromtimestamp(item.start_ts, zone)
         midnight = datetime(local.year, local.month, local.day, tzinfo=zone)
-        index = round((local - midnight).total_seconds() / interval_s)
+        index = round((item.start_ts - midnight.timestamp()) / interval_s)
         if not 0 <= index < per_day:
             continue
         day = local.date()
@@ -108,8 +108,9 @@ def day_profiles(
         covered[day][index] = item.covered_s
     complete = {}
     for day, values in every.items():
-        length = (datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
-                  - datetime.combine(day, datetime.min.time(), zone)).total_seconds()  # fmt: skip
+        # timestamps, not datetimes: same-zone datetime subtraction is wall-clock time and hides a DST day
+        length = (datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp()
+                  - datetime.combine(day, datetime.min.time(), zone).timestamp())  # fmt: skip
         if length == 86400 and bool(np.all(covered[day] >= min_coverage * interval_s)):
             complete[day] = values
     return complete, every
@@ -119,4 +120,4 @@ def interval_index(ts: float, zone: ZoneInfo, interval_s: float = 1800.0) -> tup
     """The local day and the interval number within it of a unix time."""
     local = datetime.fromtimestamp(ts, zone)
     midnight = datetime(local.year, local.month, local.day, tzinfo=zone)
-    return local.date(), int((local - midnight).total_seconds() // interval_s)
+    return local.date(), int((ts - midnight.timestamp()) // interval_s)

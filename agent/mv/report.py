@@ -21,8 +21,9 @@ from agent.mv.intervals import IntervalMeter
 from agent.mv.performance import SAMPLE_S, score
 
 Report = dict[str, object]
-STEP_MIN = 0.1  # activation changes smaller than this (of capacity) are not judged for response time
-SETTLED = 0.1  # a step counts as followed once the response is within this fraction of the step from its value
+STEP_MIN = 0.1  # steps of the activation smaller than this (of capacity) are not judged for response time
+HOLD_TOL = 0.05  # the activation counts as holding a value while it stays this close to it (of capacity)
+SETTLED = 0.1  # a step counts as followed once the response is this close to its value (of capacity)
 
 
 def updr_report(
@@ -31,23 +32,32 @@ def updr_report(
     increase_w: float,
     interval_s: float,
     max_hold_s: float,
+    start_ts: float,
     end_ts: float,
 ) -> Report:
+    """Requested energy counts over the whole window: time the meter did not cover is delivery not shown."""
+    window_s = max(0.0, end_ts - start_ts)
+    requested = increase_w * window_s / 3.6e6
     if len(samples) < 2:
-        return {"samples": len(samples), "note": "fewer than 2 meter readings while active"}
+        return {"samples": len(samples), "requested_kwh": round(requested, 4), "delivered_kwh": 0.0,
+                "delivered_fraction": 0.0, "note": "fewer than 2 meter readings while active"}  # fmt: skip
     meter = IntervalMeter(interval_s, max_hold_s)
     closed = []
     for ts, watts in samples:
         closed += meter.add(ts, watts)
     closed += meter.flush(until_ts=end_ts)
+    if not closed:
+        return {"samples": len(samples), "requested_kwh": round(requested, 4), "delivered_kwh": 0.0,
+                "delivered_fraction": 0.0, "note": "no meter time covered while active"}  # fmt: skip
     rows: list[dict[str, object]] = []
-    delivered = requested = covered = 0.0
+    delivered = covered = 0.0
     for item in closed:
         baseline = baseline_at(item.start_ts)
         hours = item.covered_s / 3600.0
         got = max(0.0, item.mean_w - baseline) * hours / 1000.0
-        asked = increase_w * hours / 1000.0
-        delivered, requested, covered = delivered + got, requested + asked, covered + item.covered_s
+        in_window_s = min(item.start_ts + interval_s, end_ts) - max(item.start_ts, start_ts)
+        asked = increase_w * max(0.0, in_window_s) / 3.6e6
+        delivered, covered = delivered + got, covered + item.covered_s
         rows.append(
             {
                 "start": datetime.fromtimestamp(item.start_ts, UTC).isoformat(),
@@ -61,6 +71,7 @@ def updr_report(
     return {
         "samples": len(samples),
         "covered_s": round(covered, 1),
+        "covered_fraction": round(covered / window_s, 4) if window_s else 0.0,
         "baseline_w": round(float(np.mean([r["baseline_w"] for r in rows])), 1),  # type: ignore[misc]
         "mean_site_w": round(sum(r["mean_site_w"] * r["covered_s"] for r in rows) / covered, 1),  # type: ignore[operator]
         "delivered_kwh": round(delivered, 4),
@@ -132,27 +143,37 @@ def _response_times(
     response_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
     allowed_s: float,
 ) -> Report:
-    """Time from each activation step to a settled response; a step is judged only if held for `allowed_s`."""
+    """Time from each step of the activation to a settled response, judged where a step can be judged.
+
+    Activations may arrive as a stream (a frequency reading every second moves the droop's output a little each
+    time), so a step is not a message: it starts where the activation leaves the band (±HOLD_TOL) of the value
+    before and is judged only if the new value then holds inside its band for the product's allowed response time,
+    after a move of at least STEP_MIN. The response must come within SETTLED of it by the end of that time.
+    A signal that never holds still is not assessed (`response_assessed` false), which is not a pass.
+    """
     judged = late = 0
     worst = 0.0
-    previous = 0.0
-    for k, (start, value) in enumerate(zip(act_t, act_v, strict=True)):
-        step = value - previous
-        previous = value
-        held_until = act_t[k + 1] if k + 1 < act_t.size else times[-1]
-        if abs(step) < STEP_MIN or held_until - start < allowed_s:
-            continue
-        window = times[(times >= start) & (times <= held_until)]
+    end = times[-1]
+    for i in range(act_t.size):
+        start, value = float(act_t[i]), float(act_v[i])
+        before = float(act_v[i - 1]) if i > 0 else 0.0
+        if abs(value - before) <= HOLD_TOL or start + allowed_s > end:
+            continue  # not a step start, or the data ends before it could be judged
+        stop = np.searchsorted(act_t, start + allowed_s, side="right")
+        if np.max(np.abs(act_v[i:stop] - value)) > HOLD_TOL or abs(value - before) < STEP_MIN:
+            continue  # the activation moved on before the allowed time: no settled target to judge against
+        window = times[(times >= start) & (times <= start + allowed_s)]
         if window.size == 0:
             continue
         judged += 1
-        response = response_at(window, signal_at(window))
-        settled = np.abs(response - value) <= SETTLED * abs(step)
+        response = response_at(window, np.full(window.size, value))
+        settled = np.abs(response - value) <= SETTLED
         took = float(window[np.argmax(settled)] - start) if settled.any() else math.inf
         worst = max(worst, took)
-        late += took > allowed_s
+        late += not settled.any()
     return {
         "allowed_response_s": allowed_s,
+        "response_assessed": judged > 0,
         "steps_judged": judged,
         "steps_late": late,
         "worst_response_s": round(worst, 2) if math.isfinite(worst) else "not reached",

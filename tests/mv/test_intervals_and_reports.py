@@ -52,6 +52,18 @@ def history(days: dict[date, float], today: date, today_level: float, upto_hour:
     return items
 
 
+def test_like_days_are_ranked_by_their_demand_in_the_event_window() -> None:
+    today = date(2026, 11, 20)
+    items = []
+    for back, (window_level, rest_level) in zip((1, 2, 3, 4, 7), [(6000, 1000)] * 4 + [(2000, 20_000)], strict=True):
+        day = today - timedelta(days=back)  # Thu 19 .. Mon 16, then Fri 13 (the weekend is skipped)
+        items += [Interval(ts(day, h / 2), window_level if 26 <= h < 30 else rest_level, HALF_HOUR) for h in range(48)]
+    starts = [ts(today, 13), ts(today, 14.5)]  # 13:00-15:00: intervals 26-29
+    baseline, _, _ = event_baseline(items, JST, HALF_HOUR, starts)
+    # the 5th day has the highest whole-day mean but the lowest in the window: it is the one dropped
+    assert baseline[starts[0]] == pytest.approx(6000) and baseline[starts[1]] == pytest.approx(6000)
+
+
 def test_event_baseline_is_high_4_of_5_plus_the_same_day_adjustment() -> None:
     today = date(2026, 11, 20)  # Friday; like-days Mon-Thu and the Friday before, weekend skipped
     levels = {today - timedelta(days=k): v for k, v in {1: 6000, 2: 6000, 3: 6000, 4: 6000, 7: 2000, 8: 9000}.items()}
@@ -72,7 +84,7 @@ def test_updr_report_settles_each_interval_against_its_own_baseline() -> None:
     start = 1_800_000_000.0
     samples = [(start + s, 20_000.0 if s < HALF_HOUR else 8_000.0) for s in range(0, 3600, 10)]
     baselines = {start: 10_000.0, start + HALF_HOUR: 10_000.0}
-    report = updr_report(samples, lambda t: baselines[t], 10_000, HALF_HOUR, 60, start + 3600)
+    report = updr_report(samples, lambda t: baselines[t], 10_000, HALF_HOUR, 60, start, start + 3600)
     rows = report["intervals"]
     assert [r["delivered_kwh"] for r in rows] == [pytest.approx(5.0), 0.0]  # a shortfall is not offset
     assert report["requested_kwh"] == pytest.approx(10.0) and report["delivered_fraction"] == pytest.approx(0.5)
@@ -97,6 +109,49 @@ def test_award_report_scores_a_follower_and_times_its_steps() -> None:
     assert idle["score"] < 0.75 and idle["worst_response_s"] == "not reached" and idle["up_kwh"] == 0
     late = award_report(samples, activations, baseline, capacity, capacity, 2, max_hold_s=5)
     assert late["steps_judged"] == late["steps_late"] == 3  # 3 s is too slow for a 2-s product
+
+
+def follower(activations: list[tuple[float, float]], start: float, seconds: float, lag_s: float) -> list:
+    """Meter samples (every 0.5 s) of a site that follows the activations `lag_s` late, 40 kW capacity."""
+    samples = []
+    for k in range(int(seconds * 2)):
+        t = start + k * 0.5
+        value = 0.0
+        for at, v in activations:
+            if t >= at + lag_s:
+                value = v
+        samples.append((t, 5000.0 - value * 40_000))
+    return samples
+
+
+def test_a_stream_of_frequency_activations_is_judged_by_its_holds() -> None:
+    start = 1_800_000_000.0
+    rng = np.random.default_rng(3)
+    levels = [0.0, 0.8, 0.8, 0.2, -0.6, -0.6, 0.0]  # 30 s each, read every second with a little noise
+    stream = [(start + s, levels[s // 30] + float(rng.normal(0, 0.005))) for s in range(len(levels) * 30)]
+    on_time = award_report(follower(stream, start, 230, 2), stream, 5000, 40_000, 40_000, 10, 5)
+    late = award_report(follower(stream, start, 230, 60), stream, 5000, 40_000, 40_000, 10, 5)
+    assert on_time["response_assessed"] and on_time["steps_late"] == 0 and on_time["steps_judged"] == 4
+    assert late["steps_judged"] == late["steps_late"] == 4 and late["worst_response_s"] == "not reached"
+    ramp = [(start + s, min(1.0, s / 200)) for s in range(230)]  # never holds still: cannot be judged
+    assert award_report(follower(ramp, start, 230, 2), ramp, 5000, 40_000, 40_000, 10, 5)["response_assessed"] is False
+
+
+def test_a_silent_meter_does_not_show_full_delivery() -> None:
+    start = 1_800_000_000.0
+    samples = [(start + s, 15_000.0) for s in range(0, 1800, 10)]  # readings only in the first of 4 half-hours
+    report = updr_report(samples, lambda t: 5_000.0, 10_000, HALF_HOUR, 60, start, start + 7200)
+    assert report["delivered_fraction"] == pytest.approx(0.25, abs=0.01)
+    assert report["covered_fraction"] == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_dst_day_is_never_a_complete_like_day() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    day = date(2026, 10, 25)  # 25 hours: clocks go back
+    midnight = datetime(2026, 10, 25, tzinfo=berlin).timestamp()
+    items = [Interval(midnight + k * HALF_HOUR, 1000.0, HALF_HOUR) for k in range(50)]
+    complete, _ = day_profiles(items, berlin)
+    assert day not in complete
 
 
 def test_store_merges_re_closed_intervals_and_prunes_old_ones(tmp_path: Path) -> None:

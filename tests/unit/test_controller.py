@@ -31,8 +31,11 @@ def test_activation_lands_on_the_assets_the_plan_reserved() -> None:
 def test_a_dropped_reserved_asset_is_covered_by_the_others_by_headroom() -> None:
     planned = {"b": 0.0, "ev": 5_000}
     fleet = {k: v for k, v in FLEET.items() if k != "a"}  # a is out: not in the bounds any more
-    requests = share_within_reserves(5_000 - 30_000, planned, fleet, {"a": 30_000}, {})
+    requests = share_within_reserves(5_000 - 30_000, planned, fleet, {"a": 30_000, "b": 10_000}, {})
     assert sum(requests.values()) == pytest.approx(-25_000)
+    # b first takes its own 10 kW of reserve; the other 20 kW go by room: b 40 kW left, the EV 12 kW (5 + 7)
+    assert requests["b"] == pytest.approx(-10_000 - 20_000 * 40 / 52)
+    assert requests["ev"] == pytest.approx(5_000 - 20_000 * 12 / 52)
     assert all(fleet[k].low_w <= v <= fleet[k].high_w for k, v in requests.items())
 
 

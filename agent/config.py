@@ -85,6 +85,9 @@ class DispatchSettings(Strict):
     default_price_per_kwh: float = Field(25.0, description="energy price while no price signal covers a step")
     base_load_w: float | None = Field(None, description="uncontrolled load forecast; None: the last measured")
     wear_segments: int = Field(4, ge=1, le=16, description="cycle-depth segments of the wear cost (Xu et al.)")
+    aggregate_above_evs: int = Field(
+        50, ge=0, description="more EVs than this: plan them as virtual batteries and split the result (fast, approx.)"
+    )
 
 
 class EventSettings(Strict):

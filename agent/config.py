@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import holidays
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.addressing import Placement, expand_group, index_placements
@@ -94,6 +95,9 @@ class EventSettings(Strict):
     """Grid events (agent/events.py): M&V intervals and baselines, and the local-frequency droop for FCR."""
 
     timezone: str = Field("Asia/Tokyo", description="zone of the settlement day: like-days and intervals")
+    holiday_country: str | None = Field(
+        "JP", description="public holidays count as weekend like-days (ISO country code; None: weekends only)"
+    )
     interval_s: float = Field(1800.0, ge=60, le=3600, description="M&V interval (JEPX / ERAB: 30 min)")
     history_days: float = Field(60.0, ge=7, le=400, description="meter interval history kept for baselines")
     pre_event_s: float = Field(1800.0, ge=60, le=86400, description="window of the pre-event-average baseline")
@@ -112,6 +116,13 @@ class EventSettings(Strict):
     def _divides_day(cls, value: float) -> float:
         if 86400 % value:
             raise ValueError(f"interval_s {value:g} must divide a day (86400 s) so intervals are numbered per day")
+        return value
+
+    @field_validator("holiday_country")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        if value is not None and value not in holidays.list_supported_countries():
+            raise ValueError(f"no public-holiday calendar for {value!r} (an ISO 3166 code such as 'JP')")
         return value
 
     @field_validator("timezone")

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+import holidays
 import numpy as np
 import structlog
 
@@ -126,6 +127,8 @@ class EventManager:
         self.fleet = fleet
         self.settings = settings or EventSettings()
         self.zone = ZoneInfo(self.settings.timezone)
+        country = self.settings.holiday_country
+        self.holidays: Container[date] = holidays.country_holidays(country) if country else frozenset()
         self.max_hold_s = max_hold_s
         self.events: dict[str, Event] = {}
         self.activation: dict[str, float] = {}  # award id -> latest normalised activation
@@ -336,7 +339,7 @@ class EventManager:
             try:
                 history = await asyncio.to_thread(self.store.load_intervals, since)
                 values, method, note = event_baseline(
-                    history, self.zone, interval, starts, self._event_days(event), LOOKBACK_DAYS
+                    history, self.zone, interval, starts, self._event_days(event), LOOKBACK_DAYS, self.holidays
                 )
             except BaselineError as exc:
                 event.baseline_note = f"High 4 of 5 not possible ({exc}); pre-event average used"

@@ -7,16 +7,18 @@
 * Pre-event average: the mean demand over the intervals just before the event, held flat through the window —
   simpler, for sites without history.
 
-Assumptions made explicit because the guideline leaves them to programme rules: like-days are weekdays for a
-weekday event and weekend days for a weekend event; the adjustment window is `adjust_intervals` intervals ending
-`adjust_gap` intervals before the event start (defaults 4 and 2: the 2 h ending 1 h before, for 30-min data).
+Assumptions made explicit because the guideline leaves them to programme rules: like-days are working days for a
+working-day event and weekend days or public holidays for an event on one (the `holidays` package's calendar);
+the adjustment window is `adjust_intervals` intervals ending `adjust_gap` intervals before the event start
+(defaults 4 and 2: the 2 h ending 1 h before, for 30-min data). Not implemented: programme rules that also drop
+like-days of unusually low demand (some utilities drop days below 25 % of the mean).
 Demand is in W (+ import) per interval; a day is a 1-D array of intervals (48 for 30-min data).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Container, Iterable, Mapping, Set
 from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
@@ -29,8 +31,13 @@ class BaselineError(ValueError):
     """Not enough history or bad inputs; the message says what is missing."""
 
 
-def is_like_day(day: date, event_day: date) -> bool:
-    return (day.weekday() >= 5) == (event_day.weekday() >= 5)
+def is_like_day(day: date, event_day: date, holidays: Container[date] = frozenset()) -> bool:
+    """Working days are like working days; weekends and public holidays are like each other."""
+
+    def off(d: date) -> bool:
+        return d.weekday() >= 5 or d in holidays
+
+    return off(day) == off(event_day)
 
 
 def high_4_of_5(
@@ -87,6 +94,7 @@ def event_baseline(
     starts: list[float],
     excluded: Set[date] = frozenset(),
     lookback_days: int = 45,
+    holidays: Container[date] = frozenset(),
 ) -> tuple[dict[float, float], str, str | None]:
     """High 4 of 5 with the same-day adjustment for the intervals starting at `starts` (unix s), from stored history.
 
@@ -104,7 +112,9 @@ def event_baseline(
     for number, (day, members) in enumerate(sorted(by_day.items())):
         indexes = [i for _, i in members]
         window = slice(min(indexes), max(indexes) + 1)
-        base = high_4_of_5(complete, day, window, excluded, lookback_days=lookback_days)
+        base = high_4_of_5(
+            complete, day, window, excluded, lambda d, e: is_like_day(d, e, holidays), lookback_days=lookback_days
+        )
         adjustment = 0.0
         if number == 0:  # the adjustment is taken before the event starts, so only on its first day
             actual = every.get(day, np.full(base.shape, np.nan))

@@ -18,8 +18,7 @@ from sitekit import eventually, free_port_block
 from agent.app import AgentApp
 from agent.config import parse_config
 from agent.events import EventState
-from agent.mv.baseline import is_like_day
-from agent.mv.intervals import Interval, interval_index
+from agent.mv.intervals import Interval
 from agent.mv.performance import score
 from agent.regulation import Droop
 from agent.store import Store
@@ -225,25 +224,19 @@ async def test_asset_failure_during_activation_is_covered_by_the_others(tmp_path
 
 
 def seed_like_day_history(path: Path, event_ts: float, today_level: float) -> float:
-    """Five complete like-days before the event day (6, 6, 6, 6, 2 kW: High 4 of 5 = 6 kW) and today's readings up to
-    an hour before the event; returns the baseline High 4 of 5 must give (adjusted when today's window exists)."""
+    """40 complete days before the event day at 6 kW (whichever 5 are like-days, High 4 of 5 = 6 kW; the ranking is
+    unit-tested in tests/mv) and today's readings up to an hour before the event; returns the baseline High 4 of 5
+    must give (adjusted by today's level when the adjustment window, 2 h ending 1 h before, lies in today)."""
     zone = ZoneInfo("Asia/Tokyo")
-    today, index = interval_index(event_ts, zone)
-    midnight = datetime(today.year, today.month, today.day, tzinfo=zone).timestamp()
-    items, like = [], 0
-    day = today
-    while like < 5:
-        day -= timedelta(days=1)
-        if is_like_day(day, today):
-            level = 2000.0 if like == 4 else 6000.0
-            base = datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
-            items += [Interval(base + k * 1800, level, 1800) for k in range(48)]
-            like += 1
+    local = datetime.fromtimestamp(event_ts, zone)
+    midnight = datetime(local.year, local.month, local.day, tzinfo=zone).timestamp()
+    index = int((event_ts - midnight) // 1800)
+    items = [Interval(midnight - d * 86400 + k * 1800, 6000.0, 1800) for d in range(1, 41) for k in range(48)]
     items += [Interval(midnight + k * 1800, today_level, 1800) for k in range(max(0, index - 2))]
     store = Store(path)
     store._add_intervals(items, keep_days=60)
     store.close()
-    return 6000.0 + (today_level - 6000.0 if index >= 6 else 0.0)  # the adjustment window: 2 h ending 1 h before
+    return 6000.0 + (today_level - 6000.0 if index >= 6 else 0.0)
 
 
 async def test_updr_baseline_is_high_4_of_5_from_the_meter_history(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from agent.mv.baseline import BaselineError, event_baseline
+from agent.mv.baseline import BaselineError, event_baseline, is_like_day
 from agent.mv.intervals import Interval, IntervalMeter, day_profiles, interval_index
 from agent.mv.report import award_report, updr_report
 from agent.store import Store
@@ -50,6 +50,20 @@ def history(days: dict[date, float], today: date, today_level: float, upto_hour:
     items = [Interval(ts(d, k / 2), level, HALF_HOUR) for d, level in days.items() for k in range(48)]
     items += [Interval(ts(today, k / 2), today_level, HALF_HOUR) for k in range(int(upto_hour * 2))]
     return items
+
+
+def test_public_holidays_are_like_days_of_weekends() -> None:
+    holiday = date(2026, 11, 23)  # Monday, 勤労感謝の日
+    calendar = {holiday}
+    assert is_like_day(holiday, date(2026, 11, 22), calendar)  # a Sunday is like it
+    assert not is_like_day(holiday, date(2026, 11, 20), calendar)  # a Friday is not
+    assert is_like_day(holiday, date(2026, 11, 20))  # without the calendar it is a plain Monday
+    today = date(2026, 11, 24)  # Tuesday: the holiday before it is not one of its like-days
+    back = {1: 99_000, 2: 777, 3: 777, 4: 5, 5: 5, 6: 5, 7: 5, 8: 5}  # the holiday, the weekend, 5 working days
+    levels = {today - timedelta(days=k): v for k, v in back.items()}
+    items = history(levels, today, today_level=5, upto_hour=0)
+    baseline, _, _ = event_baseline(items, JST, HALF_HOUR, [ts(today, 13)], holidays=calendar)
+    assert baseline[ts(today, 13)] == pytest.approx(5)
 
 
 def test_like_days_are_ranked_by_their_demand_in_the_event_window() -> None:

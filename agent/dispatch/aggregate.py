@@ -382,6 +382,10 @@ def _step(
     laxity = left - remaining / np.maximum(charge_gain, 1e-9)
     deficit = np.clip((remaining - expected) / up_gain, 0.0, cmax)  # need the plan's later charging won't bring
     spare = np.clip((ceiling - e - expected) / up_gain, 0.0, cmax)  # room the plan's later charging won't use
+    # The caps are computed once, from `must`: a member served in tier 1 can be served again up to its tier-2 cap, and
+    # the final clip takes the excess back (reported as unrealised power). Recomputing the caps after each tier keeps
+    # every tier within limits but measured worse (7.7 % vs 6.2 % gap at 1000 EVs in bench/dispatch.py): the split
+    # needs a better rule, not that fix.
     for caps, key in ((deficit - p, laxity), (np.maximum(deficit, spare) - p, None), (cmax - p, None)):
         got = _fill(np.maximum(rest, 0.0), np.maximum(caps, 0.0), key, g, groups)
         p += got

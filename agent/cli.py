@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="evaluate dispatch strategies in closed loop on simulated physics")
     sim.add_argument("--days", type=int, default=7)
     sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--fleet", choices=("tiny", "small", "default"), default="small")
+    sim.add_argument("--fleet", choices=("tiny", "small", "default", "large"), default="small")
     sim.add_argument("--strategies", default="aware,blind,oracle", help="comma-separated: aware, blind, oracle")
     sim.add_argument("--step-s", type=float, default=900.0, help="planning step, s (divides 1800 or a multiple of it)")
     sim.add_argument("--area", default="Kyushu", help="JEPX area whose price the site pays")

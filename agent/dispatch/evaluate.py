@@ -80,9 +80,11 @@ def _policy(name: str, scenario: Scenario, config: EvalConfig) -> UncontrolledPo
         return UncontrolledPolicy(scenario)
     if name in ("aware", "blind"):
         return MpcPolicy(scenario, Wear(name == "aware", config.wear_segments), config.horizon_h * 3600.0)
+    if name == "aggregated":
+        return MpcPolicy(scenario, Wear(True, config.wear_segments), config.horizon_h * 3600.0, aggregated=True)
     if name == "oracle":
         return OraclePolicy(scenario, Wear(True, config.wear_segments), config.oracle_horizon_h * 3600.0)
-    raise ValueError(f"unknown strategy {name!r}; known: {', '.join((*STRATEGIES, REFERENCE))}")
+    raise ValueError(f"unknown strategy {name!r}; known: {', '.join((*STRATEGIES, 'aggregated', REFERENCE))}")
 
 
 def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None) -> StrategyResult:

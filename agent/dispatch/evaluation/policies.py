@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.dispatch.aggregate import solve_aggregated
 from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
 from agent.dispatch.evaluation.plant import Plant
 from agent.dispatch.evaluation.scenario import BatterySpec, Scenario, persistence_forecast, published_until
@@ -147,12 +148,17 @@ class UncontrolledPolicy:
 
 
 class MpcPolicy:
-    """Re-plan every step, apply the first step; on a solver failure keep following the last plan."""
+    """Re-plan every step, apply the first step; on a solver failure keep following the last plan.
 
-    def __init__(self, scenario: Scenario, wear: Wear, horizon_s: float = 86400.0) -> None:
+    `aggregated`: plan the EVs as virtual batteries (agent.dispatch.aggregate) as the running agent does past
+    `aggregate_above_evs`, so its closed-loop value can be compared with the full per-EV MPC on the same physics.
+    """
+
+    def __init__(self, scenario: Scenario, wear: Wear, horizon_s: float = 86400.0, aggregated: bool = False) -> None:
         self.scenario = scenario
         self.wear = wear
-        self.name = "aware" if wear.aware else "blind"
+        self.aggregated = aggregated
+        self.name = "aggregated" if aggregated else "aware" if wear.aware else "blind"
         self.steps = round(horizon_s / scenario.step_s)
         self.solves = 0
         self.failures = 0
@@ -179,7 +185,7 @@ class MpcPolicy:
 
     def decide(self, plant: Plant) -> dict[str, float]:
         try:
-            plan = solve(self.inputs(plant))
+            plan = solve_aggregated(self.inputs(plant)) if self.aggregated else solve(self.inputs(plant))
             self.solves += 1
             self._last = (plan, plant.k)
             return plan.power_now()

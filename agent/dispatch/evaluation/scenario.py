@@ -57,8 +57,9 @@ class FleetSpec:
 
 
 def make_fleet(name: str, replacement_cost_per_kwh: float = 30_000.0, ev_wear_price_per_kwh: float = 8.0) -> FleetSpec:
-    """Named fleets: `tiny` (tests), `small` (the 365-day comparison), `default` (a bigger site)."""
-    sizes = {"tiny": (1, 2), "small": (2, 4), "default": (4, 12)}
+    """Named fleets: `tiny` (tests), `small` (the 365-day comparison), `default` (a bigger site), `large` (a depot of
+    200 chargers: where the full per-EV LP gets slow and the aggregated MPC is compared with it in closed loop)."""
+    sizes = {"tiny": (1, 2), "small": (2, 4), "default": (4, 12), "large": (2, 200)}
     if name not in sizes:
         raise ValueError(f"unknown fleet {name!r}; known: {', '.join(sizes)}")
     n_bat, n_ev = sizes[name]

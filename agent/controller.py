@@ -25,6 +25,11 @@ def share_by_headroom(total_w: float, bounds: dict[str, Bounds]) -> dict[str, fl
     return _spread(base, remaining, room)
 
 
+def plan_within_bounds(planned: dict[str, float], bounds: dict[str, Bounds]) -> dict[str, float]:
+    """The plan's power for each asset with bounds, moved into them (an asset the plan does not cover: 0 W)."""
+    return {k: min(max(planned.get(k, 0.0), b.low_w), b.high_w) for k, b in bounds.items()}
+
+
 def share_within_reserves(
     total_w: float,
     planned: dict[str, float],
@@ -40,7 +45,7 @@ def share_within_reserves(
     so the fleet still covers an asset failure where it can. Up (delivery) is negative power: `reserved_up` serves a
     negative change, `reserved_down` a positive one.
     """
-    base = {k: min(max(planned.get(k, 0.0), b.low_w), b.high_w) for k, b in bounds.items()}
+    base = plan_within_bounds(planned, bounds)
     change = total_w - sum(base.values())
     if change == 0:
         return base

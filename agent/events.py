@@ -33,7 +33,7 @@ from agent.capability import capability_shortfall
 from agent.config import EventSettings
 from agent.fleet import Fleet
 from agent.mv.baseline import BaselineError, event_baseline
-from agent.mv.intervals import Interval, IntervalMeter
+from agent.mv.intervals import Interval, IntervalMeter, interval_start
 from agent.mv.report import Report, award_report, updr_report
 from agent.products import PRODUCTS
 from agent.regulation import Droop
@@ -111,8 +111,7 @@ class Event:
 
     def baseline_at(self, ts: float, interval_s: float) -> float | None:
         """The baseline for the interval holding `ts` (up-DR), else the flat one."""
-        start = math.floor(ts / interval_s) * interval_s
-        return self.baseline_intervals.get(start, self.baseline_w)
+        return self.baseline_intervals.get(interval_start(ts, interval_s), self.baseline_w)
 
 
 class EventManager:
@@ -333,7 +332,7 @@ class EventManager:
         signal = event.signal
         if isinstance(signal, UpDrEvent) and signal.baseline_method == "high4of5":
             interval = self.settings.interval_s
-            first = math.floor(event.start.timestamp() / interval) * interval
+            first = interval_start(event.start.timestamp(), interval)
             starts = list(np.arange(first, event.end.timestamp(), interval, dtype=float))
             since = first - (LOOKBACK_DAYS + 1) * 86400
             try:
@@ -376,7 +375,7 @@ class EventManager:
         if isinstance(signal, UpDrEvent):
             report = updr_report(
                 event.samples,
-                lambda ts: event.baseline_at(ts, self.settings.interval_s) or 0.0,
+                lambda ts: self._baseline(event, ts, 0.0),
                 signal.requested_increase_w,
                 self.settings.interval_s,
                 self.max_hold_s,

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import structlog
 
 from agent.config import AppConfig
-from agent.controller import share_within_reserves, site_target_requests
+from agent.controller import plan_within_bounds, share_within_reserves, site_target_requests
 from agent.fleet import AssetState, Fleet
 from agent.model import Measurement, Setpoint
 from agent.safety import Bounds, SafetyEnvelope
@@ -300,7 +300,7 @@ class ControlLoop:
                 if planned is not None and reserved is not None:
                     shift = None if self.award_shift_source is None else self.award_shift_source(now)
                     if shift is not None:  # an award on top of the plan: the activation moves the plan's power
-                        total = sum(min(max(planned.get(k, 0.0), b.low_w), b.high_w) for k, b in bounds.items())
+                        total = sum(plan_within_bounds(planned, bounds).values())
                         return share_within_reserves(total - shift, planned, bounds, *reserved)
                     return share_within_reserves(target - self.uncontrolled_w, planned, bounds, *reserved)
             return rule

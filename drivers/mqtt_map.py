@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind
-from drivers.registermap import UNIT_FACTOR, UNIT_FAMILY, MapError, read_map_file
+from drivers.registermap import UNIT_FACTOR, UNIT_FAMILY, MapError, MapFileHeader, read_map_file
 
 __all__ = ["MapError", "MqttMap", "PayloadError", "available_mqtt_maps", "load_mqtt_map", "mqtt_maps_dir"]
 
@@ -92,17 +92,12 @@ class MqttModelInfo(BaseModel):
         return self
 
 
-class MqttMapFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_: int = Field(alias="schema")
+class MqttMapFile(MapFileHeader):
     model: MqttModelInfo
     fields: list[MqttFieldRow]
 
     @model_validator(mode="after")
     def _check_rows(self) -> MqttMapFile:
-        if self.schema_ != 1:
-            raise ValueError(f"schema {self.schema_} is not supported (this agent reads schema 1)")
         fields: dict[str, str] = {}
         keys: dict[str, str] = {}
         for row in self.fields:

@@ -121,17 +121,26 @@ class ModelInfo(BaseModel):
     word_order: WordOrder = "big"
 
 
-class RegisterMapFile(BaseModel):
+class MapFileHeader(BaseModel):
+    """What every device-map file (register maps, MQTT maps) shares: strict keys and the schema version."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_: int = Field(alias="schema")
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> MapFileHeader:
+        if self.schema_ != 1:
+            raise ValueError(f"schema {self.schema_} is not supported (this agent reads schema 1)")
+        return self
+
+
+class RegisterMapFile(MapFileHeader):
     model: ModelInfo
     registers: list[RegisterRow]
 
     @model_validator(mode="after")
     def _check_layout(self) -> RegisterMapFile:
-        if self.schema_ != 1:
-            raise ValueError(f"schema {self.schema_} is not supported (this agent reads schema 1)")
         taken: dict[int, str] = {}
         fields: set[str] = set()
         for row in self.registers:

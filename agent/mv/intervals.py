@@ -20,6 +20,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 
+def interval_start(ts: float, interval_s: float) -> float:
+    """Start (unix s) of the interval holding `ts`: the one alignment rule for meter history, baselines and reports."""
+    return math.floor(ts / interval_s) * interval_s
+
+
 @dataclass(frozen=True)
 class Interval:
     start_ts: float  # unix s, a multiple of the interval length
@@ -39,9 +44,6 @@ class IntervalMeter:
         self._energy: dict[float, float] = {}  # interval start -> W·s
         self._covered: dict[float, float] = {}
 
-    def _start_of(self, ts: float) -> float:
-        return math.floor(ts / self.interval_s) * self.interval_s
-
     def add(self, ts: float, watts: float) -> list[Interval]:
         """Take a reading; readings out of order or not finite are ignored (they cannot be placed honestly)."""
         if not math.isfinite(ts) or not math.isfinite(watts):
@@ -52,7 +54,7 @@ class IntervalMeter:
                 return []
             self._hold(t0, min(ts, t0 + self.max_hold_s), w0)
         self._last = (ts, watts)
-        current = self._start_of(ts)
+        current = interval_start(ts, self.interval_s)
         return self._close(lambda start: start < current)
 
     def flush(self, until_ts: float | None = None) -> list[Interval]:
@@ -65,7 +67,7 @@ class IntervalMeter:
 
     def _hold(self, t0: float, t1: float, watts: float) -> None:
         while t0 < t1:
-            start = self._start_of(t0)
+            start = interval_start(t0, self.interval_s)
             stop = min(t1, start + self.interval_s)
             self._energy[start] = self._energy.get(start, 0.0) + watts * (stop - t0)
             self._covered[start] = self._covered.get(start, 0.0) + (stop - t0)
@@ -95,12 +97,9 @@ def day_profiles(
     every: dict[date, np.ndarray] = {}
     covered: dict[date, np.ndarray] = {}
     for item in intervals:
-        local = datetime.fromtimestamp(item.start_ts, zone)
-        midnight = datetime(local.year, local.month, local.day, tzinfo=zone)
-        index = round((item.start_ts - midnight.timestamp()) / interval_s)
+        day, index = interval_index(item.start_ts, zone, interval_s)
         if not 0 <= index < per_day:
             continue
-        day = local.date()
         if day not in every:
             every[day] = np.full(per_day, np.nan)
             covered[day] = np.zeros(per_day)

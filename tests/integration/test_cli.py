@@ -20,6 +20,9 @@ def shipped_config_on_free_ports(tmp_path: Path) -> Path:
     base = free_port_block(30)
     for old in (15021, 15022, 15023, 15024, 15031, 15032, 15041, 15042):
         text = text.replace(f"port = {old}\n", f"port = {base + old - 15020}\n")
+    # the shipped state file is relative and the commands run in the repo: keep each test's state in its tmp_path,
+    # or a stored event leaks into later runs
+    text = text.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{tmp_path / "state.db"}"')
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
@@ -108,8 +111,6 @@ async def test_signals_from_a_file_and_the_events_report(tmp_path: Path) -> None
     from datetime import UTC, datetime, timedelta
 
     config = shipped_config_on_free_ports(tmp_path)
-    text = config.read_text().replace('state_file = "vpp-state.sqlite3"', f'state_file = "{tmp_path / "state.db"}"')
-    config.write_text(text)
     now = datetime.now(UTC)
     event = {
         "id": "file-dr",

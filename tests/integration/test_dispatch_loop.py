@@ -23,6 +23,7 @@ SITE = """
 poll_period_s = 0.2
 poll_timeout_s = 0.1
 lease_timeout_s = 1.0
+state_file = ":memory:"  # never the working directory's file: a stored event would leak into the next run
 [site]
 meter = "meter"
 [control]

@@ -209,8 +209,11 @@ class EventManager:
                 )
                 await self._save(event, now)
             if event.state is EventState.ACTIVE and now >= event.end:
-                self._mark(event, EventState.COMPLETED, now)  # no more samples go in while the report is made
-                event.report = await asyncio.to_thread(self._report, event)
+                # the report is made off the event loop from copies (readings taken meanwhile are past the end);
+                # the event turns completed only with its report, so nobody sees a completed event without one
+                series = list(event.samples), list(event.activations)
+                event.report = await asyncio.to_thread(self._report, event, *series)
+                self._mark(event, EventState.COMPLETED, now)
                 event.samples, event.activations = [], []  # the report holds what they showed
                 self.activation.pop(event.id, None)
                 self._frequency_at.pop(event.id, None)
@@ -367,14 +370,16 @@ class EventManager:
             return None
         return float(np.mean([w for _, w in self._recent_site]))
 
-    def _report(self, event: Event) -> Report:
+    def _report(
+        self, event: Event, samples: list[tuple[float, float]], activations: list[tuple[float, float]]
+    ) -> Report:
         """M&V from the meter samples taken while the event was active (agent.mv.report)."""
         signal = event.signal
         if event.baseline_w is None:
-            return {"samples": len(event.samples), "note": "no site meter reading before the event: no baseline"}
+            return {"samples": len(samples), "note": "no site meter reading before the event: no baseline"}
         if isinstance(signal, UpDrEvent):
             report = updr_report(
-                event.samples,
+                samples,
                 lambda ts: self._baseline(event, ts, 0.0),
                 signal.requested_increase_w,
                 self.settings.interval_s,
@@ -384,8 +389,8 @@ class EventManager:
             )
         else:
             report = award_report(
-                event.samples,
-                event.activations,
+                samples,
+                activations,
                 event.baseline_w,
                 signal.up_w,
                 signal.down_w,

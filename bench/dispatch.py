@@ -242,7 +242,8 @@ def run(sizes: list[int], groups: int, naive_max_s: float) -> None:
         detail = agg_re
         print(
             f"{'':>6} agg re-solve split: aggregate {detail.aggregate_s:.3f} s, LP {detail.solve_s:.3f} s "
-            f"(HiGHS {detail.aggregate_plan.solve_s:.3f} s), disaggregate {detail.disaggregate_s:.3f} s; "
+            f"(HiGHS {detail.aggregate_plan.solve_s:.3f} s), split {detail.disaggregate_s:.3f} s, "
+            f"refine {detail.refine_s:.3f} s ({'+'.join(detail.refined) or 'none'}); "
             f"aggregated LP net cost {detail.aggregate_plan.net_cost:.0f} vs executed {detail.plan.net_cost:.0f}",
             flush=True,
         )

@@ -52,13 +52,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.dispatch import planner
+from agent.dispatch import planner, refine
 from agent.dispatch.inputs import AssetPlan, PlanInputs
 from agent.dispatch.planner import Plan
 
 DEFAULT_GROUPS = 16
-# HiGHS' interior point is several times faster than its simplex on these banded LPs (bench/dispatch.py measures)
-HIGHS_OPTIONS: dict[str, object] = {"solver": "ipm"}
+# HiGHS' own choice (simplex here) first: with highspy 1.16 it re-solved the 1000-EV aggregate in 0.21 s, interior
+# point in 0.34 s. But simplex gave up (status UNKNOWN) on a 10 000-EV aggregate whose sums reach 1e8 Wh, which
+# interior point solves: it is the fallback.
+HIGHS_OPTIONS: dict[str, object] = {}
+FALLBACK_OPTIONS: dict[str, object] = {"solver": "ipm"}
 PRICE_BIN = 0.02  # members whose wear/calendar prices differ by less than this (relative) share a category
 ARRIVAL_BUCKETS = 2  # per category: EVs plugged in now and those arriving later (see "Where it is loose")
 
@@ -105,11 +108,13 @@ class AggregatedSolve:
     grouping: Grouping
     aggregate_s: float
     solve_s: float
-    disaggregate_s: float
+    disaggregate_s: float  # the split
+    refine_s: float = 0.0
+    refined: tuple[str, ...] = ()  # what agent.dispatch.refine re-planned
 
     @property
     def total_s(self) -> float:
-        return self.aggregate_s + self.solve_s + self.disaggregate_s
+        return self.aggregate_s + self.solve_s + self.disaggregate_s + self.refine_s
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------
@@ -405,6 +410,24 @@ def disaggregate(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Plan:
     `breakdown` and `violations` are recomputed on the per-asset schedule (`plan_cost`), so the result is what
     executing it would cost; `violations["unrealised_kwh"]` is the group power the members could not follow.
     """
+    return _priced(plan, inputs, _split(plan, grouping, inputs))
+
+
+@dataclass
+class Split:
+    """Per-asset trajectories from a virtual plan, before pricing (arrays (N, T) / (N, T+1), changed in place by
+    agent.dispatch.refine)."""
+
+    power: np.ndarray
+    stored: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+    unrealised_kwh: float
+    reserve_unheld_kwh: float = 0.0  # group reserve beyond its members' power headroom (not held by anyone)
+
+
+def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
+    """Each group's planned power over its members, step by step; batteries copied from the plan."""
     t, h = inputs.steps, inputs.step_h
     m = grouping.members
     groups = grouping.groups
@@ -446,25 +469,33 @@ def disaggregate(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Plan:
     down = np.zeros((n_all, t))
     power[m.index] = ev_power
     stored[m.index] = ev_energy
-    unrealised = 0.0
+    unrealised = unheld = 0.0
     if len(rows):
         summed = np.zeros((groups, t))
         np.add.at(summed, g, ev_power[rows])
         unrealised = float(np.abs(summed - group_power).sum()) * h / 1000.0
-        _split_reserves(plan, grouping, ev_power, up, down)
+        unheld = _split_reserves(plan, grouping, ev_power, up, down)
     if len(grouping.passthrough):
         src, dst = grouping.passthrough[:, 0], grouping.passthrough[:, 1]
         power[src] = plan.power_w[dst]
         stored[src] = plan.energy_wh[dst]
         up[src] = plan.reserve_up_w[dst]
         down[src] = plan.reserve_down_w[dst]
+    return Split(power, stored, up, down, unrealised, unheld)
+
+
+def _priced(plan: Plan, inputs: PlanInputs, split: Split) -> Plan:
+    """The per-asset Plan of `split`, priced by `plan_cost`; reserve terms come from the virtual `plan`."""
+    power, stored, up, down = split.power, split.stored, split.up, split.down
     breakdown, violations = plan_cost(inputs, power, stored)
     for key in ("reserve_revenue", "reserve_shortfall_penalty"):
         if key in plan.breakdown:
             breakdown[key] = plan.breakdown[key]
     if "reserve_short_kwh" in plan.violations:
         violations["reserve_short_kwh"] = plan.violations["reserve_short_kwh"]
-    violations["unrealised_kwh"] = unrealised
+    violations["unrealised_kwh"] = split.unrealised_kwh
+    if split.reserve_unheld_kwh:
+        violations["reserve_unheld_kwh"] = split.reserve_unheld_kwh
     return Plan(
         asset_ids=[a.id for a in inputs.assets],
         step_s=inputs.step_s,
@@ -479,21 +510,27 @@ def disaggregate(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Plan:
     )
 
 
-def _split_reserves(plan: Plan, grouping: Grouping, ev_power: np.ndarray, up: np.ndarray, down: np.ndarray) -> None:
-    """Each group's reserve shared by its members' power headroom (no per-member energy guarantee)."""
+def _split_reserves(
+    plan: Plan, grouping: Grouping, ev_power: np.ndarray, up: np.ndarray, down: np.ndarray
+) -> float:
+    """Each group's reserve shared by its members' power headroom, each member at most its own headroom (no
+    per-member energy guarantee). Returns the kWh of group reserve the members' headroom could not hold."""
     if not (plan.reserve_up_w[: grouping.groups].any() or plan.reserve_down_w[: grouping.groups].any()):
-        return  # nothing reserved: `up` and `down` stay zero
+        return 0.0  # nothing reserved: `up` and `down` stay zero
     m = grouping.members
     on = (m.group[:, None] >= 0) & m.plugged
     head_up = np.where(on, np.maximum(0.0, m.discharge_w[:, None] + ev_power), 0.0)
     head_down = np.where(on, np.maximum(0.0, m.charge_w[:, None] - ev_power), 0.0)
     g = np.where(m.group >= 0, m.group, 0)
     t = ev_power.shape[1]
+    unheld = 0.0
     for head, src, dst in ((head_up, plan.reserve_up_w, up), (head_down, plan.reserve_down_w, down)):
         total = np.zeros((grouping.groups, t))
         np.add.at(total, g, head)
         share = np.divide(head, total[g], out=np.zeros_like(head), where=total[g] > 0)
-        dst[m.index] = share * src[: grouping.groups][g]
+        dst[m.index] = np.minimum(share * src[: grouping.groups][g], head)
+        unheld += float(np.maximum(src[: grouping.groups] - np.minimum(src[: grouping.groups], total), 0.0).sum())
+    return unheld * (plan.step_s / 3600.0) / 1000.0
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
@@ -585,18 +622,41 @@ def plan_cost(inputs: PlanInputs, power: np.ndarray, energy: np.ndarray) -> tupl
 
 
 def solve_aggregated_detail(
-    inputs: PlanInputs, groups: int | None = None, time_limit_s: float = 30.0
+    inputs: PlanInputs, groups: int | None = None, time_limit_s: float = 30.0, refined: bool = True
 ) -> AggregatedSolve:
-    """Aggregate, solve with the planner (its compiled model for the padded shape is cached), disaggregate."""
+    """Aggregate, solve with the planner (its compiled model for the padded shape is cached), split, and (unless
+    `refined` is False) refine the split with agent.dispatch.refine."""
     started = time.perf_counter()
     aggregated, grouping = aggregate(inputs, groups)
     aggregated_at = time.perf_counter()
-    virtual_plan = planner.solve(aggregated, time_limit_s, HIGHS_OPTIONS)
+    try:
+        virtual_plan = planner.solve(aggregated, time_limit_s, HIGHS_OPTIONS)
+    except planner.PlanError:
+        left = time_limit_s - (time.perf_counter() - aggregated_at)
+        if left <= 0:
+            raise
+        virtual_plan = planner.solve(aggregated, left, FALLBACK_OPTIONS)
     solved_at = time.perf_counter()
-    plan = disaggregate(virtual_plan, grouping, inputs)
+    split = _split(virtual_plan, grouping, inputs)
+    split_at = time.perf_counter()
+    steps: list[str] = []
+    if refined:
+        batteries = grouping.passthrough[:, 0] if len(grouping.passthrough) else np.zeros(0, dtype=int)
+        budget = max(1.0, time_limit_s - (split_at - started))
+        steps = refine.refine(
+            inputs, grouping.members, batteries, split.power, split.stored, split.up, split.down, budget
+        )
+    plan = _priced(virtual_plan, inputs, split)
     done = time.perf_counter()
     return AggregatedSolve(
-        plan, virtual_plan, grouping, aggregated_at - started, solved_at - aggregated_at, done - solved_at
+        plan,
+        virtual_plan,
+        grouping,
+        aggregated_at - started,
+        solved_at - aggregated_at,
+        split_at - solved_at,
+        done - split_at,
+        tuple(steps),
     )
 
 

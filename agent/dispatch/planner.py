@@ -154,6 +154,8 @@ def solve(
         model.problem.solve(solver=cp.HIGHS, highs_options=options)
     except cp.SolverError as exc:
         raise PlanError(f"solver failed: {exc}") from exc
+    except ValueError as exc:  # cvxpy cannot unpack a solution HiGHS left with status UNKNOWN
+        raise PlanError(f"solver returned no usable solution: {exc}") from exc
     elapsed = time.perf_counter() - started
     if model.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or model.power.value is None:
         raise PlanError(f"no plan: solver status {model.problem.status}")

@@ -3,7 +3,8 @@
 What is asserted, and why these bounds: with members sharing efficiency and per-kWh wear prices, the virtual batteries
 (summed per-step envelopes and limits) are a relaxation, so their LP cost is a lower bound on the full LP's; the
 disaggregated schedule is a feasible point of the full LP priced the same way, so its cost is an upper bound. The
-full optimum is bracketed. Per-EV physics and reachable targets are guarantees of `disaggregate` and are asserted
+full optimum is bracketed (the refinement of agent.dispatch.refine only moves the schedule down inside that
+bracket). Per-EV physics and reachable targets are guarantees of `disaggregate` and are asserted
 exactly; the gap is asserted only on a fleet where the envelopes are known to be tight (shared windows, different
 charge rates), as a measured property, not a theorem.
 """
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from agent.dispatch import planner
 from agent.dispatch.aggregate import aggregate, disaggregate, plan_cost, solve_aggregated_detail
-from agent.dispatch.inputs import AssetPlan, PlanInputs, SiteForecast
+from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast
 from agent.dispatch.planner import solve
 
 T = 24
@@ -128,7 +129,6 @@ def fixed_fleet(n: int = 30) -> PlanInputs:
 
 
 GAP = 0.01  # the issue's goal, of the controllable cost (net cost minus the uncontrolled load's energy)
-REACHED_GAP = 0.16  # what the disaggregation reaches on same_window_fleet (13.7 % measured), with a little margin
 
 
 def _idle(inputs: PlanInputs) -> np.ndarray:
@@ -206,15 +206,48 @@ def test_compiled_model_is_reused_across_fleets_of_the_same_categories() -> None
     assert planner.model_for(a).problem.is_dcp(dpp=True)
 
 
-def test_different_charge_rates_in_one_group_keep_the_gap_bounded() -> None:
-    """Executed (disaggregated) cost against the full LP on a fleet where the envelopes should be tight.
+def test_different_charge_rates_in_one_group_keep_the_gap_within_the_goal() -> None:
+    """Executed cost against the full LP on a charge-only fleet: within the issue's 1 %.
 
-    Issue 4 asks for 1 % (GAP); the disaggregation measured 13.7 % here and ~6 % on the bench's 1000 EVs, so the
-    goal is open (README). This guards the level reached: a change that makes the split worse fails.
+    The split alone measured 13.7 % here (a group's summed envelope forgets which member is nearly full); the
+    charge-only refinement (agent.dispatch.refine) re-plans these EVs exactly, so nothing of the gap is left.
     """
     inputs = same_window_fleet()
     full = solve(inputs)
-    result = solve_aggregated_detail(inputs, GROUPS)
     controllable = full.net_cost - float(H / 1000.0 * np.dot(inputs.site.price_per_kwh, inputs.site.base_load_w))
+    split_only = solve_aggregated_detail(inputs, GROUPS, refined=False)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert result.refined == ("charge_only",)
+    assert (split_only.plan.net_cost - full.net_cost) / abs(controllable) > GAP, "the fixture must test something"
     gap = (result.plan.net_cost - full.net_cost) / abs(controllable)
-    assert 0.0 <= gap <= REACHED_GAP, gap
+    assert -1e-9 <= gap <= GAP, gap
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets())
+def test_refinement_never_costs_more_than_the_split(inputs: PlanInputs) -> None:
+    """Each refinement step is the exact optimum of its assets with the rest fixed, priced as `plan_cost` prices."""
+    split_only = solve_aggregated_detail(inputs, GROUPS, refined=False)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    scale = max(1.0, abs(split_only.plan.net_cost))
+    assert result.plan.net_cost <= split_only.plan.net_cost + 1e-6 * scale + 0.01
+    check_member_physics(inputs, result.plan.power_w, result.plan.energy_wh)
+
+
+def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
+    """With an award, a re-planned charge-only EV still holds its share: up ≤ charge, charge + down ≤ its limit."""
+    base = fixed_fleet(20)
+    award = np.where(np.arange(T) < 12, 30_000.0, 0.0)
+    reserve = Reserve("S-RR", np.full(T, 5.0), np.full(T, 5.0), award, award)
+    inputs = PlanInputs(T, STEP_S, base.assets, base.site, reserves=[reserve])
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert "charge_only" in result.refined and "batteries" not in result.refined  # see agent.dispatch.refine
+    plan = result.plan
+    charge_only = [i for i, a in enumerate(inputs.assets) if a.is_ev and a.discharge_w <= 0]
+    held = plan.reserve_up_w[charge_only] + plan.reserve_down_w[charge_only]
+    assert held.sum() > 0, "some of the award sits on charge-only EVs"
+    for i in charge_only:
+        a = inputs.assets[i]
+        assert np.all(plan.reserve_up_w[i] <= plan.power_w[i] + TOL)
+        assert np.all(plan.power_w[i] + plan.reserve_down_w[i] <= a.charge_w * a.available + TOL)
+    check_member_physics(inputs, plan.power_w, plan.energy_wh)

@@ -42,7 +42,10 @@ its need path charges what it must, even beyond its group's power: reported as u
 group's power is tracked by moving every member to the same relative position λ between its own need-or-floor path
 and its ceiling at the next step (one λ per group and step, found by bisection), so the members' energies stay
 spread like the aggregate's envelope assumed. Not guaranteed: exact tracking where the relaxation was loose, and
-per-member reserve energy (reserves are split by power headroom only).
+per-member reserve energy (reserves are split by power headroom only, each member at most its own).
+
+`solve_aggregated_detail` then refines the split (agent.dispatch.refine): charge-only members and batteries are
+re-planned exactly with the rest fixed, which is where most of what the split gave up comes back.
 """
 
 from __future__ import annotations

@@ -98,8 +98,8 @@ class Dispatcher:
 
     def _solver(self, inputs: PlanInputs) -> Callable[[PlanInputs, float], Plan]:
         """The full per-asset LP, or the aggregated one past `aggregate_above_evs` EVs: the full LP of a thousand
-        EVs takes ~18 s here (bench/dispatch.py), longer than a step's time budget; the aggregate takes ~0.4 s
-        and gives up a few per cent of the optimum (README, Figures)."""
+        EVs takes ~15 s here (bench/dispatch.py), longer than a step's time budget; the aggregate takes ~0.4 s
+        and gives up under 1 % of the optimum there (README, Dispatch)."""
         evs = sum(1 for a in inputs.assets if a.is_ev)
         self.method = "aggregated" if evs > self.config.dispatch.aggregate_above_evs else "full"
         if self.method == "aggregated":

@@ -34,7 +34,7 @@ from agent.dispatch import planner
 from agent.dispatch.inputs import PlanInputs
 
 if TYPE_CHECKING:
-    from agent.dispatch.aggregate import Members
+    from agent.dispatch.aggregate import Members, Split
 
 _INF = highspy.kHighsInf
 
@@ -50,7 +50,6 @@ class ChargeOnly:
     need: np.ndarray  # Wh it must take before `check` (reachable; 0 = none)
     tier1: np.ndarray  # Wh of the shortfall priced at tier 1
     check: np.ndarray  # step of the departure checkpoint
-    charge_w: np.ndarray
     efficiency: np.ndarray
     calendar: np.ndarray  # currency per Wh·h held
     low_w: np.ndarray  # (n, T) charge kept at least this (up reserve held)
@@ -200,7 +199,6 @@ def charge_only_members(inputs: PlanInputs, members: Members, up_w: np.ndarray, 
         need=need,
         tier1=tier1,
         check=check,
-        charge_w=charge,
         efficiency=members.efficiency[rows],
         calendar=np.array([inputs.assets[i].calendar_price_per_wh_h for i in index], dtype=float).reshape(-1),
         low_w=np.where(plugged, np.minimum(up_w[index], charge[:, None]), 0.0),
@@ -208,67 +206,48 @@ def charge_only_members(inputs: PlanInputs, members: Members, up_w: np.ndarray, 
     )
 
 
-def refine(
-    inputs: PlanInputs,
-    members: Members,
-    batteries: np.ndarray,
-    power: np.ndarray,
-    energy: np.ndarray,
-    up_w: np.ndarray,
-    down_w: np.ndarray,
-    time_limit_s: float,
-) -> list[str]:
-    """Re-plan the charge-only EVs, then the `batteries` (rows of inputs.assets), in place in `power` and `energy`.
+def refine(inputs: PlanInputs, members: Members, batteries: np.ndarray, split: Split, time_limit_s: float) -> list[str]:
+    """Re-plan the charge-only EVs, then the `batteries` (rows of inputs.assets), in place in `split`.
 
     Returns what was done ("charge_only", "batteries"); a step whose solve fails leaves its assets as they were.
     """
     # One round: a second and third (charge-only, batteries again) changed nothing measurable at 100 and 1000 EVs
     # in bench/dispatch.py, and V2G members, which stay as split, are where the rest of the gap is.
     done: list[str] = []
-    if _charge_only_step(inputs, members, power, energy, up_w, down_w, time_limit_s):
+    if _charge_only_step(inputs, members, split, time_limit_s):
         done.append("charge_only")
-    if len(batteries) and not inputs.reserves and _battery_step(inputs, batteries, power, energy, time_limit_s):
+    if len(batteries) and not inputs.reserves and _battery_step(inputs, batteries, split, time_limit_s):
         done.append("batteries")
     return done
 
 
-def _charge_only_step(
-    inputs: PlanInputs,
-    members: Members,
-    power: np.ndarray,
-    energy: np.ndarray,
-    up_w: np.ndarray,
-    down_w: np.ndarray,
-    time_limit_s: float,
-) -> bool:
-    chosen = charge_only_members(inputs, members, up_w, down_w)
+def _charge_only_step(inputs: PlanInputs, members: Members, split: Split, time_limit_s: float) -> bool:
+    chosen = charge_only_members(inputs, members, split.up, split.down)
     if not len(chosen.index):
         return False
     others = np.ones(len(inputs.assets), dtype=bool)
     others[chosen.index] = False
     try:
-        planned = charge_only_lp(inputs, chosen, power[others].sum(axis=0), time_limit_s)
+        planned = charge_only_lp(inputs, chosen, split.power[others].sum(axis=0), time_limit_s)
     except planner.PlanError:
         return False
-    power[chosen.index] = planned
+    split.power[chosen.index] = planned
     stored = np.cumsum(planned * chosen.efficiency[:, None] * inputs.step_h, axis=1)
-    energy[chosen.index] = np.concatenate([chosen.energy[:, None], chosen.energy[:, None] + stored], axis=1)
+    split.stored[chosen.index] = np.concatenate([chosen.energy[:, None], chosen.energy[:, None] + stored], axis=1)
     return True
 
 
-def _battery_step(
-    inputs: PlanInputs, batteries: np.ndarray, power: np.ndarray, energy: np.ndarray, time_limit_s: float
-) -> bool:
+def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_limit_s: float) -> bool:
     rest = np.ones(len(inputs.assets), dtype=bool)
     rest[batteries] = False
     site = inputs.site
     t = inputs.steps
-    loaded = dataclasses.replace(site, base_load_w=np.asarray(site.base_load_w[:t]) + power[rest].sum(axis=0))
+    loaded = dataclasses.replace(site, base_load_w=np.asarray(site.base_load_w[:t]) + split.power[rest].sum(axis=0))
     sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in batteries], site=loaded)
     try:
         replanned = planner.solve(sub, time_limit_s)
     except planner.PlanError:
         return False
-    power[batteries] = replanned.power_w
-    energy[batteries] = replanned.energy_wh
+    split.power[batteries] = replanned.power_w
+    split.stored[batteries] = replanned.energy_wh
     return True

@@ -85,7 +85,12 @@ class DispatchModel:
         self.terms = terms
         revenue = {"updr_revenue", "reserve_revenue"}
         objective = sum(-v if k in revenue else v for k, v in terms.items())
-        self.problem = cp.Problem(cp.Minimize(objective), constraints)
+        # the objective is a variable tied to the costs by one equality row: cvxpy before 1.8 extracts the Parameter
+        # coefficients of a QP objective as a dense (variables x all Parameter entries) array, 27.9 GiB at 100 EVs
+        # x 96 steps, and the `eval` extra (BLAST-Lite needs numpy < 2) holds cvxpy at 1.7; constraints are
+        # extracted sparse in every version
+        self.objective = cp.Variable(name="objective")
+        self.problem = cp.Problem(cp.Minimize(self.objective), [*constraints, self.objective == objective])
         assert self.problem.is_dcp(dpp=True), "the dispatch problem must stay DPP for cached re-solves"
 
     # -- physics (hard) ---------------------------------------------------------------------------------------

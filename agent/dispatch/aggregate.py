@@ -42,10 +42,12 @@ its need path charges what it must, even beyond its group's power: reported as u
 group's power is tracked by moving every member to the same relative position λ between its own need-or-floor path
 and its ceiling at the next step (one λ per group and step, found by bisection), so the members' energies stay
 spread like the aggregate's envelope assumed. Not guaranteed: exact tracking where the relaxation was loose, and
-per-member reserve energy (reserves are split by power headroom only, each member at most its own).
+per-member reserve energy (reserves are split by power headroom only, each member at most its own); what the
+executed schedule leaves unheld is measured (`violations["reserve_energy_unheld_kwh"]`, agent.dispatch.reserve_check).
 
-`solve_aggregated_detail` then refines the split (agent.dispatch.refine): charge-only members and batteries are
-re-planned exactly with the rest fixed, which is where most of what the split gave up comes back.
+`solve_aggregated_detail` then refines the split (agent.dispatch.refine): the EVs (V2G ones while their LP stays
+small) and then the batteries are re-planned exactly with the rest fixed, which is where what the split gave up
+comes back.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ import numpy as np
 from agent.dispatch import planner, refine
 from agent.dispatch.inputs import AssetPlan, PlanInputs
 from agent.dispatch.planner import Plan
+from agent.dispatch.reserve_check import reserve_energy_unheld_kwh
 
 DEFAULT_GROUPS = 16
 PRICE_BIN = 0.02  # members whose wear/calendar prices differ by less than this (relative) share a category
@@ -494,6 +497,8 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split) -> Plan:
     violations["unrealised_kwh"] = split.unrealised_kwh
     if split.reserve_unheld_kwh:
         violations["reserve_unheld_kwh"] = split.reserve_unheld_kwh
+    if inputs.reserves:
+        violations["reserve_energy_unheld_kwh"] = reserve_energy_unheld_kwh(inputs, stored, up, down)
     return Plan(
         asset_ids=[a.id for a in inputs.assets],
         step_s=inputs.step_s,

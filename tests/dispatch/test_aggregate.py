@@ -234,12 +234,17 @@ def test_refinement_never_costs_more_than_the_split(inputs: PlanInputs) -> None:
     check_member_physics(inputs, result.plan.power_w, result.plan.energy_wh)
 
 
-def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
-    """With an award, a re-planned charge-only EV still holds its share: up ≤ charge, charge + down ≤ its limit."""
+def awarded_fleet() -> PlanInputs:
+    """fixed_fleet(20) with 30 kW of S-RR up and down awarded for the first 12 hours."""
     base = fixed_fleet(20)
     award = np.where(np.arange(T) < 12, 30_000.0, 0.0)
     reserve = Reserve("S-RR", np.full(T, 5.0), np.full(T, 5.0), award, award)
-    inputs = PlanInputs(T, STEP_S, base.assets, base.site, reserves=[reserve])
+    return PlanInputs(T, STEP_S, base.assets, base.site, reserves=[reserve])
+
+
+def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
+    """With an award, a re-planned charge-only EV still holds its share: up ≤ charge, charge + down ≤ its limit."""
+    inputs = awarded_fleet()
     result = solve_aggregated_detail(inputs, GROUPS)
     assert "charge_only" in result.refined and "batteries" not in result.refined  # see agent.dispatch.refine
     plan = result.plan
@@ -250,4 +255,71 @@ def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
         a = inputs.assets[i]
         assert np.all(plan.reserve_up_w[i] <= plan.power_w[i] + TOL)
         assert np.all(plan.power_w[i] + plan.reserve_down_w[i] <= a.charge_w * a.available + TOL)
+    check_member_physics(inputs, plan.power_w, plan.energy_wh)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets())
+def test_the_ev_lp_is_the_full_lp_when_the_fleet_is_only_evs(inputs: PlanInputs) -> None:
+    """Without batteries the EV refinement LP (agent.dispatch.member_lp) holds every asset: its schedule, priced by
+    `plan_cost`, must cost what the full LP's optimum costs, V2G wear segments, needs and site limits included."""
+    evs_only = PlanInputs(T, STEP_S, [a for a in inputs.assets if a.is_ev], inputs.site)
+    full = solve(evs_only)
+    result = solve_aggregated_detail(evs_only, GROUPS)
+    assert "v2g" in result.refined or not any(a.discharge_w > 0 for a in evs_only.assets)
+    scale = max(1.0, abs(full.net_cost))
+    assert result.plan.net_cost == pytest.approx(full.net_cost, abs=1e-5 * scale + 0.01)
+    check_member_physics(evs_only, result.plan.power_w, result.plan.energy_wh)
+
+
+def test_v2g_members_are_replanned_within_the_goal() -> None:
+    """30 EVs, 30 % V2G, a site limit: the split alone is far off the full LP; the refinement with V2G members is
+    within the issue's 1 % (measured 71 % and 0.0 %; with only the charge-only EVs re-planned it was 27 %)."""
+    inputs = fixed_fleet(30)
+    full = solve(inputs)
+    controllable = full.net_cost - float(H / 1000.0 * np.dot(inputs.site.price_per_kwh, inputs.site.base_load_w))
+    split_only = solve_aggregated_detail(inputs, GROUPS, refined=False)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert result.refined == ("charge_only", "v2g", "batteries")
+    assert (split_only.plan.net_cost - full.net_cost) / abs(controllable) > GAP, "the fixture must test something"
+    gap = (result.plan.net_cost - full.net_cost) / abs(controllable)
+    assert -1e-6 <= gap <= GAP, gap
+    check_member_physics(inputs, result.plan.power_w, result.plan.energy_wh)
+
+
+def test_v2g_members_past_the_column_cap_keep_their_split_power(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past refine.V2G_MAX_COLUMNS the V2G members are left as split; the charge-only EVs are still re-planned."""
+    from agent.dispatch import refine
+
+    inputs = fixed_fleet(30)
+    split_only = solve_aggregated_detail(inputs, GROUPS, refined=False)
+    monkeypatch.setattr(refine, "V2G_MAX_COLUMNS", 0)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert "v2g" not in result.refined and "charge_only" in result.refined
+    v2g = [i for i, a in enumerate(inputs.assets) if a.is_ev and a.discharge_w > 0]
+    assert np.array_equal(result.plan.power_w[v2g], split_only.plan.power_w[v2g])
+
+
+def test_refined_v2g_members_keep_their_reserve_deliverable() -> None:
+    """With an award, a re-planned V2G EV keeps its power headroom and holds more of the energy its reserve needs.
+
+    The energy check (agent.dispatch.reserve_check) is the planner's own rule: the full LP's plan passes it exactly.
+    """
+    from agent.dispatch.reserve_check import reserve_energy_unheld_kwh
+
+    inputs = awarded_fleet()
+    full = solve(inputs)
+    assert reserve_energy_unheld_kwh(inputs, full.energy_wh, full.reserve_up_w, full.reserve_down_w) < 1e-6
+    split_only = solve_aggregated_detail(inputs, GROUPS, refined=False)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert "v2g" in result.refined
+    before = split_only.plan.violations["reserve_energy_unheld_kwh"]
+    after = result.plan.violations["reserve_energy_unheld_kwh"]
+    assert before > 1.0, "the fixture must test something"
+    assert after < before
+    plan = result.plan
+    for i, a in enumerate(inputs.assets):
+        if a.is_ev and a.discharge_w > 0:
+            assert np.all(plan.reserve_up_w[i] <= plan.power_w[i] + a.discharge_w * a.available + TOL)
+            assert np.all(plan.power_w[i] + plan.reserve_down_w[i] <= a.charge_w * a.available + TOL)
     check_member_physics(inputs, plan.power_w, plan.energy_wh)

@@ -1,0 +1,83 @@
+"""An LP assembled from numpy blocks of columns, rows and (row, column, value) triplets, solved once by HiGHS.
+
+Why not cvxpy: the refinement LPs of agent.dispatch.member_lp have one column per plugged-in (EV, step), so their
+shape changes on every re-solve and cvxpy would compile each one anew (seconds at a thousand EVs); built as arrays
+they cost milliseconds to assemble.
+"""
+
+from __future__ import annotations
+
+import highspy
+import numpy as np
+
+from agent.dispatch.planner import PlanError
+
+INF = highspy.kHighsInf
+
+
+class ArrayLp:
+    """Minimise cost·x subject to row_lower ≤ A·x ≤ row_upper and col_lower ≤ x ≤ col_upper."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # names the LP in errors
+        self.cost: list[np.ndarray] = []
+        self.col_lower: list[np.ndarray] = []
+        self.col_upper: list[np.ndarray] = []
+        self.n_cols = 0
+        self.row_lower: list[np.ndarray] = []
+        self.row_upper: list[np.ndarray] = []
+        self.n_rows = 0
+        self.triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def columns(self, cost: np.ndarray, lower: float | np.ndarray, upper: float | np.ndarray) -> np.ndarray:
+        """Add len(cost) columns; returns their indices."""
+        cost = np.atleast_1d(np.asarray(cost, dtype=float))
+        k = len(cost)
+        self.cost.append(cost)
+        self.col_lower.append(np.broadcast_to(np.asarray(lower, dtype=float), (k,)))
+        self.col_upper.append(np.broadcast_to(np.asarray(upper, dtype=float), (k,)))
+        self.n_cols += k
+        return np.arange(self.n_cols - k, self.n_cols)
+
+    def rows(self, lower: float | np.ndarray, upper: float | np.ndarray) -> np.ndarray:
+        """Add rows (as many as the longer bound; a scalar bound is shared); returns their indices."""
+        lower = np.atleast_1d(np.asarray(lower, dtype=float))
+        upper = np.atleast_1d(np.asarray(upper, dtype=float))
+        k = max(len(lower), len(upper))
+        self.row_lower.append(np.broadcast_to(lower, (k,)))
+        self.row_upper.append(np.broadcast_to(upper, (k,)))
+        self.n_rows += k
+        return np.arange(self.n_rows - k, self.n_rows)
+
+    def entries(self, rows: np.ndarray, cols: np.ndarray, values: float | np.ndarray) -> None:
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        self.triplets.append((rows, cols, np.broadcast_to(np.asarray(values, dtype=float), rows.shape)))
+
+    def solve(self, time_limit_s: float) -> np.ndarray:
+        """Column values of the optimum; raises PlanError when HiGHS does not report one."""
+        rows = np.concatenate([r for r, _, _ in self.triplets]).astype(np.int64) if self.triplets else np.zeros(0)
+        cols = np.concatenate([c for _, c, _ in self.triplets]).astype(np.int64) if self.triplets else np.zeros(0)
+        vals = np.concatenate([v for _, _, v in self.triplets]) if self.triplets else np.zeros(0)
+        order = np.lexsort((rows, cols))
+        start = np.searchsorted(cols[order], np.arange(self.n_cols + 1)).astype(np.int32)
+        lp = highspy.HighsLp()
+        lp.num_col_ = self.n_cols
+        lp.num_row_ = self.n_rows
+        lp.col_cost_ = np.concatenate(self.cost)
+        lp.col_lower_ = np.concatenate(self.col_lower)
+        lp.col_upper_ = np.concatenate(self.col_upper)
+        lp.row_lower_ = np.concatenate(self.row_lower) if self.row_lower else np.zeros(0)
+        lp.row_upper_ = np.concatenate(self.row_upper) if self.row_upper else np.zeros(0)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = start
+        lp.a_matrix_.index_ = rows[order].astype(np.int32)
+        lp.a_matrix_.value_ = vals[order]
+        solver = highspy.Highs()
+        solver.setOptionValue("output_flag", False)
+        solver.setOptionValue("time_limit", float(time_limit_s))
+        solver.passModel(lp)
+        solver.run()
+        status = solver.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            raise PlanError(f"{self.what}: HiGHS status {solver.modelStatusToString(status)}")
+        return np.asarray(solver.getSolution().col_value)

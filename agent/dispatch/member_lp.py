@@ -1,0 +1,295 @@
+"""The exact LP of a set of EVs with the rest of the site held fixed: the step agent.dispatch.refine takes.
+
+Both kinds of EV in one LP, so that they share the site's limits and an up-DR window as the full LP shares them:
+* **charge-only** EVs only ever add energy, so each one is a handful of numbers: one column per plugged-in step
+  (its charge), a room row (it cannot take more than it has room for) and a departure-need row;
+* **V2G** EVs carry Xu's wear segments as the planner's model does (agent.dispatch.formulation): per plugged-in step
+  and segment a charge, a discharge and an energy column, one dynamics row per segment and step, and charge and
+  discharge limit rows. Steps where an EV is not plugged in have no columns: its energy is held.
+Costs are the planner's own terms for these assets, so the optimum here is priced the same by `plan_cost`: energy at
+the site price, cycle wear per kWh discharged from each segment, calendar ageing of the energy held (as flows: a Wh
+stored at step k is held at the T − k step boundaries after it), the tiered departure shortfall, site-limit excess
+(soft, as in the planner) and up-DR (its reward and the shortfall penalty it avoids).
+
+Reserves the split gave a member stay deliverable: its net power keeps the headroom (up ≤ discharge limit + power,
+down ≤ charge limit − power), and a V2G member keeps the energy to sustain them for the longest awarded product
+(soft, priced at the reserve-shortfall penalty). A charge-only member's room for a down reserve is not checked (it
+would need a cumulative row per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.dispatch.highs_lp import INF, ArrayLp
+from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
+
+
+@dataclass(frozen=True)
+class EvMembers:
+    """The EVs to re-plan (rows of inputs.assets), as arrays of one row per EV."""
+
+    index: np.ndarray  # position in inputs.assets
+    plugged: np.ndarray  # (n, T) bool
+    energy: np.ndarray  # Wh now, within [floor, ceiling]
+    floor: np.ndarray  # Wh, hard
+    ceiling: np.ndarray  # Wh, hard
+    charge_w: np.ndarray
+    discharge_w: np.ndarray  # 0 = charge-only
+    efficiency: np.ndarray
+    calendar: np.ndarray  # currency per Wh·h held
+    need: np.ndarray  # Wh it should hold at its checkpoint (clipped to what it can reach; ≤ floor: none)
+    tier1: np.ndarray  # Wh of a shortfall priced at tier 1
+    check: np.ndarray  # step of the checkpoint (departure, or T)
+    wear: np.ndarray  # (n, J) currency per kWh discharged from each segment (zeros for charge-only)
+    segments: np.ndarray  # (n,) segments each EV's energy range is cut into
+    low_w: np.ndarray  # (n, T) net power kept at least this (up reserve held)
+    high_w: np.ndarray  # (n, T) and at most this (down reserve held)
+    up_w: np.ndarray  # (n, T) reserves the member holds (for the energy it must keep, V2G only)
+    down_w: np.ndarray
+
+    @property
+    def v2g(self) -> np.ndarray:
+        return self.discharge_w > 0
+
+
+@dataclass
+class _Coupling:
+    """Every power column with its step and sign at the site meter (+ charge, − discharge)."""
+
+    cols: list[np.ndarray]
+    steps: list[np.ndarray]
+    signs: list[np.ndarray]
+
+    def add(self, cols: np.ndarray, steps: np.ndarray, sign: float) -> None:
+        self.cols.append(cols)
+        self.steps.append(steps)
+        self.signs.append(np.full(len(cols), sign))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.concatenate(self.cols), np.concatenate(self.steps), np.concatenate(self.signs)
+
+
+def v2g_columns(members: EvMembers) -> int:
+    """Columns the V2G members add to the LP (3 per plugged-in step and segment): what sizes its solve time."""
+    v2g = members.v2g
+    return int(3 * (members.plugged[v2g].sum(axis=1) * members.segments[v2g]).sum())
+
+
+def plan_members(
+    inputs: PlanInputs, members: EvMembers, other_w: np.ndarray, time_limit_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal powers (n, T) and energies (n, T+1) of `members`, everything else drawing `other_w` at the meter.
+
+    Raises planner.PlanError when HiGHS does not return an optimal solution (the caller keeps what it had).
+    """
+    lp = ArrayLp("EV refinement")
+    coupling = _Coupling([], [], [])
+    charge_only = _charge_only(lp, inputs, members, coupling)
+    v2g = _v2g(lp, inputs, members, coupling)
+    _site_rows(lp, inputs, other_w, coupling)
+    solution = lp.solve(time_limit_s)
+    t = inputs.steps
+    power = np.zeros((len(members.index), t))
+    rows, steps, cols, lower, upper = charge_only
+    power[rows, steps] = np.clip(solution[cols], lower, upper)
+    rows, steps, charge, discharge = v2g
+    if len(rows):
+        power[rows, steps] = solution[charge].sum(axis=0) - solution[discharge].sum(axis=0)
+    return _follow(inputs, members, power)
+
+
+def _charge_only(
+    lp: ArrayLp, inputs: PlanInputs, m: EvMembers, coupling: _Coupling
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    t, h = inputs.steps, inputs.step_h
+    rows, steps = np.nonzero(m.plugged & ~m.v2g[:, None])  # member-major
+    eta = m.efficiency[rows]
+    price = np.asarray(inputs.site.price_per_kwh[:t], dtype=float)
+    # a W charged at step k costs its energy and the calendar ageing of η·h Wh held at the T − k boundaries after it
+    cost = price[steps] * h / 1000.0 + m.calendar[rows] * eta * h * h * (t - steps)
+    upper = np.clip(m.high_w[rows, steps], 0.0, m.charge_w[rows])  # never above the EV's own limit
+    lower = np.clip(m.low_w[rows, steps], 0.0, upper)
+    cols = lp.columns(cost, lower, upper)
+    coupling.add(cols, steps, 1.0)
+    gain = eta * h  # Wh stored per W charged for one step
+    owners = np.unique(rows)
+    if not len(owners):
+        return rows, steps, cols, lower, upper
+    row_of = np.full(len(m.index), -1)
+    row_of[owners] = np.arange(len(owners))
+    room = lp.rows(-INF, np.maximum(m.ceiling[owners] - m.energy[owners], 0.0))
+    lp.entries(room[row_of[rows]], cols, gain)
+    # departure needs: Σ_{k < check} η·h·c + short1 + short2 ≥ need − energy (short1 ≤ its tier-1 share)
+    missing = m.need - m.energy
+    needy = owners[missing[owners] > 0]
+    if len(needy):
+        need_row = _need_rows(lp, inputs, m, needy, missing[needy])
+        row_of[:] = -1
+        row_of[needy] = np.arange(len(needy))
+        take = (steps < m.check[rows]) & (row_of[rows] >= 0)
+        lp.entries(need_row[row_of[rows[take]]], cols[take], gain[take])
+    return rows, steps, cols, lower, upper
+
+
+def _need_rows(lp: ArrayLp, inputs: PlanInputs, m: EvMembers, who: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Rows `(energy terms) + short1 + short2 ≥ rhs` for members `who`, with their tiered shortfall columns."""
+    pen = inputs.penalties
+    k = len(who)
+    s1 = lp.columns(np.full(k, pen.ev_short_tier1_per_kwh / 1000.0), 0.0, m.tier1[who])
+    s2 = lp.columns(np.full(k, pen.ev_short_tier2_per_kwh / 1000.0), 0.0, INF)
+    rows = lp.rows(rhs, INF)
+    lp.entries(rows, s1, 1.0)
+    lp.entries(rows, s2, 1.0)
+    return rows
+
+
+def _v2g(
+    lp: ArrayLp, inputs: PlanInputs, m: EvMembers, coupling: _Coupling
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segment storage model of the V2G members; returns (member rows, steps, charge cols (J, P), discharge cols)."""
+    t, h = inputs.steps, inputs.step_h
+    rows, steps = np.nonzero(m.plugged & m.v2g[:, None])  # member-major, steps ascending: one pair per column set
+    if not len(rows):
+        empty = np.zeros((0, 0), dtype=int)
+        return rows, steps, empty, empty
+    pairs = len(rows)
+    first = np.concatenate([[True], rows[1:] != rows[:-1]])
+    eta = m.efficiency[rows]
+    cal = m.calendar[rows]
+    price = np.asarray(inputs.site.price_per_kwh[:t], dtype=float)[steps]
+    held = h * (t - steps)  # Wh·h of calendar ageing per Wh stored at this step
+    room = np.maximum(m.ceiling - m.floor, 0.0)
+    segments = m.wear.shape[1]
+    cap = np.where(np.arange(segments)[None, :] < m.segments[:, None], (room / m.segments)[:, None], 0.0)
+    initial = _cheapest_first(np.clip(m.energy - m.floor, 0.0, room), cap)
+    charge, discharge, energy = [], [], []
+    for j in range(segments):
+        c = lp.columns(price * h / 1000.0 + cal * eta * h * held, 0.0, INF)
+        d = lp.columns(-price * h / 1000.0 + m.wear[rows, j] * h / 1000.0 - cal * h / eta * held, 0.0, INF)
+        e = lp.columns(np.zeros(pairs), 0.0, cap[rows, j])
+        start = np.where(first, initial[rows, j], 0.0)
+        dyn = lp.rows(start, start)  # e_j(k) − e_j(previous plugged step) − η·h·c + h/η·d = e_j(0) or 0
+        lp.entries(dyn, e, 1.0)
+        lp.entries(dyn[~first], e[np.flatnonzero(~first) - 1], -1.0)
+        lp.entries(dyn, c, -eta * h)
+        lp.entries(dyn, d, h / eta)
+        coupling.add(c, steps, 1.0)
+        coupling.add(d, steps, -1.0)
+        charge.append(c)
+        discharge.append(d)
+        energy.append(e)
+    limits = [(charge, m.charge_w[rows]), (discharge, m.discharge_w[rows])]
+    for cols, bound in limits:
+        r = lp.rows(-INF, bound)
+        for c in cols:
+            lp.entries(r, c, 1.0)
+    if (m.low_w[rows, steps] > -m.discharge_w[rows]).any() or (m.high_w[rows, steps] < m.charge_w[rows]).any():
+        net = lp.rows(np.maximum(m.low_w[rows, steps], -m.discharge_w[rows]), m.high_w[rows, steps])
+        for c, d in zip(charge, discharge, strict=True):
+            lp.entries(net, c, 1.0)
+            lp.entries(net, d, -1.0)
+        _reserve_energy(lp, inputs, m, rows, steps, energy, room)
+    _v2g_needs(lp, inputs, m, rows, steps, energy)
+    return rows, steps, np.array(charge), np.array(discharge)
+
+
+def _cheapest_first(above: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Energy above the floor spread over segments shallowest first, as agent.dispatch.planner.fill does."""
+    filled = np.minimum(np.cumsum(cap, axis=1), above[:, None])
+    return np.diff(np.concatenate([np.zeros((len(above), 1)), filled], axis=1), axis=1)
+
+
+def _v2g_needs(
+    lp: ArrayLp, inputs: PlanInputs, m: EvMembers, rows: np.ndarray, steps: np.ndarray, energy: list[np.ndarray]
+) -> None:
+    """Σ_j e_j after the last plugged-in step before the checkpoint + shortfall ≥ need − floor."""
+    before = np.flatnonzero(steps < m.check[rows])
+    last = np.full(len(m.index), -1)
+    np.maximum.at(last, rows[before], before)
+    who = np.flatnonzero((last >= 0) & (m.need > m.floor))
+    if not len(who):
+        return
+    need_row = _need_rows(lp, inputs, m, who, m.need[who] - m.floor[who])
+    for e in energy:
+        lp.entries(need_row, e[last[who]], 1.0)
+
+
+def _reserve_energy(
+    lp: ArrayLp,
+    inputs: PlanInputs,
+    m: EvMembers,
+    rows: np.ndarray,
+    steps: np.ndarray,
+    energy: list[np.ndarray],
+    room: np.ndarray,
+) -> None:
+    """Soft: energy above the floor ≥ up·duration/η and room ≥ η·down·duration after each step holding reserves."""
+    hours = max((PRODUCT_DURATION_S[r.product] for r in inputs.reserves), default=0.0) / 3600.0
+    eta = m.efficiency[rows]
+    up = m.up_w[rows, steps] * hours / eta
+    down = m.down_w[rows, steps] * hours * eta
+    # a Wh not held is priced like the reserve it leaves undeliverable for one step
+    price = inputs.penalties.reserve_short_per_kwh / 1000.0 * inputs.step_h / max(hours, 1e-9)
+    for need, lower, upper, sign in (
+        (up, up, np.full(len(rows), INF), 1.0),
+        (down, np.full(len(rows), -INF), room[rows] - down, -1.0),
+    ):
+        held = np.flatnonzero(need > 0)
+        if not len(held):
+            continue
+        r = lp.rows(lower[held], upper[held])
+        slack = lp.columns(np.full(len(held), price), 0.0, INF)
+        lp.entries(r, slack, sign)
+        for e in energy:
+            lp.entries(r, e[held], 1.0)
+
+
+def _site_rows(lp: ArrayLp, inputs: PlanInputs, other_w: np.ndarray, coupling: _Coupling) -> None:
+    """Import/export limits (soft, like the planner's) and up-DR over every power column at its step."""
+    t, h = inputs.steps, inputs.step_h
+    pen = inputs.penalties
+    site = inputs.site
+    cols, steps, signs = coupling.arrays()
+    fixed = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float) + other_w
+    if np.isfinite(site.import_limit_w) or np.isfinite(site.export_limit_w):  # over ≥ net − import, ≥ −export − net
+        over = lp.columns(np.full(t, pen.site_limit_per_kwh * h / 1000.0), 0.0, INF)
+        imp = lp.rows(-INF, np.full(t, site.import_limit_w) - fixed)
+        exp = lp.rows(-site.export_limit_w - fixed, np.full(t, INF))
+        for r, sign in ((imp, -1.0), (exp, 1.0)):
+            lp.entries(r[steps], cols, signs)
+            lp.entries(r, over, sign)
+    if inputs.updr is not None:  # dr_up ≤ net − baseline in the window; each W of it earns the price and the penalty
+        dr = inputs.updr
+        window = np.flatnonzero(np.asarray(dr.window[:t], dtype=bool))
+        reward = -(dr.price_per_kwh + pen.dr_short_per_kwh) * h / 1000.0
+        up = lp.columns(np.full(len(window), reward), 0.0, np.full(len(window), dr.requested_w))
+        r = lp.rows(-INF, fixed[window] - np.asarray(dr.baseline_w[:t])[window])
+        row_of_step = np.full(t, -1)
+        row_of_step[window] = r
+        inside = row_of_step[steps] >= 0
+        lp.entries(row_of_step[steps[inside]], cols[inside], -signs[inside])
+        lp.entries(r, up, 1.0)
+
+
+def _follow(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Energies of the members following `power`, each step's power cut to what its energy range allows.
+
+    The LP may charge and discharge one segment in the same step (burning energy through the losses, which pays in
+    an up-DR window); its net power then stores more than its segments hold, and the cut keeps the EV in range.
+    """
+    h = inputs.step_h
+    eta = m.efficiency
+    energy = np.empty((len(m.index), inputs.steps + 1))
+    energy[:, 0] = e = m.energy.copy()
+    power = power.copy()
+    for k in range(inputs.steps):
+        top = np.minimum(m.charge_w, np.maximum(m.ceiling - e, 0.0) / (eta * h))
+        bottom = np.minimum(m.discharge_w, np.maximum(e - m.floor, 0.0) * eta / h)
+        p = np.where(m.plugged[:, k], np.clip(power[:, k], -bottom, top), 0.0)
+        power[:, k] = p
+        e = np.clip(e + np.where(p > 0, p * eta * h, p * h / eta), m.floor, m.ceiling)
+        energy[:, k + 1] = e
+    return power, energy

@@ -40,10 +40,11 @@ class ArrayLp:
         return np.arange(self.n_cols - k, self.n_cols)
 
     def rows(self, lower: float | np.ndarray, upper: float | np.ndarray) -> np.ndarray:
-        """Add rows (as many as the longer bound; a scalar bound is shared); returns their indices."""
-        lower = np.atleast_1d(np.asarray(lower, dtype=float))
-        upper = np.atleast_1d(np.asarray(upper, dtype=float))
-        k = max(len(lower), len(upper))
+        """Add rows (as many as the array bound has entries, none for an empty one; a scalar bound is shared by
+        them); returns their indices."""
+        lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+        sizes = [b.size for b in (lower, upper) if b.ndim > 0]
+        k = max(sizes) if sizes else 1
         self.row_lower.append(np.broadcast_to(lower, (k,)))
         self.row_upper.append(np.broadcast_to(upper, (k,)))
         self.n_rows += k

@@ -82,6 +82,11 @@ class Dispatcher:
             covered = self.requests(now) is not None
             log.warning("dispatch.failed", error=str(exc) or type(exc).__name__, last_plan_covers_now=covered)
             return None
+        except Exception as exc:  # a bug in the optimiser must not stop control: the last plan, then the rule, go on
+            self.failures += 1
+            covered = self.requests(now) is not None
+            log.error("dispatch.crashed", error=repr(exc), last_plan_covers_now=covered, exc_info=True)
+            return None
         self.plan, self.plan_start = plan, start
         self.solves += 1
         log.info(

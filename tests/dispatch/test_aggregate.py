@@ -323,3 +323,17 @@ def test_refined_v2g_members_keep_their_reserve_deliverable() -> None:
             assert np.all(plan.reserve_up_w[i] <= plan.power_w[i] + a.discharge_w * a.available + TOL)
             assert np.all(plan.power_w[i] + plan.reserve_down_w[i] <= a.charge_w * a.available + TOL)
     check_member_physics(inputs, plan.power_w, plan.energy_wh)
+
+
+def test_an_up_dr_window_outside_the_horizon_is_no_row() -> None:
+    """An up-DR event whose window covers no step of the horizon (it has ended, or starts later) adds nothing; the
+    EV LP once failed on its empty row block (found by `simulate --fleet large --strategies aggregated`)."""
+    from agent.dispatch.inputs import UpDr
+
+    base = fixed_fleet(12)
+    updr = UpDr(np.zeros(T, dtype=bool), np.full(T, 20_000.0), 10_000.0, 8.0)
+    with_event = PlanInputs(T, STEP_S, base.assets, base.site, updr=updr)
+    result = solve_aggregated_detail(with_event, GROUPS)
+    assert "charge_only" in result.refined and "v2g" in result.refined
+    plain = solve_aggregated_detail(base, GROUPS)
+    assert result.plan.net_cost == pytest.approx(plain.plan.net_cost, rel=1e-6)

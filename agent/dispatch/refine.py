@@ -18,9 +18,8 @@ recover most of that:
 Each step is the exact optimum of its assets with the rest fixed, priced as `plan_cost` prices, so the refined
 schedule never costs more than the split (tests/dispatch/test_aggregate.py checks it on random fleets).
 
-Reserves: a member keeps the reserve the split gave it deliverable (agent.dispatch.member_lp). The battery step is
-skipped when reserve products are in the plan: re-planning a battery's share of an award needs the per-product
-split the aggregate does not keep.
+Reserves: a member keeps the reserve the split gave it deliverable (agent.dispatch.member_lp), and the batteries
+keep, together, the reserve the aggregate gave them (`_battery_step`).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.dispatch import planner
-from agent.dispatch.inputs import PlanInputs
+from agent.dispatch.inputs import PlanInputs, Reserve
 from agent.dispatch.member_lp import EvMembers, plan_members, v2g_columns
 
 if TYPE_CHECKING:
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
 # (100 / 300 / 1000 EVs, 30 % of them V2G, 4 segments, 96 steps) measured the EV LP's solve time against them: see
 # the README's dispatch figures for where this sits.
 V2G_MAX_COLUMNS = 24_000
+RESERVE_TOLERANCE_KWH = 1e-3  # solver rounding on a battery re-plan's reserve shortfall
 
 
 def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) -> EvMembers:
@@ -92,7 +92,7 @@ def refine(inputs: PlanInputs, members: Members, batteries: np.ndarray, split: S
     # One round: a second and third (EVs, batteries again) changed nothing measurable at 100 and 1000 EVs in
     # bench/dispatch.py.
     done = _ev_step(inputs, members, split, time_limit_s)
-    if len(batteries) and not inputs.reserves and _battery_step(inputs, batteries, split, time_limit_s):
+    if len(batteries) and _battery_step(inputs, batteries, split, time_limit_s):
         done.append("batteries")
     return done
 
@@ -117,16 +117,29 @@ def _ev_step(inputs: PlanInputs, members: Members, split: Split, time_limit_s: f
 
 
 def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_limit_s: float) -> bool:
+    """Re-plan the batteries against the EVs' load. With reserves in the plan they must go on holding, together, at
+    least the reserve the aggregate gave them, sustained for the longest awarded product (the aggregate keeps no
+    per-product split of an asset's reserve); a re-plan that cannot is dropped and the batteries stay as planned."""
     rest = np.ones(len(inputs.assets), dtype=bool)
     rest[batteries] = False
     site = inputs.site
     t = inputs.steps
     loaded = dataclasses.replace(site, base_load_w=np.asarray(site.base_load_w[:t]) + split.power[rest].sum(axis=0))
-    sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in batteries], site=loaded)
+    held: list[Reserve] = []
+    if inputs.reserves:
+        longest = max(inputs.reserves, key=lambda r: r.duration_h).product
+        zeros = np.zeros(t)
+        held = [Reserve(longest, zeros, zeros, split.up[batteries].sum(axis=0), split.down[batteries].sum(axis=0))]
+    sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in batteries], site=loaded, reserves=held)
     try:
         replanned = planner.solve(sub, time_limit_s)
     except planner.PlanError:
         return False
+    if replanned.violations.get("reserve_short_kwh", 0.0) > RESERVE_TOLERANCE_KWH:
+        return False
     split.power[batteries] = replanned.power_w
     split.stored[batteries] = replanned.energy_wh
+    if held:
+        split.up[batteries] = replanned.reserve_up_w
+        split.down[batteries] = replanned.reserve_down_w
     return True

@@ -246,7 +246,7 @@ def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
     """With an award, a re-planned charge-only EV still holds its share: up ≤ charge, charge + down ≤ its limit."""
     inputs = awarded_fleet()
     result = solve_aggregated_detail(inputs, GROUPS)
-    assert "charge_only" in result.refined and "batteries" not in result.refined  # see agent.dispatch.refine
+    assert "charge_only" in result.refined
     plan = result.plan
     charge_only = [i for i, a in enumerate(inputs.assets) if a.is_ev and a.discharge_w <= 0]
     held = plan.reserve_up_w[charge_only] + plan.reserve_down_w[charge_only]
@@ -337,3 +337,28 @@ def test_an_up_dr_window_outside_the_horizon_is_no_row() -> None:
     assert "charge_only" in result.refined and "v2g" in result.refined
     plain = solve_aggregated_detail(base, GROUPS)
     assert result.plan.net_cost == pytest.approx(plain.plan.net_cost, rel=1e-6)
+
+
+def test_refined_batteries_keep_the_reserve_the_aggregate_gave_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an award the batteries are re-planned too, holding at least their reserve with the energy behind it, and
+    the re-plan (the batteries' exact optimum with that reserve kept) costs no more than leaving them as planned."""
+    from agent.dispatch import refine
+    from agent.dispatch.reserve_check import reserve_energy_unheld_kwh
+
+    inputs = awarded_fleet()
+    split_only = solve_aggregated_detail(inputs, GROUPS, refined=False)
+    result = solve_aggregated_detail(inputs, GROUPS)
+    assert "batteries" in result.refined
+    monkeypatch.setattr(refine, "_battery_step", lambda *args: False)
+    evs_only = solve_aggregated_detail(inputs, GROUPS)
+    assert "batteries" not in evs_only.refined
+    bess = [i for i, a in enumerate(inputs.assets) if not a.is_ev]
+    before, after = split_only.plan, result.plan
+    assert before.reserve_up_w[bess].sum() > 0, "the fixture must put some of the award on the battery"
+    assert np.all(after.reserve_up_w[bess].sum(axis=0) >= before.reserve_up_w[bess].sum(axis=0) - TOL)
+    assert np.all(after.reserve_down_w[bess].sum(axis=0) >= before.reserve_down_w[bess].sum(axis=0) - TOL)
+    only_bess = PlanInputs(T, STEP_S, [inputs.assets[i] for i in bess], inputs.site, reserves=inputs.reserves)
+    assert reserve_energy_unheld_kwh(
+        only_bess, after.energy_wh[bess], after.reserve_up_w[bess], after.reserve_down_w[bess]
+    ) < 1e-6
+    assert after.net_cost <= evs_only.plan.net_cost + 1e-6 * abs(evs_only.plan.net_cost)

@@ -55,7 +55,9 @@ class ArrayLp:
         self.triplets.append((rows, cols, np.broadcast_to(np.asarray(values, dtype=float), rows.shape)))
 
     def solve(self, time_limit_s: float) -> np.ndarray:
-        """Column values of the optimum; raises PlanError when HiGHS does not report one."""
+        """Column values of the optimum; raises PlanError when HiGHS rejects the model or reports no optimum."""
+        if self.n_cols == 0:
+            raise PlanError(f"{self.what}: no columns")
         rows = np.concatenate([r for r, _, _ in self.triplets]).astype(np.int64) if self.triplets else np.zeros(0)
         cols = np.concatenate([c for _, c, _ in self.triplets]).astype(np.int64) if self.triplets else np.zeros(0)
         vals = np.concatenate([v for _, _, v in self.triplets]) if self.triplets else np.zeros(0)
@@ -76,7 +78,8 @@ class ArrayLp:
         solver = highspy.Highs()
         solver.setOptionValue("output_flag", False)
         solver.setOptionValue("time_limit", float(time_limit_s))
-        solver.passModel(lp)
+        if solver.passModel(lp) != highspy.HighsStatus.kOk:  # e.g. a (row, column) entered twice
+            raise PlanError(f"{self.what}: HiGHS rejected the model")
         solver.run()
         status = solver.getModelStatus()
         if status != highspy.HighsModelStatus.kOptimal:

@@ -15,8 +15,10 @@ recover most of that:
 * **Stationary batteries** are re-planned with the planner's own model against the site load the EVs now make: they
   take up what the EVs' schedule leaves (an up-DR window the split under-filled, a dear step it over-filled).
 
-Each step is the exact optimum of its assets with the rest fixed, priced as `plan_cost` prices, so the refined
-schedule never costs more than the split (tests/dispatch/test_aggregate.py checks it on random fleets).
+Each step is the exact optimum of its assets with the rest fixed, priced as `plan_cost` prices; without reserves an
+EV schedule is kept only where it prices lower than the split (see `_cheaper`), so the refined schedule never costs
+more than the split (tests/dispatch/test_aggregate.py checks it on random fleets). With reserves it may: it trades
+cost for the energy behind each member's reserve, which `plan_cost` does not price.
 
 Reserves: a member keeps the reserve the split gave it deliverable (agent.dispatch.member_lp), and the batteries
 keep, together, the reserve the aggregate gave them (`_battery_step`).
@@ -25,6 +27,7 @@ keep, together, the reserve the aggregate gave them (`_battery_step`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,36 +87,63 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
 
 
 def refine(inputs: PlanInputs, members: Members, batteries: np.ndarray, split: Split, time_limit_s: float) -> list[str]:
-    """Re-plan the grouped EVs, then the `batteries` (rows of inputs.assets), in place in `split`.
+    """Re-plan the grouped EVs, then the `batteries` (rows of inputs.assets), in place in `split`, all within
+    `time_limit_s` together.
 
-    Returns what was done ("charge_only", "v2g", "batteries"); a step whose solve fails leaves its assets as they
-    were (a failed LP with the V2G members is retried without them).
+    Returns what was done ("charge_only", "v2g", "batteries"); a step whose solve fails or runs out of time leaves its
+    assets as they were (a failed LP with the V2G members is retried without them).
     """
     # One round: a second and third (EVs, batteries again) changed nothing measurable at 100 and 1000 EVs in
     # bench/dispatch.py.
-    done = _ev_step(inputs, members, split, time_limit_s)
-    if len(batteries) and _battery_step(inputs, batteries, split, time_limit_s):
+    deadline = time.perf_counter() + time_limit_s
+    done = _ev_step(inputs, members, split, deadline)
+    if len(batteries) and _left(deadline) > 0 and _battery_step(inputs, batteries, split, _left(deadline)):
         done.append("batteries")
     return done
 
 
-def _ev_step(inputs: PlanInputs, members: Members, split: Split, time_limit_s: float) -> list[str]:
+def _left(deadline: float) -> float:
+    return deadline - time.perf_counter()
+
+
+def _ev_step(inputs: PlanInputs, members: Members, split: Split, deadline: float) -> list[str]:
     with_v2g = ev_members(inputs, members, split, v2g=True)
     charge_only = ev_members(inputs, members, split, v2g=False)
     fits = with_v2g.v2g.any() and v2g_columns(with_v2g) <= V2G_MAX_COLUMNS
     for chosen in (with_v2g, charge_only) if fits else (charge_only,):
-        if not len(chosen.index):
+        if not len(chosen.index) or _left(deadline) <= 0:
             continue
         others = np.ones(len(inputs.assets), dtype=bool)
         others[chosen.index] = False
         try:
-            power, energy = plan_members(inputs, chosen, split.power[others].sum(axis=0), time_limit_s)
+            power, energy = plan_members(inputs, chosen, split.power[others].sum(axis=0), _left(deadline))
         except planner.PlanError:
             continue
+        if not inputs.reserves and not _cheaper(inputs, split, chosen.index, power, energy):
+            return []
         split.power[chosen.index] = power
         split.stored[chosen.index] = energy
         return [kind for kind, has in (("charge_only", (~chosen.v2g).any()), ("v2g", chosen.v2g.any())) if has]
     return []
+
+
+def _cheaper(inputs: PlanInputs, split: Split, rows: np.ndarray, power: np.ndarray, energy: np.ndarray) -> bool:
+    """Whether the EVs' new schedule prices lower than the split's, as `plan_cost` prices a plan.
+
+    The LP's optimum always does, except where it charges and discharges a V2G EV in the same step (burning energy
+    through the losses, which pays against an export limit or in an up-DR window, and which the full LP allows too):
+    the EV cannot do both, member_lp cuts that power, and the cut may cost more than the split. Without reserves the
+    cheaper schedule is kept; with reserves the refined one always is, as it holds them better.
+    """
+    from agent.dispatch.aggregate import plan_cost  # aggregate imports this module
+
+    def net(p: np.ndarray, e: np.ndarray) -> float:
+        breakdown, _ = plan_cost(inputs, p, e)
+        return sum(-v if k == "updr_revenue" else v for k, v in breakdown.items())
+
+    new_power, new_energy = split.power.copy(), split.stored.copy()
+    new_power[rows], new_energy[rows] = power, energy
+    return net(new_power, new_energy) <= net(split.power, split.stored) + 1e-9 * abs(net(split.power, split.stored))
 
 
 def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_limit_s: float) -> bool:

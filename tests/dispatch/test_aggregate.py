@@ -262,10 +262,15 @@ def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
 @given(fleets())
 def test_the_ev_lp_is_the_full_lp_when_the_fleet_is_only_evs(inputs: PlanInputs) -> None:
     """Without batteries the EV refinement LP (agent.dispatch.member_lp) holds every asset: its schedule, priced by
-    `plan_cost`, must cost what the full LP's optimum costs, V2G wear segments, needs and site limits included."""
+    `plan_cost`, must cost what the full LP's optimum costs, V2G wear segments, needs and import limits included.
+
+    These fleets have no PV and no export limit: with them the full LP may charge and discharge one EV in the same
+    step (burning energy through its losses), which no EV can do and which the refinement cuts (refine._cheaper)."""
     evs_only = PlanInputs(T, STEP_S, [a for a in inputs.assets if a.is_ev], inputs.site)
     full = solve(evs_only)
-    result = solve_aggregated_detail(evs_only, GROUPS)
+    # 2 groups, not 16: with 16 nearly every EV of these small fleets has a group of its own and the split alone is
+    # already exact (a review found it passing 23 of 25 draws; with 2 groups, 11 of 25)
+    result = solve_aggregated_detail(evs_only, 2)
     assert "v2g" in result.refined or not any(a.discharge_w > 0 for a in evs_only.assets)
     scale = max(1.0, abs(full.net_cost))
     assert result.plan.net_cost == pytest.approx(full.net_cost, abs=1e-5 * scale + 0.01)

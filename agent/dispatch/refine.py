@@ -137,13 +137,22 @@ def _cheaper(inputs: PlanInputs, split: Split, rows: np.ndarray, power: np.ndarr
     """
     from agent.dispatch.aggregate import plan_cost  # aggregate imports this module
 
+    # only these EVs change: price them alone, everything else as fixed load at the meter (the site terms see the
+    # same totals, the per-asset terms skip the thousands of assets that did not move)
+    rest = np.ones(len(inputs.assets), dtype=bool)
+    rest[rows] = False
+    t = inputs.steps
+    site = dataclasses.replace(
+        inputs.site, base_load_w=np.asarray(inputs.site.base_load_w[:t]) + split.power[rest].sum(axis=0)
+    )
+    sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in rows], site=site)
+
     def net(p: np.ndarray, e: np.ndarray) -> float:
-        breakdown, _ = plan_cost(inputs, p, e)
+        breakdown, _ = plan_cost(sub, p, e)
         return sum(-v if k == "updr_revenue" else v for k, v in breakdown.items())
 
-    new_power, new_energy = split.power.copy(), split.stored.copy()
-    new_power[rows], new_energy[rows] = power, energy
-    return net(new_power, new_energy) <= net(split.power, split.stored) + 1e-9 * abs(net(split.power, split.stored))
+    before = net(split.power[rows], split.stored[rows])
+    return net(power, energy) <= before + 1e-9 * abs(before)
 
 
 def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_limit_s: float) -> bool:

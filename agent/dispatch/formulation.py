@@ -13,7 +13,9 @@ Degradation follows Xu et al. 2018 (agent.dispatch.degradation): discharging fro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cvxpy as cp
 import numpy as np
@@ -21,6 +23,12 @@ import numpy as np
 from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
 
 BIG_W = 1e12  # stands in for "no limit": Parameters cannot hold inf
+REVENUE_TERMS = frozenset({"updr_revenue", "reserve_revenue"})  # breakdown terms that are earned, not paid
+
+
+def net_of(terms: Mapping[str, Any]) -> Any:
+    """Costs minus revenues of a breakdown: cvxpy terms for the objective, or the floats of a Plan's breakdown."""
+    return sum(-v if k in REVENUE_TERMS else v for k, v in terms.items())
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,7 @@ class DispatchModel:
             as_cons, terms["reserve_revenue"], terms["reserve_shortfall_penalty"] = self._reserves()
             constraints += as_cons
         self.terms = terms
-        revenue = {"updr_revenue", "reserve_revenue"}
-        objective = sum(-v if k in revenue else v for k, v in terms.items())
+        objective = net_of(terms)
         # the objective is a variable tied to the costs by one equality row: cvxpy before 1.8 extracts the Parameter
         # coefficients of a QP objective as a dense (variables x all Parameter entries) array, 27.9 GiB at 100 EVs
         # x 96 steps, and the `eval` extra (BLAST-Lite needs numpy < 2) holds cvxpy at 1.7; constraints are

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import cvxpy as cp
 import numpy as np
 
-from agent.dispatch.formulation import BIG_W, DispatchModel, Shape
+from agent.dispatch.formulation import BIG_W, DispatchModel, Shape, net_of
 from agent.dispatch.inputs import PlanInputs
 
 PATH_MARGIN_WH = 1e-3
@@ -37,8 +37,7 @@ class Plan:
     @property
     def net_cost(self) -> float:
         """Energy cost + wear + penalties − revenues (what the optimiser minimised, plus fixed parts)."""
-        revenue_keys = ("updr_revenue", "reserve_revenue")
-        return sum(-v if k in revenue_keys else v for k, v in self.breakdown.items())
+        return float(net_of(self.breakdown))
 
     def power_now(self) -> dict[str, float]:
         return {asset_id: float(self.power_w[i, 0]) for i, asset_id in enumerate(self.asset_ids)}

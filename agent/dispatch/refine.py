@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.dispatch import planner
+from agent.dispatch.formulation import net_of
 from agent.dispatch.inputs import PlanInputs, Reserve
 from agent.dispatch.member_lp import EvMembers, plan_members, v2g_columns
 
@@ -148,8 +149,7 @@ def _cheaper(inputs: PlanInputs, split: Split, rows: np.ndarray, power: np.ndarr
     sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in rows], site=site)
 
     def net(p: np.ndarray, e: np.ndarray) -> float:
-        breakdown, _ = plan_cost(sub, p, e)
-        return sum(-v if k == "updr_revenue" else v for k, v in breakdown.items())
+        return float(net_of(plan_cost(sub, p, e)[0]))
 
     before = net(split.power[rows], split.stored[rows])
     return net(power, energy) <= before + 1e-9 * abs(before)

@@ -107,17 +107,32 @@ def _left(deadline: float) -> float:
     return deadline - time.perf_counter()
 
 
+def _rest_w(split: Split, rows: np.ndarray) -> np.ndarray:
+    """W per step that every asset but `rows` draws at the meter in `split`."""
+    rest = np.ones(len(split.power), dtype=bool)
+    rest[rows] = False
+    return split.power[rest].sum(axis=0)
+
+
+def _with_rest_fixed(inputs: PlanInputs, rows: np.ndarray, split: Split, **changes: object) -> PlanInputs:
+    """Inputs of `rows` alone, every other asset's split power added to the uncontrolled load at the meter."""
+    t = inputs.steps
+    site = dataclasses.replace(inputs.site, base_load_w=np.asarray(inputs.site.base_load_w[:t]) + _rest_w(split, rows))
+    return dataclasses.replace(inputs, assets=[inputs.assets[i] for i in rows], site=site, **changes)
+
+
 def _ev_step(inputs: PlanInputs, members: Members, split: Split, deadline: float) -> list[str]:
     with_v2g = ev_members(inputs, members, split, v2g=True)
-    charge_only = ev_members(inputs, members, split, v2g=False)
     fits = with_v2g.v2g.any() and v2g_columns(with_v2g) <= V2G_MAX_COLUMNS
-    for chosen in (with_v2g, charge_only) if fits else (charge_only,):
+    # the charge-only EVs alone, built only when tried: past the cap, or after a failed LP with the V2G EVs
+    attempts = [lambda: with_v2g] if fits else []
+    attempts.append(lambda: ev_members(inputs, members, split, v2g=False))
+    for attempt in attempts:
+        chosen = attempt()
         if not len(chosen.index) or _left(deadline) <= 0:
             continue
-        others = np.ones(len(inputs.assets), dtype=bool)
-        others[chosen.index] = False
         try:
-            power, energy = plan_members(inputs, chosen, split.power[others].sum(axis=0), _left(deadline))
+            power, energy = plan_members(inputs, chosen, _rest_w(split, chosen.index), _left(deadline))
         except planner.PlanError:
             continue
         if not inputs.reserves and not _cheaper(inputs, split, chosen.index, power, energy):
@@ -140,13 +155,7 @@ def _cheaper(inputs: PlanInputs, split: Split, rows: np.ndarray, power: np.ndarr
 
     # only these EVs change: price them alone, everything else as fixed load at the meter (the site terms see the
     # same totals, the per-asset terms skip the thousands of assets that did not move)
-    rest = np.ones(len(inputs.assets), dtype=bool)
-    rest[rows] = False
-    t = inputs.steps
-    site = dataclasses.replace(
-        inputs.site, base_load_w=np.asarray(inputs.site.base_load_w[:t]) + split.power[rest].sum(axis=0)
-    )
-    sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in rows], site=site)
+    sub = _with_rest_fixed(inputs, rows, split)
 
     def net(p: np.ndarray, e: np.ndarray) -> float:
         return float(net_of(plan_cost(sub, p, e)[0]))
@@ -159,17 +168,12 @@ def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_
     """Re-plan the batteries against the EVs' load. With reserves in the plan they must go on holding, together, at
     least the reserve the aggregate gave them, sustained for the longest awarded product (the aggregate keeps no
     per-product split of an asset's reserve); a re-plan that cannot is dropped and the batteries stay as planned."""
-    rest = np.ones(len(inputs.assets), dtype=bool)
-    rest[batteries] = False
-    site = inputs.site
-    t = inputs.steps
-    loaded = dataclasses.replace(site, base_load_w=np.asarray(site.base_load_w[:t]) + split.power[rest].sum(axis=0))
     held: list[Reserve] = []
     if inputs.reserves:
         longest = max(inputs.reserves, key=lambda r: r.duration_h).product
-        zeros = np.zeros(t)
+        zeros = np.zeros(inputs.steps)
         held = [Reserve(longest, zeros, zeros, split.up[batteries].sum(axis=0), split.down[batteries].sum(axis=0))]
-    sub = dataclasses.replace(inputs, assets=[inputs.assets[i] for i in batteries], site=loaded, reserves=held)
+    sub = _with_rest_fixed(inputs, batteries, split, reserves=held)
     try:
         replanned = planner.solve(sub, time_limit_s)
     except planner.PlanError:

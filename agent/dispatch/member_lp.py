@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.dispatch.highs_lp import INF, ArrayLp
-from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
+from agent.dispatch.inputs import PlanInputs
+from agent.dispatch.reserve_check import longest_product
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,9 @@ def _reserve_energy(
     room: np.ndarray,
 ) -> None:
     """Soft: energy above the floor ≥ up·duration/η and room ≥ η·down·duration after each step holding reserves."""
-    hours = max((PRODUCT_DURATION_S[r.product] for r in inputs.reserves), default=0.0) / 3600.0
+    if not inputs.reserves:
+        return
+    hours = longest_product(inputs).duration_h
     eta = m.efficiency[rows]
     up = m.up_w[rows, steps] * hours / eta
     down = m.down_w[rows, steps] * hours * eta

@@ -36,6 +36,7 @@ from agent.dispatch import planner
 from agent.dispatch.formulation import net_of
 from agent.dispatch.inputs import PlanInputs, Reserve
 from agent.dispatch.member_lp import EvMembers, plan_members, v2g_columns
+from agent.dispatch.reserve_check import longest_product
 
 if TYPE_CHECKING:
     from agent.dispatch.aggregate import Members, Split
@@ -170,7 +171,7 @@ def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_
     per-product split of an asset's reserve); a re-plan that cannot is dropped and the batteries stay as planned."""
     held: list[Reserve] = []
     if inputs.reserves:
-        longest = max(inputs.reserves, key=lambda r: r.duration_h).product
+        longest = longest_product(inputs).product
         zeros = np.zeros(inputs.steps)
         held = [Reserve(longest, zeros, zeros, split.up[batteries].sum(axis=0), split.down[batteries].sum(axis=0))]
     sub = _with_rest_fixed(inputs, batteries, split, reserves=held)

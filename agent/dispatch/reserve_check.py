@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
+from agent.dispatch.inputs import PlanInputs, Reserve
+
+
+def longest_product(inputs: PlanInputs) -> Reserve:
+    """The reserve product whose duration an asset's summed reserve is held for: plans keep no per-product split."""
+    return max(inputs.reserves, key=lambda r: r.duration_h)
 
 
 def reserve_energy_unheld_kwh(inputs: PlanInputs, stored: np.ndarray, up_w: np.ndarray, down_w: np.ndarray) -> float:
@@ -18,7 +23,7 @@ def reserve_energy_unheld_kwh(inputs: PlanInputs, stored: np.ndarray, up_w: np.n
     """
     if not inputs.reserves or not len(inputs.assets):
         return 0.0
-    hours = max(PRODUCT_DURATION_S[r.product] for r in inputs.reserves) / 3600.0
+    hours = longest_product(inputs).duration_h
     eta = np.array([a.efficiency for a in inputs.assets])[:, None]
     floor = np.array([a.min_wh for a in inputs.assets])[:, None]
     ceiling = np.array([a.max_wh for a in inputs.assets])[:, None]

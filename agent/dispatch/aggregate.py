@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.dispatch import planner, refine
-from agent.dispatch.inputs import AssetPlan, PlanInputs
+from agent.dispatch.inputs import AssetPlan, PlanInputs, terminal_price
 from agent.dispatch.planner import Plan
 from agent.dispatch.reserve_check import reserve_energy_unheld_kwh
 
@@ -595,6 +595,10 @@ def plan_cost(inputs: PlanInputs, power: np.ndarray, energy: np.ndarray) -> tupl
     breakdown["wear_cycle"] = _cycle_wear(inputs, power)
     calendar = np.array([a.calendar_price_per_wh_h for a in inputs.assets])
     breakdown["wear_calendar"] = float(h * np.dot(calendar, energy[:, 1:].sum(axis=1))) if len(calendar) else 0.0
+    breakdown["terminal_value"] = sum(
+        terminal_price(a, price) * max(0.0, float(energy[i, t]) - a.min_wh) / 1000.0
+        for i, a in enumerate(inputs.assets)
+    )
     short1 = short2 = 0.0
     for i, a in enumerate(inputs.assets):
         if a.target_wh is None or a.target_step is None:

@@ -23,7 +23,8 @@ import numpy as np
 from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
 
 BIG_W = 1e12  # stands in for "no limit": Parameters cannot hold inf
-REVENUE_TERMS = frozenset({"updr_revenue", "reserve_revenue"})  # breakdown terms that are earned, not paid
+# breakdown terms that are earned, not paid (terminal_value: the worth of energy left at the horizon end, not cash)
+REVENUE_TERMS = frozenset({"updr_revenue", "reserve_revenue", "terminal_value"})
 
 
 def net_of(terms: Mapping[str, Any]) -> Any:
@@ -81,6 +82,7 @@ class DispatchModel:
         terms["energy"] = self._energy_cost()
         terms["wear_cycle"] = self._wear_cost()
         terms["wear_calendar"] = self._calendar_cost()
+        terms["terminal_value"] = self._terminal_value()
         ev_cons, terms["ev_shortfall_penalty"] = self._ev_targets()
         site_cons, terms["site_limit_penalty"] = self._site_limits()
         constraints += ev_cons + site_cons
@@ -131,6 +133,10 @@ class DispatchModel:
     def _calendar_cost(self) -> cp.Expression:
         """SoC-dependent calendar ageing of the energy held above the floor (the floor's share is in the report)."""
         return self.h * (self.params.calendar @ cp.sum(self.above[:, 1:], axis=1))
+
+    def _terminal_value(self) -> cp.Expression:
+        """The worth of energy left above the floor at the horizon's end (inputs.terminal_price); a revenue."""
+        return self.params.terminal @ self.above[:, self.shape.steps] / 1000.0
 
     # -- preferences (soft, tiered) ---------------------------------------------------------------------------
     def _ev_targets(self) -> tuple[list[cp.Constraint], cp.Expression]:
@@ -215,6 +221,7 @@ class _Params:
         self.discharge_max = P((n, t), nonneg=True)
         self.wear = P((n, j), nonneg=True)
         self.calendar = P(n, nonneg=True)
+        self.terminal = P(n, nonneg=True)  # currency per kWh above the floor at the horizon's end
         self.price = P(t)
         self.base_minus_pv = P(t)
         self.import_limit = P(t, nonneg=True)

@@ -38,6 +38,9 @@ class AssetPlan:
     wear_prices: np.ndarray = field(default_factory=lambda: np.zeros(1))  # currency per kWh discharged, per segment
     calendar_price_per_wh_h: float = 0.0
     is_ev: bool = False
+    # currency per kWh (pack side) of energy above the floor left at the horizon's end, stationary assets only
+    # (EVs: always 0, see `terminal_price`); None: the horizon's lowest price
+    terminal_price_per_kwh: float | None = None
     # Per-step overrides, for virtual batteries standing for many EVs (agent.dispatch.aggregate): their members
     # plug in and leave at different steps, so limits and reachable energies change along the horizon. None = the
     # scalar fields above. Energies are pack Wh per step boundary (steps + 1 values), powers W per step.
@@ -52,6 +55,30 @@ class AssetPlan:
     def has_paths(self) -> bool:
         """Whether the asset carries hard per-step energy bounds (the compiled model then needs them)."""
         return self.floor_path_wh is not None or self.ceiling_path_wh is not None
+
+
+def terminal_price(asset: AssetPlan, price_per_kwh: np.ndarray) -> float:
+    """What a kWh still stored at the horizon's end is worth, currency per kWh (pack side).
+
+    Without it, energy left over is worthless to the LP, so at any price above the wear cost it sells everything
+    before the horizon ends: with a flat price the demo's batteries emptied at the export limit within seconds.
+    A stationary battery's stored kWh is valued at the horizon's lowest price: what it would cost to buy the same
+    energy back, less the charging loss (buying it back costs lowest / efficiency). So
+      * holding never pays for itself: buying at the lowest price only to hold loses the charging loss;
+      * selling now pays only where it would pay to sell and buy back later (price x efficiency > lowest), the
+        ordinary arbitrage rule, so the plan inside the horizon is unchanged wherever a cheap step follows;
+      * with a flat price, keeping beats selling now by the round-trip loss.
+    A cheap step anywhere in the horizon (a curtailment day's 0.01 JPY/kWh) takes the value to about 0, as before:
+    the plan then refills there. EVs get 0: what is left in a car belongs to its owner's driving, and its
+    departure target already asks for what the owner wants.
+    """
+    if asset.is_ev:
+        return 0.0
+    if asset.terminal_price_per_kwh is not None:
+        return float(asset.terminal_price_per_kwh)
+    if len(price_per_kwh) == 0:
+        return 0.0
+    return max(0.0, float(np.min(price_per_kwh)))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import cvxpy as cp
 import numpy as np
 
 from agent.dispatch.formulation import BIG_W, DispatchModel, Shape, net_of
-from agent.dispatch.inputs import PlanInputs
+from agent.dispatch.inputs import PlanInputs, terminal_price
 
 PATH_MARGIN_WH = 1e-3
 
@@ -105,6 +105,8 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     p.segment_cap.value = segment_cap
     p.wear.value = wear
     p.calendar.value = np.array([a.calendar_price_per_wh_h for a in inputs.assets])
+    price = np.asarray(inputs.site.price_per_kwh[:t], dtype=float)
+    p.terminal.value = np.array([terminal_price(a, price) for a in inputs.assets])
     p.charge_max.value = charge_max
     p.discharge_max.value = discharge_max
     site = inputs.site

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.dispatch.degradation import damage_at_end_of_life, life_per_cycle, segment_prices
-from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
+from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr, terminal_price
 from agent.dispatch.planner import solve
 
 
@@ -31,11 +31,43 @@ def test_one_battery_two_prices_arbitrage() -> None:
 
 
 def test_wear_price_above_spread_stops_cycling() -> None:
-    worn = battery(wear_prices=np.array([25.0]))  # 25 per kWh discharged > spread of 20
+    # energy left at the end worth nothing (no terminal value): the wear-versus-spread trade alone
+    worn = battery(wear_prices=np.array([25.0]), terminal_price_per_kwh=0.0)  # 25 per kWh discharged > spread 20
     plan = solve(PlanInputs(4, 3600, [worn], site([10, 10, 30, 30])))
     # only the energy already stored is worth selling (30 − 25 = 5 per kWh): no charging
     assert np.all(plan.power_w <= 1e-6)
     assert plan.breakdown["wear_cycle"] == pytest.approx(50 * 25, abs=1e-3)
+
+
+def test_worn_battery_keeps_energy_worth_more_than_its_sale() -> None:
+    # with the default terminal value (the horizon's lowest price, 10), selling at 30 nets 30 − 25 = 5 < 10: keep
+    worn = battery(wear_prices=np.array([25.0]))
+    plan = solve(PlanInputs(4, 3600, [worn], site([10, 10, 30, 30])))
+    assert np.all(np.abs(plan.power_w) <= 1e-6)
+    assert plan.breakdown["terminal_value"] == pytest.approx(50 * 10, abs=1e-3)
+
+
+def test_stored_energy_is_not_sold_off_at_a_flat_price() -> None:
+    # the demo's failure before the terminal value: at a flat price every stored kWh was sold at once
+    lossy = battery(efficiency=0.95)
+    plan = solve(PlanInputs(4, 3600, [lossy], site([25, 25, 25, 25])))
+    assert np.all(np.abs(plan.power_w) <= 1e-6)  # selling earns 25 x 0.95 per kWh stored, keeping 25
+    assert plan.breakdown["terminal_value"] == pytest.approx(50 * 25, abs=1e-3)
+
+
+def test_terminal_value_buys_nothing_only_to_hold_it() -> None:
+    empty = battery(efficiency=0.95, energy_wh=0, discharge_w=0.0)  # it can only buy and hold
+    plan = solve(PlanInputs(3, 3600, [empty], site([10, 12, 12])))
+    # buying at 10 costs 10 / 0.95 per kWh stored, worth 10 at the end: no charging (valued at the mean price x
+    # efficiency, 10.77, the held kWh would have paid for buying it)
+    assert np.all(np.abs(plan.power_w) <= 1e-6)
+
+
+def test_ev_energy_left_at_the_horizon_end_is_worth_nothing_to_the_plan() -> None:
+    ev = battery(id="ev", is_ev=True, terminal_price_per_kwh=99.0)
+    assert terminal_price(ev, np.array([10.0, 30.0])) == 0.0
+    assert terminal_price(battery(), np.array([10.0, 30.0])) == 10.0
+    assert terminal_price(battery(), np.array([-5.0, 30.0])) == 0.0  # a negative price: worthless, never a cost
 
 
 def test_efficiency_losses_are_paid() -> None:

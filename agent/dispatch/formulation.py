@@ -160,7 +160,10 @@ class DispatchModel:
 
     def _updr(self) -> tuple[list[cp.Constraint], cp.Expression, cp.Expression]:
         p, t = self.params, self.shape.steps
-        self.dr_up = cp.Variable(t, nonneg=True, name="updr_increase")
+        # free sign: below the baseline the increase is negative (a pessimistic reading: it costs the price, where
+        # settlement pays 0). Non-negative, it forced the site up to the baseline in every window step and made the
+        # plan infeasible where PV pushes the site below the baseline and the assets cannot absorb it all
+        self.dr_up = cp.Variable(t, name="updr_increase")
         self.dr_short = cp.Variable(t, nonneg=True, name="updr_shortfall")
         cons = [
             # outside the window dr_outside is huge: dr_up (0 there anyway) must not tie the site to the baseline

@@ -268,7 +268,8 @@ def _site_rows(lp: ArrayLp, inputs: PlanInputs, other_w: np.ndarray, coupling: _
         dr = inputs.updr
         window = np.flatnonzero(np.asarray(dr.window[:t], dtype=bool))
         reward = -(dr.price_per_kwh + pen.dr_short_per_kwh) * h / 1000.0
-        up = lp.columns(np.full(len(window), reward), 0.0, np.full(len(window), dr.requested_w))
+        # free below like the planner's dr_up (agent.dispatch.formulation._updr): the site may be under the baseline
+        up = lp.columns(np.full(len(window), reward), -INF, np.full(len(window), dr.requested_w))
         r = lp.rows(-INF, fixed[window] - np.asarray(dr.baseline_w[:t])[window])
         row_of_step = np.full(t, -1)
         row_of_step[window] = r

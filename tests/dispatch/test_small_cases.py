@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.dispatch.aggregate import solve_aggregated
 from agent.dispatch.degradation import damage_at_end_of_life, life_per_cycle, segment_prices
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr, terminal_price
 from agent.dispatch.planner import solve
@@ -107,6 +108,27 @@ def test_updr_window_raises_consumption_above_baseline() -> None:
     site_w = 5000 + plan.power_w[0]
     assert site_w[1:3] == pytest.approx([25_000, 25_000], abs=1e-3)  # baseline + requested in the window
     assert plan.breakdown["updr_revenue"] == pytest.approx(2 * 20 * 15, abs=1e-3)
+
+
+def updr_with_pv_below_baseline() -> PlanInputs:
+    """One 6 kW EV, 20 kW of PV over a 5 kW base load, an up-DR step with the base load as baseline: the site
+    cannot reach the baseline whatever the EV does."""
+    ev = battery(
+        id="ev", energy_wh=10_000, min_wh=5_000, max_wh=40_000, charge_w=6_000, discharge_w=0.0, is_ev=True,
+        available=np.array([1, 1], dtype=bool), target_wh=20_000, target_step=2,
+    )  # fmt: skip
+    forecast = SiteForecast(np.array([20.0, 20.0]), np.full(2, 5000.0), np.array([20_000.0, 0.0]))
+    dr = UpDr(window=np.array([1, 0], dtype=bool), baseline_w=np.full(2, 5000.0), requested_w=10_000, price_per_kwh=15)
+    return PlanInputs(2, 3600, [ev], forecast, updr=dr)
+
+
+@pytest.mark.parametrize("method", ["full", "aggregated"])
+def test_updr_window_below_the_baseline_stays_feasible(method: str) -> None:
+    # was infeasible: a non-negative increase tied the site to at least the baseline in the window
+    inputs = updr_with_pv_below_baseline()
+    plan = solve(inputs) if method == "full" else solve_aggregated(inputs, groups=1)
+    assert plan.power_w[0, 0] == pytest.approx(6_000, abs=1e-3)  # absorbs what it can of the surplus
+    assert plan.violations["updr_short_kwh"] >= 10.0 - 1e-6  # nothing above the baseline was delivered
 
 
 def test_reservation_holds_energy_for_the_product_duration() -> None:

@@ -110,12 +110,12 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
         timer = asyncio.create_task(_stop_after(stop, duration_s))
         try:
             if console.is_terminal:
-                with Live(render(loop), console=console, refresh_per_second=2) as live:
+                with Live(render(loop, app.dispatcher), console=console, refresh_per_second=2) as live:
                     while not await _wait(stop, 0.5):
-                        live.update(render(loop))
+                        live.update(render(loop, app.dispatcher))
             else:  # no screen to redraw: one totals line per period, the full table at the end
                 while not await _wait(stop, config.agent.poll_period_s):
-                    console.print(render(loop).renderables[-1])
+                    console.print(render(loop, app.dispatcher).renderables[-1])
         finally:
             stop.set()
             await asyncio.gather(runner, return_exceptions=True)
@@ -123,7 +123,7 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
         if runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
         if not console.is_terminal:
-            console.print(render(loop))
+            console.print(render(loop, app.dispatcher))
     console.print(f"demo stopped after {loop.cycles} cycles, {loop.writes} setpoint writes")
 
 

@@ -71,8 +71,10 @@ class SiteSettings(Strict):
 
 
 class ControlSettings(Strict):
-    mode: Literal["site_target", "dispatch", "idle"] = Field(
-        "site_target", description="rule controller, optimiser schedule (falls back to the rule), or hold 0 W"
+    mode: Literal["dispatch", "site_target", "idle"] = Field(
+        "dispatch",
+        description="dispatch: execute the optimiser's schedule (the site_target rule covers assets and times no "
+        "plan does); site_target: the rule controller alone, holding the site meter at site_target_w; idle: 0 W",
     )
     site_target_w: float = Field(0.0, description="import at the site meter the rule controller steers to")
 
@@ -83,7 +85,16 @@ class DispatchSettings(Strict):
     step_s: float = Field(900.0, ge=60, le=3600, description="planning step")
     horizon_steps: int = Field(96, ge=2, le=2000, description="steps planned ahead (96 x 15 min = 24 h)")
     time_budget_s: float = Field(10.0, gt=0, le=600, description="solver time; past it the last plan runs on")
-    default_price_per_kwh: float = Field(25.0, description="energy price while no price signal covers a step")
+    default_price_per_kwh: float = Field(
+        25.0, description="energy price while no price signal covers a step and no price_profile_per_kwh is set"
+    )
+    # a flat default leaves the optimiser nothing to shift energy for, so a site without a price feed either idles or
+    # (with no value on stored energy) sells everything at once; a time-of-use day gives it the shape of the market
+    price_profile_per_kwh: list[float] | None = Field(
+        None,
+        description="price per local hour (24 values) or half hour (48) of [events] timezone, from midnight, while "
+        "no price signal covers a step; None: default_price_per_kwh flat",
+    )
     base_load_w: float | None = Field(None, description="uncontrolled load forecast; None: the last measured")
     wear_segments: int = Field(4, ge=1, le=16, description="cycle-depth segments of the wear cost (Xu et al.)")
     # 300: the full LP re-solves 300 EVs in ~3 s (inside the default budget) and holds every reserve exactly; the
@@ -92,6 +103,15 @@ class DispatchSettings(Strict):
     aggregate_above_evs: int = Field(
         300, ge=0, description="more EVs than this: plan them as virtual batteries and split the result (fast, approx.)"
     )
+
+    @field_validator("price_profile_per_kwh")
+    @classmethod
+    def _day_profile(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and len(value) not in (24, 48):
+            raise ValueError(
+                f"needs 24 hourly or 48 half-hourly prices (a local day from midnight), got {len(value)} values"
+            )
+        return value
 
 
 class EventSettings(Strict):

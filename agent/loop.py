@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 
@@ -97,7 +98,10 @@ class ControlLoop:
         # the plan's reserved (up, down) W per asset now: where an activation lands first (dispatch mode)
         self.reserve_source: Callable[[datetime], tuple[dict[str, float], dict[str, float]] | None] | None = None
         self._skip_poll = False
-        self._warned_no_plan = False
+        # "waiting" until the first plan (expected at start: logged at info), "running" while one covers the clock,
+        # "lapsed" once it ran out (the optimiser failed or overran: a warning, once per lapse)
+        self._plan_state: Literal["waiting", "running", "lapsed"] = "waiting"
+        self._logged_waiting = False
         self.writes = 0
         self.write_failures = 0
 
@@ -307,11 +311,17 @@ class ControlLoop:
         if self.mode == "dispatch" and self.schedule is not None:
             planned = self.schedule(now)
             if planned is not None:
+                if self._plan_state == "lapsed":
+                    log.info("dispatch.plan_resumed")
+                self._plan_state = "running"
                 # assets the plan does not cover (arrived since it was made) follow the rule until the next plan
                 return {asset_id: planned.get(asset_id, rule[asset_id]) for asset_id in bounds}
-            if not self._warned_no_plan:
+            if self._plan_state == "running":
                 log.warning("dispatch.no_plan", fallback="site_target rule")
-                self._warned_no_plan = True
+                self._plan_state = "lapsed"
+            elif self._plan_state == "waiting" and not self._logged_waiting:
+                log.info("dispatch.awaiting_first_plan", fallback="site_target rule")
+                self._logged_waiting = True
         return rule
 
     def _check_readback(self, state: AssetState) -> None:

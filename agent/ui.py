@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.table import Table
@@ -11,6 +12,9 @@ from rich.text import Text
 from agent.fleet import AssetState
 from agent.loop import ControlLoop
 from agent.model import AssetKind, DeviceStatus
+
+if TYPE_CHECKING:
+    from agent.dispatch.runner import Dispatcher
 
 
 def _kw(watts: float | None) -> str:
@@ -52,7 +56,23 @@ def _row(state: AssetState, loop: ControlLoop) -> list[str | Text]:
     ]
 
 
-def render(loop: ControlLoop) -> Group:
+def _steering(loop: ControlLoop, dispatcher: Dispatcher | None) -> str:
+    """What the setpoints follow: the plan (with its cost over the horizon) or the rule's site target.
+
+    Shown because in dispatch mode the site meter is meant to move with prices, not to sit at the target; a viewer
+    who sees only "target 0 kW" next to a 40 kW export would think the agent broken.
+    """
+    rule = f"target {_kw(loop.site_target_w)} kW"
+    if loop.mode != "dispatch" or dispatcher is None:
+        return rule
+    plan = dispatcher.plan
+    if plan is None or dispatcher.requests(loop.clock()) is None:
+        return f"no plan yet, rule: {rule}"
+    hours = plan.step_s * plan.power_w.shape[1] / 3600
+    return f"plan: net cost {plan.net_cost:+,.0f} over {hours:g} h"
+
+
+def render(loop: ControlLoop, dispatcher: Dispatcher | None = None) -> Group:
     table = Table(title="vpp-agent — assets")
     for column in ("asset", "kind", "status", "power kW", "setpoint kW", "SoC", "EV target", "note"):
         table.add_column(column, justify="right" if "kW" in column or column == "SoC" else "left")
@@ -64,7 +84,7 @@ def render(loop: ControlLoop) -> Group:
     p50 = statistics.median(cycle_ms) if cycle_ms else 0.0
     totals = Text.assemble(
         ("VPP ", "bold"),
-        f"site meter {_kw(meter)} kW (target {_kw(loop.site_target_w)} kW) · assets {_kw(env.power_w)} kW · ",
+        f"site meter {_kw(meter)} kW ({_steering(loop, dispatcher)}) · assets {_kw(env.power_w)} kW · ",
         f"absorb {env.absorb_w / 1000:.1f} kW for {_hours(env.absorb_for_s)} · ",
         f"deliver {env.deliver_w / 1000:.1f} kW for {_hours(env.deliver_for_s)} · ",
         f"stored {env.stored_wh / 1000:.1f} kWh · EV need {env.ev_energy_needed_wh / 1000:.1f} kWh · ",

@@ -110,6 +110,8 @@ state_file = "{store}"
 setpoint_deadband_w = 50
 [site]
 meter = "meter"
+[control]
+mode = "site_target"  # a site_target signal must move every setpoint; no solver competing for the CPU
 [mqtt]
 enabled = true
 port = {broker}

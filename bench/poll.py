@@ -48,7 +48,7 @@ def site_config(devices: int, port: int, period_s: float) -> str:
 
     return (
         f"[agent]\npoll_period_s = {period_s}\npoll_timeout_s = {period_s / 2}\nlog_level = 'warning'\n"
-        "[site]\nmeter = 'meter-site'\n[control]\nsite_target_w = 0.0\n"
+        "[site]\nmeter = 'meter-site'\n[control]\nmode = 'site_target'\nsite_target_w = 0.0\n"
         + tables("[[assets]]", "map")
         + "[simulation]\nhost = '127.0.0.1'\nspeed = 1.0\ntick_s = 0.5\nseed = 3\nbase_load_w = 5000.0\n"
         + tables("[[simulation.devices]]", "model")

@@ -2,7 +2,8 @@
 
 Forecasts are deliberately simple until a forecasting issue lands: the uncontrolled load (base load net of PV) is
 held at its last measured value (or the configured one), and an up-DR baseline is that same value. Prices come
-from the newest price signal covering each step, else the configured default.
+from the newest price signal covering each step, else the configured time-of-use day (`price_profile_per_kwh`, in
+local time of `[events] timezone`), else the flat default.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -41,7 +43,7 @@ def plan_inputs(
     assets = [a for a in (_asset(s, d.step_s, start, d.horizon_steps, d.wear_segments) for s in _plannable(fleet)) if a]
     base = d.base_load_w if d.base_load_w is not None else uncontrolled_w
     site = SiteForecast(
-        price_per_kwh=_prices(times, d.step_s, book.get("prices", {}), d.default_price_per_kwh),
+        price_per_kwh=_prices(times, book.get("prices", {}), _default_prices(times, d.step_s, config)),
         base_load_w=np.full(d.horizon_steps, base),
         pv_w=np.zeros(d.horizon_steps),
         import_limit_w=config.site.import_limit_w,
@@ -115,8 +117,39 @@ def _covering(times: list[datetime], step_s: float, start: datetime, end: dateti
     return np.array([start < t + timedelta(seconds=step_s) and t < end for t in times])
 
 
-def _prices(times: list[datetime], step_s: float, signals: Mapping[str, SignalModel], default: float) -> np.ndarray:
-    prices = np.full(len(times), default)
+def _default_prices(times: list[datetime], step_s: float, config: AppConfig) -> np.ndarray:
+    """Per step, the price assumed where no signal says otherwise: the time-of-use day, else the flat default."""
+    profile = config.dispatch.price_profile_per_kwh
+    if profile is None:
+        return np.full(len(times), config.dispatch.default_price_per_kwh)
+    zone = ZoneInfo(config.events.timezone)
+    return np.array([profile_mean(profile, zone, t, step_s) for t in times])
+
+
+def profile_mean(profile: list[float], zone: ZoneInfo, start: datetime, step_s: float) -> float:
+    """Time-weighted mean of a daily price profile over [start, start + step_s), read in local time of `zone`.
+
+    A mean rather than the price at the step's start, because a step spanning two slots (an hourly step over a
+    half-hourly profile) buys energy at both. Slot boundaries are found from the local wall clock at each point, so
+    a daylight-saving change (none in Japan) shifts them as it shifts the tariff.
+    """
+    us = timedelta(microseconds=1)  # integer microseconds: every span is >= 1 us, so the walk always ends
+    slot_us = 86_400_000_000 // len(profile)
+    end = start + timedelta(seconds=step_s)
+    total, t = 0.0, start
+    while t < end:
+        local = t.astimezone(zone)
+        into_day_us = (local - local.replace(hour=0, minute=0, second=0, microsecond=0)) // us
+        slot = min(into_day_us // slot_us, len(profile) - 1)
+        span_us = min((slot + 1) * slot_us - into_day_us, (end - t) // us)
+        total += profile[slot] * span_us
+        t += span_us * us
+    return total / ((end - start) // us)
+
+
+def _prices(times: list[datetime], signals: Mapping[str, SignalModel], default: np.ndarray) -> np.ndarray:
+    """The newest price signal covering each step's start, else `default` (one price per step)."""
+    prices = default.astype(float)
     for signal in signals.values():  # insertion order: newer signals overwrite older ones
         if not isinstance(signal, PriceSeries):
             continue

@@ -10,6 +10,7 @@ import contextlib
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.config import AppConfig, parse_config
 from agent.loop import ControlLoop
@@ -21,6 +22,21 @@ from sim_devices.ports import free_port_block
 from sim_devices.runner import SimSite
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipped_config_on_free_ports(tmp_path: Path) -> Path:
+    """config.toml with its ports moved to a free block, so tests never collide with a running demo."""
+    text = (ROOT / "config.toml").read_text()
+    base = free_port_block(30)
+    for old in (15021, 15022, 15023, 15024, 15031, 15032, 15041, 15042):
+        text = text.replace(f"port = {old}\n", f"port = {base + old - 15020}\n")
+    # the shipped state file is relative and the commands run in the repo: keep each test's state in its tmp_path,
+    # or a stored event leaks into later runs
+    text = text.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{tmp_path / "state.db"}"')
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 15.0, what: str = "") -> None:

@@ -9,23 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sitekit import free_port_block
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def shipped_config_on_free_ports(tmp_path: Path) -> Path:
-    """config.toml with its ports moved to a free block, so tests never collide with a running demo."""
-    text = (ROOT / "config.toml").read_text()
-    base = free_port_block(30)
-    for old in (15021, 15022, 15023, 15024, 15031, 15032, 15041, 15042):
-        text = text.replace(f"port = {old}\n", f"port = {base + old - 15020}\n")
-    # the shipped state file is relative and the commands run in the repo: keep each test's state in its tmp_path,
-    # or a stored event leaks into later runs
-    text = text.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{tmp_path / "state.db"}"')
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    return path
+from sitekit import ROOT, shipped_config_on_free_ports
 
 
 async def run_until(args: list[str], ready: str, timeout_s: float = 30.0) -> tuple[asyncio.subprocess.Process, str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import tomllib
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
-from sitekit import eventually, free_port_block
+from sitekit import eventually, free_port_block, shipped_config_on_free_ports
 
 from agent.app import AgentApp
-from agent.config import parse_config
+from agent.config import load_config, parse_config
 from agent.dispatch.build import step_start
 from agent.dispatch.planner import Plan
 from agent.events import EventState
@@ -136,6 +137,44 @@ async def test_activation_in_dispatch_mode_lands_on_the_plans_reserved_battery()
             app.loop.wake(fast=True)
             await eventually(lambda: site.devices["bess2"].power_w < -15_000, what="bess2 delivers the activation")
             assert abs(site.devices["bess1"].power_w) < 2_000  # bess1 had no reserve: it stays on its plan
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+async def test_the_demo_site_is_planned_by_default_and_runs_its_plan(tmp_path: Path) -> None:
+    """The shipped config as the demo starts it: no mode set by the user is needed for the optimiser to steer."""
+    path = shipped_config_on_free_ports(tmp_path)
+    config = load_config(path)
+    assert config.control.mode == "dispatch"
+    async with SimSite.from_config(parse_simulation(config.simulation or {})) as site:
+        app = AgentApp(config, site.clock.now)
+        assert app.dispatcher is not None
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop))
+        try:
+            await eventually(lambda: app.dispatcher.plan is not None, what="first plan of the demo site", timeout_s=60)
+            plan = app.dispatcher.plan
+            assert plan is not None and {"bess1", "bess2"} <= set(plan.asset_ids)
+            assert plan.breakdown["wear_cycle"] > 0 or plan.breakdown["wear_calendar"] > 0  # pack costs are priced
+
+            def loop_asks_for_the_plan() -> bool:
+                planned = app.dispatcher.requests(site.clock.now())
+                written = app.loop.last_setpoints
+                return planned is not None and all(
+                    asset in written and abs(written[asset].requested_w - watts) < 1.0
+                    for asset, watts in planned.items()
+                )
+
+            # each planned asset is asked for this step's planned power (the envelope may still cut what is written)
+            await eventually(loop_asks_for_the_plan, what="the loop requesting the plan's powers")
+            deadband = config.agent.setpoint_deadband_w
+
+            def device_holds(asset: str) -> bool:
+                return abs(site.devices[asset].lease.setpoint_w - app.loop.last_setpoints[asset].power_w) <= deadband
+
+            for asset in ("bess1", "bess2"):
+                await eventually(lambda a=asset: device_holds(a), what=f"{asset} holding the enveloped plan value")
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)

@@ -30,6 +30,7 @@ meter = "meter"
 import_limit_w = 100000.0
 export_limit_w = 100000.0
 [control]
+mode = "site_target"  # the rule controller steers the meter (dispatch mode: test_dispatch_loop.py)
 site_target_w = 0.0
 [[assets]]
 id = "ev"

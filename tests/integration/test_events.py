@@ -35,6 +35,7 @@ state_file = "{state}"
 [site]
 meter = "meter"
 [control]
+mode = "site_target"  # events over the rule controller (in dispatch mode: test_dispatch_loop.py)
 site_target_w = 5000.0
 [[assets]]
 id = "bess{i}"

@@ -30,6 +30,8 @@ lease_timeout_s = 1.0
 state_file = "{store}"
 [site]
 meter = "meter"
+[control]
+mode = "site_target"  # site_target signals steer the rule controller
 [mqtt]
 enabled = true
 host = "127.0.0.1"
@@ -270,6 +272,7 @@ state_file = "{store}"
 [site]
 meter = "meter"
 [control]
+mode = "site_target"  # the rule holds the meter at 0 W: a known setpoint to see over MQTT
 site_target_w = 0.0
 [mqtt]
 enabled = true

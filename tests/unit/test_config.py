@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_config
+from agent.config import ConfigError, ControlSettings, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +17,41 @@ def test_shipped_config_is_valid() -> None:
     config = load_config(ROOT / "config.toml")
     ids = [p.id for a in config.assets for p in a.placements()]
     assert ids == ["ev1", "ev2", "ev3", "ev4", "bess1", "bess2", "meter-site", "meter-pv"]
+
+
+def test_shipped_config_runs_the_optimiser_on_its_price_day_and_pack_costs() -> None:
+    """The demo's config: dispatch mode by default, its time-of-use day priced into the plan, wear not free."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from agent.dispatch.build import plan_inputs
+    from agent.fleet import Fleet
+
+    config = load_config(ROOT / "config.toml")
+    assert config.control.mode == "dispatch" and ControlSettings().mode == "dispatch"
+    profile = config.dispatch.price_profile_per_kwh
+    assert profile is not None and len(profile) == 24
+    zone = ZoneInfo(config.events.timezone)
+    noon, evening = profile[12], profile[19]
+    assert noon < evening  # the solar dip is cheaper than the evening peak, or the demo has nothing to shift
+    # a horizon starting at local midnight: step k is k x 15 min into the local day
+    now = datetime(2026, 12, 2, tzinfo=zone).astimezone(UTC)
+    inputs, _ = plan_inputs(Fleet({}), config, now, {}, uncontrolled_w=0.0)
+    prices = inputs.site.price_per_kwh
+    steps_per_hour = round(3600 / config.dispatch.step_s)
+    assert prices[12 * steps_per_hour] == noon and prices[19 * steps_per_hour] == evening
+    by_id = {a.id: a for a in config.assets}
+    assert by_id["bess{i}"].replacement_cost and by_id["ev{i}"].wear_price_per_kwh  # wear is priced
+
+
+def test_price_profile_must_be_a_day_of_finite_prices() -> None:
+    for values, message in (
+        (["10"] * 23, r"dispatch.price_profile_per_kwh: .*24 hourly or 48 half-hourly prices.*got 23 values"),
+        (["nan"] + ["10"] * 23, r"dispatch.price_profile_per_kwh\[0\]: Input should be a finite number"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(f"[dispatch]\nprice_profile_per_kwh = [{', '.join(values)}]\n", "site.toml")
+    assert parse_config("[dispatch]\nprice_profile_per_kwh = [" + ", ".join(["-1.5"] * 48) + "]\n")
 
 
 def test_unknown_key_is_named() -> None:

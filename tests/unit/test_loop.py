@@ -30,6 +30,7 @@ unavailable_after = 2
 meter = "m"
 import_limit_w = 20000
 [control]
+mode = "site_target"  # the rule controller: these tests pin its writes
 site_target_w = 100000
 [[assets]]
 id = "b"
@@ -203,3 +204,30 @@ async def test_fast_cycles_do_not_rewrite_from_readings_older_than_the_write() -
         await loop.cycle()
     assert len(b.writes) == writes + 3  # one setpoint write per fast cycle, no lease rewrites
     assert lease_writes == 10
+
+
+async def test_dispatch_mode_says_when_the_plan_lapses_not_while_the_first_is_awaited() -> None:
+    """Before the first plan the rule steering is expected (info); a plan that ran out is news (a warning)."""
+    from structlog.testing import capture_logs
+
+    loop, drivers = make_loop(CONFIG.replace('mode = "site_target"', 'mode = "dispatch"'))
+    planned: dict[str, float] | None = None
+    loop.schedule = lambda now: planned
+    drivers["m"].power_w = 1000
+    with capture_logs() as logs:
+        await loop.cycle()  # no plan yet: the rule (site_target_w 100 kW: charge to the 20 kW import limit)
+        assert loop.last_setpoints["b"].requested_w > 0
+        planned = {"b": -3000.0}
+        await loop.cycle()
+        assert loop.last_setpoints["b"].requested_w == -3000.0
+        planned = None
+        await loop.cycle()
+        await loop.cycle()
+        planned = {"b": -3000.0}
+        await loop.cycle()
+    names = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("dispatch.")]
+    assert names == [
+        ("dispatch.awaiting_first_plan", "info"),
+        ("dispatch.no_plan", "warning"),  # once per lapse, not every cycle
+        ("dispatch.plan_resumed", "info"),
+    ]

@@ -179,6 +179,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         use_blast=not args.no_blast,
         progress_days=args.progress_days,
+        regulation_median_per_kw_h=args.regulation_price,
     )
     try:
         evaluation = evaluate(config)
@@ -272,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--area", default="Kyushu", help="JEPX area whose price the site pays")
     sim.add_argument("--jobs", type=int, default=1, help="strategies run in this many processes")
     sim.add_argument("--no-blast", action="store_true", help="skip BLAST-Lite scoring even if installed")
+    sim.add_argument(
+        "--regulation-price", type=float, default=1.5,
+        help="median capacity price of the RegD-like regulation product, JPY per kW·h of each side (0: not offered)",
+    )
     sim.add_argument(
         "--progress-days", type=int, default=30, help="progress line on stderr every N simulated days (0: none)"
     )

@@ -489,7 +489,7 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split) -> Plan:
     """The per-asset Plan of `split`, priced by `plan_cost`; reserve terms come from the virtual `plan`."""
     power, stored, up, down = split.power, split.stored, split.up, split.down
     breakdown, violations = plan_cost(inputs, power, stored)
-    for key in ("reserve_revenue", "reserve_shortfall_penalty"):
+    for key in ("reserve_revenue", "reserve_shortfall_penalty", "reserve_activation"):
         if key in plan.breakdown:
             breakdown[key] = plan.breakdown[key]
     if "reserve_short_kwh" in plan.violations:

@@ -2,7 +2,8 @@
 
 Model predictive control as the agent runs it, minus sockets and wall clock: at every step, plan from the
 measured state, apply the first step's power to the physics (which clamps it to its own limits), advance the
-physics by one step, and book what it actually did (agent.dispatch.evaluation.ledger). Strategies: `aware`,
+physics by one step (devices holding a regulation reservation follow the RegD-like signal around their setpoint),
+and book what it actually did (agent.dispatch.evaluation.ledger). Strategies: `aware`,
 `blind`, `oracle` (agent.dispatch.evaluation.policies), always scored against the `uncontrolled` reference (no
 VPP: batteries idle, EVs charge at once), whose value is what a VPP adds to.
 
@@ -41,6 +42,7 @@ class EvalConfig:
     jobs: int = 1  # strategies run in parallel processes (each strategy is single-threaded)
     use_blast: bool = True
     progress_days: int = 0  # a progress line on stderr every this many simulated days per strategy (0: none)
+    regulation_median_per_kw_h: float = 1.5  # capacity price of the regulation product; 0: not offered
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,11 @@ class StrategyResult:
     name: str
     energy_net: float  # revenue from the devices' energy at the meter (negative: they bought more than sold)
     updr_revenue: float
-    battery_degradation: float  # replacement cost x fade / 20 %, simulator's Xu model
+    regulation_revenue: float  # capacity payments x hourly performance score
+    battery_degradation: float  # replacement cost x life used (Xu damage / damage at 20 % fade), simulator model
     ev_wear_paid: float  # owners' wear price x V2G kWh
     ev_penalty: float
-    net_value: float  # energy_net + updr_revenue - battery_degradation - ev_wear_paid - ev_penalty
+    net_value: float  # energy_net + updr_revenue + regulation_revenue - battery_degradation - ev_wear_paid - ev_penalty
     ev_shortfall_kwh: float
     updr_delivered_kwh: float
     updr_requested_kwh: float
@@ -64,6 +67,10 @@ class StrategyResult:
     solves: int
     solve_failures: int
     wall_s: float
+    regulation_reserved_kwh: float = 0.0  # kW·h held, up and down summed
+    regulation_score: float | None = None  # payment-weighted mean performance score
+    regulation_hours: int = 0
+    regulation_failed_hours: int = 0  # hours scored below 0.75
     gain_over_uncontrolled: float | None = None
 
     @property
@@ -97,10 +104,12 @@ def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None
     per_day = round(86400 / scenario.step_s)
     with fast_substeps():
         for k in range(scenario.steps):
-            record = plant.step(policy.decide(plant))
+            decision = policy.decide(plant)
+            record = plant.step(decision.power_w, decision.reserve_up_w, decision.reserve_down_w)
             ledger.book(k, record, plant)
             if config.progress_days and (k + 1) % (per_day * config.progress_days) == 0:
                 _progress(name, (k + 1) // per_day, scenario.days, time.perf_counter() - started)
+    ledger.settle()  # the last hour's regulation
     wall = time.perf_counter() - started
     outcomes = battery_outcomes(ledger, plant)
     if config.use_blast and blast_score.available():
@@ -112,11 +121,15 @@ def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None
         outcomes = scored
     energy_net = -(ledger.energy_cost - ledger.base_cost)
     degradation = sum(b.degradation_cost for b in outcomes)
-    net = energy_net + ledger.updr_revenue - degradation - ledger.ev_wear_paid - ledger.ev_penalty
+    net = (
+        energy_net + ledger.updr_revenue + ledger.regulation_revenue - degradation - ledger.ev_wear_paid
+        - ledger.ev_penalty
+    )
     return StrategyResult(
         name=name,
         energy_net=energy_net,
         updr_revenue=ledger.updr_revenue,
+        regulation_revenue=ledger.regulation_revenue,
         battery_degradation=degradation,
         ev_wear_paid=ledger.ev_wear_paid,
         ev_penalty=ledger.ev_penalty,
@@ -133,6 +146,10 @@ def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None
         solves=policy.solves,
         solve_failures=policy.failures,
         wall_s=wall,
+        regulation_reserved_kwh=ledger.regulation_reserved_kwh,
+        regulation_score=ledger.regulation_score,
+        regulation_hours=ledger.regulation_hours,
+        regulation_failed_hours=ledger.regulation_failed_hours,
     )
 
 
@@ -212,7 +229,10 @@ def _run_named(args: tuple[Scenario, str, EvalConfig]) -> StrategyResult:
 def evaluate(config: EvalConfig) -> Evaluation:
     """Build the scenario, run the reference and every requested strategy on it, and score them."""
     started = time.perf_counter()
-    scenario = make_scenario(config.days, config.seed, make_fleet(config.fleet), step_s=config.step_s, area=config.area)
+    scenario = make_scenario(
+        config.days, config.seed, make_fleet(config.fleet), step_s=config.step_s, area=config.area,
+        regulation_median_per_kw_h=config.regulation_median_per_kw_h,
+    )
     names = [REFERENCE, *(n for n in config.strategies if n != REFERENCE)]
     for n in names:
         _policy(n, scenario, config)  # unknown names fail before any long run

@@ -20,7 +20,7 @@ from typing import Any
 import cvxpy as cp
 import numpy as np
 
-from agent.dispatch.inputs import PRODUCT_DURATION_S, PlanInputs
+from agent.dispatch.inputs import PRODUCT_DURATION_S, SYMMETRIC_PRODUCTS, PlanInputs
 
 BIG_W = 1e12  # stands in for "no limit": Parameters cannot hold inf
 # breakdown terms that are earned, not paid (terminal_value: the worth of energy left at the horizon end, not cash)
@@ -91,6 +91,7 @@ class DispatchModel:
             constraints += dr_cons
         if shape.products:
             as_cons, terms["reserve_revenue"], terms["reserve_shortfall_penalty"] = self._reserves()
+            terms["reserve_activation"] = self.activation_cost
             constraints += as_cons
         self.terms = terms
         objective = net_of(terms)
@@ -195,6 +196,12 @@ class DispatchModel:
         ]
         revenue: cp.Expression = 0
         penalty: cp.Expression = 0
+        # following activations (inputs.activation_price): per kW·h reserved up, one cost per asset and product
+        self.activation_cost = sum(
+            self.h / 1000.0 * (p.activation[k] @ cp.sum(self.r_up[k], axis=1)) for k in range(len(hours))
+        )
+        symmetric = [k for k, name in enumerate(self.shape.products) if name in SYMMETRIC_PRODUCTS]
+        cons += [self.r_up[k] == self.r_down[k] for k in symmetric]
         self.r_short = []
         for k in range(len(self.shape.products)):
             short = cp.Variable((2, t), nonneg=True, name=f"reserve_short_{k}")
@@ -248,4 +255,5 @@ class _Params:
         self.award_down = [P(t, nonneg=True) for _ in range(k)]
         self.up_price = [P(t, nonneg=True) for _ in range(k)]
         self.down_price = [P(t, nonneg=True) for _ in range(k)]
+        self.activation = [P(n, nonneg=True) for _ in range(k)]  # currency per kW·h of up reservation
         self.reserve_penalty = P(nonneg=True)

@@ -18,7 +18,13 @@ PRODUCT_DURATION_S: dict[str, float] = {
     "FRR": 30 * 60,
     "S-RR": 30 * 60,  # 30-min blocks from FY2026
     "RR": 30 * 60,
+    # PJM-style regulation following a RegD-like signal (sim_devices.scenarios.regulation): the signal is energy
+    # neutral over each 15 min, so holding 15 min of full output each way never runs out (conservative)
+    "RegD": 15 * 60,
 }
+# Products offered as one symmetric band (as much down as up, PJM's regulation): an up-only or down-only share
+# would drift the store's energy under an energy-neutral signal, which the plan's energy balance does not model.
+SYMMETRIC_PRODUCTS = frozenset({"RegD"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class AssetPlan:
     wear_prices: np.ndarray = field(default_factory=lambda: np.zeros(1))  # currency per kWh discharged, per segment
     calendar_price_per_wh_h: float = 0.0
     is_ev: bool = False
+    # currency per kWh discharged while following activations (shallow cycles, degradation.shallow_cycle_price; an
+    # EV: its owner's price); None: the cheapest wear segment
+    activation_wear_per_kwh: float | None = None
     # currency per kWh (pack side) of energy above the floor left at the horizon's end, stationary assets only
     # (EVs: always 0, see `terminal_price`); None: the horizon's lowest price
     terminal_price_per_kwh: float | None = None
@@ -81,6 +90,24 @@ def terminal_price(asset: AssetPlan, price_per_kwh: np.ndarray) -> float:
     return max(0.0, float(np.min(price_per_kwh)))
 
 
+def activation_price(asset: AssetPlan, reserve: Reserve, price_per_kwh: np.ndarray) -> float:
+    """Expected cost per kW·h of `asset`'s up reservation of `reserve` from following its activations.
+
+    Each kWh delivered up is discharged (at the asset's activation wear price: regulation cycles are shallow) and
+    comes back through a down activation, losing 1/η² − 1 of it on the round trip, bought at the horizon's mean
+    price. A per-asset scalar on purpose: a per-step price here would be a Parameter times the (N, T) reserve
+    variable, which cvxpy's DPP canonicalisation makes huge (formulation.Shape)."""
+    if reserve.activation_per_h <= 0:
+        return 0.0
+    if asset.activation_wear_per_kwh is not None:
+        wear = float(asset.activation_wear_per_kwh)
+    else:
+        wear = float(asset.wear_prices[0]) if len(asset.wear_prices) else 0.0
+    mean_price = max(0.0, float(np.mean(price_per_kwh))) if len(price_per_kwh) else 0.0
+    loss = mean_price * (1.0 / asset.efficiency**2 - 1.0)
+    return reserve.activation_per_h * (wear + loss)
+
+
 @dataclass(frozen=True)
 class SiteForecast:
     price_per_kwh: np.ndarray  # energy price per step (import cost = export revenue)
@@ -109,6 +136,11 @@ class Reserve:
     down_price_per_kw_h: np.ndarray
     awarded_up_w: np.ndarray
     awarded_down_w: np.ndarray
+    # energy an activation moves: kWh discharged per kW·h of up reservation (and charged per kW·h down), e.g.
+    # the mean of the positive part of a RegD-like signal (~0.15). Priced by the planner as the cheapest wear
+    # segment plus the round-trip loss at the horizon's mean price (`activation_price`); 0 for products that are
+    # rarely activated (reserves held for contingencies)
+    activation_per_h: float = 0.0
 
     @property
     def duration_h(self) -> float:

@@ -12,7 +12,7 @@ import cvxpy as cp
 import numpy as np
 
 from agent.dispatch.formulation import BIG_W, DispatchModel, Shape, net_of
-from agent.dispatch.inputs import PlanInputs, terminal_price
+from agent.dispatch.inputs import PlanInputs, activation_price, terminal_price
 
 PATH_MARGIN_WH = 1e-3
 
@@ -136,6 +136,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.award_down[k].value = np.asarray(reserve.awarded_down_w[:t], dtype=float)
         p.up_price[k].value = np.asarray(reserve.up_price_per_kw_h[:t], dtype=float)
         p.down_price[k].value = np.asarray(reserve.down_price_per_kw_h[:t], dtype=float)
+        p.activation[k].value = np.array([activation_price(a, reserve, price) for a in inputs.assets])
     if shape.products:
         p.reserve_penalty.value = pen.reserve_short_per_kwh
 

@@ -13,7 +13,12 @@ from sim_devices.scenarios.prices import (
     generate_prices,
     read_jepx_csv,
 )
-from sim_devices.scenarios.regulation import generate_regulation
+from sim_devices.scenarios.regulation import (
+    generate_regulation,
+    regulation_capacity_prices,
+    regulation_values,
+    swing_h,
+)
 from sim_devices.scenarios.updr import UpDrEventSpec, generate_updr_events
 
 __all__ = [
@@ -28,6 +33,9 @@ __all__ = [
     "generate_sessions",
     "generate_updr_events",
     "read_jepx_csv",
+    "regulation_capacity_prices",
+    "regulation_values",
     "sessions_by_charger",
+    "swing_h",
     "to_sim_params",
 ]

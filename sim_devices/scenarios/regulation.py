@@ -63,6 +63,16 @@ def generate_regulation(
     """`seconds // step_s` samples from `start` (aware); values in −1..1 with zero mean in every 15-min window."""
     if start.utcoffset() is None:
         raise ValueError("start must be timezone-aware")
+    values = regulation_values(seconds, seed, step_s, min_period_s=min_period_s, max_period_s=max_period_s)
+    times = [start + timedelta(seconds=k * step_s) for k in range(len(values))]
+    return times, values
+
+
+def regulation_values(
+    seconds: int, seed: int, step_s: float = 2.0, *, min_period_s: float = 30.0, max_period_s: float = 300.0
+) -> np.ndarray:
+    """The values of `generate_regulation` alone: a year at 10 s is 3.2 M samples, whose datetimes alone would
+    take ~150 MB."""
     if step_s <= 0 or seconds < step_s:
         raise ValueError(f"need step_s > 0 and seconds ≥ step_s, got step_s={step_s}, seconds={seconds}")
     if not 2 * step_s <= min_period_s < max_period_s:
@@ -70,9 +80,41 @@ def generate_regulation(
     n = int(seconds // step_s)
     rng = np.random.default_rng(seed)
     values = np.clip(0.45 * _band_limited(rng, n, step_s, min_period_s, max_period_s), -1.0, 1.0)
+    # windows are contiguous runs of samples: balance each slice (a boolean mask per window made a year at 10 s
+    # take 80 s, quadratic in the length)
     window = np.floor(np.arange(n) * step_s / NEUTRAL_WINDOW_S).astype(int)
-    for w in range(int(window[-1]) + 1):
-        idx = window == w
-        values[idx] = _neutralise(values[idx])
-    times = [start + timedelta(seconds=k * step_s) for k in range(n)]
-    return times, values
+    bounds = np.flatnonzero(np.diff(window)) + 1
+    for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [n]]), strict=True):
+        values[lo:hi] = _neutralise(values[lo:hi])
+    return values
+
+
+def regulation_capacity_prices(hours: int, seed: int, median_per_kw_h: float, sigma: float = 0.7) -> np.ndarray:
+    """Hourly regulation capacity prices (currency per kW·h of each side's reservation): lognormal around
+    `median_per_kw_h`, independent from hour to hour.
+
+    An assumption, not fitted: regulation clearing prices (PJM's RMCP, Japan's ΔkW) are volatile with a long upper
+    tail; with σ = 0.7 one hour in ten pays over 2.5x the median and one in a hundred over 5x. The seed is offset
+    from the signal's, so a (seed) names both without tying them together.
+    """
+    if hours < 1 or median_per_kw_h < 0 or sigma < 0:
+        raise ValueError(f"need hours ≥ 1, median ≥ 0, sigma ≥ 0; got {hours}, {median_per_kw_h}, {sigma}")
+    rng = np.random.default_rng(seed + 7919)
+    return median_per_kw_h * np.exp(sigma * rng.standard_normal(hours))
+
+
+def swing_h(values: np.ndarray, step_s: float) -> float:
+    """The energy-weighted mean half-cycle of following `values` (−1..1), in kWh per kW reserved (i.e. hours).
+
+    Half cycles run between the turning points of the signal's running energy; weighted by their own energy (a
+    kWh sits in a long swing more often than in a short one), they are what sizes the cycle depth, and so the wear,
+    of a resource following the signal (agent.dispatch.degradation.shallow_cycle_price).
+    """
+    energy = np.cumsum(np.asarray(values, dtype=float)) * step_s / 3600.0
+    direction = np.sign(np.diff(energy))
+    moving = direction != 0
+    turns = np.flatnonzero(np.diff(direction[moving]) != 0)
+    points = energy[1:][moving][turns]
+    swings = np.abs(np.diff(points))
+    total = float(swings.sum())
+    return float((swings**2).sum() / total) if total > 0 else 0.0

@@ -54,7 +54,7 @@ def test_every_strategy_closes_its_energy_books(results: dict[str, StrategyResul
     r = results[name]
     assert r.site_kwh == pytest.approx(sum(r.device_kwh.values()) + r.base_kwh, abs=1e-6)
     assert r.net_value == pytest.approx(
-        r.energy_net + r.updr_revenue - r.battery_degradation - r.ev_wear_paid - r.ev_penalty
+        r.energy_net + r.updr_revenue + r.regulation_revenue - r.battery_degradation - r.ev_wear_paid - r.ev_penalty
     )
 
 

@@ -8,8 +8,17 @@
 * EV: at each departure, energy short of the owner's target; fined with the optimiser's tiered prices (the first
   10 % of the need at tier 1, the rest at tier 2) so the score and the objective agree. V2G discharge pays the
   owner's wear price per kWh (whatever the strategy assumed when planning).
-* Batteries: degradation is valued at replacement cost × capacity fade / 20 % (end of life), with fade from the
-  simulator's own Xu model — not the optimiser's price model — read at the end of the run.
+* Regulation: each step's reservation (kW of up and of down) × that hour's capacity price, times the hour's
+  PJM-style performance score (agent.mv.performance, on the signal's 10-s samples: what the devices did beyond
+  their setpoints against signal × reservation, both over the larger side's reservation). Its energy is in the
+  site meter's energy and its cycling in the simulator's fade, like everything else the devices did.
+* Batteries: degradation is valued as the share of the pack's life used: replacement cost × the damage the
+  simulator's own Xu model accumulated over the run / the damage at which capacity has faded 20 % (end of life).
+  Capacity fade (Xu's, and BLAST-Lite's) is reported beside it. Why not fade × replacement cost / 20 %: Xu's SEI
+  term takes 5.75 % of capacity within the first ~0.03 of damage, which calendar ageing alone reaches in ~2
+  years; valued by fade, a first year charges every strategy that front-loaded share, and damage done early would
+  count ~2-7x what it costs over the pack's life (the pack is replaced at the same damage whatever path led
+  there). Xu et al. 2018 (Power Systems) price cycle ageing the same way, as life used × replacement cost.
 """
 
 from __future__ import annotations
@@ -18,10 +27,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.dispatch.degradation import END_OF_LIFE_FADE
-from agent.dispatch.evaluation.plant import Plant, StepRecord
+from agent.dispatch.degradation import damage_at_end_of_life
+from agent.dispatch.evaluation.plant import Plant, RegulationRecord, StepRecord
 from agent.dispatch.evaluation.policies import PENALTIES
 from agent.dispatch.evaluation.scenario import Scenario
+from agent.mv.performance import score
+
+PASS_SCORE = 0.75  # PJM's qualification threshold (REFERENCE.md); below it an hour counts as failed
 
 
 @dataclass
@@ -40,10 +52,24 @@ class Ledger:
     base_wh: float = 0.0
     device_wh: dict[str, float] = field(default_factory=dict)
     discharged_wh: dict[str, float] = field(default_factory=dict)
+    # battery SoC over time for BLAST-Lite: step boundaries, plus the turning points inside regulating steps
     soc_series: dict[str, list[float]] = field(default_factory=dict)
+    soc_times: dict[str, list[float]] = field(default_factory=dict)
+    regulation_revenue: float = 0.0  # capacity payments x performance score
+    regulation_capacity_value: float = 0.0  # the same payments at a perfect score
+    regulation_reserved_kwh: float = 0.0  # kW·h reserved, up and down summed
+    regulation_hours: int = 0
+    regulation_failed_hours: int = 0  # scored below PASS_SCORE
+    regulation_up_kwh: float = 0.0  # what the devices delivered beyond their setpoints, up and down
+    regulation_down_kwh: float = 0.0
+    _hour: int = -1
+    _hour_payment: float = 0.0
+    _hour_signal: list[np.ndarray] = field(default_factory=list)
+    _hour_response: list[np.ndarray] = field(default_factory=list)
 
     def book(self, k: int, record: StepRecord, plant: Plant) -> None:
         sc = self.scenario
+        self._book_regulation(k, record.regulation)
         price = float(sc.price_per_kwh[k])
         self.energy_cost += record.site_wh / 1000.0 * price
         self.base_cost += record.base_wh / 1000.0 * price
@@ -73,15 +99,74 @@ class Ledger:
                 + max(0.0, short_wh - tier1_wh) * PENALTIES.ev_short_tier2_per_kwh
             ) / 1000.0
             self.ev_sessions_scored += 1
+        t0 = k * sc.step_s
         for battery_id, battery in plant.batteries.items():
-            self.soc_series.setdefault(battery_id, []).append(battery.soc)
+            times = self.soc_times.setdefault(battery_id, [])
+            socs = self.soc_series.setdefault(battery_id, [])
+            path = record.soc_path.get(battery_id)
+            if path is not None and len(path) > 2:
+                inner = turning_points(path[:-1])
+                dt = sc.step_s / len(path)
+                times.extend((t0 + (inner + 1) * dt).tolist())
+                socs.extend(path[inner].tolist())
+            times.append(t0 + sc.step_s)
+            socs.append(battery.soc)
+
+    def _book_regulation(self, k: int, reg: RegulationRecord | None) -> None:
+        sc = self.scenario
+        hour = int(k * sc.step_s // 3600)
+        if hour != self._hour:
+            self.settle()
+            self._hour = hour
+        if reg is None or reg.capacity_w <= 0:
+            return
+        price = float(sc.regulation_price_per_kw_h[k])
+        self._hour_payment += (reg.up_w + reg.down_w) / 1000.0 * sc.step_h * price
+        self.regulation_reserved_kwh += (reg.up_w + reg.down_w) / 1000.0 * sc.step_h
+        self._hour_signal.append(reg.target_w / reg.capacity_w)
+        self._hour_response.append(reg.response_w / reg.capacity_w)
+        dt_h = sc.step_h / len(reg.response_w)
+        self.regulation_up_kwh += float(np.maximum(reg.response_w, 0.0).sum()) * dt_h / 1000.0
+        self.regulation_down_kwh += float(np.maximum(-reg.response_w, 0.0).sum()) * dt_h / 1000.0
+
+    def settle(self) -> None:
+        """Score the hour booked so far and pay its capacity (call once more after the last step)."""
+        if self._hour_payment > 0 and self._hour_signal:
+            signal = np.concatenate(self._hour_signal)
+            response = np.concatenate(self._hour_response)
+            composite = score(signal, response).composite if signal.size >= 3 else 0.0
+            self.regulation_revenue += self._hour_payment * composite
+            self.regulation_capacity_value += self._hour_payment
+            self.regulation_hours += 1
+            self.regulation_failed_hours += composite < PASS_SCORE
+        self._hour_payment = 0.0
+        self._hour_signal, self._hour_response = [], []
+
+    @property
+    def regulation_score(self) -> float | None:
+        """Payment-weighted mean performance score (None: nothing reserved)."""
+        if self.regulation_capacity_value <= 0:
+            return None
+        return self.regulation_revenue / self.regulation_capacity_value
+
+
+def turning_points(values: np.ndarray) -> np.ndarray:
+    """Indices of the local extrema of `values` (where its direction changes): the points that keep every cycle's
+    depth, so a cycle-counting model sees the same cycles from far fewer samples."""
+    direction = np.sign(np.diff(values))
+    moving = np.flatnonzero(direction != 0)
+    if moving.size < 2:
+        return np.zeros(0, dtype=int)
+    turns = moving[1:][np.diff(direction[moving]) != 0]
+    return turns
 
 
 @dataclass(frozen=True)
 class BatteryOutcome:
     id: str
     fade: float  # fraction of nominal capacity lost (simulator's Xu model)
-    degradation_cost: float
+    degradation_cost: float  # replacement cost x life used (damage / damage at end of life)
+    life_used: float  # damage over the run / damage at end of life
     discharged_kwh: float
     equivalent_full_cycles: float
     blast_fade: float | None = None
@@ -92,11 +177,13 @@ def battery_outcomes(ledger: Ledger, plant: Plant) -> list[BatteryOutcome]:
     for spec in ledger.scenario.fleet.batteries:
         battery = plant.batteries[spec.id]
         fade = 1.0 - battery.soh
+        life_used = battery.ageing.damage() / damage_at_end_of_life()  # every pack starts new (damage 0)
         discharged = ledger.discharged_wh.get(spec.id, 0.0) / 1000.0
         out.append(BatteryOutcome(
             id=spec.id,
             fade=fade,
-            degradation_cost=spec.replacement_cost * fade / END_OF_LIFE_FADE,
+            degradation_cost=spec.replacement_cost * life_used,
+            life_used=life_used,
             discharged_kwh=discharged,
             equivalent_full_cycles=discharged * 1000.0 / spec.capacity_wh,
         ))
@@ -104,6 +191,7 @@ def battery_outcomes(ledger: Ledger, plant: Plant) -> list[BatteryOutcome]:
 
 
 def soc_time_series(ledger: Ledger, battery_id: str, initial_soc: float) -> tuple[np.ndarray, np.ndarray]:
-    """(Time_s, SOC) at step boundaries, starting with the initial SoC."""
+    """(Time_s, SOC) at step boundaries and regulation turning points, starting with the initial SoC at 0 s."""
     soc = np.array([initial_soc, *ledger.soc_series.get(battery_id, [])])
-    return np.arange(len(soc)) * ledger.scenario.step_s, soc
+    times = np.array([0.0, *ledger.soc_times.get(battery_id, [])])
+    return times, soc

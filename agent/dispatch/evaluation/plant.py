@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 import sim_devices.controllable as controllable
 from agent.dispatch.evaluation.scenario import Scenario
 from sim_devices.battery import Battery
@@ -47,6 +49,18 @@ class Departure:
     soc: float
 
 
+@dataclass(frozen=True)
+class RegulationRecord:
+    """What following the regulation signal asked for and got over one step, per signal sample (W, + = up, i.e.
+    more power into the grid than the step's setpoints)."""
+
+    target_w: np.ndarray  # signal x reserved power of its side, summed over the regulating devices
+    response_w: np.ndarray  # what those devices did beyond their setpoints (mean over each sample)
+    capacity_w: float  # the larger side's reservation: normalises both for the performance score
+    up_w: float
+    down_w: float
+
+
 @dataclass
 class StepRecord:
     """What the physics did over one step (Wh at terminals, + import)."""
@@ -56,6 +70,9 @@ class StepRecord:
     device_wh: dict[str, float]
     discharged_wh: dict[str, float]  # terminal export of each device this step (>= 0)
     departures: list[Departure] = field(default_factory=list)
+    regulation: RegulationRecord | None = None
+    # batteries' SoC after each regulation sample (only in regulating steps): the cycles BLAST-Lite must see
+    soc_path: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Plant:
@@ -101,17 +118,43 @@ class Plant:
     def t_s(self) -> float:
         return self.site.t_s
 
-    def step(self, setpoints: dict[str, float]) -> StepRecord:
-        """Hold `setpoints` (W, + charge; the devices clamp them to their live limits) for one step."""
+    def step(
+        self,
+        setpoints: dict[str, float],
+        reserve_up_w: dict[str, float] | None = None,
+        reserve_down_w: dict[str, float] | None = None,
+    ) -> StepRecord:
+        """Hold `setpoints` (W, + charge; the devices clamp them to their live limits) for one step; devices with
+        a reservation follow the regulation signal around their setpoint, sample by sample."""
         step_s = self.scenario.step_s
         self.site.base_load_w = float(self.scenario.base_load_w[self.k])
         for device_id, device in self.devices.items():
             device.write_setpoint(float(setpoints.get(device_id, 0.0)))
         before = {i: (d.import_wh, d.export_wh) for i, d in self.devices.items()}
         base_before = self.site.base_load_energy_wh
-        end = self.t_s + step_s
-        site_wh = 0.0
         departures: list[Departure] = []
+        up = {i: w for i, w in (reserve_up_w or {}).items() if w > 0 and i in self.devices}
+        down = {i: w for i, w in (reserve_down_w or {}).items() if w > 0 and i in self.devices}
+        regulation = None
+        soc_path: dict[str, np.ndarray] = {}
+        if (up or down) and self.scenario.offers_regulation:
+            site_wh, regulation, soc_path = self._follow(setpoints, up, down, departures)
+        else:
+            site_wh = self._advance(self.t_s + step_s, departures)
+        device_wh, discharged = {}, {}
+        for device_id, d in self.devices.items():
+            imp0, exp0 = before[device_id]
+            device_wh[device_id] = (d.import_wh - imp0) - (d.export_wh - exp0)
+            discharged[device_id] = d.export_wh - exp0
+        self.k += 1
+        return StepRecord(
+            site_wh, self.site.base_load_energy_wh - base_before, device_wh, discharged, departures, regulation,
+            soc_path,
+        )
+
+    def _advance(self, end: float, departures: list[Departure]) -> float:
+        """Run the physics to sim time `end`, split at EV departures and arrivals; returns the site meter's Wh."""
+        site_wh = 0.0
         while end - self.t_s > 1e-9:
             chunk_end = end
             for charger in self.chargers.values():
@@ -123,13 +166,37 @@ class Plant:
             for charger_id, (session, charger) in plugged.items():
                 if session is not None and charger.session is not session:
                     departures.append(Departure(charger_id, session, charger.soc))
-        device_wh, discharged = {}, {}
-        for device_id, d in self.devices.items():
-            imp0, exp0 = before[device_id]
-            device_wh[device_id] = (d.import_wh - imp0) - (d.export_wh - exp0)
-            discharged[device_id] = d.export_wh - exp0
-        self.k += 1
-        return StepRecord(site_wh, self.site.base_load_energy_wh - base_before, device_wh, discharged, departures)
+        return site_wh
+
+    def _follow(
+        self, setpoints: dict[str, float], up: dict[str, float], down: dict[str, float], departures: list[Departure]
+    ) -> tuple[float, RegulationRecord, dict[str, np.ndarray]]:
+        """One step following the regulation signal: each sample, every reserving device is set to its setpoint
+        minus signal x its reservation of that side (+ signal = up = discharge)."""
+        samples = self.scenario.regulation_samples(self.k)
+        dt = self.scenario.step_s / len(samples)
+        ids = sorted(set(up) | set(down))
+        target = np.zeros(len(samples))
+        response = np.zeros(len(samples))
+        soc = {i: np.zeros(len(samples)) for i in self.batteries}
+        site_wh = 0.0
+        for j, signal in enumerate(samples):
+            moved = 0.0
+            for i in ids:
+                reserved = up.get(i, 0.0) if signal >= 0 else down.get(i, 0.0)
+                moved += signal * reserved
+                self.devices[i].write_setpoint(float(setpoints.get(i, 0.0)) - signal * reserved)
+            target[j] = moved
+            before = {i: self.devices[i].import_wh - self.devices[i].export_wh for i in ids}
+            site_wh += self._advance(self.t_s + dt, departures)
+            done_wh = sum(self.devices[i].import_wh - self.devices[i].export_wh - before[i] for i in ids)
+            # delivered up = planned power minus what the devices drew
+            response[j] = sum(float(setpoints.get(i, 0.0)) for i in ids) - done_wh * 3600.0 / dt
+            for i, battery in self.batteries.items():
+                soc[i][j] = battery.soc
+        up_w, down_w = sum(up.values()), sum(down.values())
+        record = RegulationRecord(target, response, max(up_w, down_w), up_w, down_w)
+        return site_wh, record, soc
 
 
 def _departs_after_start(s: SessionSpec, scenario: Scenario) -> bool:

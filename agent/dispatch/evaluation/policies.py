@@ -22,15 +22,15 @@ inside it the BMS never cuts power, so a planned step is what the physics does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from agent.dispatch.aggregate import solve_aggregated
-from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
+from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices, shallow_cycle_price
 from agent.dispatch.evaluation.plant import Plant
 from agent.dispatch.evaluation.scenario import BatterySpec, Scenario, persistence_forecast, published_until
-from agent.dispatch.inputs import AssetPlan, Penalties, PlanInputs, SiteForecast, UpDr
+from agent.dispatch.inputs import AssetPlan, Penalties, PlanInputs, Reserve, SiteForecast, UpDr
 from agent.dispatch.planner import Plan, PlanError, solve
 from sim_devices.battery import CHARGE_TAPER_START_SOC, DISCHARGE_TAPER_END_SOC
 from sim_devices.ev_charger import DISCHARGE_TAPER_WIDTH
@@ -40,6 +40,16 @@ from sim_devices.scenarios import SessionSpec
 # optimiser's own shortfall penalty is off and the objective matches the score.
 PENALTIES = Penalties(dr_short_per_kwh=0.0)
 ORACLE_SLOTS_PER_CHARGER = 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a strategy sets for the next step: power per device (W, + charge) and the regulation capacity each
+    device holds around it (W up = more discharge, W down = more charge)."""
+
+    power_w: dict[str, float]
+    reserve_up_w: dict[str, float] = field(default_factory=dict)
+    reserve_down_w: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,13 @@ def battery_asset(spec: BatterySpec, plant: Plant, steps: int, wear: Wear) -> As
     if wear.aware:
         prices = segment_prices(spec.replacement_cost, spec.capacity_wh, battery.soh, spec.efficiency, wear.segments)
         calendar = calendar_price_per_wh_h(spec.replacement_cost, spec.capacity_wh)
+        # regulation cycles: the signal's typical half cycle at full power, as a depth of the usable energy (the
+        # shallowest, so the cheapest per kWh, a reservation of this battery can make: an LP cannot price depth
+        # by the reserved amount)
+        depth = plant.scenario.regulation_swing_h * spec.power_w / max(usable, 1.0)
+        activation = shallow_cycle_price(spec.replacement_cost, spec.capacity_wh, battery.soh, spec.efficiency, depth)
     else:
-        prices, calendar = np.zeros(1), 0.0
+        prices, calendar, activation = np.zeros(1), 0.0, 0.0
     return AssetPlan(
         id=spec.id,
         energy_wh=energy,
@@ -69,6 +84,7 @@ def battery_asset(spec: BatterySpec, plant: Plant, steps: int, wear: Wear) -> As
         efficiency=spec.efficiency,
         wear_prices=prices,
         calendar_price_per_wh_h=calendar,
+        activation_wear_per_kwh=activation,
     )
 
 
@@ -116,6 +132,23 @@ def ev_asset(
     )
 
 
+def _regulation(scenario: Scenario, k: int, steps: int, foresight: bool) -> list[Reserve]:
+    """The regulation product as the planner sees it from step k: capacity prices as published (persistence past
+    them, like energy prices), nothing awarded in advance (the site offers what it likes each step), and the
+    signal's mean up-activation."""
+    if not scenario.offers_regulation:
+        return []
+    if foresight:
+        price = scenario.window(scenario.regulation_price_per_kw_h, k, steps)
+    else:
+        per_day = round(86400 / scenario.step_s)
+        price = persistence_forecast(
+            scenario.regulation_price_per_kw_h, k, steps, published_until(scenario, k), per_day
+        )
+    zeros = np.zeros(steps)
+    return [Reserve("RegD", price, price, zeros, zeros, activation_per_h=scenario.regulation_activation_per_h)]
+
+
 def _site(scenario: Scenario, k: int, steps: int, foresight: bool = False) -> tuple[SiteForecast, UpDr]:
     """Forecasts from step k: prices and up-DR events as published at k (all of them with `foresight`), base load."""
     base = scenario.window(scenario.base_load_w, k, steps)
@@ -143,8 +176,8 @@ class UncontrolledPolicy:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
 
-    def decide(self, plant: Plant) -> dict[str, float]:
-        return {c.id: c.power_w for c in self.scenario.fleet.chargers}
+    def decide(self, plant: Plant) -> Decision:
+        return Decision({c.id: c.power_w for c in self.scenario.fleet.chargers})
 
 
 class MpcPolicy:
@@ -181,23 +214,24 @@ class MpcPolicy:
             )
             assets.append(asset)
         site, updr = _site(sc, k, self.steps)
-        return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, penalties=PENALTIES)
+        reserves = _regulation(sc, k, self.steps, foresight=False)
+        return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, reserves=reserves, penalties=PENALTIES)
 
-    def decide(self, plant: Plant) -> dict[str, float]:
+    def decide(self, plant: Plant) -> Decision:
         try:
             plan = solve_aggregated(self.inputs(plant)) if self.aggregated else solve(self.inputs(plant))
             self.solves += 1
             self._last = (plan, plant.k)
-            return plan.power_now()
+            return _step_of(plan, 0)
         except PlanError:
             self.failures += 1
             if self._last is None:
-                return {}
+                return Decision({})
             plan, at = self._last
             index = plant.k - at
             if index >= plan.power_w.shape[1]:
-                return {}
-            return {a: float(plan.power_w[i, index]) for i, a in enumerate(plan.asset_ids)}
+                return Decision({})
+            return _step_of(plan, index)
 
 
 class OraclePolicy:
@@ -254,9 +288,10 @@ class OraclePolicy:
                     ))
             self._pending_slots[spec.id] = ids
         site, updr = _site(sc, k, self.steps, foresight=True)
-        return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, penalties=PENALTIES)
+        reserves = _regulation(sc, k, self.steps, foresight=True)
+        return PlanInputs(self.steps, sc.step_s, assets, site, updr=updr, reserves=reserves, penalties=PENALTIES)
 
-    def decide(self, plant: Plant) -> dict[str, float]:
+    def decide(self, plant: Plant) -> Decision:
         if self._plan is None or plant.k - self._plan_k >= self.replan_steps:
             try:
                 self._plan = solve(self.inputs(plant), time_limit_s=120.0)
@@ -266,16 +301,29 @@ class OraclePolicy:
             except PlanError:
                 self.failures += 1
                 if self._plan is None:
-                    return {}
+                    return Decision({})
         j = plant.k - self._plan_k
         plan = self._plan
         if j >= plan.power_w.shape[1]:
-            return {}
+            return Decision({})
         index = {a: i for i, a in enumerate(plan.asset_ids)}
-        out = {b.id: float(plan.power_w[index[b.id], j]) for b in self.scenario.fleet.batteries}
-        for charger_id, slots in self._slots.items():
-            out[charger_id] = float(sum(plan.power_w[index[s], j] for s in slots))
-        return out
+        rows = {b.id: [index[b.id]] for b in self.scenario.fleet.batteries}
+        rows.update({charger_id: [index[s] for s in slots] for charger_id, slots in self._slots.items()})
+
+        def per_device(values: np.ndarray) -> dict[str, float]:
+            return {device: float(sum(values[r, j] for r in at)) for device, at in rows.items()}
+
+        return Decision(per_device(plan.power_w), per_device(plan.reserve_up_w), per_device(plan.reserve_down_w))
+
+
+def _step_of(plan: Plan, index: int) -> Decision:
+    """Step `index` of a plan whose assets are the devices themselves (batteries and plugged-in chargers)."""
+    ids = plan.asset_ids
+    return Decision(
+        {a: float(plan.power_w[i, index]) for i, a in enumerate(ids)},
+        {a: float(plan.reserve_up_w[i, index]) for i, a in enumerate(ids)},
+        {a: float(plan.reserve_down_w[i, index]) for i, a in enumerate(ids)},
+    )
 
 
 def _session_index(scenario: Scenario) -> dict[tuple[str, int], SessionSpec]:

@@ -24,7 +24,8 @@ def results_table(evaluation: Evaluation) -> Table:
     table = Table(
         title=f"{c.days} days, seed {c.seed}, fleet {c.fleet}, step {c.step_s:.0f} s, {c.area} prices (JPY)",
     )
-    columns = ["strategy", "energy net", "up-DR", "battery degr.", "EV wear paid", "EV penalty", "net value",
+    columns = ["strategy", "energy net", "up-DR", "regulation", "reg. score",
+               "battery degr.", "EV wear paid", "EV penalty", "net value",
                "gain vs uncontrolled", "fade % (Xu)", "fade % (BLAST)", "EV short kWh", "bat. kWh out", "solves"]
     for name in columns:
         table.add_column(name, justify="left" if name == "strategy" else "right")
@@ -35,6 +36,8 @@ def results_table(evaluation: Evaluation) -> Table:
             r.name,
             _yen(r.energy_net),
             _yen(r.updr_revenue),
+            _yen(r.regulation_revenue),
+            "-" if r.regulation_score is None else f"{r.regulation_score:.3f}",
             _yen(r.battery_degradation),
             _yen(r.ev_wear_paid),
             _yen(r.ev_penalty),

@@ -8,6 +8,11 @@ Assumptions stated here (not fitted to any data set):
   * Battery packs are replaced at `replacement_cost_per_kwh` (default 30,000 JPY/kWh of nominal capacity, roughly a
     stationary LFP/NMC pack's cell-and-module cost; not an installed-system price).
   * An EV owner asks `ev_wear_price_per_kwh` (default 8 JPY/kWh) for every kWh discharged for V2G.
+  * Regulation (a RegD-like product, `RegD` in agent.dispatch.inputs): the site may offer up and down capacity in
+    any step, paid per kW·h of each side at an hourly capacity price (lognormal, median
+    `regulation_median_per_kw_h`, default 1.5 JPY, about PJM's recent clearing prices at 150 JPY/USD; an
+    assumption) times the hour's performance score, and follows a RegD-like signal (energy neutral per 15 min)
+    sampled every `REGULATION_SAMPLE_S`. Capacity prices are published day-ahead like energy prices.
   * The site's base load follows an office-like day: `base_night_w` at night rising to `base_day_w` 08:00–18:00 on
     weekdays. It is known exactly (the forecast error of base load is not what this harness measures).
 """
@@ -20,13 +25,26 @@ from datetime import date, datetime, time, timedelta
 
 import numpy as np
 
-from sim_devices.scenarios import JST, SessionSpec, generate_prices, generate_sessions, generate_updr_events
+from sim_devices.scenarios import (
+    JST,
+    SessionSpec,
+    generate_prices,
+    generate_sessions,
+    generate_updr_events,
+    regulation_capacity_prices,
+    regulation_values,
+    swing_h,
+)
 from sim_devices.scenarios.prices import PERIOD_S
 
 DEFAULT_START = date(2025, 4, 1)  # April: a spring curtailment season falls in the first weeks
 # JEPX's day-ahead auction closes at 10:00 JST and publishes day D+1's prices shortly after; up-DR events for D+1 are
 # called on the same rhythm. Before 10:00 only today's prices are known.
 PUBLISH_HOUR_JST = 10
+# The regulation signal's sample: PJM scores performance on 10-s samples of its 2-s signal, and a year of 2-s physics
+# sub-steps is too slow in Python (a year at 10 s: 3.2 M sub-steps, ~90 s per strategy)
+REGULATION_SAMPLE_S = 10.0
+REGULATION_MEDIAN_PER_KW_H = 1.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,12 @@ class Scenario:
     sessions: dict[str, list[SessionSpec]] = field(default_factory=dict)
     area: str = "Kyushu"
     seed: int = 1
+    # regulation: capacity price per step (currency per kW·h of each side; all 0: no regulation offered), the
+    # normalised signal every REGULATION_SAMPLE_S (+1 = full up, i.e. discharge), and its statistics for planning
+    regulation_price_per_kw_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    regulation: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    regulation_activation_per_h: float = 0.0  # mean of the signal's positive part: kWh up per kW·h reserved
+    regulation_swing_h: float = 0.0  # energy-weighted half cycle, kWh per kW reserved (sizes the cycle depth)
 
     @property
     def steps(self) -> int:
@@ -94,6 +118,15 @@ class Scenario:
     @property
     def step_h(self) -> float:
         return self.step_s / 3600.0
+
+    @property
+    def offers_regulation(self) -> bool:
+        return bool(self.regulation.size) and bool(np.any(self.regulation_price_per_kw_h > 0))
+
+    def regulation_samples(self, k: int) -> np.ndarray:
+        """The signal's samples during step k."""
+        per_step = round(self.step_s / REGULATION_SAMPLE_S)
+        return self.regulation[k * per_step : (k + 1) * per_step]
 
     def window(self, series: np.ndarray, k: int, length: int, fill: float = 0.0) -> np.ndarray:
         """`series[k:k+length]`, padded with `fill` past the run's end.
@@ -149,10 +182,15 @@ def make_scenario(
     area: str = "Kyushu",
     start: date = DEFAULT_START,
     curtailment_frequency: float = 0.15,
+    regulation_median_per_kw_h: float = REGULATION_MEDIAN_PER_KW_H,
 ) -> Scenario:
-    """A seeded world of `days` days from `start` (midnight JST)."""
+    """A seeded world of `days` days from `start` (midnight JST); `regulation_median_per_kw_h` 0: no regulation."""
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
+    if regulation_median_per_kw_h < 0:
+        raise ValueError(f"regulation_median_per_kw_h must be >= 0, got {regulation_median_per_kw_h}")
+    if step_s % REGULATION_SAMPLE_S:
+        raise ValueError(f"step_s {step_s} must be a multiple of the regulation sample {REGULATION_SAMPLE_S:g} s")
     if PERIOD_S % step_s and step_s % PERIOD_S:
         raise ValueError(f"step_s {step_s} must divide or be a multiple of the 30-min price period")
     fleet = fleet or make_fleet("small")
@@ -182,6 +220,15 @@ def make_scenario(
     if fleet.chargers:
         for s in generate_sessions(start, days, len(fleet.chargers), seed):
             sessions[fleet.chargers[s.charger_index].id].append(s)
+    regulation = np.zeros(0)
+    reg_price = np.zeros(steps)
+    activation = swing = 0.0
+    if regulation_median_per_kw_h > 0:
+        regulation = regulation_values(days * 86400, seed, REGULATION_SAMPLE_S)
+        hourly = regulation_capacity_prices(days * 24, seed, regulation_median_per_kw_h)
+        reg_price = hourly[np.minimum((t_mid // 3600).astype(int), len(hourly) - 1)]
+        activation = float(np.maximum(regulation, 0.0).mean())
+        swing = swing_h(regulation, REGULATION_SAMPLE_S)
     return Scenario(
         start=start_dt,
         days=days,
@@ -195,4 +242,8 @@ def make_scenario(
         sessions=sessions,
         area=area,
         seed=seed,
+        regulation_price_per_kw_h=reg_price,
+        regulation=regulation,
+        regulation_activation_per_h=activation,
+        regulation_swing_h=swing,
     )

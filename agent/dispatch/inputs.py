@@ -177,3 +177,31 @@ class PlanInputs:
     @property
     def step_h(self) -> float:
         return self.step_s / 3600.0
+
+
+def charge_limits_w(asset: AssetPlan, steps: int) -> np.ndarray:
+    """The asset's charge limit per step (W): its per-step override, else nameplate x availability."""
+    if asset.charge_limit_w is not None:
+        return np.asarray(asset.charge_limit_w, dtype=float)[:steps]
+    mask = np.ones(steps) if asset.available is None else np.asarray(asset.available, dtype=float)[:steps]
+    return asset.charge_w * mask
+
+
+def updr_reachable(inputs: PlanInputs) -> np.ndarray:
+    """Up-DR window steps whose baseline the site can reach with every asset charging at its limit.
+
+    Settlement pays for consumption above the baseline and nothing below, a kink an LP cannot hold. The planner
+    therefore reads the increase with a free sign (below the baseline it counts against), which in a step whose
+    baseline is out of reach would pay the LP for raising load settlement never pays for. Such steps are taken out
+    of the window; their request is reported as missed (planner._read_plan).
+    """
+    dr = inputs.updr
+    t = inputs.steps
+    if dr is None:
+        return np.zeros(t, dtype=bool)
+    site = inputs.site
+    most = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float)
+    for a in inputs.assets:
+        most = most + charge_limits_w(a, t)
+    return np.asarray(dr.window[:t], dtype=bool) & (most >= np.asarray(dr.baseline_w[:t], dtype=float))
+

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.dispatch.highs_lp import INF, ArrayLp
-from agent.dispatch.inputs import PlanInputs
+from agent.dispatch.inputs import PlanInputs, updr_reachable
 from agent.dispatch.reserve_check import longest_product
 
 
@@ -266,7 +266,7 @@ def _site_rows(lp: ArrayLp, inputs: PlanInputs, other_w: np.ndarray, coupling: _
             lp.entries(r, over, sign)
     if inputs.updr is not None:  # dr_up ≤ net − baseline in the window; each W of it earns the price and the penalty
         dr = inputs.updr
-        window = np.flatnonzero(np.asarray(dr.window[:t], dtype=bool))
+        window = np.flatnonzero(updr_reachable(inputs))  # as the planner's window (unreachable steps out)
         reward = -(dr.price_per_kwh + pen.dr_short_per_kwh) * h / 1000.0
         # free below like the planner's dr_up (agent.dispatch.formulation._updr): the site may be under the baseline
         up = lp.columns(np.full(len(window), reward), -INF, np.full(len(window), dr.requested_w))

@@ -12,7 +12,7 @@ import cvxpy as cp
 import numpy as np
 
 from agent.dispatch.formulation import BIG_W, DispatchModel, Shape, net_of
-from agent.dispatch.inputs import PlanInputs, activation_price, terminal_price
+from agent.dispatch.inputs import PlanInputs, activation_price, charge_limits_w, terminal_price, updr_reachable
 
 PATH_MARGIN_WH = 1e-3
 
@@ -80,7 +80,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
             initial[i, k] = min(left, segment_cap[i, k])
             left -= initial[i, k]
         mask = np.ones(t) if a.available is None else np.asarray(a.available, dtype=float)[:t]
-        charge_max[i] = a.charge_w * mask if a.charge_limit_w is None else np.asarray(a.charge_limit_w)[:t]
+        charge_max[i] = charge_limits_w(a, t)
         discharge_max[i] = a.discharge_w * mask if a.discharge_limit_w is None else np.asarray(a.discharge_limit_w)[:t]
         # path bounds are sums over thousands of EVs: widened by a rounding margin, so that the initial energy
         # (summed separately) never sits a few ulps outside them and makes the LP infeasible
@@ -125,7 +125,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     p.ev_tier2_price.value = pen.ev_short_tier2_per_kwh
     if shape.updr and inputs.updr is not None:
         dr = inputs.updr
-        window = np.asarray(dr.window[:t], dtype=float)
+        window = updr_reachable(inputs).astype(float)
         p.dr_baseline.value = np.asarray(dr.baseline_w[:t], dtype=float)
         p.dr_outside.value = np.where(window > 0, 0.0, BIG_W)
         p.dr_requested.value = dr.requested_w * window
@@ -163,7 +163,45 @@ def solve(
         if left <= 0 or (solver_options or {}).get("solver") == FALLBACK_OPTIONS["solver"]:
             raise
         _run(model, left, {**(solver_options or {}), **FALLBACK_OPTIONS})
-    return _read_plan(model, inputs, time.perf_counter() - started)
+    plan = _read_plan(model, inputs, time.perf_counter() - started)
+    for _ in range(BURN_PASSES):
+        burning = _forbid_burning(model)
+        left = time_limit_s - (time.perf_counter() - started)
+        if not burning.any() or left <= 0:
+            break
+        try:
+            _run(model, left, solver_options or {})  # with the burning sides' limits at 0
+        except PlanError:
+            break  # keep the plan that burns: a lossy plan beats none
+        plan = _read_plan(model, inputs, time.perf_counter() - started)
+    return plan
+
+
+BURN_PASSES = 12
+BURN_TOLERANCE_W = 1e-3
+
+
+def _forbid_burning(model: DispatchModel) -> np.ndarray:
+    """Where the plan charges and discharges one asset in the same step, and forbid the smaller side there.
+
+    The LP relaxation allows both at once, which burns energy through the losses; it pays where stored energy is
+    capped but power is not, e.g. a full battery that keeps "charging" to keep its reserve headroom, or consumes
+    more in an up-DR window than it can store. No device can do it. Zeroing the smaller side's limit at those
+    (asset, step) pairs (Parameters, so the compiled problem is reused) and solving again removes it; it is rare,
+    so the extra solve is too. Returns the mask of burning pairs (the limits are already changed for a re-run).
+    """
+    charge = np.asarray(model.charge.value)
+    discharge = np.asarray(model.discharge.value)
+    burning = (charge > BURN_TOLERANCE_W) & (discharge > BURN_TOLERANCE_W)
+    if burning.any():
+        p = model.params
+        charge_max = np.array(p.charge_max.value)
+        discharge_max = np.array(p.discharge_max.value)
+        discharge_max[burning & (discharge <= charge)] = 0.0
+        charge_max[burning & (charge < discharge)] = 0.0
+        p.charge_max.value = charge_max
+        p.discharge_max.value = discharge_max
+    return burning
 
 
 def _run(model: DispatchModel, time_limit_s: float, solver_options: dict[str, object]) -> None:
@@ -196,8 +234,13 @@ def _read_plan(model: DispatchModel, inputs: PlanInputs, elapsed: float) -> Plan
         "ev_short_kwh": float(np.sum(model.ev_short1.value) + np.sum(model.ev_short2.value)) / 1000.0,
         "site_limit_excess_kwh": float(np.sum(model.site_over.value)) * h / 1000.0,
     }
-    if model.shape.updr:
-        violations["updr_short_kwh"] = float(np.sum(model.dr_short.value)) * h / 1000.0
+    if model.shape.updr and inputs.updr is not None:
+        # steps whose baseline no plan can reach are out of the LP's window (inputs.updr_reachable): missed in full
+        dr = inputs.updr
+        lost = np.asarray(dr.window[:t], dtype=bool) & ~updr_reachable(inputs)
+        lost_kwh = dr.requested_w * float(lost.sum()) * h / 1000.0
+        violations["updr_short_kwh"] = float(np.sum(model.dr_short.value)) * h / 1000.0 + lost_kwh
+        breakdown["updr_shortfall_penalty"] += inputs.penalties.dr_short_per_kwh * lost_kwh
     n = len(inputs.assets)
     up = np.zeros((n, t))
     down = np.zeros((n, t))

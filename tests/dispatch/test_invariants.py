@@ -90,3 +90,19 @@ def test_shallow_cycles_are_preferred_at_equal_revenue() -> None:
     # two shallow cycles cost less wear than one deep one, and no pack goes deeper than the single one did
     assert plan_two.breakdown["wear_cycle"] < plan_one.breakdown["wear_cycle"]
     assert -np.min(plan_two.power_w[:, 1]) < -plan_one.power_w[0, 1]
+
+
+def test_a_full_battery_does_not_burn_energy_for_reserve_headroom() -> None:
+    # hypothesis found it (CI, 2026-12-01): an empty lossy battery paid for up-reserve headroom kept "charging"
+    # once full and discharged as much in the same step, burning energy through its losses; no device can
+    def store(asset_id: str, power: float, efficiency: float) -> AssetPlan:
+        return AssetPlan(asset_id, 0.0, 0.0, 20_000.0, power, power, efficiency, np.ones(T, dtype=bool))
+
+    assets = [store("a0", 4308.0, 0.875), store("a1", 3000.0, 1.0)]
+    site = SiteForecast(np.full(T, 1.0), np.zeros(T), np.zeros(T))
+    reserve = Reserve("FRR", np.full(T, 2.0), np.zeros(T), np.zeros(T), np.zeros(T))
+    plan = solve(PlanInputs(T, STEP_S, assets, site, reserves=[reserve]))
+    for i, a in enumerate(assets):
+        delta, p = np.diff(plan.energy_wh[i]), plan.power_w[i]
+        assert np.all(delta <= np.maximum(p, 0) * a.efficiency * H + 1e-3)
+        assert np.all(delta >= np.minimum(p, 0) / a.efficiency * H - 1e-3)

@@ -140,3 +140,22 @@ def test_no_reservation_runs_the_step_whole(scenario: Scenario) -> None:
     with fast_substeps():
         record = plant.step({"bat-1": 10_000.0}, {}, {})
     assert record.regulation is None and record.soc_path == {}
+
+
+def test_a_tiny_band_in_one_step_does_not_fail_the_hour(scenario: Scenario) -> None:
+    # review finding: each step normalised by its own band, a 1 W band beside a setpoint jump scored the hour 0.27
+    def hour(second_band_w: float) -> Ledger:
+        plant = Plant(scenario)
+        ledger = Ledger(scenario)
+        bands = [20_000.0, second_band_w, 20_000.0, 20_000.0]
+        setpoints = [0.0, 40_000.0, 0.0, 0.0]
+        with fast_substeps():
+            for k in range(4):
+                band = {"bat-1": bands[k]}
+                ledger.book(k, plant.step({"bat-1": setpoints[k]}, band, band), plant)
+            ledger.settle()
+        return ledger
+
+    tiny, none = hour(1.0), hour(0.0)
+    assert none.regulation_score is not None and tiny.regulation_score is not None
+    assert tiny.regulation_score > 0.95 and tiny.regulation_score == pytest.approx(none.regulation_score, abs=0.02)

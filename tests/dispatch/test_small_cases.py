@@ -127,8 +127,20 @@ def test_updr_window_below_the_baseline_stays_feasible(method: str) -> None:
     # was infeasible: a non-negative increase tied the site to at least the baseline in the window
     inputs = updr_with_pv_below_baseline()
     plan = solve(inputs) if method == "full" else solve_aggregated(inputs, groups=1)
-    assert plan.power_w[0, 0] == pytest.approx(6_000, abs=1e-3)  # absorbs what it can of the surplus
-    assert plan.violations["updr_short_kwh"] >= 10.0 - 1e-6  # nothing above the baseline was delivered
+    # the baseline is out of reach (−15 kW + 6 kW): nothing is claimed, the whole request is reported missed
+    assert plan.breakdown["updr_revenue"] == pytest.approx(0.0, abs=1e-6)
+    assert plan.violations["updr_short_kwh"] == pytest.approx(10.0, abs=1e-6)
+    assert plan.energy_wh[0, 2] == pytest.approx(20_000, abs=1e-3)  # the EV's own need still drives it
+
+
+def test_an_unreachable_baseline_pays_nothing_for_raising_load() -> None:
+    # review finding: with a free-sign increase over the whole window, a battery bought at 60 to "raise" a site
+    # that stays 5 kW under its baseline whatever it does, instead of selling at 60
+    store = battery(efficiency=0.95, charge_w=10_000, discharge_w=10_000)
+    forecast = SiteForecast(np.array([60.0, 20.0]), np.full(2, 5000.0), np.array([20_000.0, 0.0]))
+    dr = UpDr(window=np.array([1, 0], dtype=bool), baseline_w=np.full(2, 5000.0), requested_w=10_000, price_per_kwh=15)
+    plan = solve(PlanInputs(2, 3600, [store], forecast, updr=dr))
+    assert plan.power_w[0, 0] == pytest.approx(-10_000, abs=1e-3)
 
 
 def test_reservation_holds_energy_for_the_product_duration() -> None:

@@ -64,6 +64,7 @@ class Ledger:
     regulation_down_kwh: float = 0.0
     _hour: int = -1
     _hour_payment: float = 0.0
+    _hour_capacity: float = 0.0
     _hour_signal: list[np.ndarray] = field(default_factory=list)
     _hour_response: list[np.ndarray] = field(default_factory=list)
 
@@ -123,8 +124,9 @@ class Ledger:
         price = float(sc.regulation_price_per_kw_h[k])
         self._hour_payment += (reg.up_w + reg.down_w) / 1000.0 * sc.step_h * price
         self.regulation_reserved_kwh += (reg.up_w + reg.down_w) / 1000.0 * sc.step_h
-        self._hour_signal.append(reg.target_w / reg.capacity_w)
-        self._hour_response.append(reg.response_w / reg.capacity_w)
+        self._hour_capacity = max(self._hour_capacity, reg.capacity_w)
+        self._hour_signal.append(reg.target_w)
+        self._hour_response.append(reg.response_w)
         dt_h = sc.step_h / len(reg.response_w)
         self.regulation_up_kwh += float(np.maximum(reg.response_w, 0.0).sum()) * dt_h / 1000.0
         self.regulation_down_kwh += float(np.maximum(-reg.response_w, 0.0).sum()) * dt_h / 1000.0
@@ -132,14 +134,17 @@ class Ledger:
     def settle(self) -> None:
         """Score the hour booked so far and pay its capacity (call once more after the last step)."""
         if self._hour_payment > 0 and self._hour_signal:
-            signal = np.concatenate(self._hour_signal)
-            response = np.concatenate(self._hour_response)
+            # normalised by the hour's largest band, as PJM normalises by the hour's assigned capability: per step,
+            # a 1 W band turned a setpoint's ramp into an error of ~80 and failed the whole hour
+            signal = np.concatenate(self._hour_signal) / self._hour_capacity
+            response = np.concatenate(self._hour_response) / self._hour_capacity
             composite = score(signal, response).composite if signal.size >= 3 else 0.0
             self.regulation_revenue += self._hour_payment * composite
             self.regulation_capacity_value += self._hour_payment
             self.regulation_hours += 1
             self.regulation_failed_hours += composite < PASS_SCORE
         self._hour_payment = 0.0
+        self._hour_capacity = 0.0
         self._hour_signal, self._hour_response = [], []
 
     @property

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.dispatch import planner, refine
-from agent.dispatch.inputs import AssetPlan, PlanInputs, terminal_price
+from agent.dispatch.inputs import SYMMETRIC_PRODUCTS, AssetPlan, PlanInputs, terminal_price
 from agent.dispatch.planner import Plan
 from agent.dispatch.reserve_check import reserve_energy_unheld_kwh
 
@@ -475,7 +475,8 @@ def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
         summed = np.zeros((groups, t))
         np.add.at(summed, g, ev_power[rows])
         unrealised = float(np.abs(summed - group_power).sum()) * h / 1000.0
-        unheld = _split_reserves(plan, grouping, ev_power, up, down)
+        symmetric = bool(inputs.reserves) and all(r.product in SYMMETRIC_PRODUCTS for r in inputs.reserves)
+        unheld = _split_reserves(plan, grouping, ev_power, up, down, symmetric)
     if len(grouping.passthrough):
         src, dst = grouping.passthrough[:, 0], grouping.passthrough[:, 1]
         power[src] = plan.power_w[dst]
@@ -514,16 +515,22 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split) -> Plan:
 
 
 def _split_reserves(
-    plan: Plan, grouping: Grouping, ev_power: np.ndarray, up: np.ndarray, down: np.ndarray
+    plan: Plan, grouping: Grouping, ev_power: np.ndarray, up: np.ndarray, down: np.ndarray, symmetric: bool = False
 ) -> float:
     """Each group's reserve shared by its members' power headroom, each member at most its own headroom (no
-    per-member energy guarantee). Returns the kWh of group reserve the members' headroom could not hold."""
+    per-member energy guarantee). Returns the kWh of group reserve the members' headroom could not hold.
+
+    `symmetric` (every product a symmetric band, inputs.SYMMETRIC_PRODUCTS): each member holds as much down as
+    up, shared by the smaller of its two headrooms; shared separately, a member could get up only and, under an
+    energy-neutral signal, only discharge."""
     if not (plan.reserve_up_w[: grouping.groups].any() or plan.reserve_down_w[: grouping.groups].any()):
         return 0.0  # nothing reserved: `up` and `down` stay zero
     m = grouping.members
     on = (m.group[:, None] >= 0) & m.plugged
     head_up = np.where(on, np.maximum(0.0, m.discharge_w[:, None] + ev_power), 0.0)
     head_down = np.where(on, np.maximum(0.0, m.charge_w[:, None] - ev_power), 0.0)
+    if symmetric:
+        head_up = head_down = np.minimum(head_up, head_down)
     g = np.where(m.group >= 0, m.group, 0)
     t = ev_power.shape[1]
     unheld = 0.0

@@ -242,6 +242,19 @@ def awarded_fleet() -> PlanInputs:
     return PlanInputs(T, STEP_S, base.assets, base.site, reserves=[reserve])
 
 
+def test_a_symmetric_band_stays_symmetric_on_every_member() -> None:
+    """RegD is one band (as much down as up); shared by each side's headroom apart, a member could get up only
+    and, under an energy-neutral signal, only discharge (review finding)."""
+    base = fixed_fleet(20)
+    award = np.where(np.arange(T) < 12, 30_000.0, 0.0)
+    reserve = Reserve("RegD", np.full(T, 5.0), np.full(T, 5.0), award, award)
+    inputs = PlanInputs(T, STEP_S, base.assets, base.site, reserves=[reserve])
+    plan = solve_aggregated_detail(inputs, GROUPS).plan
+    evs = [i for i, a in enumerate(inputs.assets) if a.is_ev]
+    assert plan.reserve_up_w[evs].sum() > 0
+    assert plan.reserve_up_w[evs] == pytest.approx(plan.reserve_down_w[evs], abs=TOL)
+
+
 def test_refined_charge_only_members_keep_their_reserve_deliverable() -> None:
     """With an award, a re-planned charge-only EV still holds its share: up ≤ charge, charge + down ≤ its limit."""
     inputs = awarded_fleet()

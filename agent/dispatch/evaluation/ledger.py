@@ -141,8 +141,9 @@ class Ledger:
             composite = score(signal, response).composite if signal.size >= 3 else 0.0
             self.regulation_revenue += self._hour_payment * composite
             self.regulation_capacity_value += self._hour_payment
-            self.regulation_hours += 1
-            self.regulation_failed_hours += composite < PASS_SCORE
+            hours = max(1, round(self.scenario.step_s / 3600))  # a step longer than an hour is scored as one
+            self.regulation_hours += hours
+            self.regulation_failed_hours += hours * (composite < PASS_SCORE)
         self._hour_payment = 0.0
         self._hour_capacity = 0.0
         self._hour_signal, self._hour_response = [], []

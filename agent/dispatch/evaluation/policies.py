@@ -68,8 +68,8 @@ def battery_asset(spec: BatterySpec, plant: Plant, steps: int, wear: Wear) -> As
         prices = segment_prices(spec.replacement_cost, spec.capacity_wh, battery.soh, spec.efficiency, wear.segments)
         calendar = calendar_price_per_wh_h(spec.replacement_cost, spec.capacity_wh)
         # regulation cycles: the signal's typical half cycle at full power, as a depth of the usable energy (the
-        # shallowest, so the cheapest per kWh, a reservation of this battery can make: an LP cannot price depth
-        # by the reserved amount)
+        # deepest a band of this battery swings, so the cheapest per kWh: smaller bands cycle shallower and cost
+        # more per kWh, which an LP cannot price by the reserved amount)
         depth = plant.scenario.regulation_swing_h * spec.power_w / max(usable, 1.0)
         activation = shallow_cycle_price(spec.replacement_cost, spec.capacity_wh, battery.soh, spec.efficiency, depth)
     else:

@@ -189,7 +189,7 @@ def make_scenario(
         raise ValueError(f"days must be >= 1, got {days}")
     if regulation_median_per_kw_h < 0:
         raise ValueError(f"regulation_median_per_kw_h must be >= 0, got {regulation_median_per_kw_h}")
-    if step_s % REGULATION_SAMPLE_S:
+    if regulation_median_per_kw_h > 0 and step_s % REGULATION_SAMPLE_S:
         raise ValueError(f"step_s {step_s} must be a multiple of the regulation sample {REGULATION_SAMPLE_S:g} s")
     if PERIOD_S % step_s and step_s % PERIOD_S:
         raise ValueError(f"step_s {step_s} must divide or be a multiple of the 30-min price period")

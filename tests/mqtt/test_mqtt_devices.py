@@ -241,10 +241,14 @@ async def test_bad_commands_are_counted_and_ignored(broker: Broker) -> None:
     async with rig(broker, {"bess": "vppsim_battery_mqtt"}) as r:
         endpoint, physics = r.site.mqtt_endpoints["bess"], r.physics("bess")
         async with aiomqtt.Client(HOST, broker.port) as peer:
+            # a good command first, applied before the junk is sent: the simulator's subscription is live by then
+            # (CI once lost the first two junk messages to a subscription still being set up)
+            await peer.publish("devices/bess/set", b'{"setpoint_kw": 0.5}', qos=1)
+            await until(lambda: endpoint.commands == 1, "first good command applied")
             for junk in (b"{", b"[1]", b'{"p_kw": 5}', b'{"setpoint_kw": "5"}', b'{"lease_s": -1}'):
                 await peer.publish("devices/bess/set", junk, qos=1)
             await peer.publish("devices/bess/set", b'{"setpoint_kw": 1.5}', qos=1)
-        await until(lambda: endpoint.commands == 1, "good command after the junk applied")
+        await until(lambda: endpoint.commands == 2, "good command after the junk applied")
         assert endpoint.bad_commands == 5
         assert physics.lease.setpoint_w == -1500.0
 

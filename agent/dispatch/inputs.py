@@ -181,10 +181,19 @@ class PlanInputs:
 
 def charge_limits_w(asset: AssetPlan, steps: int) -> np.ndarray:
     """The asset's charge limit per step (W): its per-step override, else nameplate x availability."""
-    if asset.charge_limit_w is not None:
-        return np.asarray(asset.charge_limit_w, dtype=float)[:steps]
-    mask = np.ones(steps) if asset.available is None else np.asarray(asset.available, dtype=float)[:steps]
-    return asset.charge_w * mask
+    return _limits_w(asset.charge_limit_w, asset.charge_w, asset.available, steps)
+
+
+def discharge_limits_w(asset: AssetPlan, steps: int) -> np.ndarray:
+    """The asset's discharge limit per step (W, magnitude): its per-step override, else nameplate x availability."""
+    return _limits_w(asset.discharge_limit_w, asset.discharge_w, asset.available, steps)
+
+
+def _limits_w(override: np.ndarray | None, nameplate_w: float, available: np.ndarray | None, steps: int) -> np.ndarray:
+    if override is not None:
+        return np.asarray(override, dtype=float)[:steps]
+    mask = np.ones(steps) if available is None else np.asarray(available, dtype=float)[:steps]
+    return nameplate_w * mask
 
 
 def updr_reachable(inputs: PlanInputs) -> np.ndarray:

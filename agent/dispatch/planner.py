@@ -12,7 +12,14 @@ import cvxpy as cp
 import numpy as np
 
 from agent.dispatch.formulation import BIG_W, DispatchModel, Shape, net_of
-from agent.dispatch.inputs import PlanInputs, activation_price, charge_limits_w, terminal_price, updr_reachable
+from agent.dispatch.inputs import (
+    PlanInputs,
+    activation_price,
+    charge_limits_w,
+    discharge_limits_w,
+    terminal_price,
+    updr_reachable,
+)
 
 PATH_MARGIN_WH = 1e-3
 
@@ -38,9 +45,6 @@ class Plan:
     def net_cost(self) -> float:
         """Energy cost + wear + penalties − revenues (what the optimiser minimised, plus fixed parts)."""
         return float(net_of(self.breakdown))
-
-    def power_now(self) -> dict[str, float]:
-        return {asset_id: float(self.power_w[i, 0]) for i, asset_id in enumerate(self.asset_ids)}
 
 
 _MODELS: dict[tuple[Shape, float], DispatchModel] = {}
@@ -79,9 +83,8 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         for k in range(segments):  # the shallowest (cheapest) segments hold the energy first
             initial[i, k] = min(left, segment_cap[i, k])
             left -= initial[i, k]
-        mask = np.ones(t) if a.available is None else np.asarray(a.available, dtype=float)[:t]
         charge_max[i] = charge_limits_w(a, t)
-        discharge_max[i] = a.discharge_w * mask if a.discharge_limit_w is None else np.asarray(a.discharge_limit_w)[:t]
+        discharge_max[i] = discharge_limits_w(a, t)
         # path bounds are sums over thousands of EVs: widened by a rounding margin, so that the initial energy
         # (summed separately) never sits a few ulps outside them and makes the LP infeasible
         margin = PATH_MARGIN_WH + 1e-9 * room

@@ -18,6 +18,7 @@ from sim_devices.scenarios.regulation import (
     regulation_capacity_prices,
     regulation_values,
     swing_h,
+    turning_points,
 )
 from sim_devices.scenarios.updr import UpDrEventSpec, generate_updr_events
 
@@ -38,4 +39,5 @@ __all__ = [
     "sessions_by_charger",
     "swing_h",
     "to_sim_params",
+    "turning_points",
 ]

@@ -103,6 +103,16 @@ def regulation_capacity_prices(hours: int, seed: int, median_per_kw_h: float, si
     return median_per_kw_h * np.exp(sigma * rng.standard_normal(hours))
 
 
+def turning_points(values: np.ndarray) -> np.ndarray:
+    """Indices of the local extrema of `values` (where its direction changes; of a flat top, its last sample): the
+    points that keep every cycle's depth, so a cycle-counting model sees the same cycles from far fewer samples."""
+    direction = np.sign(np.diff(values))
+    moving = np.flatnonzero(direction != 0)
+    if moving.size < 2:
+        return np.zeros(0, dtype=int)
+    return moving[1:][np.diff(direction[moving]) != 0]
+
+
 def swing_h(values: np.ndarray, step_s: float) -> float:
     """The energy-weighted mean half-cycle of following `values` (−1..1), in kWh per kW reserved (i.e. hours).
 
@@ -111,10 +121,6 @@ def swing_h(values: np.ndarray, step_s: float) -> float:
     of a resource following the signal (agent.dispatch.degradation.shallow_cycle_price).
     """
     energy = np.cumsum(np.asarray(values, dtype=float)) * step_s / 3600.0
-    direction = np.sign(np.diff(energy))
-    moving = direction != 0
-    turns = np.flatnonzero(np.diff(direction[moving]) != 0)
-    points = energy[1:][moving][turns]
-    swings = np.abs(np.diff(points))
+    swings = np.abs(np.diff(energy[turning_points(energy)]))
     total = float(swings.sum())
     return float((swings**2).sum() / total) if total > 0 else 0.0

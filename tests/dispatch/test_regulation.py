@@ -7,12 +7,18 @@ import numpy as np
 import pytest
 
 from agent.dispatch.degradation import segment_prices, shallow_cycle_price
-from agent.dispatch.evaluation.ledger import Ledger, turning_points
+from agent.dispatch.evaluation.ledger import Ledger
 from agent.dispatch.evaluation.plant import Plant, fast_substeps
 from agent.dispatch.evaluation.scenario import REGULATION_SAMPLE_S, Scenario, make_fleet, make_scenario
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, activation_price
 from agent.dispatch.planner import solve
-from sim_devices.scenarios import generate_regulation, regulation_capacity_prices, regulation_values, swing_h
+from sim_devices.scenarios import (
+    generate_regulation,
+    regulation_capacity_prices,
+    regulation_values,
+    swing_h,
+    turning_points,
+)
 
 
 @pytest.fixture(scope="module")

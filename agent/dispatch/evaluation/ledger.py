@@ -32,6 +32,7 @@ from agent.dispatch.evaluation.plant import Plant, RegulationRecord, StepRecord
 from agent.dispatch.evaluation.policies import PENALTIES
 from agent.dispatch.evaluation.scenario import Scenario
 from agent.mv.performance import score
+from sim_devices.scenarios import turning_points
 
 PASS_SCORE = 0.75  # PJM's qualification threshold (REFERENCE.md); below it an hour counts as failed
 
@@ -60,8 +61,6 @@ class Ledger:
     regulation_reserved_kwh: float = 0.0  # kW·h reserved, up and down summed
     regulation_hours: int = 0
     regulation_failed_hours: int = 0  # scored below PASS_SCORE
-    regulation_up_kwh: float = 0.0  # what the devices delivered beyond their setpoints, up and down
-    regulation_down_kwh: float = 0.0
     _hour: int = -1
     _hour_payment: float = 0.0
     _hour_capacity: float = 0.0
@@ -127,9 +126,6 @@ class Ledger:
         self._hour_capacity = max(self._hour_capacity, reg.capacity_w)
         self._hour_signal.append(reg.target_w)
         self._hour_response.append(reg.response_w)
-        dt_h = sc.step_h / len(reg.response_w)
-        self.regulation_up_kwh += float(np.maximum(reg.response_w, 0.0).sum()) * dt_h / 1000.0
-        self.regulation_down_kwh += float(np.maximum(-reg.response_w, 0.0).sum()) * dt_h / 1000.0
 
     def settle(self) -> None:
         """Score the hour booked so far and pay its capacity (call once more after the last step)."""
@@ -154,17 +150,6 @@ class Ledger:
         if self.regulation_capacity_value <= 0:
             return None
         return self.regulation_revenue / self.regulation_capacity_value
-
-
-def turning_points(values: np.ndarray) -> np.ndarray:
-    """Indices of the local extrema of `values` (where its direction changes): the points that keep every cycle's
-    depth, so a cycle-counting model sees the same cycles from far fewer samples."""
-    direction = np.sign(np.diff(values))
-    moving = np.flatnonzero(direction != 0)
-    if moving.size < 2:
-        return np.zeros(0, dtype=int)
-    turns = moving[1:][np.diff(direction[moving]) != 0]
-    return turns
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 import structlog
 
 from agent.config import AppConfig
+from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
-from agent.events import EventManager
-from agent.ingest import SignalIngest
-from agent.loop import ControlLoop
-from agent.signals import SIGNAL_TYPES, AsActivation, GridFrequency, SignalModel, SiteTarget
+from agent.events.lifecycle import EventManager
+from agent.signals.ingest import SignalIngest
+from agent.signals.models import SIGNAL_TYPES, AsActivation, GridFrequency, SignalModel, SiteTarget
 from agent.store import Store
 from agent.telemetry import TelemetryPublisher
 

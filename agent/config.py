@@ -115,7 +115,7 @@ class DispatchSettings(Strict):
 
 
 class EventSettings(Strict):
-    """Grid events (agent/events.py): M&V intervals and baselines, and the local-frequency droop for FCR."""
+    """Grid events (agent/events/lifecycle.py): M&V intervals and baselines, and the local-frequency droop for FCR."""
 
     timezone: str = Field("Asia/Tokyo", description="zone of the settlement day: like-days and intervals")
     holiday_country: str | None = Field(

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from agent.signals import SIGNAL_TYPES, Ack
+from agent.signals.models import SIGNAL_TYPES, Ack
 from agent.telemetry import ENVELOPE_JSON, MEASUREMENT_JSON, STATUS_JSON
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schemas"

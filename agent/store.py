@@ -15,7 +15,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from agent.mv.intervals import Interval
+from agent.events.mv.intervals import Interval
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS signals (

@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from agent.bus import Bus
 from agent.fleet import AssetState, Envelope, Fleet
 from agent.model import Measurement
+from agent.ports import Bus
 
 MEASUREMENT_JSON = TypeAdapter(Measurement)
 ENVELOPE_JSON = TypeAdapter(Envelope)

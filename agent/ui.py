@@ -9,8 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from agent.control.loop import ControlLoop
 from agent.fleet import AssetState
-from agent.loop import ControlLoop
 from agent.model import AssetKind, DeviceStatus
 
 if TYPE_CHECKING:

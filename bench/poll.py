@@ -116,8 +116,8 @@ async def bare_loop(config_path: str, seconds: float) -> dict[str, float]:
 
 async def agent_loop(config_path: str, seconds: float) -> dict[str, float]:
     from agent.config import load_config
+    from agent.control.loop import ControlLoop
     from agent.logs import configure_logging
-    from agent.loop import ControlLoop
     from drivers.factory import build_drivers
 
     config = load_config(config_path)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from agent.config import AppConfig, MqttSettings
+from agent.ports import Driver
 from agent.telemetry import agent_status
-from drivers.base import Driver
 from drivers.modbus import GatewayPool, ModbusDriver
 from drivers.mqtt_link import LinkSettings, MqttLink, Retained
 from drivers.registermap import RegisterMap, load_map

@@ -17,7 +17,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from agent.model import AssetKind, Measurement
-from drivers.base import DriverError
+from agent.ports import DriverError
 from drivers.measure import to_measurement
 from drivers.registermap import RegisterMap
 
@@ -91,7 +91,7 @@ class ModbusDriver:
         self.map = register_map
         self.kind: AssetKind = register_map.kind
         self.gateway = gateway
-        self.channel = (gateway.host, gateway.port)  # devices on one connection are polled in turn (agent.loop)
+        self.channel = (gateway.host, gateway.port)  # devices on one connection are polled in turn (agent.control.loop)
         self.unit_id = unit_id
         self._now = now
 

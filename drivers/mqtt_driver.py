@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import structlog
 
 from agent.model import AssetKind, Measurement
-from drivers.base import DriverError
+from agent.ports import DriverError
 from drivers.measure import to_measurement
 from drivers.mqtt_link import MqttLink
 from drivers.mqtt_map import MqttMap, PayloadError, nest

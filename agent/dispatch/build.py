@@ -20,7 +20,7 @@ from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus
-from agent.signals import AsAward, PriceSeries, SignalModel, UpDrEvent
+from agent.signals.models import AsAward, PriceSeries, SignalModel, UpDrEvent
 
 
 def step_start(now: datetime, step_s: float) -> datetime:

@@ -19,7 +19,7 @@ from agent.dispatch.build import plan_inputs
 from agent.dispatch.inputs import PlanInputs
 from agent.dispatch.planner import Plan, PlanError, solve
 from agent.fleet import Fleet
-from agent.signals import SignalModel
+from agent.signals.models import SignalModel
 
 log = structlog.get_logger("agent.dispatch")
 

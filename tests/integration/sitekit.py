@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AppConfig, parse_config
-from agent.loop import ControlLoop
+from agent.control.loop import ControlLoop
 from drivers.factory import build_drivers
 from drivers.modbus import GatewayPool
 from sim_devices.clock import Clock

@@ -14,8 +14,8 @@ from agent.app import AgentApp
 from agent.config import load_config, parse_config
 from agent.dispatch.build import step_start
 from agent.dispatch.planner import Plan
-from agent.events import EventState
-from agent.signals import AsActivation, AsAward, PriceSeries
+from agent.events.lifecycle import EventState
+from agent.signals.models import AsActivation, AsAward, PriceSeries
 from sim_devices.config import parse_simulation
 from sim_devices.runner import SimSite
 

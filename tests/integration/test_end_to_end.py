@@ -10,9 +10,9 @@ import pytest
 from sitekit import eventually, running_site
 
 from agent.cli import _fit_lease_to_speed
-from agent.loop import ControlLoop
+from agent.control.loop import ControlLoop
 from agent.model import AssetKind, DeviceStatus
-from drivers.base import DriverError
+from agent.ports import DriverError
 from drivers.factory import build_drivers
 from sim_devices.clock import ManualClock
 

@@ -17,10 +17,10 @@ from sitekit import eventually, free_port_block
 
 from agent.app import AgentApp
 from agent.config import parse_config
-from agent.events import EventState
-from agent.mv.intervals import Interval
-from agent.mv.performance import score
-from agent.regulation import Droop
+from agent.events.droop import Droop
+from agent.events.lifecycle import EventState
+from agent.events.mv.intervals import Interval
+from agent.events.mv.performance import score
 from agent.store import Store
 from sim_devices.config import parse_simulation
 from sim_devices.runner import SimSite

@@ -25,7 +25,7 @@ import pytest
 from brokerkit import Broker
 
 from agent.model import MEASUREMENT_FIELDS, Measurement
-from drivers.base import DriverError
+from agent.ports import DriverError
 from drivers.mqtt_driver import MqttDriver
 from drivers.mqtt_link import LinkSettings, MqttLink
 from drivers.mqtt_map import MapError, MqttMap, available_mqtt_maps, load_mqtt_map, mqtt_maps_dir

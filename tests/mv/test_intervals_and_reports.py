@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from agent.mv.baseline import BaselineError, event_baseline, is_like_day
-from agent.mv.intervals import Interval, IntervalMeter, day_profiles, interval_index
-from agent.mv.report import award_report, updr_report
+from agent.events.mv.baseline import BaselineError, event_baseline, is_like_day
+from agent.events.mv.intervals import Interval, IntervalMeter, day_profiles, interval_index
+from agent.events.mv.report import award_report, updr_report
 from agent.store import Store
 
 JST = ZoneInfo("Asia/Tokyo")

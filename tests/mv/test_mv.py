@@ -7,14 +7,14 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from agent.mv.baseline import (
+from agent.events.mv.baseline import (
     BaselineError,
     delivered_increase,
     high_4_of_5,
     pre_event_average,
     same_day_adjustment,
 )
-from agent.mv.performance import score
+from agent.events.mv.performance import score
 
 EVENT_DAY = date(2026, 11, 20)  # a Friday
 WINDOW = slice(16, 32)  # 08:00-16:00 in 30-min intervals

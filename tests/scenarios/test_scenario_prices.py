@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.signals import PriceSeries, parse_signal
+from agent.signals.models import PriceSeries, parse_signal
 from sim_devices.scenarios import AREAS, JEPX_COLUMNS, JST, generate_prices, read_jepx_csv
 from sim_devices.scenarios.prices import CURTAILMENT_PERIODS, PERIODS_PER_DAY
 

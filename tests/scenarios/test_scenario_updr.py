@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.signals import UpDrEvent, parse_signal
+from agent.signals.models import UpDrEvent, parse_signal
 from sim_devices.scenarios import AREAS, UpDrEventSpec, generate_prices, generate_updr_events
 
 PRICES = generate_prices(date(2025, 3, 1), 120, seed=21, curtailment_frequency=0.4)

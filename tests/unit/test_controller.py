@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.controller import share_by_headroom, share_within_reserves
-from agent.safety import Bounds
+from agent.control.rule import share_by_headroom, share_within_reserves
+from agent.control.safety import Bounds
 
 
 def bounds(low: float, high: float) -> Bounds:

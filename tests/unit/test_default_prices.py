@@ -11,7 +11,7 @@ import pytest
 from agent.config import AppConfig, parse_config
 from agent.dispatch.build import plan_inputs, profile_mean
 from agent.fleet import Fleet
-from agent.signals import PriceSeries
+from agent.signals.models import PriceSeries
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 HALF_HOURS = [float(k) for k in range(48)]  # the price is the half-hour's number: easy to read back

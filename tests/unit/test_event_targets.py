@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.config import EventSettings
-from agent.events import Event, EventManager, EventState
+from agent.events.lifecycle import Event, EventManager, EventState
 from agent.fleet import Fleet
-from agent.signals import AsActivation, AsAward, GridFrequency, UpDrEvent
+from agent.signals.models import AsActivation, AsAward, GridFrequency, UpDrEvent
 from agent.store import Store
 
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)

@@ -14,10 +14,10 @@ import pytest
 from sitekit import eventually
 
 from agent.config import parse_config
-from agent.loop import ControlLoop
+from agent.control.loop import ControlLoop
+from agent.control.safety import Bounds
 from agent.model import AssetKind, Measurement, Setpoint
-from agent.safety import Bounds
-from drivers.base import DriverError
+from agent.ports import DriverError
 
 NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
 CONFIG = """

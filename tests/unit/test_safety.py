@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.config import AssetConfig
-from agent.controller import share_by_headroom, site_target_requests
+from agent.control.rule import share_by_headroom, site_target_requests
+from agent.control.safety import Bounds, SafetyEnvelope, asset_bounds, enforce_site_limits
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
-from agent.safety import Bounds, SafetyEnvelope, asset_bounds, enforce_site_limits
 
 NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
 

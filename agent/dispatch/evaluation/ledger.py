@@ -9,7 +9,7 @@
   10 % of the need at tier 1, the rest at tier 2) so the score and the objective agree. V2G discharge pays the
   owner's wear price per kWh (whatever the strategy assumed when planning).
 * Regulation: each step's reservation (kW of up and of down) × that hour's capacity price, times the hour's
-  PJM-style performance score (agent.mv.performance, on the signal's 10-s samples: what the devices did beyond
+  PJM-style performance score (agent.events.mv.performance, on the signal's 10-s samples: what the devices did beyond
   their setpoints against signal × reservation, both over the larger side's reservation). Its energy is in the
   site meter's energy and its cycling in the simulator's fade, like everything else the devices did.
 * Batteries: degradation is valued as the share of the pack's life used: replacement cost × the damage the
@@ -31,7 +31,7 @@ from agent.dispatch.degradation import damage_at_end_of_life
 from agent.dispatch.evaluation.plant import Plant, RegulationRecord, StepRecord
 from agent.dispatch.evaluation.policies import PENALTIES
 from agent.dispatch.evaluation.scenario import Scenario
-from agent.mv.performance import score
+from agent.events.mv.performance import score
 from sim_devices.scenarios import turning_points
 
 PASS_SCORE = 0.75  # PJM's qualification threshold (REFERENCE.md); below it an hour counts as failed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.fleet import Envelope
 from agent.products import PRODUCTS
-from agent.signals import AsAward, UpDrEvent
+from agent.signals.models import AsAward, UpDrEvent
 
 
 def capability_shortfall(envelope: Envelope, signal: UpDrEvent | AsAward) -> str | None:

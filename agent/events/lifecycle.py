@@ -29,15 +29,15 @@ import holidays
 import numpy as np
 import structlog
 
-from agent.capability import capability_shortfall
 from agent.config import EventSettings
+from agent.events.capability import capability_shortfall
+from agent.events.droop import Droop
+from agent.events.mv.baseline import BaselineError, event_baseline
+from agent.events.mv.intervals import Interval, IntervalMeter, interval_start
+from agent.events.mv.report import Report, award_report, updr_report
 from agent.fleet import Fleet
-from agent.mv.baseline import BaselineError, event_baseline
-from agent.mv.intervals import Interval, IntervalMeter, interval_start
-from agent.mv.report import Report, award_report, updr_report
 from agent.products import PRODUCTS
-from agent.regulation import Droop
-from agent.signals import AsActivation, AsAward, GridFrequency, SignalModel, UpDrEvent
+from agent.signals.models import AsActivation, AsAward, GridFrequency, SignalModel, UpDrEvent
 from agent.store import Store
 
 log = structlog.get_logger("agent.events")
@@ -373,7 +373,7 @@ class EventManager:
     def _report(
         self, event: Event, samples: list[tuple[float, float]], activations: list[tuple[float, float]]
     ) -> Report:
-        """M&V from the meter samples taken while the event was active (agent.mv.report)."""
+        """M&V from the meter samples taken while the event was active (agent.events.mv.report)."""
         signal = event.signal
         if event.baseline_w is None:
             return {"samples": len(samples), "note": "no site meter reading before the event: no baseline"}

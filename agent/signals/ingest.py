@@ -8,8 +8,8 @@ from datetime import datetime
 
 import structlog
 
-from agent.bus import Bus
-from agent.signals import SIGNAL_TYPES, Ack, SignalModel, SignalRejected, now_utc, parse_signal
+from agent.ports import Bus
+from agent.signals.models import SIGNAL_TYPES, Ack, SignalModel, SignalRejected, now_utc, parse_signal
 from agent.store import Store
 
 log = structlog.get_logger("agent.signals")

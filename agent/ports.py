@@ -1,11 +1,13 @@
-"""The Driver interface: the only face of a device the agent sees (DESIGN.md §2).
+"""The ports the agent depends on: the face of a device (Driver) and of the message bus (Bus) (DESIGN.md §2).
 
-A driver turns one device into Measurements and takes Setpoints, both in SI units and the agent's sign
-convention. The agent never imports a protocol library; adding a transport means adding a class that fits this.
+Drivers and the MQTT link implement these; the agent imports no protocol library, so adding a transport means adding
+a class that fits here. A driver turns one device into Measurements and takes setpoints, both in SI units and the
+agent's sign convention; the bus is publish and subscribe, nothing of MQTT's API.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from agent.model import AssetKind, Measurement
@@ -43,3 +45,16 @@ class Driver(Protocol):
 
     async def close(self) -> None:
         """Release connections; safe to call twice."""
+
+Handler = Callable[[str, bytes], Awaitable[None] | None]
+
+
+class Bus(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None: ...
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False, buffer: bool = True
+    ) -> bool: ...

@@ -5,7 +5,7 @@ interval; a shortfall in one interval is not offset by a surplus in another). Aw
 against the baseline, the PJM-style performance score of the response to the activation signal, and how long the
 response took to follow each activation step against the product's allowed response time.
 
-Readings are held until the next one, at most `max_hold_s` (agent.mv.intervals), so a silent meter is not
+Readings are held until the next one, at most `max_hold_s` (agent.events.mv.intervals), so a silent meter is not
 credited with delivery it did not measure.
 """
 
@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from agent.mv.intervals import IntervalMeter
-from agent.mv.performance import SAMPLE_S, score
+from agent.events.mv.intervals import IntervalMeter
+from agent.events.mv.performance import SAMPLE_S, score
 
 Report = dict[str, object]
 STEP_MIN = 0.1  # steps of the activation smaller than this (of capacity) are not judged for response time

@@ -21,13 +21,13 @@ from typing import Literal
 import structlog
 
 from agent.config import AppConfig
-from agent.controller import plan_within_bounds, share_within_reserves, site_target_requests
+from agent.control.rule import plan_within_bounds, share_within_reserves, site_target_requests
+from agent.control.safety import Bounds, SafetyEnvelope
 from agent.fleet import AssetState, Fleet
 from agent.model import Measurement, Setpoint
-from agent.safety import Bounds, SafetyEnvelope
-from drivers.base import Driver, DriverError
+from agent.ports import Driver, DriverError
 
-log = structlog.get_logger("agent.loop")
+log = structlog.get_logger("agent.control")
 
 # Rewrite a held setpoint once half its lease has passed: one lost write still leaves half a lease of margin.
 LEASE_REFRESH_FRACTION = 0.5

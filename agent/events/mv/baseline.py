@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from agent.mv.intervals import Interval, day_profiles, interval_index
+from agent.events.mv.intervals import Interval, day_profiles, interval_index
 
 
 class BaselineError(ValueError):

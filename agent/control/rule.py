@@ -6,7 +6,7 @@ pure function of the fleet picture, so it is tested without any device.
 
 from __future__ import annotations
 
-from agent.safety import Bounds
+from agent.control.safety import Bounds
 
 
 def share_by_headroom(total_w: float, bounds: dict[str, Bounds]) -> dict[str, float]:

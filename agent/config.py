@@ -68,6 +68,25 @@ class SiteSettings(Strict):
     import_limit_w: float = Field(math.inf, gt=0, description="maximum import at the site meter")
     export_limit_w: float = Field(math.inf, ge=0, description="maximum export at the site meter")
     meter: str | None = Field(None, description="asset id of the meter at the site connection point")
+    # What the site draws besides the controlled assets lies in [base_load_min_w - pv_max_w, base_load_max_w]; a meter
+    # reading that implies otherwise (beyond meter_tolerance_w) is not believed (control/meter check).
+    base_load_min_w: float = Field(0.0, ge=0, description="least load of the site besides its controlled assets")
+    base_load_max_w: float | None = Field(
+        None, gt=0, description="most load of the site besides its controlled assets; None: no meter plausibility check"
+    )
+    pv_max_w: float = Field(0.0, ge=0, description="most PV (or other generation) behind the site meter")
+    meter_tolerance_w: float = Field(
+        2000.0, ge=0, description="meter vs. assets + base-load range disagreement tolerated (timing, meter error)"
+    )
+
+    @model_validator(mode="after")
+    def _base_load_range(self) -> SiteSettings:
+        if self.base_load_max_w is not None and self.base_load_max_w < self.base_load_min_w:
+            raise ValueError(
+                f"base_load_max_w ({self.base_load_max_w:g}) must be at least "
+                f"base_load_min_w ({self.base_load_min_w:g})"
+            )
+        return self
 
 
 class ControlSettings(Strict):
@@ -158,6 +177,19 @@ class EventSettings(Strict):
         return value
 
 
+class SignalSettings(Strict):
+    """Sanity windows and retention for grid signals (agent/signals): what is refused and what is kept how long."""
+
+    clock_skew_s: float = Field(
+        5.0, ge=0, le=300, description="a signal time this far ahead of the agent's clock is still accepted"
+    )
+    horizon_days: float = Field(400.0, ge=1, le=3660, description="events and prices may start at most this far ahead")
+    keep_days: float = Field(30.0, ge=1, le=3660, description="signals are kept this long after they end, then pruned")
+    max_pending: int = Field(
+        1000, ge=1, le=100_000, description="signals of one kind not yet ended; more are refused until some end"
+    )
+
+
 class MqttSettings(Strict):
     """The broker the agent publishes telemetry to, takes signals from and reaches MQTT-bridged devices through.
 
@@ -239,6 +271,7 @@ class AppConfig(Strict):
     dispatch: DispatchSettings = DispatchSettings()
     mqtt: MqttSettings = MqttSettings()
     events: EventSettings = EventSettings()
+    signals: SignalSettings = SignalSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 

@@ -37,7 +37,13 @@ def expand_group(
     placements = []
     for n in range(count):
         offset_port, offset_unit = divmod(n, units_per_port)
-        placements.append(Placement(id_pattern.format(i=n + 1), port + offset_port, unit_id + offset_unit))
+        try:
+            device_id = id_pattern.format(i=n + 1)
+        except (LookupError, AttributeError, TypeError, ValueError) as exc:  # str.format on a bad pattern
+            raise ValueError(
+                f"id pattern {id_pattern!r} is not a str.format pattern of {{i}} ({type(exc).__name__}: {exc})"
+            ) from exc
+        placements.append(Placement(device_id, port + offset_port, unit_id + offset_unit))
     if placements[-1].port > 65535:
         raise ValueError(f"group {id_pattern!r} runs past port 65535")
     return placements

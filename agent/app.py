@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -20,11 +21,24 @@ from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
 from agent.signals.ingest import SignalIngest
-from agent.signals.models import SIGNAL_TYPES, AsActivation, GridFrequency, SignalModel, SiteTarget
-from agent.store import Store
+from agent.signals.models import (
+    AsActivation,
+    AsAward,
+    GridFrequency,
+    PriceSeries,
+    SignalModel,
+    SiteTarget,
+    UpDrEvent,
+)
+from agent.signals.sanity import clock_is_sane
+from agent.status import Health
+from agent.store import Store, StoreError
 from agent.telemetry import TelemetryPublisher
 
 log = structlog.get_logger("agent.app")
+
+PRUNE_EVERY_S = 3600.0  # loop seconds between retention passes over the state file and the signal book
+STATS_EVERY_S = 60.0  # loop seconds between `agent.stats` log lines (what the soak bench and an operator read)
 
 
 class AgentApp:
@@ -42,11 +56,16 @@ class AgentApp:
             state_file = str(state_dir / state_file)
         self.store = Store(state_file)
         prefix = config.mqtt.topic_prefix
-        self.ingest = SignalIngest(self.link, prefix, self.store, config.mqtt.max_payload_bytes, now)
-        self.ingest.on_accepted.append(self._apply_signal)
         # a meter reading stands for the power after it for at most 10 periods (device time): longer gaps stay gaps
         hold_s = max(5.0, 10 * config.agent.poll_period_s * time_scale)
         self.events = EventManager(self.store, self.loop.fleet, config.events, max_hold_s=hold_s)
+        self.ingest = SignalIngest(
+            self.link, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals
+        )
+        self.ingest.admission.append(self.events.admit)
+        self.ingest.on_accepted.append(self._apply_signal)
+        self.health = Health()
+        self.status_topic = f"{prefix}/agent/status"
         self.loop.target_source = self.events.site_target_w
         self.loop.award_shift_source = self.events.award_shift_w
         self.loop.after_cycle.append(self._events_cycle)
@@ -59,13 +78,16 @@ class AgentApp:
             self.dispatcher = Dispatcher(config, now, self.ingest.book)
             self.loop.schedule = self.dispatcher.requests
             self.loop.reserve_source = self.dispatcher.reserves
-            self.ingest.on_accepted.append(lambda kind, signal: self.dispatcher and self.dispatcher.request_replan())
         self.now = now
         self._events_task: asyncio.Task[None] | None = None
         self.first_cycle = asyncio.Event()  # set once the fleet has been polled: capability checks need it
         self._background: set[asyncio.Task[object]] = set()
         self._telemetry_task: asyncio.Task[None] | None = None
         self.telemetry_skipped = 0
+        self._resumed = False  # activations of active awards taken up once the clock is sane
+        self._next_prune = 0.0
+        self._next_stats = time.monotonic() + STATS_EVERY_S
+        self._prune_task: asyncio.Task[None] | None = None
 
     def _publish_telemetry(self) -> None:
         """Start this cycle's telemetry unless the last one is still going (then skip: never queue up behind)."""
@@ -77,29 +99,94 @@ class AgentApp:
         self._telemetry_task = asyncio.get_running_loop().create_task(self.telemetry.publish_cycle(self.loop.fleet))
         self._telemetry_task.add_done_callback(_log_failure)
 
-    def _apply_signal(self, kind: str, signal: SignalModel) -> None:
-        """Signals that act at once: targets, events and activations; all are also in the dispatcher's book."""
+    async def _apply_signal(self, kind: str, signal: SignalModel) -> None:
+        """Act on an admitted signal before it is acknowledged: targets, events and activations at once; prices,
+        events and awards also make the optimiser plan again."""
+        now = self.now()
         if isinstance(signal, SiteTarget):
             self.loop.set_site_target(signal.site_target_w)
             self.loop.wake()
-            return
-        task = asyncio.get_running_loop().create_task(self._to_events(kind, signal))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _to_events(self, kind: str, signal: SignalModel) -> None:
-        await self.events.receive(kind, signal, self.now())
-        if isinstance(signal, AsActivation | GridFrequency):
-            self.loop.wake(fast=True)  # the fast path: act on the activation now, from the last poll
+        elif isinstance(signal, AsActivation | GridFrequency):
+            if self.events.apply(signal, now):
+                self.loop.wake(fast=True)  # the fast path: act on a changed activation now, from the last poll
+        elif isinstance(signal, UpDrEvent | AsAward):
+            await self.events.receive(kind, signal, now)
+        if self.dispatcher is not None and isinstance(signal, PriceSeries | UpDrEvent | AsAward):
+            self.dispatcher.request_replan()
 
     def _events_cycle(self) -> None:
-        """After each cycle: feed the site meter to the events and move them along (never blocks the cycle)."""
+        """After each cycle: judge the clock, feed the site meter to the events and move them along, keep the
+        agent's status and the retention rules (never blocks the cycle)."""
         now = self.now()
+        sane = clock_is_sane(now)
+        self._report("clock", None if sane else f"clock reads {now.isoformat()}: signals are held until it is set")
+        if sane:
+            if not self._resumed:
+                self.events.resume(now)
+                self._resumed = True
+            self.ingest.ready.set()  # the fleet has been polled (this is after a cycle) and the clock can be trusted
+        else:
+            self.ingest.ready.clear()
         self.first_cycle.set()
-        self.events.observe_site(now, self.loop.site_meter_w())
+        # a meter the loop does not believe is no basis for baselines or M&V: those intervals stay gaps
+        self.events.observe_site(now, None if self.loop.meter_problem else self.loop.site_meter_w())
         if self._events_task is None or self._events_task.done():
             self._events_task = asyncio.get_running_loop().create_task(self.events.tick(now))
             self._events_task.add_done_callback(_log_events_failure)
+        self._report("meter", self.loop.meter_problem)
+        self._report("store", None if self.store.last_error is None else f"state file: {self.store.last_error}")
+        frozen = sorted(s.id for s in self.loop.fleet.assets.values() if s.frozen)
+        self._report("assets", f"frozen registers, out of service: {', '.join(frozen)}" if frozen else None)
+        self._housekeeping(now)
+
+    def _report(self, source: str, reason: str | None) -> None:
+        if self.health.report(source, reason) and self.link is not None:
+            payload = self.health.payload(self.now())
+            self.link.set_birth(payload)  # a reconnect must not announce "online" over a degraded agent
+            task = asyncio.get_running_loop().create_task(
+                self.link.publish(self.status_topic, payload, qos=1, retain=True)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _housekeeping(self, now: datetime) -> None:
+        """Hourly: forget ended signals and prune the state file; every minute: one `agent.stats` line."""
+        mono = time.monotonic()
+        if mono >= self._next_prune and (self._prune_task is None or self._prune_task.done()) and clock_is_sane(now):
+            self._next_prune = mono + PRUNE_EVERY_S
+            self.ingest.forget_ended(now)
+            self._prune_task = asyncio.get_running_loop().create_task(self._prune(now))
+        if mono >= self._next_stats:
+            self._next_stats = mono + STATS_EVERY_S
+            self._log_stats()
+
+    async def _prune(self, now: datetime) -> None:
+        signals_before = now - timedelta(days=self.config.signals.keep_days)
+        events_before = now - timedelta(days=self.config.events.report_keep_days)
+        try:
+            removed = await asyncio.to_thread(self.store.prune, signals_before.timestamp(), events_before.timestamp())
+        except StoreError as exc:
+            log.error("store.failed", error=str(exc))
+            return
+        if any(removed.values()):
+            log.info("store.pruned", **removed)
+
+    def _log_stats(self) -> None:
+        timings = sorted(t.total_s for t in self.loop.timings)
+        pick = (lambda q: round(timings[min(len(timings) - 1, int(q * len(timings)))], 4)) if timings else None
+        log.info(
+            "agent.stats",
+            cycles=self.loop.cycles,
+            polls=self.loop.polls,
+            cycle_p50_s=pick(0.5) if pick else None,
+            cycle_p99_s=pick(0.99) if pick else None,
+            writes=self.loop.writes,
+            write_failures=self.loop.write_failures,
+            cycle_failures=self.loop.cycle_failures,
+            signals=dict(self.ingest.counts),
+            rss_mb=_rss_mb(),
+            state=self.health.state,
+        )
 
     async def feed_signals(self, path: Path) -> int:
         """Signals from a JSON-lines file ({"kind": ..., "payload": {...}} per line), as if they came over MQTT."""
@@ -111,11 +198,11 @@ class AgentApp:
             try:
                 entry = json.loads(line)
                 kind, payload = entry["kind"], json.dumps(entry["payload"]).encode()
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                log.warning("signal.file_line_rejected", file=str(path), line=number, error=str(exc))
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValueError: JSON, huge numbers
+                log.warning("signal.file_line_rejected", file=str(path), line=number, error=repr(exc)[:200])
                 continue
-            if kind not in SIGNAL_TYPES:
-                log.warning("signal.file_line_rejected", file=str(path), line=number, error=f"unknown kind {kind!r}")
+            if not isinstance(kind, str):
+                log.warning("signal.file_line_rejected", file=str(path), line=number, error="kind is not a string")
                 continue
             await self.ingest.receive(kind, payload)
             count += 1
@@ -154,6 +241,18 @@ class AgentApp:
                 await self.events.flush()
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory (Linux /proc), for the stats line."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _log_events_failure(task: asyncio.Task[None]) -> None:

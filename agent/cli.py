@@ -20,28 +20,38 @@ import structlog
 
 from agent.config import AppConfig, ConfigError, load_config
 from agent.logs import configure_logging
+from agent.preflight import preflight, state_file_problems
+from agent.store import StoreError
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("agent.cli")
 
 
 def _load_checked(path: str) -> AppConfig:
-    """Load the config and every register map it names, so a typo fails here and not at the first poll."""
+    """Load the config, every device map it names and what start-up opens (agent/preflight.py), so a mistake fails
+    here with its key path, in `check-config` as in `run` and `demo`, and not at the first poll or connect. Every
+    problem past the config's own validation is reported at once."""
+    from drivers.mqtt_map import load_mqtt_map
     from drivers.registermap import MapError, load_map
 
     config = load_config(path)
+    problems: list[str] = []
     for index, asset in enumerate(config.assets):
+        loader = load_mqtt_map if asset.transport == "mqtt" else load_map  # as drivers/factory.py picks them
         try:
-            load_map(asset.map)
+            loader(asset.map)
         except MapError as exc:
-            raise ConfigError(f"{path}: assets[{index}].map: {exc}") from exc
+            problems.append(f"assets[{index}].map: {exc}")
     if config.simulation is not None:
         from sim_devices.config import SimulationError, parse_simulation
 
         try:
-            parse_simulation(config.simulation, f"{path}: simulation")
+            parse_simulation(config.simulation, "simulation")
         except SimulationError as exc:
-            raise ConfigError(str(exc)) from exc
+            problems.append(str(exc))
+    problems += preflight(config)
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return config
 
 
@@ -138,6 +148,29 @@ def _fit_lease_to_speed(config: AppConfig, speed: float) -> AppConfig:
     return config.model_copy(update={"agent": agent.model_copy(update={"lease_timeout_s": float(math.ceil(least))})})
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type for durations and speeds: a finite number above 0 (nan, inf and 0 would stall or spin)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
+
+
+def _readable_file(text: str) -> str:
+    """argparse type for --signals: checked before the agent starts, so a typo is exit 2, not a traceback later."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    try:
+        path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be read as UTF-8 text: {exc}") from None
+    return text
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     config = _load_checked(args.config)
     count = sum(len(a.placements()) for a in config.assets)
@@ -202,9 +235,17 @@ def _cmd_events(args: argparse.Namespace) -> int:
     from agent.store import Store
 
     config = load_config(args.config)
-    store = Store(config.agent.state_file)
-    rows = store.load_events()
-    store.close()
+    problems = state_file_problems(config.agent.state_file)
+    if not Path(config.agent.state_file).exists():
+        problems.append(f"agent.state_file = {config.agent.state_file!r}: no such file (the agent has not run here)")
+    if problems:
+        raise ConfigError(f"{args.config}: " + "; ".join(problems))
+    try:
+        store = Store(config.agent.state_file)
+        rows = store.load_events()
+        store.close()
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from exc
     if args.json:
         print(json.dumps([{"id": i, "kind": k, "state": st, **d} for i, k, st, d in rows], indent=2, default=str))
         return 0
@@ -251,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
     run = sub.add_parser("run", help="run the agent against the devices in the config")
     run.add_argument("--config", default="config.toml")
-    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    run.add_argument("--signals", default=None, help="JSON-lines file of signals to take at start (no broker needed)")
+    run.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
+    run.add_argument(
+        "--signals", type=_readable_file, default=None,
+        help="JSON-lines file of signals to take at start (no broker needed)",
+    )
     run.set_defaults(func=_cmd_run)
     events = sub.add_parser("events", help="list grid events and their M&V reports from the agent's state file")
     events.add_argument("--config", default="config.toml")
@@ -260,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     events.set_defaults(func=_cmd_events)
     demo = sub.add_parser("demo", help="start the simulated site of the config and the agent, with a live table")
     demo.add_argument("--config", default="config.toml")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--speed", type=float, default=None, help="simulated seconds per wall second")
+    demo.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
+    demo.add_argument("--speed", type=_positive_seconds, default=None, help="simulated seconds per wall second")
     demo.add_argument("--quiet", action="store_true", help="log warnings only")
     demo.set_defaults(func=_cmd_demo)
     sim = sub.add_parser("simulate", help="evaluate dispatch strategies in closed loop on simulated physics")
@@ -290,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:  # the state file went bad between the start-up checks and opening it
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -1,21 +1,24 @@
 """config.toml as pydantic models.
 
 Unknown keys are errors and every error names the key path and the value it got, because an aggregator editing
-a file on a gateway over SSH has nothing else to go on. The `[simulation]` table belongs to sim_devices and is
-validated there; the agent only carries it along.
+a file on a gateway over SSH has nothing else to go on. Types are strict: `enabled = "yes"` or `poll_period_s = "1"`
+is a mistake to report, not a value to coerce (TOML integers still fill float keys). The `[simulation]` table belongs
+to sim_devices and is validated there; the agent only carries it along. What can only be checked by opening files
+(secrets, the CA certificate, the state file) is checked at start-up by agent/preflight.py.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.addressing import Placement, expand_group, index_placements
 
@@ -25,8 +28,35 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    # TOML allows nan and inf; no setting of ours means anything with them (a NaN target would command full power)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # TOML allows nan and inf; no setting of ours means anything with them (a NaN target would command full power).
+    # strict: no coercion from strings or bools ("yes" is not true, "1" is not 1.0, true is not 1); pydantic's
+    # strict mode still takes an int for a float and TOML's own date/time values for datetime fields.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+def _host(value: str) -> str:
+    # "" makes paho raise at connect (a traceback from the link) and leaves a Modbus client retrying forever
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must be a host name or IP address, without spaces")
+    return value
+
+
+def _file_path(value: str) -> str:
+    # "" would mean "no file" to some callers and a temporary database to sqlite; NUL makes open() raise ValueError
+    if not value.strip() or "\x00" in value:
+        raise ValueError("must be a file path")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+FilePath = Annotated[str, AfterValidator(_file_path)]
+
+
+def plain_topic(value: str) -> str:
+    """A topic to publish or subscribe to literally: no wildcards, no empty level (so no '/' at either end)."""
+    if "+" in value or "#" in value or "\x00" in value or "" in value.split("/"):
+        raise ValueError("must be a plain topic: no wildcards (+, #), no empty level, no '/' at either end")
+    return value
 
 
 class AgentSettings(Strict):
@@ -38,7 +68,7 @@ class AgentSettings(Strict):
         10.0, ge=1, le=65535, description="device-side setpoint lease written to devices (whole seconds of device time)"
     )
     setpoint_deadband_w: float = Field(50.0, ge=0, description="rewrite a setpoint only past this change")
-    state_file: str = Field(
+    state_file: FilePath = Field(
         "vpp-state.sqlite3", description="SQLite file of accepted signals and event progress (':memory:' for none)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -142,6 +172,9 @@ class EventSettings(Strict):
     )
     interval_s: float = Field(1800.0, ge=60, le=3600, description="M&V interval (JEPX / ERAB: 30 min)")
     history_days: float = Field(60.0, ge=7, le=400, description="meter interval history kept for baselines")
+    report_keep_days: float = Field(
+        400.0, ge=1, le=3660, description="finished events and their M&V reports are kept this long after they end"
+    )
     pre_event_s: float = Field(1800.0, ge=60, le=86400, description="window of the pre-event-average baseline")
     nominal_hz: Literal[50, 60] = Field(50, description="grid frequency: 50 Hz east Japan, 60 Hz west")
     deadband_hz: float = Field(0.2, ge=0, le=1, description="FCR deadband (0.3 in Hokkaido)")
@@ -198,13 +231,15 @@ class MqttSettings(Strict):
     """
 
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     client_id: str = Field("vpp-agent", min_length=1, max_length=64)
     username: str | None = None
-    password_env: str | None = Field(None, description="name of the environment variable holding the password")
-    password_file: str | None = Field(None, description="path of a file holding the password")
-    ca_file: str | None = Field(None, description="CA certificate (PEM); setting it turns TLS on")
+    password_env: str | None = Field(
+        None, min_length=1, description="name of the environment variable holding the password"
+    )
+    password_file: FilePath | None = Field(None, description="path of a file holding the password")
+    ca_file: FilePath | None = Field(None, description="CA certificate (PEM); setting it turns TLS on")
     topic_prefix: str = Field("vpp/site", min_length=1, description="root of the agent's topic tree (docs/mqtt.md)")
     keepalive_s: int = Field(30, ge=5, le=3600)
     buffer_limit: int = Field(10000, ge=1, le=10_000_000, description="telemetry kept while the broker is away")
@@ -214,11 +249,17 @@ class MqttSettings(Strict):
     def _check(self) -> MqttSettings:
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
-        if "+" in self.topic_prefix or "#" in self.topic_prefix or self.topic_prefix.endswith("/"):
-            raise ValueError(
-                f"topic_prefix {self.topic_prefix!r} must be a plain topic without wildcards or '/' at the end"
-            )
         return self
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return plain_topic(value)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context the link connects with (None: no TLS); raises OSError or ssl.SSLError for a CA file
+        that cannot be loaded, which agent/preflight.py reports before start-up."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file is not None else None
 
     def password(self) -> str | None:
         """Read the secret now (at start-up), so a missing one fails before anything connects."""
@@ -232,6 +273,8 @@ class MqttSettings(Strict):
                 return Path(self.password_file).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"mqtt.password_file: {self.password_file} is not UTF-8 text ({exc.reason})") from exc
         return None
 
 
@@ -242,7 +285,7 @@ class AssetConfig(Strict):
     map: str = Field(min_length=1, description="device map id (drivers/maps or drivers/mqtt_maps) or a path")
     transport: Literal["modbus", "mqtt"] = "modbus"
     topic: str = Field("devices/{id}", description="MQTT devices: base topic, {id} is the asset id")
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=247)
     count: int | None = Field(None, ge=1, le=100000)
@@ -259,6 +302,19 @@ class AssetConfig(Strict):
         None, ge=0, description="EVs: the owner's own price per kWh discharged for V2G (overrides replacement_cost)"
     )
     efficiency: float = Field(0.95, gt=0, le=1, description="one-way conversion efficiency assumed for EV planning")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_pattern(cls, value: str) -> str:
+        try:
+            sample = value.format(id="x")
+        except (LookupError, AttributeError, ValueError) as exc:  # str.format raises all three on a bad pattern
+            raise ValueError(f"may only use the placeholder {{id}} ({type(exc).__name__}: {exc})") from exc
+        try:
+            plain_topic(sample)
+        except ValueError as exc:
+            raise ValueError(f"with {{id}} filled in, {exc}") from exc
+        return value
 
     def placements(self) -> list[Placement]:
         return expand_group(self.id, self.count, self.port, self.unit_id, self.units_per_port)
@@ -295,11 +351,30 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         path = ""
         for part in err["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        where = path or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if not path:  # a check across tables: its message names the keys itself
+            lines.append(f"  {message}")
+            continue
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {err['msg']}{shown}")
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {_bounded(got)})"
+        lines.append(f"  {path}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _bounded(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def decode_utf8(raw: bytes, source: str) -> str:
+    """The text of a file that must be UTF-8; ConfigError naming the line of the first bad byte otherwise."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{source}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); a TOML file must be UTF-8"
+        ) from exc
 
 
 def parse_config(text: str, source: str = "<config>") -> AppConfig:
@@ -316,7 +391,7 @@ def parse_config(text: str, source: str = "<config>") -> AppConfig:
 def load_config(path: str | Path) -> AppConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_config(text, str(path))
+    return parse_config(decode_utf8(raw, str(path)), str(path))

@@ -1,16 +1,23 @@
 """Live state of every asset and the VPP envelope built from it.
 
 The fleet is the agent's one picture of the site: who answered, what they said, who is out. Availability follows
-DESIGN.md §7 rule 3: N failed polls in a row take an asset out until it answers again, and dead assets are polled
-with exponential back-off so they cost the loop little (OpenEMS' defective-device pattern).
+DESIGN.md §8 rule 3: N failed polls in a row take an asset out until it answers again, and dead assets are polled
+with exponential back-off so they cost the loop little (OpenEMS' defective-device pattern). An asset that answers
+with frozen registers (agent.frozen) is out too, without back-off, until its readings move again: it cannot be
+steered by what it says.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import structlog
+
 from agent.config import AssetConfig
+from agent.frozen import FrozenDetector
 from agent.model import AssetKind, DeviceStatus, Measurement
+
+log = structlog.get_logger("agent.fleet")
 
 
 @dataclass(slots=True)
@@ -32,6 +39,11 @@ class AssetState:
     clamp_reasons: tuple[str, ...] = ()
     polls_ok: int = 0
     polls_failed: int = 0
+    freeze_check: FrozenDetector = field(default_factory=FrozenDetector)
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze_check.frozen
 
     @property
     def controllable(self) -> bool:
@@ -95,16 +107,38 @@ class Fleet:
     events: list[tuple[str, str]] = field(default_factory=list)  # (asset_id, event) for the UI; bounded below
 
     def record_ok(self, asset_id: str, measurement: Measurement, now_monotonic: float) -> bool:
-        """Store a good poll; returns True when the asset just came back."""
+        """Store a good poll; returns True when the asset just came back (it answers again, or its frozen
+        readings moved again). A frozen asset answers but stays unavailable; it is polled every period, since
+        answering costs it nothing, so its recovery is seen at once."""
         state = self.assets[asset_id]
-        came_back = not state.available
+        was_available = state.available
+        change = state.freeze_check.observe(measurement)
         state.measurement = measurement
         state.last_ok_monotonic = now_monotonic
         state.consecutive_failures = 0
-        state.available = True
-        state.last_error = None
         state.next_poll_monotonic = now_monotonic
         state.polls_ok += 1
+        evidence = state.freeze_check.evidence
+        if change == "froze" and evidence is not None:
+            log.warning(
+                "asset.frozen",
+                asset_id=asset_id,
+                field=evidence.field,
+                value=evidence.value,
+                since=evidence.since.isoformat(),
+                still_s=round(evidence.still_s, 1),
+                polls=evidence.polls,
+                expected_change=round(evidence.expected, 6),
+                threshold=round(evidence.threshold, 6),
+                power_w=round(evidence.power_w, 1),
+            )
+            self._event(asset_id, "frozen")
+        elif change == "thawed":
+            log.info("asset.unfrozen", asset_id=asset_id)
+            self._event(asset_id, "unfrozen")
+        state.available = evidence is None
+        state.last_error = None if evidence is None else evidence.describe()
+        came_back = state.available and not was_available
         if came_back:
             state.lease_written = False  # a device that restarted may have lost its lease register
             self._event(asset_id, "available")
@@ -113,6 +147,7 @@ class Fleet:
     def record_failure(self, asset_id: str, error: str, now_monotonic: float, period_s: float) -> bool:
         """Count a failed poll; returns True when the asset just became unavailable."""
         state = self.assets[asset_id]
+        state.freeze_check.interrupt()
         state.consecutive_failures += 1
         state.polls_failed += 1
         state.last_error = error

@@ -53,7 +53,10 @@ class Bus(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None: ...
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, retained: bool = True) -> None:
+        """Call `handler(topic, payload)` for each message; it has been handled (and, on MQTT, is acknowledged to
+        the broker) only once the handler returns. `retained=False` skips messages the broker replays from its
+        retained store on subscribing: state, not a fresh command."""
 
     async def publish(
         self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False, buffer: bool = True

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from agent.signals.models import SIGNAL_TYPES, Ack
+from agent.status import AgentStatus
 from agent.telemetry import ENVELOPE_JSON, MEASUREMENT_JSON, STATUS_JSON
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schemas"
@@ -27,11 +26,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     schemas["measurement.json"] = MEASUREMENT_JSON.json_schema()
     schemas["asset-status.json"] = STATUS_JSON.json_schema()
     schemas["envelope.json"] = ENVELOPE_JSON.json_schema()
-    schemas["agent-status.json"] = TypeAdapter(dict[str, str]).json_schema() | {
-        "title": "AgentStatus",
-        "description": "Retained on {prefix}/agent/status: state 'online' (birth) or 'offline' (Will or shutdown), "
-        "'at' (ISO 8601) and, when offline, 'reason'.",
-    }
+    schemas["agent-status.json"] = AgentStatus.model_json_schema()
     return schemas
 
 

@@ -1,9 +1,15 @@
-"""The agent's durable state (SQLite): accepted signals, the lifecycle of grid events, site-meter interval history.
+"""The agent's durable state (SQLite): accepted signals, the lifecycle of grid events, their meter samples, the
+latest activation of each award, and site-meter interval history.
 
-An acknowledged signal and an event's progress must survive any restart (an active event resumes).
+An acknowledged signal and an event's progress must survive any restart (an active event resumes), so a signal or
+an activation is on disk (synchronous=FULL) before its acknowledgement goes out, and an active event's meter samples
+are appended every few seconds rather than rewritten as one growing blob. Writes run in a worker thread so the event
+loop never waits on the disk.
 
-Writes are few (signals arrive minutes apart) but must be on disk before the acknowledgement goes out; they run
-in a worker thread so the event loop never waits on the disk.
+Every table has a retention rule (`prune`): signals go `[signals] keep_days` after they end, finished events and
+their reports `[events] report_keep_days` after they end, samples with their event's report, intervals after
+`[events] history_days`. A failing disk (full, read-only, gone) raises StoreError naming the file and the operation;
+callers report it and carry on from memory, so a full disk degrades the agent instead of stopping it.
 """
 
 from __future__ import annotations
@@ -12,10 +18,14 @@ import asyncio
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Literal, TypeVar
 
 from agent.events.mv.intervals import Interval
+
+T = TypeVar("T")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS signals (
@@ -37,7 +47,35 @@ SCHEMA = [
         mean_w REAL NOT NULL,
         covered_s REAL NOT NULL
     )""",
+    # what an active event saw: site-meter samples and activations, appended in batches, deleted with the report
+    """CREATE TABLE IF NOT EXISTS event_series (
+        event_id TEXT NOT NULL,
+        series TEXT NOT NULL,
+        ts REAL NOT NULL,
+        value REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS event_series_by_event ON event_series (event_id, series, ts)",
+    # the activation in force per award: what a restarted agent resumes with
+    """CREATE TABLE IF NOT EXISTS activations (
+        award_id TEXT PRIMARY KEY,
+        signal_id TEXT NOT NULL,
+        at_ts REAL NOT NULL,
+        value REAL NOT NULL
+    )""",
 ]
+# columns added after the first release: (table, column, declaration)
+MIGRATIONS = [
+    ("signals", "ends_ts", "REAL"),  # when the signal ended (NULL: until replaced); drives retention
+    ("events", "ends_ts", "REAL"),
+]
+OPEN_EVENT_STATES = ("received", "accepted", "scheduled", "active")
+
+AddResult = Literal["new", "duplicate", "conflict"]
+SeriesName = Literal["site", "activation"]
+
+
+class StoreError(RuntimeError):
+    """The state file could not be read or written (disk full, read-only, gone, not a database)."""
 
 
 class Store:
@@ -46,93 +84,283 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        for statement in SCHEMA:
-            self._db.execute(statement)
+        self.last_error: str | None = None  # the last failure, cleared by the next success: the agent's health
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            for statement in SCHEMA:
+                self._db.execute(statement)
+            for table, column, declaration in MIGRATIONS:
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"state file {self.path}: cannot open: {exc}") from exc
 
-    def _insert(self, kind: str, signal_id: str, received_at: datetime, payload: dict[str, object]) -> bool:
+    # -- plumbing -------------------------------------------------------------------------------------------
+    def _run(
+        self, what: str, work: Callable[[sqlite3.Connection], T], transaction: bool = False, write: bool = False
+    ) -> T:
+        """Run `work` under the lock, inside one transaction when asked; sqlite errors become StoreError. A failure
+        is kept in `last_error` until a write succeeds (a read that works says nothing about a full disk)."""
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO signals (kind, id, received_at, payload) VALUES (?, ?, ?, ?)",
-                (kind, signal_id, received_at.isoformat(), json.dumps(payload, default=str)),
+            try:
+                if not transaction:
+                    result = work(self._db)
+                else:
+                    self._db.execute("BEGIN")  # autocommit connection: the transaction is explicit
+                    try:
+                        result = work(self._db)
+                        self._db.execute("COMMIT")
+                    finally:
+                        # an open transaction would make every later BEGIN fail (SQLite may have ended it already)
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                self.last_error = f"{what}: {exc}"
+                raise StoreError(f"state file {self.path}: {what} failed: {exc}") from exc
+        if write or transaction:
+            self.last_error = None
+        return result
+
+    async def _in_thread(
+        self, what: str, work: Callable[[sqlite3.Connection], T], transaction: bool = False, write: bool = False
+    ) -> T:
+        return await asyncio.to_thread(self._run, what, work, transaction, write)
+
+    # -- signals --------------------------------------------------------------------------------------------
+    def _add(
+        self, kind: str, signal_id: str, received_at: datetime, payload: dict[str, object], ends_ts: float | None
+    ) -> AddResult:
+        text = _canonical(payload)
+
+        def work(db: sqlite3.Connection) -> AddResult:
+            row = db.execute("SELECT payload FROM signals WHERE kind = ? AND id = ?", (kind, signal_id)).fetchone()
+            if row is not None:
+                return "duplicate" if _canonical(json.loads(row[0])) == text else "conflict"
+            db.execute(
+                "INSERT INTO signals (kind, id, received_at, payload, ends_ts) VALUES (?, ?, ?, ?, ?)",
+                (kind, signal_id, received_at.isoformat(), text, ends_ts),
             )
-            return cursor.rowcount == 1
+            return "new"
 
-    async def add(self, kind: str, signal_id: str, received_at: datetime, payload: dict[str, object]) -> bool:
-        """Store a signal; False when (kind, id) was already stored (a redelivery)."""
-        return await asyncio.to_thread(self._insert, kind, signal_id, received_at, payload)
+        return self._run("store signal", work, transaction=True)
 
-    def load(self, kind: str | None = None) -> list[tuple[str, str, dict[str, object]]]:
-        """(kind, id, payload) of stored signals, oldest first."""
-        with self._lock:
-            query = "SELECT kind, id, payload FROM signals"
-            rows = (
-                self._db.execute(query + " WHERE kind = ? ORDER BY rowid", (kind,))
-                if kind
-                else self._db.execute(query + " ORDER BY rowid")
-            ).fetchall()
-        return [(k, i, json.loads(p)) for k, i, p in rows]
+    async def add(
+        self,
+        kind: str,
+        signal_id: str,
+        received_at: datetime,
+        payload: dict[str, object],
+        ends_ts: float | None = None,
+    ) -> AddResult:
+        """Store a signal: "new"; "duplicate" when (kind, id) is stored with the same content (a redelivery);
+        "conflict" when the id is stored with other content (nothing changes)."""
+        return await asyncio.to_thread(self._add, kind, signal_id, received_at, payload, ends_ts)
 
-    def _save_event(self, event_id: str, kind: str, state: str, data: dict[str, object]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO events (id, kind, state, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET state = excluded.state, data = excluded.data",
-                (event_id, kind, state, json.dumps(data, default=str)),
-            )
+    async def known(self, kind: str, signal_id: str, payload: dict[str, object]) -> AddResult | None:
+        """"duplicate" or "conflict" when (kind, id) is already stored, None when it is not."""
 
-    async def save_event(self, event_id: str, kind: str, state: str, data: dict[str, object]) -> None:
-        await asyncio.to_thread(self._save_event, event_id, kind, state, data)
+        def work(db: sqlite3.Connection) -> AddResult | None:
+            row = db.execute("SELECT payload FROM signals WHERE kind = ? AND id = ?", (kind, signal_id)).fetchone()
+            if row is None:
+                return None
+            return "duplicate" if _canonical(json.loads(row[0])) == _canonical(payload) else "conflict"
 
-    def load_events(self) -> list[tuple[str, str, str, dict[str, object]]]:
-        """(id, kind, state, data) of every event, in the order first seen."""
-        with self._lock:
-            rows = self._db.execute("SELECT id, kind, state, data FROM events ORDER BY rowid").fetchall()
+        return await self._in_thread("look up signal", work)
+
+    def load(self, kind: str | None = None, live_after_ts: float | None = None) -> list[tuple[str, str, str]]:
+        """(kind, id, payload JSON text) of stored signals, oldest first; with `live_after_ts`, only those that had
+        not ended by then (or never end)."""
+        query = "SELECT kind, id, payload FROM signals WHERE 1=1"
+        args: list[object] = []
+        if kind:
+            query += " AND kind = ?"
+            args.append(kind)
+        if live_after_ts is not None:
+            query += " AND (ends_ts IS NULL OR ends_ts > ?)"
+            args.append(live_after_ts)
+        rows = self._run("load signals", lambda db: db.execute(query + " ORDER BY rowid", args).fetchall())
+        return [(k, i, p) for k, i, p in rows]
+
+    def drop_signal(self, kind: str, signal_id: str) -> None:
+        """Remove one stored signal (one that no longer validates: it must not be retried at every start)."""
+        query = "DELETE FROM signals WHERE kind = ? AND id = ?"
+        self._run("drop signal", lambda db: db.execute(query, (kind, signal_id)), write=True)
+
+    # -- activations ----------------------------------------------------------------------------------------
+    async def save_activation(self, award_id: str, signal_id: str, at_ts: float, value: float) -> None:
+        """The activation in force for an award, on disk before it is acknowledged (a restart resumes it)."""
+        await self._in_thread(
+            "store activation",
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO activations (award_id, signal_id, at_ts, value) VALUES (?, ?, ?, ?)",
+                (award_id, signal_id, at_ts, value),
+            ),
+            write=True,
+        )
+
+    def load_activations(self) -> dict[str, tuple[str, float, float]]:
+        """award id -> (signal id, at (unix s), value) of the last activation stored for it."""
+        query = "SELECT award_id, signal_id, at_ts, value FROM activations"
+        rows = self._run("load activations", lambda db: db.execute(query).fetchall())
+        return {a: (s, float(t), float(v)) for a, s, t, v in rows}
+
+    # -- events ---------------------------------------------------------------------------------------------
+    async def save_event(
+        self, event_id: str, kind: str, state: str, data: dict[str, object], ends_ts: float | None = None
+    ) -> None:
+        text = json.dumps(data, default=str)
+        await self._in_thread(
+            "store event",
+            lambda db: db.execute(
+                "INSERT INTO events (id, kind, state, data, ends_ts) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                "SET state = excluded.state, data = excluded.data, ends_ts = excluded.ends_ts",
+                (event_id, kind, state, text, ends_ts),
+            ),
+            write=True,
+        )
+
+    def load_events(self, open_only: bool = False) -> list[tuple[str, str, str, dict[str, object]]]:
+        """(id, kind, state, data) of every event (or of those not yet finished), in the order first seen."""
+        query = "SELECT id, kind, state, data FROM events"
+        if open_only:
+            query += f" WHERE state IN ({', '.join('?' * len(OPEN_EVENT_STATES))})"
+        args = OPEN_EVENT_STATES if open_only else ()
+        rows = self._run("load events", lambda db: db.execute(query + " ORDER BY rowid", args).fetchall())
         return [(i, k, s, json.loads(d)) for i, k, s, d in rows]
 
-    def _add_intervals(self, intervals: list[Interval], keep_days: float) -> None:
-        if not intervals:
-            return
-        with self._lock:
-            self._db.execute("BEGIN")  # autocommit connection: the transaction is explicit
-            try:
-                self._merge_intervals(intervals, keep_days)
-            except BaseException:
-                self._db.execute("ROLLBACK")  # an open transaction would make every later BEGIN fail
-                raise
-            self._db.execute("COMMIT")
+    def event_windows_since(self, since_ts: float) -> list[tuple[str, str]]:
+        """(start, end) ISO times from the stored signal of events that ran (active or completed) and ended after
+        `since_ts`: the days a baseline must not take as like-days."""
 
-    def _merge_intervals(self, intervals: list[Interval], keep_days: float) -> None:
-        # a restart can re-close an interval already stored: merge by coverage rather than lose either part
-        for item in intervals:
-            row = self._db.execute(
-                "SELECT mean_w, covered_s FROM meter_intervals WHERE start_ts = ?", (item.start_ts,)
-            ).fetchone()
-            mean, covered = item.mean_w, item.covered_s
-            if row is not None:
-                covered = row[1] + item.covered_s
-                mean = (row[0] * row[1] + item.mean_w * item.covered_s) / covered
-            self._db.execute(
-                "INSERT OR REPLACE INTO meter_intervals (start_ts, mean_w, covered_s) VALUES (?, ?, ?)",
-                (item.start_ts, mean, covered),
+        def work(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = db.execute(
+                "SELECT data FROM events WHERE state IN ('active', 'completed') AND (ends_ts IS NULL OR ends_ts >= ?)",
+                (since_ts,),
+            ).fetchall()
+            windows = []
+            for (text,) in rows:
+                signal = json.loads(text).get("signal", {})
+                start = signal.get("start") or signal.get("block_start")
+                end = signal.get("end") or signal.get("block_end")
+                if isinstance(start, str) and isinstance(end, str):
+                    windows.append((start, end))
+            return windows
+
+        return self._run("load event windows", work)
+
+    def mark_event_failed(self, event_id: str, reason: str) -> None:
+        """An event that can no longer be processed (it does not load): failed, with the reason, kept for a look."""
+        self._run(
+            "mark event failed",
+            lambda db: db.execute(
+                "UPDATE events SET state = 'failed', data = json_set(data, '$.reason', ?) WHERE id = ?",
+                (reason, event_id),
+            ),
+            write=True,
+        )
+
+    async def add_series(self, event_id: str, series: SeriesName, rows: Iterable[tuple[float, float]]) -> None:
+        batch = [(event_id, series, ts, value) for ts, value in rows]
+        if batch:
+            await self._in_thread(
+                "store event samples",
+                lambda db: db.executemany(
+                    "INSERT INTO event_series (event_id, series, ts, value) VALUES (?, ?, ?, ?)", batch
+                ),
+                transaction=True,
             )
-        cutoff = max(i.start_ts for i in intervals) - keep_days * 86400
-        self._db.execute("DELETE FROM meter_intervals WHERE start_ts < ?", (cutoff,))
+
+    def load_series(self, event_id: str, series: SeriesName) -> list[tuple[float, float]]:
+        rows = self._run(
+            "load event samples",
+            lambda db: db.execute(
+                "SELECT ts, value FROM event_series WHERE event_id = ? AND series = ? ORDER BY ts", (event_id, series)
+            ).fetchall(),
+        )
+        return [(float(t), float(v)) for t, v in rows]
+
+    async def finish_event(
+        self, event_id: str, kind: str, state: str, data: dict[str, object], ends_ts: float | None
+    ) -> None:
+        """Store a finished event (with its report) and drop its samples and activation, in one transaction."""
+        text = json.dumps(data, default=str)
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO events (id, kind, state, data, ends_ts) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                "SET state = excluded.state, data = excluded.data, ends_ts = excluded.ends_ts",
+                (event_id, kind, state, text, ends_ts),
+            )
+            db.execute("DELETE FROM event_series WHERE event_id = ?", (event_id,))
+            db.execute("DELETE FROM activations WHERE award_id = ?", (event_id,))
+
+        await self._in_thread("store finished event", work, transaction=True)
+
+    # -- meter intervals ------------------------------------------------------------------------------------
+    def _add_intervals(self, intervals: list[Interval], keep_days: float) -> None:
+        if intervals:
+            self._run("store meter intervals", lambda db: _merge_intervals(db, intervals, keep_days), transaction=True)
 
     async def add_intervals(self, intervals: list[Interval], keep_days: float = 60.0) -> None:
         """Store closed meter intervals (and drop those older than `keep_days`)."""
         await asyncio.to_thread(self._add_intervals, intervals, keep_days)
 
     def load_intervals(self, since_ts: float = 0.0) -> list[Interval]:
-        with self._lock:
-            rows = self._db.execute(
+        rows = self._run(
+            "load meter intervals",
+            lambda db: db.execute(
                 "SELECT start_ts, mean_w, covered_s FROM meter_intervals WHERE start_ts >= ? ORDER BY start_ts",
                 (since_ts,),
-            ).fetchall()
+            ).fetchall(),
+        )
         return [Interval(float(t), float(w), float(c)) for t, w, c in rows]
+
+    # -- retention ------------------------------------------------------------------------------------------
+    def prune(self, signals_before_ts: float, events_before_ts: float) -> dict[str, int]:
+        """Delete signals that ended before `signals_before_ts` and finished events (with their samples) that ended
+        before `events_before_ts`; returns the rows removed per table."""
+        finished = ("completed", "rejected", "failed")
+
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            signals = db.execute("DELETE FROM signals WHERE ends_ts IS NOT NULL AND ends_ts < ?", (signals_before_ts,))
+            marks = ", ".join("?" * len(finished))
+            old = [r[0] for r in db.execute(
+                f"SELECT id FROM events WHERE state IN ({marks}) AND ends_ts IS NOT NULL AND ends_ts < ?",
+                (*finished, events_before_ts),
+            )]  # fmt: skip
+            for event_id in old:
+                db.execute("DELETE FROM event_series WHERE event_id = ?", (event_id,))
+                db.execute("DELETE FROM activations WHERE award_id = ?", (event_id,))
+                db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+            return {"signals": signals.rowcount, "events": len(old)}
+
+        return self._run("prune", work, transaction=True)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _canonical(payload: object) -> str:
+    """One text per content: a re-sent signal compares equal whatever its key order or spacing."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _merge_intervals(db: sqlite3.Connection, intervals: list[Interval], keep_days: float) -> None:
+    # a restart can re-close an interval already stored: merge by coverage rather than lose either part
+    for item in intervals:
+        query = "SELECT mean_w, covered_s FROM meter_intervals WHERE start_ts = ?"
+        row = db.execute(query, (item.start_ts,)).fetchone()
+        mean, covered = item.mean_w, item.covered_s
+        if row is not None:
+            covered = row[1] + item.covered_s
+            mean = (row[0] * row[1] + item.mean_w * item.covered_s) / covered
+        db.execute(
+            "INSERT OR REPLACE INTO meter_intervals (start_ts, mean_w, covered_s) VALUES (?, ?, ?)",
+            (item.start_ts, mean, covered),
+        )
+    cutoff = max(i.start_ts for i in intervals) - keep_days * 86400
+    db.execute("DELETE FROM meter_intervals WHERE start_ts < ?", (cutoff,))

@@ -8,10 +8,7 @@ QoS 1, because a dashboard or coordinator that subscribes late must see the curr
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -76,8 +73,3 @@ class TelemetryPublisher:
 
 def _status(state: AssetState) -> AssetStatus:
     return AssetStatus(state.id, state.available, state.consecutive_failures, state.last_error)
-
-
-def agent_status(state: str, at: datetime, **extra: Any) -> bytes:
-    """Payload of `{prefix}/agent/status` (birth, Will and clean shutdown)."""
-    return json.dumps({"state": state, "at": at.isoformat(), **extra}).encode()

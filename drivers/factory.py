@@ -7,7 +7,7 @@ from datetime import datetime
 
 from agent.config import AppConfig, MqttSettings
 from agent.ports import Driver
-from agent.telemetry import agent_status
+from agent.status import status_payload
 from drivers.modbus import GatewayPool, ModbusDriver
 from drivers.mqtt_link import LinkSettings, MqttLink, Retained
 from drivers.registermap import RegisterMap, load_map
@@ -23,11 +23,11 @@ def build_link(settings: MqttSettings, now: Callable[[], datetime]) -> MqttLink:
             client_id=settings.client_id,
             username=settings.username,
             password=settings.password(),
-            ca_file=settings.ca_file,
+            tls=settings.tls_context(),
             keepalive_s=settings.keepalive_s,
-            birth=Retained(status_topic, agent_status("online", now())),
-            will=Retained(status_topic, agent_status("offline", now(), reason="connection lost")),
-            closing=Retained(status_topic, agent_status("offline", now(), reason="shutdown")),
+            birth=Retained(status_topic, status_payload("online", now())),
+            will=Retained(status_topic, status_payload("offline", now(), reason="connection lost")),
+            closing=Retained(status_topic, status_payload("offline", now(), reason="shutdown")),
             buffer_limit=settings.buffer_limit,
         )
     )

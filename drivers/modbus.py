@@ -3,10 +3,19 @@
 Devices behind one TCP endpoint (a Modbus gateway, or one device on its own port) share one client: Modbus TCP
 allows one outstanding request per connection in practice, and pymodbus serialises requests on a client anyway.
 A device that times out costs its gateway one timeout, never the other gateways (each has its own client).
+
+A request that ends without its answer (a timeout above all, or a caller cancelling it) closes its connection; the
+next request opens a new one. A late reply must have nowhere to land: pymodbus 3.16 matches a reply to the pending
+request by transaction id alone (and takes a reply with id 0 for any request), and its own server, which the
+simulator uses, stamps a delayed reply with the id of whichever request came in last on the connection. On a kept
+connection, a device answering 0.7 s after a 0.5 s timeout had its reply taken as the answer to the next request:
+to its own next poll (so it seemed to answer instead of counting as failing), or to a neighbour's poll behind the
+same gateway (which then showed the slow device's registers as its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -30,6 +39,7 @@ class ModbusGateway:
         self.port = port
         self.timeout_s = timeout_s
         self._client: AsyncModbusTcpClient | None = None
+        self.dropped = 0  # connections closed after a failed request
 
     @property
     def client(self) -> AsyncModbusTcpClient:
@@ -50,6 +60,13 @@ class ModbusGateway:
         client = self.client
         if not client.connected:
             await client.connect()
+
+    def drop(self) -> None:
+        """Close the connection after a request ended without its answer, so that answer (if it still comes)
+        arrives on a closed socket instead of being matched to a later request; the next request reconnects."""
+        if self._client is not None:
+            self.dropped += 1
+        self.close()
 
     def close(self) -> None:
         if self._client is not None:
@@ -152,12 +169,20 @@ class ModbusDriver:
         )
 
     async def _call(self, what: str, request: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """Run one request; every transport failure becomes a DriverError naming the asset and the request."""
+        """Run one request; every transport failure becomes a DriverError naming the asset and the request.
+
+        A request that ends without its answer drops the gateway's connection (see the module docstring); a Modbus
+        exception reply is an answer and keeps it.
+        """
         try:
             await self.gateway.ensure_connected()
             response = await request(self.gateway.client)
         except (ModbusException, OSError, TimeoutError) as exc:
+            self.gateway.drop()
             raise DriverError(self.asset_id, f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError:
+            self.gateway.drop()
+            raise
         if response.isError():
             code = getattr(response, "exception_code", "?")
             raise DriverError(self.asset_id, f"{what}: device answered Modbus exception {code}")

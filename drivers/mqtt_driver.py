@@ -56,7 +56,10 @@ class MqttDriver:
 
     Telemetry is subscribed with QoS 0 on purpose: it is a state snapshot repeated every period, so a lost message
     is replaced by the next one within a second, while QoS 1 would make the broker queue stale snapshots for a
-    reconnecting agent (and then deliver a burst of outdated states). Freshness is judged by arrival time instead.
+    reconnecting agent (and then deliver a burst of outdated states). Freshness is judged by arrival time instead,
+    so the subscription skips retained replays: a bridge that publishes with retain leaves its last state on the
+    broker, which hands it over on every (re)subscribe however long ago the device died, and by arrival time that
+    old state would look seconds old. A live device's next message arrives within its period.
     """
 
     def __init__(
@@ -82,7 +85,7 @@ class MqttDriver:
         self._latest_at: float | None = None  # monotonic arrival time of the latest good telemetry
         self._bad_reason: str | None = None  # set while the most recent payload was bad
         self._closed = False
-        link.subscribe(self.telemetry_topic, self._on_telemetry, qos=0)
+        link.subscribe(self.telemetry_topic, self._on_telemetry, qos=0, retained=False)
 
     def __repr__(self) -> str:
         return f"MqttDriver({self.asset_id} {self.map.id} @ {self.base_topic})"

@@ -8,7 +8,12 @@ re-subscribes on every connect) and adds what an edge gateway needs on top (DESI
   * a persistent session (clean_session = False, fixed client id) so the broker queues QoS 1 signals for us while
     we are away;
   * a retained birth message on connect and a retained Will for when the connection dies, so anyone watching
-    the status topic knows whether the agent is alive.
+    the status topic knows whether the agent is alive;
+  * QoS 1 messages are acknowledged to the broker (PUBACK) only after every handler for them has returned, so a
+    message the agent dies while handling is delivered again after it restarts, instead of being lost between the
+    broker's hand-over and the agent's store (paho acknowledges on receipt by default);
+  * subscriptions may skip retained replays (`retained=False`): what the broker sends from its retained store on
+    (re)subscribing is old state, not a command given now.
 Handlers run on the event loop; an exception in one is logged and counted, never propagated into the link.
 """
 
@@ -17,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiomqtt
 import structlog
@@ -47,7 +53,7 @@ class LinkSettings:
     client_id: str = "vpp-agent"
     username: str | None = None
     password: str | None = None
-    ca_file: str | None = None
+    tls: ssl.SSLContext | None = None  # None: plain TCP
     keepalive_s: int = 30
     persistent_session: bool = True
     birth: Retained | None = None
@@ -67,6 +73,8 @@ class LinkStats:
     dropped: int = 0
     received: int = 0
     handler_errors: int = 0
+    retained_skipped: int = 0
+    acked: int = 0  # QoS 1 messages acknowledged to the broker after handling
     last_error: str | None = None
 
 
@@ -75,6 +83,7 @@ class _Subscription:
     topic_filter: str
     qos: int
     handler: Handler
+    retained: bool = True
 
 
 @dataclass(slots=True)
@@ -109,9 +118,16 @@ class MqttLink:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Register a subscription; it is (re)made on every connect, including one already up."""
-        subscription = _Subscription(topic_filter, qos, handler)
+    def set_birth(self, payload: bytes) -> None:
+        """The birth message from the next connect on (the agent's status changes while it runs)."""
+        if self.settings.birth is not None:
+            birth = self.settings.birth
+            self.settings = replace(self.settings, birth=Retained(birth.topic, payload, birth.qos, birth.retain))
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, retained: bool = True) -> None:
+        """Register a subscription; it is (re)made on every connect, including one already up. `retained=False`
+        skips messages the broker replays from its retained store."""
+        subscription = _Subscription(topic_filter, qos, handler, retained)
         self._subscriptions.append(subscription)
         if self._client is not None and self.connected:
             task = asyncio.get_running_loop().create_task(self._client.subscribe(topic_filter, qos))
@@ -167,9 +183,6 @@ class MqttLink:
     # -- internals ------------------------------------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
         s = self.settings
-        tls = None
-        if s.ca_file:
-            tls = ssl.create_default_context(cafile=s.ca_file)
         will = aiomqtt.Will(s.will.topic, s.will.payload, s.will.qos, s.will.retain) if s.will else None
         client = aiomqtt.Client(
             s.host,
@@ -180,15 +193,18 @@ class MqttLink:
             clean_session=not s.persistent_session,
             keepalive=s.keepalive_s,
             will=will,
-            tls_context=tls,
+            tls_context=s.tls,
             timeout=10,
             max_queued_outgoing_messages=s.buffer_limit,
         )
         client.pending_calls_threshold = 10_000  # many concurrent QoS 1 publishes are normal here
+        # aiomqtt 2.x exposes no manual acknowledgement, its paho client does (aiomqtt is pinned <3 in pyproject)
+        client._client.manual_ack_set(True)
         return client
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         self.stats.connects += 1
+        _no_delay(client)
         for sub in self._subscriptions:
             await client.subscribe(sub.topic_filter, sub.qos)
         if self.settings.birth is not None:
@@ -227,8 +243,16 @@ class MqttLink:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             for sub in self._subscriptions:
-                if message.topic.matches(sub.topic_filter):
-                    await self._dispatch(sub, topic, payload)
+                if not message.topic.matches(sub.topic_filter):
+                    continue
+                if message.retain and not sub.retained:
+                    self.stats.retained_skipped += 1
+                    log.info("mqtt.retained_skipped", topic=topic[:200])
+                    continue
+                await self._dispatch(sub, topic, payload)
+            if message.qos > 0:  # handled (or refused with a reason) by now: the broker may forget it
+                client._client.ack(message.mid, message.qos)
+                self.stats.acked += 1
 
     async def _dispatch(self, sub: _Subscription, topic: str, payload: bytes) -> None:
         try:
@@ -245,6 +269,15 @@ class MqttLink:
             self.stats.dropped += 1
         self._buffer.append(item)
         self.stats.buffered += 1
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Send small packets at once. Neither paho nor aiomqtt sets TCP_NODELAY, so each acknowledgement waited for the
+    broker's delayed ACK of the one before (Nagle): ~40 ms per signal, 24 signals/s, measured on loopback."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):  # a TLS socket is one too; a websocket transport is not
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _log_failure(task: asyncio.Task[object]) -> None:

@@ -15,10 +15,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind
-from drivers.registermap import UNIT_FACTOR, UNIT_FAMILY, MapError, MapFileHeader, read_map_file
+from drivers.registermap import (
+    MAP_MODEL_CONFIG,
+    UNIT_FACTOR,
+    UNIT_FAMILY,
+    KindField,
+    MapError,
+    MapFileHeader,
+    read_map_file,
+)
 
 __all__ = ["MapError", "MqttMap", "PayloadError", "available_mqtt_maps", "load_mqtt_map", "mqtt_maps_dir"]
 
@@ -35,7 +43,7 @@ def _check_path(value: str, what: str) -> str:
 
 
 class MqttFieldRow(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = MAP_MODEL_CONFIG
 
     field: str
     key: str
@@ -62,21 +70,21 @@ class MqttFieldRow(BaseModel):
             )
         if self.access == "rw" and self.field not in WRITABLE_FIELDS:
             raise ValueError(f"field {self.field} cannot be writable; writable: {sorted(WRITABLE_FIELDS)}")
-        if self.scale == 0 or not math.isfinite(self.scale):
-            raise ValueError("scale must be a finite number other than 0")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
         return self
 
 
 class MqttModelInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = MAP_MODEL_CONFIG
 
     id: str
     manufacturer: str
     name: str
-    kind: AssetKind
+    kind: KindField
     telemetry: str = "state"
     command: str = "set"
-    stale_after_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    stale_after_s: float = Field(default=10.0, gt=0)
 
     @field_validator("telemetry", "command")
     @classmethod

@@ -17,9 +17,9 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind
 
@@ -66,8 +66,16 @@ class MapError(ValueError):
     """A register map file is malformed; the message names the file, the row and the key."""
 
 
+# Device-map files (register and MQTT maps) are validated like config.toml: unknown keys are errors, types are strict
+# ("2" is not a scale, 2.0 is not an address; TOML integers still fill float keys) and nan/inf are refused, since a
+# NaN scale turns every reading into NaN and every setpoint write into an error.
+MAP_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+# the device kind is spelt as its value in the file ("battery"); strict mode would want the enum object
+KindField = Annotated[AssetKind, Strict(False)]
+
+
 class RegisterRow(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = MAP_MODEL_CONFIG
 
     field: str | None = None
     name: str | None = None
@@ -112,19 +120,19 @@ class RegisterRow(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = MAP_MODEL_CONFIG
 
     id: str
     manufacturer: str
     name: str
-    kind: AssetKind
+    kind: KindField
     word_order: WordOrder = "big"
 
 
 class MapFileHeader(BaseModel):
     """What every device-map file (register maps, MQTT maps) shares: strict keys and the schema version."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = MAP_MODEL_CONFIG
 
     schema_: int = Field(alias="schema")
 
@@ -324,7 +332,15 @@ def read_map_file(name_or_path: str | Path, folder: Path, label: str, schema: ty
         known = sorted(p.stem for p in folder.glob("*.toml"))
         raise MapError(f"{label} {name_or_path!r} not found (looked for {path}; known: {known})")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MapError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = raw[exc.start]
+        raise MapError(f"{path}: line {line}: not UTF-8 text (byte 0x{byte:02x}); a map file is UTF-8 TOML") from exc
     except tomllib.TOMLDecodeError as exc:
         raise MapError(f"{path}: not valid TOML: {exc}") from exc
     try:
@@ -335,8 +351,19 @@ def read_map_file(name_or_path: str | Path, folder: Path, label: str, schema: ty
             loc = ".".join(str(p) for p in err["loc"]) or "(file)"
             got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"  # a whole row is noise
-            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}")
+            row = _row_label(data, err["loc"])
+            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}{row}")
         raise MapError(f"{path}: " + "; ".join(problems)) from exc
+
+
+def _row_label(data: Any, loc: tuple[int | str, ...]) -> str:
+    """' [row power_w]' for an error inside a row, so the row can be found in the file by its field (or name)."""
+    if len(loc) < 2 or not isinstance(loc[1], int) or not isinstance(data.get(loc[0]), list):
+        return ""
+    rows = data[loc[0]]
+    row = rows[loc[1]] if loc[1] < len(rows) else None
+    label = (row.get("field") or row.get("name")) if isinstance(row, dict) else None
+    return f" [row {label}]" if isinstance(label, str) else ""
 
 
 def load_map(name_or_path: str | Path) -> RegisterMap:

@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="address the Modbus servers listen on (overrides the file; default 127.0.0.1)")
     parser.add_argument(
         "--fault", action="append", default=[], metavar="ID:KIND[=VALUE]",
-        help="inject a fault from the start: offline, slow=SECONDS, exception[=CODE], frozen, device=CODE "
-             "(repeatable)",
+        help="inject a fault from the start: offline, slow=SECONDS, exception[=CODE], frozen, device=CODE, "
+             "offset=WATTS (reports that much more power than flows; repeatable)",
     )
     return parser.parse_args(argv)
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from agent.addressing import Placement, expand_group, index_placements
+from agent.config import Host
 from sim_devices.maps import MapError, load_map
 from sim_devices.mqtt_codec import load_mqtt_model
 
@@ -45,7 +46,8 @@ class SimulationError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict like the agent's config: "2" is not a speed, and nan/inf mean nothing for a device parameter
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class EVSessionParams(_Strict):
@@ -126,7 +128,7 @@ class MqttSimConfig(_Strict):
     `password` is accepted for throw-away test brokers only (DESIGN.md §4: no secrets inline in real configs).
     """
 
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
@@ -233,11 +235,11 @@ class DeviceGroupConfig(_Strict):
 class SimulationConfig(_Strict):
     """The `[simulation]` table."""
 
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"  # never "" (that would listen on every interface)
     speed: float = Field(default=1.0, gt=0)
     tick_s: float = Field(default=0.2, gt=0, le=60)
     seed: int = 1
-    start: datetime | None = None
+    start: datetime | None = Field(default=None, strict=False)  # a TOML datetime or an ISO string
     base_load_w: float = Field(default=3000.0, ge=0)
     pv_peak_w: float = Field(default=0.0, ge=0)
     utc_offset_h: float = Field(default=9.0, ge=-12, le=14)

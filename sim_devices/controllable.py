@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
 
 from sim_devices.lease import SetpointLease
 from sim_devices.ramp import ramp
@@ -19,11 +21,28 @@ MAX_SUBSTEP_S = 2.0
 # Power within this band of zero reports as standby rather than charging/discharging.
 STATUS_DEADBAND_W = 1.0
 
+WRITE_LOG_LENGTH = 1000  # setpoint writes kept per device for a test or a fault run to inspect
+LIMIT_SLACK_W = 1e-6  # float noise of the map's scaling, not a violation
+
 STATUS_STANDBY = 0
 STATUS_CHARGING = 1
 STATUS_DISCHARGING = 2
 STATUS_FAULT = 3
 STATUS_NO_EV = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRecord:
+    """One setpoint write as the device saw it, with the limits in force at that moment."""
+
+    t_s: float
+    setpoint_w: float
+    max_charge_w: float  # live limits (0 when tripped or no EV)
+    max_discharge_w: float
+
+    @property
+    def outside_live_limits(self) -> bool:
+        return not -self.max_discharge_w - LIMIT_SLACK_W <= self.setpoint_w <= self.max_charge_w + LIMIT_SLACK_W
 
 
 class ControllableDevice(ABC):
@@ -53,6 +72,11 @@ class ControllableDevice(ABC):
         # Cumulative terminal energy, both >= 0: import from the grid and export to it.
         self.import_wh = 0.0
         self.export_wh = 0.0
+        # every setpoint write, judged on the device's side: what a fault run checks the agent against
+        self.write_log: deque[WriteRecord] = deque(maxlen=WRITE_LOG_LENGTH)
+        self.writes_total = 0
+        self.writes_outside_nameplate = 0  # must stay 0 whatever happens to the agent
+        self.writes_outside_live = 0  # may happen when a limit moves between the agent's poll and its write
 
     # ---- the store, supplied by subclasses -------------------------------------------------------------
     @abstractmethod
@@ -81,6 +105,14 @@ class ControllableDevice(ABC):
     # ---- control ---------------------------------------------------------------------------------------
     def write_setpoint(self, setpoint_w: float) -> None:
         """A setpoint write: recorded as-is (echoed back) and clamped only when acted on, like real chargers."""
+        max_ch, max_dis = self.live_limits()
+        record = WriteRecord(self.t_s, float(setpoint_w), max_ch, max_dis)
+        self.write_log.append(record)
+        self.writes_total += 1
+        if not -self.rated_discharge_w - LIMIT_SLACK_W <= setpoint_w <= self.rated_charge_w + LIMIT_SLACK_W:
+            self.writes_outside_nameplate += 1
+        if record.outside_live_limits:
+            self.writes_outside_live += 1
         self.lease.write(setpoint_w, self.t_s)
 
     def write_lease_timeout(self, timeout_s: float) -> None:

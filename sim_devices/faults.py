@@ -7,14 +7,17 @@ one mimics what a real installation shows:
 - slow: answers after a delay in wall seconds;
 - exception: answers every request with a Modbus exception code (default 4, DEVICE_FAILURE);
 - frozen: registers stop refreshing while the physics goes on (a stuck gateway cache);
-- device fault: the device itself trips (status 3, fault_code, power to 0) while communication stays fine.
+- device fault: the device itself trips (status 3, fault_code, power to 0) while communication stays fine;
+- offset: the device reports `offset_w` more power than flows (a lying meter: wrong calibration, a spoofed or
+  mis-scaled register) while the physics and the energy counters stay true.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +44,7 @@ class FaultState:
     slow_s: float = 0.0
     exception_code: int | None = None
     frozen: bool = False
+    offset_w: float = 0.0
 
 
 class DeviceFaults:
@@ -90,6 +94,13 @@ class DeviceFaults:
         self.state.frozen = frozen
         log.info("sim.fault", device=self.device_id, fault="frozen", active=frozen)
 
+    def set_offset(self, watts: float) -> None:
+        """Report `watts` more power than flows (0 clears); what flows, and the energy counters, stay true."""
+        if not math.isfinite(watts):
+            raise ValueError(f"offset {watts!r} W must be a finite number")
+        self.state.offset_w = float(watts)
+        log.info("sim.fault", device=self.device_id, fault="offset", offset_w=watts)
+
     def set_device_fault(self, code: int | None) -> None:
         """Trip the device with `code` (status 3, power 0), or clear its fault with None/0."""
         if code:
@@ -104,9 +115,23 @@ class DeviceFaults:
         self.set_slow(0.0)
         self.set_exception(None)
         self.set_frozen(False)
+        self.set_offset(0.0)
         self.set_device_fault(None)
 
     # ---- used by the server ----------------------------------------------------------------------------
+    def reported(self, fields: Mapping[str, float]) -> Mapping[str, float]:
+        """What the device says, from what its physics is: power (and the current that goes with it) plus the
+        offset; everything else, the energy counters included, as it is."""
+        offset = self.state.offset_w
+        if not offset or "power_w" not in fields:
+            return fields
+        said = dict(fields)
+        said["power_w"] = fields["power_w"] + offset
+        voltage = fields.get("voltage_v")
+        if "current_a" in fields and voltage:
+            said["current_a"] = said["power_w"] / voltage
+        return said
+
     async def gate(self) -> int | None:
         """Apply communication faults to one request: swallow, delay, or return an exception code."""
         if self.state.offline or self.state.slow_s > 0:
@@ -132,22 +157,26 @@ class DeviceFaults:
                 task.cancel()
 
 
-FAULT_KINDS = ("offline", "slow", "exception", "frozen", "device")
+FAULT_KINDS = ("offline", "slow", "exception", "frozen", "device", "offset")
+# the kinds that need a value, and what it is
+FAULT_VALUES = {"slow": "delay in seconds", "device": "fault code", "offset": "watts added to the reported power"}
 
 
 def parse_fault_spec(spec: str) -> tuple[str, str, float | None]:
     """Parse the CLI form `ID:KIND[=VALUE]`, e.g. `ev1:offline`, `bess2:slow=1.5`, `ev3:exception=6`,
-    `meter:frozen`, `ev4:device=2`. Returns (device id, kind, value or None)."""
+    `meter:frozen`, `ev4:device=2`, `meter-site:offset=300000`. Returns (device id, kind, value or None)."""
     device_id, sep, rest = spec.rpartition(":")
     kind, _, value = rest.partition("=")
     if not sep or not device_id or kind not in FAULT_KINDS:
         raise ValueError(f"fault {spec!r} is not ID:KIND[=VALUE] with KIND one of {', '.join(FAULT_KINDS)}")
-    if kind in ("slow", "device") and not value:
-        raise ValueError(f"fault {spec!r} needs a value ({'delay in seconds' if kind == 'slow' else 'fault code'})")
+    if kind in FAULT_VALUES and not value:
+        raise ValueError(f"fault {spec!r} needs a value ({FAULT_VALUES[kind]})")
     try:
         number = float(value) if value else None
     except ValueError as exc:
         raise ValueError(f"fault {spec!r}: value {value!r} is not a number") from exc
+    if number is not None and not math.isfinite(number):
+        raise ValueError(f"fault {spec!r}: value {value!r} is not a finite number")
     return device_id, kind, number
 
 
@@ -163,5 +192,7 @@ def apply_fault(faults: DeviceFaults, kind: str, value: float | None) -> None:
         faults.set_frozen(True)
     elif kind == "device":
         faults.set_device_fault(int(value or 0))
+    elif kind == "offset":
+        faults.set_offset(value or 0.0)
     else:
         raise ValueError(f"unknown fault kind {kind!r}")

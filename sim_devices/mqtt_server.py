@@ -68,7 +68,8 @@ class MqttEndpoint:
             return None
         if self.faults.state.frozen and self.last_payload is not None:
             return self.last_payload
-        self.last_payload = json.dumps(self.model.telemetry_json(self.physics.fields()), allow_nan=False).encode()
+        said = self.faults.reported(self.physics.fields())  # through a lying-device fault, if any
+        self.last_payload = json.dumps(self.model.telemetry_json(said), allow_nan=False).encode()
         return self.last_payload
 
     def apply_command(self, payload: bytes) -> None:

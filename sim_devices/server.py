@@ -49,7 +49,7 @@ class DeviceEndpoint:
 
     def sim_device(self) -> SimDevice:
         """A fresh pymodbus SimDevice with one SimData per map row, pre-filled with the current state."""
-        image = self.codec.image(self.physics.fields())
+        image = self.codec.image(self.reported())
         blocks = [
             SimData(address=row.address, values=list(image[row.address]), datatype=DataType.REGISTERS,
                     readonly=row.access != "rw")
@@ -57,12 +57,16 @@ class DeviceEndpoint:
         ]
         return SimDevice(id=self.unit_id, simdata=blocks, action=self.action)
 
+    def reported(self) -> Mapping[str, float]:
+        """The device's state as it puts it in its registers: the physics, through any lying-device fault."""
+        return self.faults.reported(self.physics.fields())
+
     async def action(self, function_code: int, start_address: int, address: int, count: int,
                      registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
         """pymodbus callback for every access to this device (see SimDevice.action)."""
         if set_values is None and function_code not in READ_CODES:
             # pymodbus reads back after a single-register write to build its echo: not a client request.
-            self.codec.fill(registers, start_address, self.physics.fields())
+            self.codec.fill(registers, start_address, self.reported())
             return None
         code = await self.faults.gate()
         if code is not None:
@@ -76,7 +80,7 @@ class DeviceEndpoint:
                 return result
         if set_values is None and not self.faults.state.frozen:
             self.reads += 1
-            self.codec.fill(registers, start_address, self.physics.fields())
+            self.codec.fill(registers, start_address, self.reported())
         return None
 
     def _apply_write(self, start_address: int, address: int, registers: list[int],

@@ -4,6 +4,12 @@ Polls run concurrently, one coroutine per due asset; each request is bounded by 
 dead device costs one timeout on its own connection and nothing elsewhere. A phase that overruns the period is
 logged with its timing. Setpoints are rewritten only when they change by more than the deadband or when the
 device's lease needs refreshing, which halves the Modbus traffic of a steady site.
+
+Between polls, `wake()` runs extra cycles for signals that should not wait (an activation, a frequency reading, a
+new target). They never starve polling: the poll keeps its period whatever the wake rate (a woken cycle polls when
+the poll is due, and waking never moves the poll later), wakes coalesce (at most one pending), and a woken cycle
+starts at least MIN_WAKE_GAP_S after the previous cycle ended, so a burst of 10,000 wakes a second costs at most
+~10 cycles a second.
 """
 
 from __future__ import annotations
@@ -21,16 +27,24 @@ from typing import Literal
 import structlog
 
 from agent.config import AppConfig
+from agent.control.meter import MeterCheck
 from agent.control.rule import plan_within_bounds, share_within_reserves, site_target_requests
 from agent.control.safety import Bounds, SafetyEnvelope
 from agent.fleet import AssetState, Fleet
-from agent.model import Measurement, Setpoint
+from agent.model import DeviceStatus, Measurement, Setpoint
 from agent.ports import Driver, DriverError
 
 log = structlog.get_logger("agent.control")
 
 # Rewrite a held setpoint once half its lease has passed: one lost write still leaves half a lease of margin.
 LEASE_REFRESH_FRACTION = 0.5
+# Idle time (wall s) between a cycle and a woken one after it: 10 woken cycles a second at most, which follows the
+# fastest feed the docs expect (frequency readings every 0.1-1 s) reading by reading, bounds the CPU a flood of
+# signals can take to what a 0.1 s control period would, and adds at most 0.1 s to an activation's response (FCR
+# allows seconds). A wake that comes sooner is kept and coalesced, not lost. Never above the poll period.
+MIN_WAKE_GAP_S = 0.1
+
+Woken = Literal["fast", "poll"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +97,18 @@ class ControlLoop:
         self.mode = config.control.mode
         self.timings: deque[CycleTiming] = deque(maxlen=600)
         self.last_setpoints: dict[str, Setpoint] = {}
-        self.uncontrolled_w = 0.0
+        self.meter_check = MeterCheck(config.site)
+        self.uncontrolled_w = self.meter_check.uncontrolled.value_w  # the estimate the controller steers by
         self.last_bounds: dict[str, Bounds] = {}
         self.cycles = 0
         self.cycle_failures = 0
         self.after_cycle: list[Callable[[], None]] = []  # hooks run after every cycle (telemetry), never block it
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # set by wake(); _woken says what kind of cycle is pending (at most one)
+        self._woken: Woken | None = None
+        self.wake_gap_s = min(MIN_WAKE_GAP_S, self.period_s)
+        self._next_poll_at = -math.inf  # monotonic time the next poll is due: the first cycle polls
+        self._last_cycle_end = -math.inf
+        self.polls = 0  # poll phases run so far (a woken cycle skips it unless the poll is due)
         # the optimiser's value for this step per asset (None: no plan covers now); set by the app in dispatch mode
         self.schedule: Callable[[datetime], dict[str, float] | None] | None = None
         # events shape the site target: (now, configured target) -> target in force; set by the app
@@ -97,7 +117,6 @@ class ControlLoop:
         self.award_shift_source: Callable[[datetime], float | None] | None = None
         # the plan's reserved (up, down) W per asset now: where an activation lands first (dispatch mode)
         self.reserve_source: Callable[[datetime], tuple[dict[str, float], dict[str, float]] | None] | None = None
-        self._skip_poll = False
         # "waiting" until the first plan (expected at start: logged at info), "running" while one covers the clock,
         # "lapsed" once it ran out (the optimiser failed or overran: a warning, once per lapse)
         self._plan_state: Literal["waiting", "running", "lapsed"] = "waiting"
@@ -111,12 +130,19 @@ class ControlLoop:
         self.site_target_w = watts
         log.info("control.target", site_target_w=watts)
 
-    def wake(self, fast: bool = False) -> None:
-        """Start the next cycle now instead of at the next period (a new target or signal should not wait).
+    @property
+    def meter_problem(self) -> str | None:
+        """Why the site meter is not believed (implausible or no reading), for the agent's status; None when it is."""
+        return self.meter_check.problem
 
-        `fast` skips that cycle's poll: decide from the last measurements and write at once (activation signals).
+    def wake(self, fast: bool = False) -> None:
+        """Run a cycle soon instead of at the next period (a new target or signal should not wait).
+
+        `fast`: decide from the last poll and write at once (activation signals, frequency readings); the cycle
+        still polls when the poll is due. Otherwise the woken cycle polls first. Any rate of calls is safe: wakes
+        coalesce into one pending cycle, which starts no sooner than `wake_gap_s` after the previous cycle ended.
         """
-        self._skip_poll = self._skip_poll or fast
+        self._woken = "poll" if not fast or self._woken == "poll" else "fast"
         self._wake.set()
 
     def set_override(self, asset_id: str, watts: float | None) -> None:
@@ -140,23 +166,37 @@ class ControlLoop:
         try:
             if not await self._unless_stopped(asyncio.gather(*(d.connect() for d in self.drivers.values())), stopping):
                 return
-            next_start = self.monotonic()
             while not stop.is_set():
                 if not await self._unless_stopped(self._guarded_cycle(), stopping):
                     return
-                next_start += self.period_s
-                delay = next_start - self.monotonic()
-                if delay < 0:  # overran: start again now, do not try to catch up with a burst
-                    next_start = self.monotonic()
-                    delay = 0.0
-                waker = asyncio.create_task(self._wake.wait())  # a wake() during the cycle is kept, not lost
-                await asyncio.wait({stopping, waker}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
-                if self._wake.is_set():
-                    self._wake.clear()
-                    next_start = self.monotonic()  # the woken cycle sets the new rhythm
+                if not await self._until_next_cycle(stopping):
+                    return
         finally:
             stopping.cancel()
+
+    async def _until_next_cycle(self, stopping: asyncio.Task[bool]) -> bool:
+        """Wait until the poll is due, or a pending wake may start a cycle; False when stop comes first.
+
+        A wake() during the cycle is kept (it is in `_woken`), not lost; one that comes too soon after the cycle
+        waits out the gap, and the poll's time never moves for it.
+        """
+        while True:
+            now = self.monotonic()
+            until_poll = self._next_poll_at - now
+            if until_poll <= 0:
+                return True
+            if self._woken is not None:
+                until_woken = self._last_cycle_end + self.wake_gap_s - now
+                if until_woken <= 0:
+                    return True
+                await asyncio.wait({stopping}, timeout=min(until_poll, until_woken))
+            else:
+                self._wake.clear()
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({stopping, waker}, timeout=until_poll, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+            if stopping.done():
+                return False
 
     @staticmethod
     async def _unless_stopped(work: Awaitable[object], stopping: asyncio.Task[bool]) -> bool:
@@ -182,16 +222,18 @@ class ControlLoop:
             log.exception("cycle.failed", error=f"{type(exc).__name__}: {exc}")
 
     async def cycle(self) -> CycleTiming:
+        """One cycle: poll (unless it is a fast wake's and the last poll is younger than the period), decide, write."""
         t0 = self.monotonic()
-        if self._skip_poll:
-            self._skip_poll = False
-        else:
+        woken, self._woken = self._woken, None
+        if woken != "fast" or t0 >= self._next_poll_at:
+            self._poll_started(t0)
             await self.poll()
         t1 = self.monotonic()
         setpoints = self.decide()
         t2 = self.monotonic()
         await self.write(setpoints)
         t3 = self.monotonic()
+        self._last_cycle_end = t3
         timing = CycleTiming(t1 - t0, t2 - t1, t3 - t2)
         self.timings.append(timing)
         self.cycles += 1
@@ -204,6 +246,14 @@ class ControlLoop:
                 write_s=round(timing.write_s, 4),
             )
         return timing
+
+    def _poll_started(self, t0: float) -> None:
+        """Set when the next poll is due: one period after this one's due time while it kept to it (lateness of the
+        event loop does not drift the rhythm), else one period after it started (a poll a wake brought forward, or
+        one after an overrun: start again from now, do not catch up with a burst)."""
+        due = self._next_poll_at
+        self._next_poll_at = (due if 0 <= t0 - due < self.period_s else t0) + self.period_s
+        self.polls += 1
 
     # -- phases ---------------------------------------------------------------------------------------------
     async def poll(self) -> None:
@@ -269,13 +319,13 @@ class ControlLoop:
         }
         self.last_bounds = bounds
         assets_power = sum(s.measurement.power_w for s in states.values() if s.measurement is not None)
-        meter_w = self.site_meter_w()
-        if meter_w is not None:
-            self.uncontrolled_w = meter_w - assets_power
-        # else: keep the last estimate; treating an unseen base load as 0 would let charging blow the import limit
+        # the meter cross-checked against the assets and the site's range (control/meter.py); with no reading the
+        # last estimate is kept: treating an unseen base load as 0 would let charging blow the import limit
+        uncontrolled = self.meter_check.update(self.site_meter_w(), assets_power)
+        self.uncontrolled_w = uncontrolled.value_w
         requests = self._requests(now, bounds)
         requests.update({k: v for k, v in self.overrides.items() if k in requests})
-        setpoints = self.envelope.apply(requests, states, bounds, self.uncontrolled_w)
+        setpoints = self.envelope.apply(requests, states, bounds, (uncontrolled.low_w, uncontrolled.high_w))
         for asset_id, setpoint in setpoints.items():
             state = states[asset_id]
             if setpoint.reasons != state.clamp_reasons:
@@ -349,11 +399,13 @@ class ControlLoop:
             state.written_at_monotonic = None  # force a write this cycle
 
     def site_meter_w(self) -> float | None:
+        """The site meter's last reading; None when there is none (no meter, unavailable, or reporting a fault:
+        a faulted meter reads 0 W, which is no measurement of the site)."""
         meter_id = self.config.site.meter
         if meter_id is None:
             return None
         state = self.fleet.assets[meter_id]
-        if not state.available or state.measurement is None:
+        if not state.available or state.measurement is None or state.measurement.status is DeviceStatus.FAULT:
             return None
         return state.measurement.power_w
 

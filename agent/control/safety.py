@@ -114,28 +114,39 @@ def apply_ramp(bounds: Bounds, state: AssetState, period_s: float) -> Bounds:
 
 
 def enforce_site_limits(
-    setpoints: dict[str, float], uncontrolled_w: float, import_limit_w: float, export_limit_w: float
+    setpoints: dict[str, float],
+    uncontrolled_w: float | tuple[float, float],
+    import_limit_w: float,
+    export_limit_w: float,
 ) -> tuple[dict[str, float], str | None]:
     """Scale setpoints toward 0 so import/export at the site meter stays within limits.
+
+    `uncontrolled_w` is what the site draws besides the assets: one value when the meter is believed, else the
+    (low, high) interval the truth lies in (agent/control/meter.py). The limits then hold for every value in it: the
+    import limit against the top, the export limit against the bottom. Should the interval be wider than the two
+    limits together, no total of the assets keeps both for all of it; their net power is then held between 0 and
+    what the one limit with room still allows, so they never push the site toward a limit the range already breaks.
 
     Scaling only moves values toward zero, so every setpoint stays within its asset's hard bounds, which always
     contain 0 (an EV's departure floor is a preference and yields to the site connection limit).
     """
+    low, high = uncontrolled_w if isinstance(uncontrolled_w, tuple) else (uncontrolled_w, uncontrolled_w)
+    most = import_limit_w - high  # the assets' total may not exceed this (import at the top of the range) ...
+    least = -export_limit_w - low  # ... nor fall below this (export at the bottom)
+    if least > most:  # no total satisfies both for the whole range: add nothing toward either limit
+        least, most = min(least, 0.0), max(most, 0.0)
     total = sum(setpoints.values())
-    site = uncontrolled_w + total
-    if site > import_limit_w:
+    if total > most:
         charging = sum(v for v in setpoints.values() if v > 0)
-        excess = site - import_limit_w
         if charging <= 0:
             return setpoints, None  # nothing the assets can shed; uncontrolled load alone is over the limit
-        factor = max(0.0, 1.0 - excess / charging)
+        factor = max(0.0, 1.0 - (total - most) / charging)
         return {k: v * factor if v > 0 else v for k, v in setpoints.items()}, "site import limit"
-    if site < -export_limit_w:
+    if total < least:
         discharging = -sum(v for v in setpoints.values() if v < 0)
-        excess = -export_limit_w - site
         if discharging <= 0:
             return setpoints, None
-        factor = max(0.0, 1.0 - excess / discharging)
+        factor = max(0.0, 1.0 - (least - total) / discharging)
         return {k: v * factor if v < 0 else v for k, v in setpoints.items()}, "site export limit"
     return setpoints, None
 
@@ -155,8 +166,9 @@ class SafetyEnvelope:
         requests: dict[str, float],
         states: dict[str, AssetState],
         bounds: dict[str, Bounds],
-        uncontrolled_w: float,
+        uncontrolled_w: float | tuple[float, float],
     ) -> dict[str, Setpoint]:
+        """Clamp each request into its bounds, then the total into the site limits (see enforce_site_limits)."""
         clamped: dict[str, float] = {}
         reasons: dict[str, tuple[str, ...]] = {}
         for asset_id, requested in requests.items():

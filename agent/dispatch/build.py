@@ -40,17 +40,18 @@ def plan_inputs(
     d = config.dispatch
     start = step_start(now, d.step_s)
     times = [start + timedelta(seconds=d.step_s * k) for k in range(d.horizon_steps)]
+    step_starts = start.timestamp() + d.step_s * np.arange(d.horizon_steps)
     assets = [a for a in (_asset(s, d.step_s, start, d.horizon_steps, d.wear_segments) for s in _plannable(fleet)) if a]
     base = d.base_load_w if d.base_load_w is not None else uncontrolled_w
     site = SiteForecast(
-        price_per_kwh=_prices(times, book.get("prices", {}), _default_prices(times, d.step_s, config)),
+        price_per_kwh=_prices(step_starts, book.get("prices", {}), _default_prices(times, d.step_s, config)),
         base_load_w=np.full(d.horizon_steps, base),
         pv_w=np.zeros(d.horizon_steps),
         import_limit_w=config.site.import_limit_w,
         export_limit_w=config.site.export_limit_w,
     )
-    updr = _updr(times, d.step_s, book.get("up_dr", {}), base)
-    reserves = _reserves(times, d.step_s, book.get("as_award", {}))
+    updr = _updr(step_starts, d.step_s, book.get("up_dr", {}), base)
+    reserves = _reserves(step_starts, d.step_s, book.get("as_award", {}))
     return PlanInputs(d.horizon_steps, d.step_s, assets, site, updr=updr, reserves=reserves), start
 
 
@@ -113,8 +114,10 @@ def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segmen
     )
 
 
-def _covering(times: list[datetime], step_s: float, start: datetime, end: datetime) -> np.ndarray:
-    return np.array([start < t + timedelta(seconds=step_s) and t < end for t in times])
+def _covering(step_starts: np.ndarray, step_s: float, start: datetime, end: datetime) -> np.ndarray:
+    """Steps (by start, unix s) that overlap [start, end). Vectorised: it runs on the event loop once per signal per
+    re-plan, so its cost must stay flat in the number of steps."""
+    return (start.timestamp() < step_starts + step_s) & (step_starts < end.timestamp())
 
 
 def _default_prices(times: list[datetime], step_s: float, config: AppConfig) -> np.ndarray:
@@ -147,43 +150,44 @@ def profile_mean(profile: list[float], zone: ZoneInfo, start: datetime, step_s: 
     return total / ((end - start) // us)
 
 
-def _prices(times: list[datetime], signals: Mapping[str, SignalModel], default: np.ndarray) -> np.ndarray:
+def _prices(step_starts: np.ndarray, signals: Mapping[str, SignalModel], default: np.ndarray) -> np.ndarray:
     """The newest price signal covering each step's start, else `default` (one price per step)."""
     prices = default.astype(float)
     for signal in signals.values():  # insertion order: newer signals overwrite older ones
         if not isinstance(signal, PriceSeries):
             continue
-        for k, t in enumerate(times):
-            index = int((t - signal.start).total_seconds() // signal.interval_s)
-            if 0 <= index < len(signal.prices_per_kwh):
-                prices[k] = signal.prices_per_kwh[index]
+        index = np.floor((step_starts - signal.start.timestamp()) / signal.interval_s).astype(int)
+        covered = (index >= 0) & (index < len(signal.prices_per_kwh))
+        if covered.any():
+            prices[covered] = np.asarray(signal.prices_per_kwh, dtype=float)[index[covered]]
     return prices
 
 
-def _updr(times: list[datetime], step_s: float, events: Mapping[str, SignalModel], base_w: float) -> UpDr | None:
-    window = np.zeros(len(times), dtype=bool)
+def _updr(step_starts: np.ndarray, step_s: float, events: Mapping[str, SignalModel], base_w: float) -> UpDr | None:
+    window = np.zeros(len(step_starts), dtype=bool)
     requested, price = 0.0, 0.0
     for event in events.values():
         if isinstance(event, UpDrEvent):
-            covered = _covering(times, step_s, event.start, event.end)
+            covered = _covering(step_starts, step_s, event.start, event.end)
             if covered.any():
                 window |= covered
                 requested, price = max(requested, event.requested_increase_w), max(price, event.price_per_kwh)
     if not window.any():
         return None
-    return UpDr(window, np.full(len(times), base_w), requested, price)
+    return UpDr(window, np.full(len(step_starts), base_w), requested, price)
 
 
-def _reserves(times: list[datetime], step_s: float, awards: Mapping[str, SignalModel]) -> list[Reserve]:
+def _reserves(step_starts: np.ndarray, step_s: float, awards: Mapping[str, SignalModel]) -> list[Reserve]:
+    steps = len(step_starts)
     by_product: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for award in awards.values():
         if not isinstance(award, AsAward):
             continue
-        covered = _covering(times, step_s, award.block_start, award.block_end)
+        covered = _covering(step_starts, step_s, award.block_start, award.block_end)
         if not covered.any():
             continue
-        up, down = by_product.setdefault(award.product, (np.zeros(len(times)), np.zeros(len(times))))
+        up, down = by_product.setdefault(award.product, (np.zeros(steps), np.zeros(steps)))
         up += covered * award.up_w
         down += covered * award.down_w
-    zeros = np.zeros(len(times))
+    zeros = np.zeros(steps)
     return [Reserve(product, zeros, zeros, up, down) for product, (up, down) in sorted(by_product.items())]

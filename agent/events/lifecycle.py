@@ -1,10 +1,15 @@
 """Grid events from receipt to report: up-DR events and ancillary-service awards.
 
-    received → accepted | rejected (with the reason, e.g. the fleet cannot sustain it)
-    accepted → scheduled → active (inside its window) → completed (with an M&V report)
+    admitted (or refused on the ack topic with the reason, e.g. the fleet cannot sustain it)
+    → scheduled → active (inside its window) → completed (with an M&V report) | failed (its processing raised)
 
-Every transition is written to the Store before it takes effect, so a restarted agent resumes an active event where
-it was. While an event is active it shapes what the control loop steers to (`site_target_w`): an up-DR event raises
+An event reaches this manager only once the signal ingest admitted it (`admit`: the fleet can sustain it; for an
+activation, its award exists, its block has started, it is fresh and newer than the one applied). Every transition is
+written to the Store before it takes effect, the latest activation of each award before it is acknowledged, and an
+active event's meter samples every few seconds, so a restarted agent resumes an active event where it was. One event
+whose processing fails is marked `failed` with the reason; the others carry on.
+
+While an event is active it shapes what the control loop steers to (`site_target_w`): an up-DR event raises
 the site meter's target to the current interval's baseline + requested increase; an ancillary-service award shifts
 it by the latest activation (−1..1) times the awarded capacity, so the controller shares the response over assets
 and re-shares at once when one drops out. Activations come from the operator's signal, or for frequency products
@@ -28,6 +33,7 @@ from zoneinfo import ZoneInfo
 import holidays
 import numpy as np
 import structlog
+from pydantic import ValidationError
 
 from agent.config import EventSettings
 from agent.events.capability import capability_shortfall
@@ -38,15 +44,17 @@ from agent.events.mv.report import Report, award_report, updr_report
 from agent.fleet import Fleet
 from agent.products import PRODUCTS
 from agent.signals.models import AsActivation, AsAward, GridFrequency, SignalModel, UpDrEvent
-from agent.store import Store
+from agent.store import Store, StoreError
 
 log = structlog.get_logger("agent.events")
 
 MAX_SAMPLES = 50_000  # meter samples (and activations) kept per event: 7 h at the rate below
 SAMPLE_EVERY_S = 0.5  # device seconds between the meter samples an event keeps (the loop may poll faster)
 ACTIVATION_STEP = 0.002  # an activation closer than this to the last one kept is acted on but not kept again
-SAVE_EVERY_S = 120.0  # an active event's progress is written this often (device time): a restart loses at most this
+SAVE_EVERY_S = 5.0  # an active event's new samples are appended this often (device time): a kill -9 loses at most this
 LOOKBACK_DAYS = 45  # High 4 of 5 looks this far back for its 5 like-days
+FINISHED_IN_MEMORY = 100  # finished events kept in memory for a look (all stay in the Store until pruned)
+MAX_PENDING_INTERVALS = 48 * 7  # closed meter intervals held while the Store cannot take them (a week)
 
 
 class EventState(StrEnum):
@@ -56,6 +64,10 @@ class EventState(StrEnum):
     SCHEDULED = "scheduled"
     ACTIVE = "active"
     COMPLETED = "completed"
+    FAILED = "failed"  # its processing raised: the reason says why; it no longer acts
+
+
+OPEN_STATES = frozenset({EventState.RECEIVED, EventState.ACCEPTED, EventState.SCHEDULED, EventState.ACTIVE})
 
 
 @dataclass
@@ -74,6 +86,8 @@ class Event:
     activations: list[tuple[float, float]] = field(default_factory=list)  # (unix s, value) while active
     report: Report | None = None
     saved_ts: float = 0.0  # when progress was last written (not persisted)
+    saved_samples: int = 0  # samples and activations already in the Store (not persisted: they are the Store's)
+    saved_activations: int = 0
 
     @property
     def start(self) -> datetime:
@@ -92,8 +106,6 @@ class Event:
             "baseline_method": self.baseline_method,
             "baseline_note": self.baseline_note,
             "baseline_intervals": [[k, v] for k, v in sorted(self.baseline_intervals.items())],
-            "samples": self.samples,
-            "activations": self.activations,
             "report": self.report,
         }
 
@@ -105,8 +117,6 @@ class Event:
         self.baseline_method = data.get("baseline_method")  # type: ignore[assignment]
         self.baseline_note = data.get("baseline_note")  # type: ignore[assignment]
         self.baseline_intervals = {float(k): float(v) for k, v in data.get("baseline_intervals", [])}  # type: ignore[attr-defined]
-        self.samples = [tuple(x) for x in data.get("samples", [])]  # type: ignore[misc, attr-defined]
-        self.activations = [tuple(x) for x in data.get("activations", [])]  # type: ignore[misc, attr-defined]
         self.report = data.get("report")  # type: ignore[assignment]
 
     def baseline_at(self, ts: float, interval_s: float) -> float | None:
@@ -134,25 +144,115 @@ class EventManager:
         self._recent_site: deque[tuple[float, float]] = deque()  # (unix s, W) for pre-event baselines
         self._meter = IntervalMeter(self.settings.interval_s, max_hold_s)
         self._closed: list[Interval] = []  # closed intervals not yet in the Store
-        self._frequency_at: dict[str, float] = {}  # award id -> `at` (unix s) of the reading behind its activation
-        for event_id, kind, state, data in store.load_events():
-            signal_data = data["signal"]
-            assert isinstance(signal_data, dict)
-            signal = UpDrEvent.model_validate(signal_data) if kind == "up_dr" else AsAward.model_validate(signal_data)
-            event = Event(event_id, kind, signal, EventState(state))
-            event.restore(data)
+        # frequency: `at` of the newest reading applied (readings must not go back in time) and, per award, when the
+        # agent last took a reading for it (its own clock: a reading's `at` must not decide how long it is held)
+        self._frequency_at = -math.inf
+        self._frequency_seen: dict[str, float] = {}
+        self._activation_at: dict[str, tuple[str, float]] = {}  # award id -> (signal id, `at` unix s) applied
+        self._pending_intervals: list[Interval] = []  # closed but not yet stored (the Store failed): retried
+        self.store_failures = 0
+        self._load()
+
+    def _load(self) -> None:
+        """Open events from the Store, with their samples and the activation in force; an event that no longer
+        validates is marked failed (and says why) instead of stopping every other one at each start."""
+        for event_id, kind, state, data in self.store.load_events(open_only=True):
+            try:
+                signal_type = UpDrEvent if kind == "up_dr" else AsAward
+                signal = signal_type.model_validate(data["signal"])
+                event = Event(event_id, kind, signal, EventState(state))
+                event.restore(data)
+                if event.state is EventState.ACTIVE:
+                    event.samples = _legacy(data, "samples") or self.store.load_series(event_id, "site")
+                    event.activations = _legacy(data, "activations") or self.store.load_series(event_id, "activation")
+                    event.saved_samples, event.saved_activations = len(event.samples), len(event.activations)
+            except (ValidationError, ValueError, KeyError, TypeError, StoreError) as exc:
+                log.error("event.unloadable", event_id=event_id, kind=kind, error=_short(exc))
+                self._fail_stored(event_id, f"could not be loaded: {_short(exc)}")
+                continue
             self.events[event_id] = event
-            if event.state is EventState.ACTIVE and event.activations:  # carry on from the last activation
-                self.activation[event_id] = event.activations[-1][1]
+
+    def resume(self, now: datetime) -> None:
+        """Take up the activation each active award had before a restart, unless it is older than its product
+        allows (then the award holds 0 until a fresh one comes)."""
+        try:
+            stored = self.store.load_activations()
+        except StoreError as exc:
+            log.error("activation.unloadable", error=str(exc))
+            return
+        for award_id, (signal_id, at_ts, value) in stored.items():
+            event = self.events.get(award_id)
+            if event is None or event.state is not EventState.ACTIVE or not isinstance(event.signal, AsAward):
+                continue
+            age_s = now.timestamp() - at_ts
+            allowed_s = PRODUCTS[event.signal.product].response_s
+            if age_s > allowed_s:
+                log.warning("activation.expired", award_id=award_id, age_s=round(age_s, 1), allowed_s=allowed_s)
+                continue
+            self.activation[award_id] = value
+            self._activation_at[award_id] = (signal_id, at_ts)
+            log.info("activation.resumed", award_id=award_id, value=value, age_s=round(age_s, 1))
+
+    def _fail_stored(self, event_id: str, reason: str) -> None:
+        try:
+            self.store.mark_event_failed(event_id, reason)
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    def get(self, event_id: str) -> Event | None:
+        return self.events.get(event_id)
 
     # -- intake -----------------------------------------------------------------------------------------------
-    async def receive(self, kind: str, signal: SignalModel, now: datetime) -> Event | None:
-        """Take an up-DR event, an award or an activation; events are checked against the fleet's envelope."""
+    def admit(self, kind: str, signal: SignalModel, now: datetime) -> str | None:
+        """Why the agent must refuse `signal` now (None: take it). Runs before the signal is stored or acked, so
+        the sender learns the outcome: an event the fleet cannot sustain, an activation for an award the agent does
+        not hold or outside its block, a stale or out-of-order activation or frequency reading."""
+        if isinstance(signal, UpDrEvent | AsAward):
+            return capability_shortfall(self.fleet.envelope(), signal)
         if isinstance(signal, AsActivation):
-            self._activate(signal.award_id, signal.value, now)
-            return None
+            return self._activation_problem(signal, now)
         if isinstance(signal, GridFrequency):
-            self._frequency(signal.frequency_hz, signal.at.timestamp(), now)
+            age_s = now.timestamp() - signal.at.timestamp()
+            if age_s > self.settings.frequency_timeout_s:
+                return f"reading at {signal.at.isoformat()} is {age_s:.1f} s old (frequency_timeout_s " \
+                    f"{self.settings.frequency_timeout_s:g})"
+            if signal.at.timestamp() < self._frequency_at:
+                return "reading is older than the last one applied"
+        return None
+
+    def _activation_problem(self, signal: AsActivation, now: datetime) -> str | None:
+        event = self.events.get(signal.award_id)
+        if event is None or not isinstance(event.signal, AsAward):
+            return f"no award {signal.award_id!r} is held by this agent"
+        if event.state not in (EventState.SCHEDULED, EventState.ACTIVE):
+            return f"award {signal.award_id!r} is {event.state.value}"
+        award = event.signal
+        if signal.at < award.block_start or signal.at >= award.block_end:
+            return (f"at {signal.at.isoformat()} is outside award {award.id!r}'s block "
+                    f"{award.block_start.isoformat()}..{award.block_end.isoformat()}")  # fmt: skip
+        age_s = now.timestamp() - signal.at.timestamp()
+        allowed_s = PRODUCTS[award.product].response_s
+        if age_s > allowed_s:
+            return f"activation is {age_s:.0f} s old; {award.product} allows {allowed_s:g} s"
+        applied = self._activation_at.get(signal.award_id)
+        if applied is not None and signal.at.timestamp() < applied[1]:
+            return f"activation is older than the one applied ({applied[0]!r})"
+        return None
+
+    def apply(self, signal: AsActivation | GridFrequency, now: datetime) -> bool:
+        """Act on an admitted activation or frequency reading at once; True when an activation moved enough that
+        the control loop should act before its next cycle."""
+        if isinstance(signal, AsActivation):
+            before = self.activation.get(signal.award_id, 0.0)
+            self._activation_at[signal.award_id] = (signal.id, signal.at.timestamp())
+            self._activate(signal.award_id, signal.value, now)
+            return abs(signal.value - before) >= ACTIVATION_STEP
+        return self._frequency(signal.frequency_hz, signal.at.timestamp(), now)
+
+    async def receive(self, kind: str, signal: SignalModel, now: datetime) -> Event | None:
+        """Schedule an admitted up-DR event or award (activations and readings go through `apply`)."""
+        if isinstance(signal, AsActivation | GridFrequency):
+            self.apply(signal, now)
             return None
         if not isinstance(signal, UpDrEvent | AsAward):
             return None
@@ -160,15 +260,9 @@ class EventManager:
             return self.events[signal.id]
         event = Event(signal.id, kind, signal)
         self._mark(event, EventState.RECEIVED, now)
-        shortfall = capability_shortfall(self.fleet.envelope(), signal)
-        if shortfall:
-            event.reason = shortfall
-            self._mark(event, EventState.REJECTED, now)
-            log.warning("event.rejected", event_id=event.id, kind=kind, reason=shortfall)
-        else:
-            self._mark(event, EventState.ACCEPTED, now)
-            self._mark(event, EventState.SCHEDULED, now)
-            log.info("event.scheduled", event_id=event.id, kind=kind, start=event.start.isoformat())
+        self._mark(event, EventState.ACCEPTED, now)
+        self._mark(event, EventState.SCHEDULED, now)
+        log.info("event.scheduled", event_id=event.id, kind=kind, start=event.start.isoformat())
         self.events[event.id] = event
         await self._save(event)
         return event
@@ -191,43 +285,76 @@ class EventManager:
                 event.samples.append((ts, site_w))
 
     async def tick(self, now: datetime) -> None:
-        if self._closed:
-            closed, self._closed = self._closed, []
-            await self.store.add_intervals(closed, keep_days=self.settings.history_days)
+        await self._store_intervals()
         self._expire_frequency(now)
         for event in list(self.events.values()):  # receive() may add events while this awaits
-            if event.state is EventState.SCHEDULED and now >= event.start:
-                if event.baseline_w is None:
-                    await self._set_baseline(event)
-                self._mark(event, EventState.ACTIVE, now)
-                log.info(
-                    "event.active",
-                    event_id=event.id,
-                    baseline_w=event.baseline_w,
-                    baseline_method=event.baseline_method,
-                    baseline_note=event.baseline_note,
-                )
-                await self._save(event, now)
-            if event.state is EventState.ACTIVE and now >= event.end:
-                # the report is made off the event loop from copies (readings taken meanwhile are past the end);
-                # the event turns completed only with its report, so nobody sees a completed event without one
-                series = list(event.samples), list(event.activations)
-                event.report = await asyncio.to_thread(self._report, event, *series)
-                self._mark(event, EventState.COMPLETED, now)
-                event.samples, event.activations = [], []  # the report holds what they showed
+            if event.state not in OPEN_STATES:
+                continue
+            try:
+                await self._advance(event, now)
+            except Exception as exc:  # one broken event must not stop the others (or the next tick)
+                log.exception("event.failed", event_id=event.id, error=_short(exc))
+                event.reason = f"processing failed: {_short(exc)}"
+                self._mark(event, EventState.FAILED, now)
                 self.activation.pop(event.id, None)
-                self._frequency_at.pop(event.id, None)
-                log.info("event.completed", event_id=event.id, **{k: v for k, v in event.report.items()
-                                                                  if not isinstance(v, list)})  # fmt: skip
                 await self._save(event)
-            elif event.state is EventState.ACTIVE and now.timestamp() - event.saved_ts >= SAVE_EVERY_S:
-                await self._save(event, now)
+        self._forget_finished()
+
+    async def _advance(self, event: Event, now: datetime) -> None:
+        if event.state is EventState.SCHEDULED and now >= event.start:
+            if event.baseline_w is None:
+                await self._set_baseline(event)
+            self._mark(event, EventState.ACTIVE, now)
+            log.info(
+                "event.active",
+                event_id=event.id,
+                baseline_w=event.baseline_w,
+                baseline_method=event.baseline_method,
+                baseline_note=event.baseline_note,
+            )
+            await self._save(event, now)
+        if event.state is EventState.ACTIVE and now >= event.end:
+            # the report is made off the event loop from copies (readings taken meanwhile are past the end);
+            # the event turns completed only with its report, so nobody sees a completed event without one
+            series = list(event.samples), list(event.activations)
+            event.report = await asyncio.to_thread(self._report, event, *series)
+            self._mark(event, EventState.COMPLETED, now)
+            event.samples, event.activations = [], []  # the report holds what they showed
+            self.activation.pop(event.id, None)
+            self._frequency_seen.pop(event.id, None)
+            self._activation_at.pop(event.id, None)
+            log.info("event.completed", event_id=event.id, **{k: v for k, v in event.report.items()
+                                                              if not isinstance(v, list)})  # fmt: skip
+            await self._finish(event)
+        elif event.state is EventState.ACTIVE and now.timestamp() - event.saved_ts >= SAVE_EVERY_S:
+            await self._save(event, now)
+
+    def _forget_finished(self) -> None:
+        """Finished events stay in the Store; memory keeps only the newest few, so it never grows with history."""
+        finished = [k for k, e in self.events.items() if e.state not in OPEN_STATES]
+        for event_id in finished[: max(0, len(finished) - FINISHED_IN_MEMORY)]:
+            del self.events[event_id]
+
+    async def _store_intervals(self) -> None:
+        if self._closed:
+            self._pending_intervals += self._closed
+            self._closed = []
+            del self._pending_intervals[:-MAX_PENDING_INTERVALS]
+        if not self._pending_intervals:
+            return
+        try:
+            await self.store.add_intervals(self._pending_intervals, keep_days=self.settings.history_days)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        self._pending_intervals = []
 
     async def flush(self) -> None:
         """Write the progress of every active event (at shutdown: a restart resumes from here)."""
         for event in list(self.events.values()):
             if event.state is EventState.ACTIVE:
                 await self._save(event)
+        await self._store_intervals()
 
     def _active(self, now: datetime) -> tuple[list[Event], list[Event]]:
         """(active up-DR events, active awards) at `now`."""
@@ -285,36 +412,36 @@ class EventManager:
         if not event.activations or abs(event.activations[-1][1] - value) >= ACTIVATION_STEP:
             event.activations.append((now.timestamp(), value))
 
-    def _frequency(self, frequency_hz: float, at_ts: float, now: datetime) -> None:
-        """Local frequency → activation of every active frequency product (FCR) through the droop.
-
-        A reading older than the one already applied (replayed after a reconnect) or older than
-        `frequency_timeout_s` is ignored: acting on it would respond to a grid state that has passed.
-        """
+    def _frequency(self, frequency_hz: float, at_ts: float, now: datetime) -> bool:
+        """Local frequency → activation of every active frequency product (FCR) through the droop; True when an
+        activation moved by ACTIVATION_STEP or more. Readings were admitted fresh and in order (`admit`)."""
         s = self.settings
-        if now.timestamp() - at_ts > s.frequency_timeout_s:
-            log.warning("frequency.stale", at=at_ts, age_s=round(now.timestamp() - at_ts, 1))
-            return
+        self._frequency_at = max(self._frequency_at, at_ts)
+        moved = False
         for event in self.events.values():
             signal = event.signal
             if event.state is not EventState.ACTIVE or not isinstance(signal, AsAward):
                 continue
-            if PRODUCTS[signal.product].signal != "frequency" or at_ts < self._frequency_at.get(event.id, -math.inf):
+            if PRODUCTS[signal.product].signal != "frequency":
                 continue
-            self._frequency_at[event.id] = at_ts
+            self._frequency_seen[event.id] = now.timestamp()
             up = frequency_hz < s.nominal_hz
             rated = s.rated_w if s.rated_w is not None else self._rated_w(up)
             capacity = signal.up_w if up else signal.down_w
             droop = Droop(rated, capacity, float(s.nominal_hz), s.deadband_hz, s.droop)
-            self._activate(event.id, droop.activation(frequency_hz), now)
+            value = droop.activation(frequency_hz)
+            moved = moved or abs(value - self.activation.get(event.id, 0.0)) >= ACTIVATION_STEP
+            self._activate(event.id, value, now)
+        return moved
 
     def _expire_frequency(self, now: datetime) -> None:
-        """No frequency reading for `frequency_timeout_s`: the droop's output falls back to 0 rather than holding a
-        full response to an excursion that may be long over (the relay or its link failed)."""
+        """No frequency reading taken for `frequency_timeout_s` (the agent's clock, not the readings' `at`): the
+        droop's output falls back to 0 rather than holding a full response to an excursion that may be long over
+        (the relay or its link failed, or it sends only readings that are refused)."""
         cutoff = now.timestamp() - self.settings.frequency_timeout_s
-        for award_id, at_ts in list(self._frequency_at.items()):
-            if at_ts < cutoff:
-                del self._frequency_at[award_id]
+        for award_id, seen_ts in list(self._frequency_seen.items()):
+            if seen_ts < cutoff:
+                del self._frequency_seen[award_id]
                 if self.activation.get(award_id, 0.0) != 0.0:
                     log.warning("frequency.lost", award_id=award_id, timeout_s=self.settings.frequency_timeout_s)
                     self._activate(award_id, 0.0, now)
@@ -340,10 +467,11 @@ class EventManager:
             since = first - (LOOKBACK_DAYS + 1) * 86400
             try:
                 history = await asyncio.to_thread(self.store.load_intervals, since)
+                excluded = await asyncio.to_thread(self._event_days, event, since)
                 values, method, note = event_baseline(
-                    history, self.zone, interval, starts, self._event_days(event), LOOKBACK_DAYS, self.holidays
+                    history, self.zone, interval, starts, excluded, LOOKBACK_DAYS, self.holidays
                 )
-            except BaselineError as exc:
+            except (BaselineError, StoreError) as exc:
                 event.baseline_note = f"High 4 of 5 not possible ({exc}); pre-event average used"
             else:
                 event.baseline_intervals, event.baseline_method, event.baseline_note = values, method, note
@@ -352,15 +480,17 @@ class EventManager:
         event.baseline_method = "pre_event_average"
         event.baseline_w = pre_event
 
-    def _event_days(self, event: Event) -> set[date]:
-        """Local days touched by other events that ran (up-DR or awards): not like-days for a baseline, since the
-        agent shifted the site's demand on them."""
+    def _event_days(self, event: Event, since_ts: float) -> set[date]:
+        """Local days touched by other events that ran since `since_ts` (up-DR or awards): not like-days for a
+        baseline, since the agent shifted the site's demand on them. From the Store, so it does not depend on what
+        memory still holds (runs in a worker thread)."""
         days = set()
-        for other in self.events.values():
-            if other is event or other.state not in (EventState.ACTIVE, EventState.COMPLETED):
+        for start_text, end_text in self.store.event_windows_since(since_ts):
+            start, end = datetime.fromisoformat(start_text), datetime.fromisoformat(end_text)
+            if start == event.start and end == event.end:
                 continue
-            day = other.start.astimezone(self.zone).date()
-            while day <= other.end.astimezone(self.zone).date():
+            day = start.astimezone(self.zone).date()
+            while day <= end.astimezone(self.zone).date():
                 days.add(day)
                 day += timedelta(days=1)
         return days
@@ -407,6 +537,37 @@ class EventManager:
         event.history.append((state.value, now.isoformat()))
 
     async def _save(self, event: Event, now: datetime | None = None) -> None:
+        """Write the event's state and append its new samples; a Store failure is reported and memory carries on
+        (the next save retries what is missing)."""
         if now is not None:
             event.saved_ts = now.timestamp()
-        await self.store.save_event(event.id, event.kind, event.state.value, event.data())
+        try:
+            await self.store.save_event(event.id, event.kind, event.state.value, event.data(), event.end.timestamp())
+            samples, activations = event.samples[event.saved_samples :], event.activations[event.saved_activations :]
+            await self.store.add_series(event.id, "site", samples)
+            event.saved_samples += len(samples)
+            await self.store.add_series(event.id, "activation", activations)
+            event.saved_activations += len(activations)
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    async def _finish(self, event: Event) -> None:
+        try:
+            await self.store.finish_event(event.id, event.kind, event.state.value, event.data(), event.end.timestamp())
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.store_failures += 1
+        log.error("store.failed", error=str(exc))
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as a bounded one-liner for reasons and logs."""
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _legacy(data: Mapping[str, object], key: str) -> list[tuple[float, float]]:
+    """Samples kept inside the event's own record by earlier releases (now they live in the series table)."""
+    return [(float(a), float(b)) for a, b in data.get(key, []) or []]  # type: ignore[union-attr, misc]

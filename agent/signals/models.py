@@ -4,17 +4,34 @@ Each signal type has a pydantic schema (published as JSON Schema in docs/schemas
 `{prefix}/signals/`. Payloads are in SI units with the unit in the key (W, s), prices in currency per kWh (DESIGN.md
 §4), times as ISO 8601 with an offset. Anything that does not validate is rejected with a reason that names the key,
 and the rejection is published on the ack topic; a valid signal is stored durably *before* it is acknowledged, so an
-acknowledged signal survives a broker or agent restart (DESIGN.md §7 rule 5: bad input never changes a setpoint).
+acknowledged signal survives a broker or agent restart (DESIGN.md §8 rule 5: bad input never changes a setpoint).
+
+Types are strict (a string is not a number, `true` is not 1 W, a number is not a date) and every number has bounds
+that no real signal comes near but that keep the optimiser's numbers sane: prices within ±MAX_PRICE_PER_KWH, powers
+up to MAX_POWER_W, times between 2000 and 2100 and windows at most MAX_WINDOW long. Whether a time makes sense *now*
+is judged against the agent's clock when the signal arrives (agent/signals/sanity.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
+import pydantic_core
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# 500 times JEPX's 200 JPY/kWh price cap: beyond any market, still far inside what the LP solves with good numerics
+MAX_PRICE_PER_KWH = 100_000.0
+# a single site of a thousand 50-kW devices is 50 MW; a gigawatt is no request one agent can be given
+MAX_POWER_W = 1e9
+MAX_WINDOW = timedelta(days=7)  # the longest up-DR window or award block (real ones: hours to a day)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # times outside these are typos or unset clocks, not signals
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+REASON_MAX_CHARS = 400  # a rejection reason published and logged is bounded, whatever the payload held
+SHOWN_VALUE_CHARS = 40  # of which a value echoed back from the payload takes at most this
+ID_PATTERN = r"^[A-Za-z0-9._:\-]+$"
 
 
 def _finite(value: float) -> float:
@@ -23,8 +40,17 @@ def _finite(value: float) -> float:
     return value
 
 
+def _in_era(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"must be between {EARLIEST.year} and {LATEST.year}")
+    return value
+
+
 Finite = Annotated[float, AfterValidator(_finite)]
-SignalId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Price = Annotated[Finite, Field(ge=-MAX_PRICE_PER_KWH, le=MAX_PRICE_PER_KWH)]
+Power = Annotated[Finite, Field(ge=0, le=MAX_POWER_W)]
+Time = Annotated[AwareDatetime, AfterValidator(_in_era)]
+SignalId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 AsProduct = Literal["FCR", "S-FRR", "FRR", "S-RR", "RR"]
 
 
@@ -33,72 +59,107 @@ class SignalModel(BaseModel):
 
     id: SignalId = Field(description="unique per signal; a re-sent id is acknowledged again, stored once")
 
+    def ends_at(self) -> datetime | None:
+        """When the signal stops mattering for what the agent does next (None: until a newer one replaces it).
+
+        The retention rule: the signal book forgets a signal once it has ended, and the state file prunes it
+        `[signals] keep_days` later."""
+        return None
+
+    def starts_at(self) -> datetime | None:
+        """When the signal starts to apply, for the "too far ahead" check (None: it applies on arrival)."""
+        return None
+
 
 class PriceSeries(SignalModel):
     """Energy prices for consecutive intervals (JEPX: 48 half-hours a day), currency per kWh."""
 
-    area: str = Field("system", max_length=32, description="'system' or a JEPX area name")
+    area: str = Field("system", max_length=32, pattern=r"^[A-Za-z0-9 _-]+$", description="'system' or a JEPX area name")
     currency: str = Field("JPY", pattern=r"^[A-Z]{3}$")
-    start: AwareDatetime
+    start: Time
     interval_s: int = Field(1800, ge=60, le=86400)
-    prices_per_kwh: list[Finite] = Field(min_length=1, max_length=2000)
+    prices_per_kwh: list[Price] = Field(
+        min_length=1, max_length=2000, description=f"currency per kWh, within ±{MAX_PRICE_PER_KWH:g}"
+    )
+
+    def ends_at(self) -> datetime:
+        return self.start + timedelta(seconds=self.interval_s * len(self.prices_per_kwh))
+
+    def starts_at(self) -> datetime:
+        return self.start
 
 
 class UpDrEvent(SignalModel):
     """Up-DR (上げDR): raise consumption above the baseline by `requested_increase_w` inside the window."""
 
-    start: AwareDatetime
-    end: AwareDatetime
-    requested_increase_w: Finite = Field(gt=0)
-    price_per_kwh: Finite = Field(ge=0, description="reward per kWh above the baseline")
+    start: Time
+    end: Time
+    requested_increase_w: Power = Field(gt=0)
+    price_per_kwh: Price = Field(ge=0, description="reward per kWh above the baseline")
     baseline_method: Literal["high4of5", "pre_event_average"] = "high4of5"
 
     @model_validator(mode="after")
     def _window(self) -> UpDrEvent:
-        if self.end <= self.start:
-            raise ValueError(f"end {self.end.isoformat()} must be after start {self.start.isoformat()}")
+        _check_window("start", self.start, "end", self.end)
         return self
+
+    def ends_at(self) -> datetime:
+        return self.end
+
+    def starts_at(self) -> datetime:
+        return self.start
 
 
 class AsAward(SignalModel):
     """An ancillary-service award: capacity to hold up (deliver) and down (absorb) over a block."""
 
     product: AsProduct
-    block_start: AwareDatetime
-    block_end: AwareDatetime
-    up_w: Finite = Field(ge=0, description="capacity to increase export / reduce consumption")
-    down_w: Finite = Field(ge=0, description="capacity to increase consumption")
-    capacity_price_per_kw_h: Finite = Field(0.0, ge=0)
+    block_start: Time
+    block_end: Time
+    up_w: Power = Field(description="capacity to increase export / reduce consumption")
+    down_w: Power = Field(description="capacity to increase consumption")
+    capacity_price_per_kw_h: Price = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> AsAward:
-        if self.block_end <= self.block_start:
-            raise ValueError("block_end must be after block_start")
+        _check_window("block_start", self.block_start, "block_end", self.block_end)
         if self.up_w == 0 and self.down_w == 0:
             raise ValueError("an award needs up_w or down_w above 0")
         return self
+
+    def ends_at(self) -> datetime:
+        return self.block_end
+
+    def starts_at(self) -> datetime:
+        return self.block_start
 
 
 class AsActivation(SignalModel):
     """Activation of an award: a normalised set value in -1..1 (+1 = full up, i.e. deliver)."""
 
     award_id: SignalId
-    at: AwareDatetime
+    at: Time
     value: Finite = Field(ge=-1, le=1)
+
+    def ends_at(self) -> datetime:
+        return self.at
 
 
 class GridFrequency(SignalModel):
     """A local grid-frequency measurement (e.g. from a frequency relay, every 0.1-1 s); active FCR awards turn it
     into an activation through the droop of `[events]`."""
 
-    at: AwareDatetime
+    at: Time
     frequency_hz: Finite = Field(gt=40, lt=70)
+
+    def ends_at(self) -> datetime:
+        return self.at
 
 
 class SiteTarget(SignalModel):
     """Operator command: the import at the site meter the controller steers to from now on (W, + import)."""
 
-    site_target_w: Finite = Field(ge=-1e9, le=1e9)
+    site_target_w: Finite = Field(ge=-MAX_POWER_W, le=MAX_POWER_W)
 
 
 SIGNAL_TYPES: dict[str, type[SignalModel]] = {
@@ -112,7 +173,7 @@ SIGNAL_TYPES: dict[str, type[SignalModel]] = {
 
 
 class Ack(BaseModel):
-    """Published on `{prefix}/signals/ack` for every message on a signal topic."""
+    """Published on `{prefix}/ack` for every message on a signal topic."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -124,34 +185,64 @@ class Ack(BaseModel):
 
 
 class SignalRejected(ValueError):
-    """A payload failed validation; the message is the reason published on the ack topic."""
+    """A payload failed validation or admission; the message is the reason published on the ack topic."""
 
     def __init__(self, reason: str, signal_id: str | None = None) -> None:
-        super().__init__(reason)
+        super().__init__(bounded(reason))
         self.signal_id = signal_id
 
 
+def bounded(text: str, limit: int = REASON_MAX_CHARS) -> str:
+    """`text` cut to `limit` characters (marked), so no payload can blow up an ack or a log line."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value: object) -> str:
+    """A payload value as echoed in a reason: its repr, bounded."""
+    return bounded(repr(value), SHOWN_VALUE_CHARS)
+
+
+def safe_id(value: object) -> str | None:
+    """The payload's id if it is a well-formed one, else None: an ack never echoes an id that is not an id."""
+    if isinstance(value, str) and len(value) <= 128 and re.fullmatch(ID_PATTERN, value):
+        return value
+    return None
+
+
 def parse_signal(kind: str, payload: bytes, max_bytes: int) -> SignalModel:
-    """Validate one payload; raises SignalRejected with a reason naming the key and value."""
+    """Validate one payload strictly; raises SignalRejected with a bounded reason naming the key and value.
+
+    pydantic's own JSON parser is used rather than `json`: it refuses what `json` raises unexpected errors on (numbers
+    of thousands of digits, nesting thousands deep, lone surrogates, invalid UTF-8) as plain invalid JSON."""
     if len(payload) > max_bytes:
         raise SignalRejected(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = pydantic_core.from_json(payload)
+    except ValueError as exc:
         raise SignalRejected(f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise SignalRejected(f"expected a JSON object, got {type(data).__name__}")
-    signal_id = data.get("id") if isinstance(data.get("id"), str) else None
+        raise SignalRejected(f"expected a JSON object, got {_json_type(data)}")
+    signal_id = safe_id(data.get("id"))
     try:
-        return SIGNAL_TYPES[kind].model_validate(data)
+        return SIGNAL_TYPES[kind].model_validate_json(payload, strict=True)
     except ValidationError as exc:
         problems = []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err["loc"]) or "(payload)"
             got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            problems.append(f"{where}: {err['msg']}{shown}")
+            problems.append(f"{where}: {err['msg']}" + ("" if isinstance(got, dict | list) else f" (got {shown(got)})"))
         raise SignalRejected("; ".join(problems), signal_id) from exc
+
+
+def _json_type(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _check_window(start_name: str, start: datetime, end_name: str, end: datetime) -> None:
+    if end <= start:
+        raise ValueError(f"{end_name} {end.isoformat()} must be after {start_name} {start.isoformat()}")
+    if end - start > MAX_WINDOW:
+        raise ValueError(f"{start_name}..{end_name} spans {end - start}, more than {MAX_WINDOW.days} days")
 
 
 def now_utc() -> datetime:

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from sitekit import ROOT, shipped_config_on_free_ports
 
 
@@ -133,3 +134,52 @@ async def test_signals_from_a_file_and_the_events_report(tmp_path: Path) -> None
     printed, err = await table.communicate()
     assert table.returncode == 0, err.decode()
     assert "file-dr: delivery per interval" in printed.decode() and "baseline_method" in printed.decode()
+
+
+def _broken_site(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """The shipped config with one start-up mistake (state kept in tmp_path); the key path the error must name."""
+    config = shipped_config_on_free_ports(tmp_path)
+    text = config.read_text()
+    if case == "ca_file not a certificate":
+        (tmp_path / "ca.pem").write_text("not a certificate\n")
+        text = text.replace("enabled = false", f'enabled = true\nca_file = "{tmp_path / "ca.pem"}"')
+        key = "mqtt.ca_file"
+    elif case == "mqtt host empty":
+        text = text.replace('host = "127.0.0.1"\nport = 1883', 'host = ""\nport = 1883')
+        key = "mqtt.host"
+    elif case == "state file not SQLite":
+        (tmp_path / "state.db").write_bytes(b"\x00garbage" * 1000)
+        key = "agent.state_file"
+    elif case == "map with scale = nan":
+        battery = (ROOT / "drivers" / "maps" / "vppsim_battery.toml").read_text()
+        (tmp_path / "bess.toml").write_text(battery.replace('unit = "kW"\n', 'unit = "kW"\nscale = nan\n', 1))
+        text = text.replace('map = "vppsim_battery"', f'map = "{tmp_path / "bess.toml"}"')
+        key = "registers.2.scale"
+    elif case == "binary config":
+        text = text.replace('log_level = "info"', 'log_level = "\udcff"')
+        config.write_bytes(text.encode("utf-8", "surrogateescape"))
+        return config, "not UTF-8"
+    else:
+        raise AssertionError(case)
+    config.write_text(text)
+    return config, key
+
+
+@pytest.mark.parametrize(
+    "case", ["ca_file not a certificate", "mqtt host empty", "state file not SQLite", "map with scale = nan",
+             "binary config"],
+)  # fmt: skip
+async def test_broken_config_exits_2_from_check_config_run_and_demo(tmp_path: Path, case: str) -> None:
+    """The console script as a user runs it: exit 2 and one line naming the key, never a traceback, whichever
+    command meets the mistake first (check-config, run and demo share the same start-up checks)."""
+    config, key = _broken_site(tmp_path, case)
+    script = str(Path(sys.executable).parent / "vpp-agent")
+    for argv in (["check-config", str(config)], ["run", "--config", str(config), "--duration", "1"],
+                 ["demo", "--config", str(config), "--duration", "1", "--quiet"]):  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            script, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        text = err.decode()
+        assert proc.returncode == 2, (argv, text)
+        assert "Traceback" not in text and text.startswith("error: ") and key in text, (argv, text)

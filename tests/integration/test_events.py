@@ -121,11 +121,10 @@ async def test_infeasible_award_is_rejected_with_the_shortfall(tmp_path: Path) -
         now = site.clock.now()
         award = payload(id="big", product="FCR", block_start=now, block_end=now + timedelta(hours=1),
                         up_w=500000, down_w=0)  # fmt: skip
-        await app.ingest.receive("as_award", award)
-        await eventually(lambda: "big" in app.events.events, what="award handled")
-        event = app.events.events["big"]
-        assert event.state is EventState.REJECTED
-        assert "kW short" in (event.reason or "") and "deliver (up)" in (event.reason or "")
+        ack = await app.ingest.receive("as_award", award)
+        # refused on the ack itself (the sender learns it), never scheduled, never planned
+        assert ack.status == "rejected" and "kW short" in (ack.reason or "") and "deliver (up)" in (ack.reason or "")
+        assert "big" not in app.events.events and "big" not in app.ingest.book["as_award"]
 
 
 async def award_and_activate(

@@ -80,14 +80,15 @@ class Broker:
     users: dict[str, str] | None = None
     tls: bool = False
     ca_file: Path | None = None
+    persistence: list[str] | None = None  # persistence lines instead of the default (e.g. deploy/mosquitto.conf's)
     process: subprocess.Popen[bytes] | None = None
 
     def config_text(self) -> str:
+        persistence = self.persistence if self.persistence is not None else ["persistence true", "autosave_interval 1"]
         lines = [
             f"listener {self.port} {HOST}",
-            "persistence true",
+            *persistence,
             f"persistence_location {self.directory}/",
-            "autosave_interval 1",
             f"log_dest file {self.directory / 'mosquitto.log'}",
             "log_type all",
             "max_queued_messages 100000",
@@ -135,6 +136,13 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: what a power cut or the OOM killer does; only what mosquitto had saved survives."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
         self.process = None
 
     def restart(self) -> None:

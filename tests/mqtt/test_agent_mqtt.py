@@ -8,7 +8,8 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import aiomqtt
@@ -64,7 +65,10 @@ unit_id = 2
 
 
 @contextlib.asynccontextmanager
-async def running_agent(broker: Broker, tmp_path: Path, mqtt_extra: str = "") -> AsyncIterator[AgentApp]:
+async def running_agent(
+    broker: Broker, tmp_path: Path, mqtt_extra: str = "", clock: Callable[[], datetime] | None = None
+) -> AsyncIterator[AgentApp]:
+    """The agent on its own simulated site; `clock` replaces the site's (a gateway whose clock is wrong)."""
     text = (
         SITE.replace("{port}", str(free_port_block(1)))
         .replace("{broker}", str(broker.port))
@@ -73,7 +77,7 @@ async def running_agent(broker: Broker, tmp_path: Path, mqtt_extra: str = "") ->
     )
     config = parse_config(text)
     async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
-        app = AgentApp(config, site.clock.now)
+        app = AgentApp(config, clock or site.clock.now)
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop))
         try:
@@ -99,10 +103,12 @@ async def next_json(client: aiomqtt.Client, topic_filter: str, within_s: float =
     raise AssertionError("message stream ended")
 
 
+# tomorrow 08:00-16:00 JST: signals are judged against the agent's clock, so the window must lie ahead of it
+_DAY = (datetime.now(UTC) + timedelta(days=1)).astimezone(timezone(timedelta(hours=9))).date().isoformat()
 GOOD_DR = {
     "id": "dr-1",
-    "start": "2026-11-24T08:00:00+09:00",
-    "end": "2026-11-24T16:00:00+09:00",
+    "start": f"{_DAY}T08:00:00+09:00",
+    "end": f"{_DAY}T09:00:00+09:00",  # 20 kWh: within what the test fleet can absorb
     "requested_increase_w": 20000,
     "price_per_kwh": 3.5,
 }
@@ -134,10 +140,10 @@ BAD_PAYLOADS = [
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "expected a JSON object"),
     (json.dumps({**GOOD_DR, "requested_increase_w": "lots"}).encode(), "requested_increase_w"),
-    (json.dumps({**GOOD_DR, "end": "2026-11-24T07:00:00+09:00"}).encode(), "must be after start"),
-    (b'{"id": "x", "start": "2026-11-24T08:00:00+09:00", "end": "2026-11-24T09:00:00+09:00",'
-     b' "requested_increase_w": NaN, "price_per_kwh": 1}', "requested_increase_w"),
-    (json.dumps({**GOOD_DR, "start": "2026-11-24T08:00:00"}).encode(), "timezone"),
+    (json.dumps({**GOOD_DR, "end": f"{_DAY}T07:00:00+09:00"}).encode(), "must be after start"),
+    (f'{{"id": "x", "start": "{_DAY}T08:00:00+09:00", "end": "{_DAY}T09:00:00+09:00",'
+     ' "requested_increase_w": NaN, "price_per_kwh": 1}'.encode(), "requested_increase_w"),
+    (json.dumps({**GOOD_DR, "start": f"{_DAY}T08:00:00"}).encode(), "timezone"),
     (json.dumps({**GOOD_DR, "extra": 1}).encode(), "extra"),
     (json.dumps({**GOOD_DR, "padding": "x" * 5000}).encode(), "exceeds the limit of 4096"),
 ]  # fmt: skip
@@ -147,16 +153,16 @@ async def test_signals_are_validated_stored_and_acknowledged(broker: Broker, tmp
     async with running_agent(broker, tmp_path) as app:
         assert app.link is not None and app.ingest is not None
         await eventually(lambda: app.link.connected, what="agent connected")
-        async with peer(broker, f"{PREFIX}/signals/ack") as client:
+        async with peer(broker, f"{PREFIX}/ack") as client:
             for payload, reason in BAD_PAYLOADS:
                 await client.publish(f"{PREFIX}/signals/up_dr", payload, qos=1)
-                ack = await next_json(client, f"{PREFIX}/signals/ack")
+                ack = await next_json(client, f"{PREFIX}/ack")
                 assert ack["status"] == "rejected" and reason in str(ack["reason"]), (payload[:60], ack)
             await client.publish(f"{PREFIX}/signals/up_dr", json.dumps(GOOD_DR), qos=1)
-            ack = await next_json(client, f"{PREFIX}/signals/ack")
+            ack = await next_json(client, f"{PREFIX}/ack")
             assert ack == {**ack, "status": "accepted", "signal_id": "dr-1", "kind": "up_dr"}
             await client.publish(f"{PREFIX}/signals/up_dr", json.dumps(GOOD_DR), qos=1)
-            assert (await next_json(client, f"{PREFIX}/signals/ack"))["status"] == "duplicate"
+            assert (await next_json(client, f"{PREFIX}/ack"))["status"] == "duplicate"
         assert app.ingest.counts["rejected"] == len(BAD_PAYLOADS)
         assert list(app.ingest.book["up_dr"]) == ["dr-1"]
         cycles = app.loop.cycles
@@ -172,19 +178,19 @@ async def test_broker_restart_loses_no_acknowledged_signal(tmp_path: Path) -> No
             assert app.link is not None and app.ingest is not None
             await eventually(lambda: app.link.connected, what="agent connected")
             # the grid operator's side: a persistent session, QoS 1, re-sends what was not acknowledged
-            async with peer(broker, f"{PREFIX}/signals/ack", identifier="operator", clean_session=False) as client:
+            async with peer(broker, f"{PREFIX}/ack", identifier="operator", clean_session=False) as client:
                 for n in range(5):
                     await client.publish(f"{PREFIX}/signals/up_dr", json.dumps({**GOOD_DR, "id": f"a{n}"}), qos=1)
                 while len(acked) < 5:
-                    acked.add(str((await next_json(client, f"{PREFIX}/signals/ack"))["signal_id"]))
+                    acked.add(str((await next_json(client, f"{PREFIX}/ack"))["signal_id"]))
             await broker.astop()
             await eventually(lambda: not app.link.connected, what="agent sees the broker go")
             await broker.astart()
-            async with peer(broker, f"{PREFIX}/signals/ack", identifier="operator", clean_session=False) as client:
+            async with peer(broker, f"{PREFIX}/ack", identifier="operator", clean_session=False) as client:
                 for n in range(5, 10):
                     await client.publish(f"{PREFIX}/signals/up_dr", json.dumps({**GOOD_DR, "id": f"a{n}"}), qos=1)
                 while len(acked) < 10:
-                    acked.add(str((await next_json(client, f"{PREFIX}/signals/ack", within_s=30))["signal_id"]))
+                    acked.add(str((await next_json(client, f"{PREFIX}/ack", within_s=30))["signal_id"]))
             assert acked == {f"a{n}" for n in range(10)}
             assert set(app.ingest.book["up_dr"]) == acked
         # and a restarted agent still has every acknowledged signal
@@ -256,9 +262,9 @@ async def test_site_target_signal_moves_the_site(broker: Broker, tmp_path: Path)
     async with running_agent(broker, tmp_path) as app:
         assert app.link is not None
         await eventually(lambda: app.link.connected and app.loop.fleet.assets["meter"].available, what="running")
-        async with peer(broker, f"{PREFIX}/signals/ack") as client:
+        async with peer(broker, f"{PREFIX}/ack") as client:
             await client.publish(f"{PREFIX}/signals/site_target", b'{"id": "t1", "site_target_w": 20000}', qos=1)
-            assert (await next_json(client, f"{PREFIX}/signals/ack"))["status"] == "accepted"
+            assert (await next_json(client, f"{PREFIX}/ack"))["status"] == "accepted"
         assert app.loop.site_target_w == 20000
         await eventually(lambda: app.loop.last_setpoints["bess"].power_w > 10000, what="battery charging to the target")
 

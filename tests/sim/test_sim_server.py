@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -12,6 +13,8 @@ from simhelpers import HOST, decode_all, encode_field, eventually, free_port_blo
 
 from sim_devices.clock import ManualClock
 from sim_devices.config import parse_simulation
+from sim_devices.faults import DeviceFaults, apply_fault, parse_fault_spec
+from sim_devices.meter import DCMeter
 from sim_devices.runner import SimSite
 
 START = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)  # 12:00 in Japan: PV is producing
@@ -217,3 +220,54 @@ async def test_device_fault_code_trips_the_device(sim: SimSite, client_for) -> N
     sim.step(3.0)
     got = await read_fields(client, unit, "vppsim_v2g_dc")
     assert got["status"] == 1 and got["fault_code"] == 0 and got["power_w"] == 5_000
+
+
+async def test_offset_fault_makes_a_meter_lie_while_the_physics_stays_true(sim: SimSite, client_for) -> None:
+    sim.devices["bess1"].write_setpoint(-20_000)
+    sim.step(5.0)
+    client, unit = await client_for("meter")
+    honest = await read_fields(client, unit, "vppsim_dc_meter")
+    sim.faults("meter").set_offset(300_000)
+    lying = await read_fields(client, unit, "vppsim_dc_meter")
+    truth = sim.site.bus_power_w
+    assert sim.devices["meter"].power_w == pytest.approx(truth)  # the physics does not see the lie
+    assert honest["power_w"] == pytest.approx(truth, abs=0.01)
+    assert lying["power_w"] == pytest.approx(truth + 300_000, abs=0.01)
+    current_step = resolution("vppsim_dc_meter", "current_a", sim.endpoints["meter"].codec.sf_of_field["current_a"])
+    assert lying["current_a"] == pytest.approx(lying["power_w"] / lying["voltage_v"], abs=current_step)
+    assert lying["energy_import_wh"] == honest["energy_import_wh"]  # counters stay true
+    assert lying["energy_export_wh"] == honest["energy_export_wh"]
+    sim.faults("meter").clear()
+    assert (await read_fields(client, unit, "vppsim_dc_meter"))["power_w"] == pytest.approx(truth, abs=0.01)
+
+
+def test_offset_fault_spec() -> None:
+    assert parse_fault_spec("meter-site:offset=300000") == ("meter-site", "offset", 300_000.0)
+    assert parse_fault_spec("meter-site:offset=-2.5e5") == ("meter-site", "offset", -250_000.0)
+    for bad, why in (("m:offset", "needs a value"), ("m:offset=inf", "finite"), ("m:offset=nan", "finite")):
+        with pytest.raises(ValueError, match=why):
+            parse_fault_spec(bad)
+    faults = DeviceFaults("m", DCMeter())
+    apply_fault(faults, "offset", 1500.0)
+    assert faults.state.offset_w == 1500.0
+    assert faults.reported({"power_w": 100.0, "voltage_v": 800.0, "current_a": 0.125}) == {
+        "power_w": 1600.0, "voltage_v": 800.0, "current_a": 2.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="finite"):
+        faults.set_offset(float("nan"))
+
+
+
+def test_offset_fault_makes_an_mqtt_device_lie_too() -> None:
+    cfg = parse_simulation({
+        "devices": [{"id": "b", "transport": "mqtt", "model": "vppsim_battery_mqtt", "topic": "d/{id}"}]
+    })  # fmt: skip
+    site = SimSite(cfg, ManualClock(START))
+    endpoint = site.mqtt_endpoints["b"]
+    site.devices["b"].write_setpoint(-10_000)
+    site.step(5.0)
+    honest = json.loads(endpoint.telemetry() or b"")
+    site.faults("b").set_offset(3_000)
+    lying = json.loads(endpoint.telemetry() or b"")
+    assert site.devices["b"].power_w == pytest.approx(-10_000)  # the physics does not see the lie
+    assert (honest["p_kw"], lying["p_kw"]) == pytest.approx((10.0, 7.0))  # + discharge kW: -10 kW reads -7 kW

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import main
 from agent.config import ConfigError, ControlSettings, load_config, parse_config
+from sim_devices.ports import free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,3 +184,173 @@ def test_committed_json_schemas_match_the_code() -> None:
         assert path.exists() and path.read_text(encoding="utf-8") == render(schema), (
             f"stale {name}: python -m agent.schemas"
         )
+
+
+# -- through the CLI: `check-config` and `run` refuse the same inputs with exit 2, the key path and the value ------
+
+
+def _mqtt_on() -> str:
+    """MQTT on, toward a free loopback port with no broker: `run` would only retry (these configs never get there)."""
+    return f'enabled = true\nhost = "127.0.0.1"\nport = {free_port_block(1)}'
+
+
+def _site(
+    tmp_path: Path, *, agent: str = "", mqtt: str = "", asset: str = "", map_ref: str = '"vppsim_battery"'
+) -> Path:
+    """A valid one-battery config (state in tmp_path) with extra lines in [agent], [mqtt] and the asset; a line
+    setting a key the template sets (state_file, port) replaces the template's."""
+    state = "" if "state_file" in agent else f'state_file = "{tmp_path / "state.db"}"\n'
+    port = "" if "port =" in asset else f"port = {free_port_block(1)}\n"
+    text = (
+        f'[agent]\n{state}{agent}\n[control]\nmode = "idle"\n[mqtt]\n{mqtt}\n'
+        f'[[assets]]\nid = "bess"\nmap = {map_ref}\n{port}{asset}\n'
+    )
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+def _refused(capsys: pytest.CaptureFixture[str], config: Path, *expected: str) -> str:
+    messages = []
+    for argv in (["check-config", str(config)], ["run", "--config", str(config), "--duration", "1"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith(f"error: {config}") and "Traceback" not in err, err
+        for part in expected:
+            assert part in err, (argv, part, err)
+        messages.append(err)
+    assert messages[0] == messages[1]
+    return messages[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "key", "shown"),
+    [
+        ("mqtt", 'enabled = "yes"', "mqtt.enabled", "'yes'"),
+        ("agent", 'poll_period_s = "1"', "agent.poll_period_s", "'1'"),
+        ("asset", "port = 1502.0", "assets[0].port", "1502.0"),
+        ("asset", "count = true", "assets[0].count", "True"),
+        ("asset", "unit_id = 1.0", "assets[0].unit_id", "1.0"),
+        ("asset", "ramp_w_per_s = true", "assets[0].ramp_w_per_s", "True"),
+        ("mqtt", 'port = "1883"', "mqtt.port", "'1883'"),
+        ("agent", "unavailable_after = 3.0", "agent.unavailable_after", "3.0"),
+    ],
+)
+def test_strict_types(
+    section: str, line: str, key: str, shown: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused(capsys, _site(tmp_path, **{section: line}), key, f"(got {shown})")
+
+
+def test_toml_integers_still_fill_float_keys() -> None:
+    config = parse_config("[agent]\npoll_period_s = 2\npoll_timeout_s = 1\n[site]\nimport_limit_w = 60000\n")
+    assert config.agent.poll_period_s == 2.0 and isinstance(config.agent.poll_period_s, float)
+    assert config.site.import_limit_w == 60000.0
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "key"),
+    [
+        ("mqtt", 'host = ""', "mqtt.host"),
+        ("mqtt", 'host = "   "', "mqtt.host"),
+        ("asset", 'host = ""', "assets[0].host"),
+        ("asset", 'host = "\\t"', "assets[0].host"),
+    ],
+)
+def test_empty_hosts(section: str, line: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(capsys, _site(tmp_path, **{section: line}), key, "host name or IP address")
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "key"),
+    [
+        ("agent", 'state_file = ""', "agent.state_file"),  # sqlite3 takes "" as a throw-away temporary database
+        ("mqtt", 'ca_file = ""', "mqtt.ca_file"),  # "" read as "no TLS" would silently send the password in clear
+        ("mqtt", 'password_env = ""', "mqtt.password_env"),
+        ("mqtt", 'password_file = "a\\u0000b"', "mqtt.password_file"),
+    ],
+)
+def test_empty_or_impossible_paths_and_names(
+    section: str, line: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused(capsys, _site(tmp_path, **{section: line}), key)
+
+
+def test_binary_config_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "site.toml"
+    config.write_bytes(b'[agent]\nlog_level = "\xff\xfe"\n')
+    _refused(capsys, config, "line 2", "not UTF-8")
+
+
+BATTERY_MAP = (ROOT / "drivers" / "maps" / "vppsim_battery.toml").read_text()
+BATTERY_MQTT_MAP = (ROOT / "drivers" / "mqtt_maps" / "vppsim_battery_mqtt.toml").read_text()
+
+
+def _map_file(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "device.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return f'"{path}"'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'unit = "kW"\n',
+            'unit = "kW"\nscale = nan\n',
+            "registers.2.scale: Input should be a finite number",
+        ),
+        ('unit = "kW"\n', 'unit = "kW"\nscale = -inf\n', "registers.2.scale: Input should be a finite"),
+        ('unit = "kW"\n', 'unit = "kW"\nscale = "2"\n', "registers.2.scale: Input should be a valid number"),
+        ("address = 2\n", "address = 2.0\n", "registers.2.address: Input should be a valid integer"),
+        ("invert = true\n", 'invert = "true"\n', "registers.2.invert: Input should be a valid boolean"),
+    ],
+    ids=["scale nan", "scale -inf", "scale string", "address float", "invert string"],
+)
+def test_register_map_rows(
+    old: str, new: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert old in BATTERY_MAP
+    ref = _map_file(tmp_path, BATTERY_MAP.replace(old, new, 1))
+    _refused(capsys, _site(tmp_path, map_ref=ref), "assets[0].map", "device.toml", expected, "[row power_w]")
+
+
+@pytest.mark.parametrize("transport", ["modbus", "mqtt"])
+def test_binary_map_names_file_and_line(transport: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = _map_file(tmp_path, b'schema = 1\n[model]\nid = "\xc3\x28"\n')
+    if transport == "mqtt":
+        config = _site(tmp_path, mqtt=_mqtt_on(), asset='transport = "mqtt"',
+                       map_ref=ref)  # fmt: skip
+    else:
+        config = _site(tmp_path, map_ref=ref)
+    _refused(capsys, config, "assets[0].map", "device.toml: line 3: not UTF-8")
+
+
+def test_mqtt_map_types_are_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = _map_file(tmp_path, BATTERY_MQTT_MAP.replace("stale_after_s = 10.0", 'stale_after_s = "10"'))
+    config = _site(tmp_path, mqtt=_mqtt_on(), asset='transport = "mqtt"',
+                   map_ref=ref)  # fmt: skip
+    _refused(capsys, config, "assets[0].map", "model.stale_after_s: Input should be a valid number")
+
+
+def test_mqtt_devices_are_checked_against_mqtt_maps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config and run load an MQTT device's map from drivers/mqtt_maps, as the driver factory does."""
+    config = _site(tmp_path, mqtt=_mqtt_on(), asset='transport = "mqtt"',
+                   map_ref='"vppsim_battery_mqtt"')  # fmt: skip
+    assert main(["check-config", str(config)]) == 0, capsys.readouterr().err
+    wrong = config.read_text().replace('"vppsim_battery_mqtt"', '"vppsim_battery"')
+    config.write_text(wrong)  # a register map for an MQTT device is a mistake
+    _refused(capsys, config, "assets[0].map", "MQTT map 'vppsim_battery' not found")
+
+
+@pytest.mark.parametrize(("topic", "expected"), [("d/{x}", "placeholder {id}"), ("d/+/{id}", "plain topic")])
+def test_mqtt_device_topic_pattern(
+    topic: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _site(tmp_path, mqtt=_mqtt_on(),
+                   asset=f'transport = "mqtt"\ntopic = "{topic}"', map_ref='"vppsim_battery_mqtt"')  # fmt: skip
+    _refused(capsys, config, "assets[0].topic", expected, repr(topic))

@@ -16,7 +16,7 @@ from sitekit import eventually
 from agent.config import parse_config
 from agent.control.loop import ControlLoop
 from agent.control.safety import Bounds
-from agent.model import AssetKind, Measurement, Setpoint
+from agent.model import AssetKind, DeviceStatus, Measurement, Setpoint
 from agent.ports import DriverError
 
 NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
@@ -231,3 +231,111 @@ async def test_dispatch_mode_says_when_the_plan_lapses_not_while_the_first_is_aw
         ("dispatch.no_plan", "warning"),  # once per lapse, not every cycle
         ("dispatch.plan_resumed", "info"),
     ]
+
+
+class FrozenClock:
+    """A monotonic clock that moves only when the test says: what the loop may do is then decided, not raced."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_fast_wakes_coalesce_are_spaced_and_never_hold_back_the_poll() -> None:
+    clock = FrozenClock()
+    loop, drivers = make_loop(
+        CONFIG.replace("poll_period_s = 0.1", "poll_period_s = 600").replace(
+            "lease_timeout_s = 10", "lease_timeout_s = 1300"
+        ),
+        monotonic=clock,  # type: ignore[arg-type]
+    )
+    reads = 0
+    read = drivers["m"].read
+
+    async def counted() -> Measurement:
+        nonlocal reads
+        reads += 1
+        return await read()
+
+    drivers["m"].read = counted  # type: ignore[method-assign]
+    wakes = 0
+
+    async def frequency_feed() -> None:  # a wake per event-loop turn: far more than any real feed
+        nonlocal wakes
+        while True:
+            loop.wake(fast=True)
+            wakes += 1
+            await asyncio.sleep(0)
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: loop.cycles == 1, what="first cycle")
+    feed = asyncio.create_task(frequency_feed())
+    try:
+        clock.t += 1.0  # past the gap after the first cycle (0.1 s), far from the next poll (600 s)
+        await eventually(lambda: loop.cycles >= 2, what="a woken cycle")
+        seen = wakes
+        await eventually(lambda: wakes >= seen + 2000, what="2000 more wakes")
+        # thousands of wakes, but no time passed on the loop's clock: one woken cycle, no poll, nothing more
+        assert loop.cycles == 2 and reads == 1
+        clock.t += 600.0  # the poll is due: it happens though wakes never stop
+        await eventually(lambda: reads == 2, what="the poll while woken")
+        assert loop.polls == 2
+    finally:
+        feed.cancel()
+        stop.set()
+        await runner
+
+
+RANGE_CONFIG = CONFIG.replace("site_target_w = 100000", "site_target_w = 0").replace(
+    "import_limit_w = 20000",
+    "import_limit_w = 20000\nexport_limit_w = 10000\nbase_load_min_w = 2000\nbase_load_max_w = 8000\npv_max_w = 6000",
+)  # the rest of the site draws -4..+8 kW (± the default 2 kW tolerance)
+
+
+async def test_a_lying_meter_cannot_push_the_site_past_its_limits() -> None:
+    loop, drivers = make_loop(RANGE_CONFIG)
+    drivers["m"].power_w = 300_000  # battery idle: the rest of the site "draws 300 kW"
+    await loop.cycle()
+    setpoint = loop.last_setpoints["b"]
+    for truth in (-4000, 8000):  # whatever the rest of the site draws within its range, the limits hold
+        assert -10000 - 1e-6 <= truth + setpoint.power_w <= 20000 + 1e-6
+    # target 0 W: the rule asks for -8 kW; the export limit against the bottom of the range allows -6 kW
+    assert setpoint.power_w == pytest.approx(-6000) and "site export limit" in setpoint.reasons
+    assert loop.uncontrolled_w == 8000  # steered by the top of the range, not by the lie
+    assert loop.meter_problem is not None and "300000 W" in loop.meter_problem
+    drivers["m"].power_w = 5000  # an honest reading again: believed, used exactly
+    await loop.cycle()
+    assert loop.meter_problem is None and loop.uncontrolled_w == 5000
+
+
+async def test_meter_loss_with_a_range_keeps_the_limits_for_all_of_it() -> None:
+    loop, drivers = make_loop(RANGE_CONFIG.replace("site_target_w = 0", "site_target_w = 100000"))
+    drivers["m"].power_w = 5000
+    await loop.cycle()
+    assert loop.uncontrolled_w == 5000
+    drivers["m"].fail = DriverError("m", "timeout")
+    for _ in range(3):
+        await loop.cycle()
+    assert not loop.fleet.assets["m"].available
+    # the last estimate (5 kW) would allow 15 kW of charging; the top of the range (8 kW) allows 12 kW
+    assert loop.last_setpoints["b"].power_w == pytest.approx(12000)
+    assert loop.uncontrolled_w == 5000
+    assert "no reading" in (loop.meter_problem or "")
+
+
+async def test_a_faulted_meter_gives_no_reading() -> None:
+    loop, drivers = make_loop(RANGE_CONFIG)
+    drivers["m"].power_w = 5000
+    await loop.cycle()
+    read = drivers["m"].read
+
+    async def faulted() -> Measurement:
+        m = await read()
+        return Measurement(m.asset_id, m.at, power_w=0.0, status=DeviceStatus.FAULT, fault_code=7)
+
+    drivers["m"].read = faulted  # type: ignore[method-assign]
+    await loop.cycle()
+    assert loop.site_meter_w() is None and loop.uncontrolled_w == 5000  # not "0 W": the last estimate stays

@@ -131,6 +131,25 @@ def test_site_export_limit() -> None:
     assert reason == "site export limit" and limited["a"] == pytest.approx(-15000)
 
 
+def test_site_limits_against_a_range_check_import_at_its_top_and_export_at_its_bottom() -> None:
+    # the rest of the site draws somewhere in -21..+15 kW: charging may add at most 60 - 15 = 45 kW ...
+    limited, reason = enforce_site_limits({"a": 50000, "b": 10000}, (-21000, 15000), 60000, 40000)
+    assert reason == "site import limit" and sum(limited.values()) == pytest.approx(45000)
+    # ... and discharging at most 40 - 21 = 19 kW, though the middle of the range would allow more of either
+    limited, reason = enforce_site_limits({"a": -30000}, (-21000, 15000), 60000, 40000)
+    assert reason == "site export limit" and limited["a"] == pytest.approx(-19000)
+    assert enforce_site_limits({"a": 20000}, (-21000, 15000), 60000, 40000) == ({"a": 20000}, None)
+
+
+def test_a_range_wider_than_both_limits_lets_the_assets_push_toward_neither() -> None:
+    # -50..+50 kW against 30 kW each way: no total keeps both, so the assets add nothing either way
+    assert enforce_site_limits({"a": 10000}, (-50000, 50000), 30000, 30000)[0] == {"a": 0.0}
+    assert enforce_site_limits({"a": -10000}, (-50000, 50000), 30000, 30000)[0] == {"a": 0.0}
+    # -50..+10 kW, 30 kW import, 20 kW export: export is broken at the bottom, import has 20 kW left at the top
+    assert enforce_site_limits({"a": 25000}, (-50000, 10000), 30000, 20000)[0] == pytest.approx({"a": 20000})
+    assert enforce_site_limits({"a": -5000}, (-50000, 10000), 30000, 20000)[0] == {"a": 0.0}
+
+
 def test_share_by_headroom_is_proportional_and_exact() -> None:
     bounds = {"a": Bounds(-10, 30, "", ""), "b": Bounds(-10, 10, "", "")}
     shares = share_by_headroom(20, bounds)

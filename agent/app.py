@@ -38,6 +38,7 @@ from agent.telemetry import TelemetryPublisher
 log = structlog.get_logger("agent.app")
 
 PRUNE_EVERY_S = 3600.0  # loop seconds between retention passes over the state file and the signal book
+DISPATCH_FAILURES_DEGRADED = 3  # re-plans in a row without a plan before the agent says it is degraded
 STATS_EVERY_S = 60.0  # loop seconds between `agent.stats` log lines (what the soak bench and an operator read)
 
 
@@ -135,9 +136,17 @@ class AgentApp:
             self._events_task.add_done_callback(_log_events_failure)
         self._report("meter", self.loop.meter_problem)
         self._report("store", None if self.store.last_error is None else f"state file: {self.store.last_error}")
+        self._report("dispatch", self._dispatch_problem())
         frozen = sorted(s.id for s in self.loop.fleet.assets.values() if s.frozen)
         self._report("assets", f"frozen registers, out of service: {', '.join(frozen)}" if frozen else None)
         self._housekeeping(now)
+
+    def _dispatch_problem(self) -> str | None:
+        d = self.dispatcher
+        if d is None or d.failures_in_a_row < DISPATCH_FAILURES_DEGRADED:
+            return None
+        return (f"optimiser failed {d.failures_in_a_row} times in a row ({d.last_failure}): the last plan, then "
+                "the rule controller, run on")  # fmt: skip
 
     def _report(self, source: str, reason: str | None) -> None:
         if self.health.report(source, reason) and self.link is not None:

@@ -149,6 +149,17 @@ class DispatchSettings(Strict):
     # 300: the full LP re-solves 300 EVs in ~3 s (inside the default budget) and holds every reserve exactly; the
     # aggregate is 6x faster there and as cheap (0.000 %, 0.78 % at 1000 EVs), but holds a member's reserve energy
     # only softly (bench/dispatch.py, README "Dispatch")
+    # The solver process (agent/dispatch/worker.py) is retired after this many solves (~a day of 15-min steps plus
+    # re-plans on signals): a safety net, since a solve leaves nothing behind that grows (the planner bounds its model
+    # cache and drops HiGHS' copy) ... or once its RSS after a solve passes solver_recycle_rss_mb: after a re-plan it
+    # holds ~175 MB with 100 EVs + 2 batteries, ~265 MB at 300 EVs (the full LP's limit), and each further cached
+    # problem shape adds ~40 MB at 100 EVs (bench/dispatch_memory.py).
+    solver_recycle_solves: int = Field(
+        100, ge=1, le=100_000, description="the solver process is replaced after this many solves"
+    )
+    solver_recycle_rss_mb: float = Field(
+        768.0, ge=64, le=65536, description="the solver process is replaced once its memory after a solve passes this"
+    )
     aggregate_above_evs: int = Field(
         300, ge=0, description="more EVs than this: plan them as virtual batteries and split the result (fast, approx.)"
     )

@@ -13,23 +13,15 @@ Degradation follows Xu et al. 2018 (agent.dispatch.degradation): discharging fro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import cvxpy as cp
 import numpy as np
 
 from agent.dispatch.inputs import PRODUCT_DURATION_S, SYMMETRIC_PRODUCTS, PlanInputs
+from agent.dispatch.plan import net_of
 
 BIG_W = 1e12  # stands in for "no limit": Parameters cannot hold inf
-# breakdown terms that are earned, not paid (terminal_value: the worth of energy left at the horizon end, not cash)
-REVENUE_TERMS = frozenset({"updr_revenue", "reserve_revenue", "terminal_value"})
-
-
-def net_of(terms: Mapping[str, Any]) -> Any:
-    """Costs minus revenues of a breakdown: cvxpy terms for the objective, or the floats of a Plan's breakdown."""
-    return sum(-v if k in REVENUE_TERMS else v for k, v in terms.items())
 
 
 @dataclass(frozen=True)

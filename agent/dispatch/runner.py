@@ -1,8 +1,10 @@
 """The dispatcher in the running agent: re-plan each step and on new signals, off the event loop, with fallback.
 
-The solver runs in a worker thread (DESIGN.md §3: never on the event loop) under a time budget. If it fails or
-overruns, the last plan keeps running for as long as it covers the clock; after that `requests()` returns None
-and the control loop falls back to its safe rule. The fleet is never left without setpoints.
+The solver runs in its own process (agent.dispatch.worker; DESIGN.md §3: never on the event loop) under a time
+budget: this process sends it the PlanInputs and receives the Plan, and never imports cvxpy. If a solve fails,
+overruns (the solver process is then killed) or the solver process dies, the last plan keeps running for as long as
+it covers the clock; after that `requests()` returns None and the control loop falls back to its safe rule. The
+fleet is never left without setpoints, and the next solve gets a fresh solver process.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ from datetime import datetime, timedelta
 import structlog
 
 from agent.config import AppConfig
-from agent.dispatch.aggregate import solve_aggregated
 from agent.dispatch.build import plan_inputs
 from agent.dispatch.inputs import PlanInputs
-from agent.dispatch.planner import Plan, PlanError, solve
+from agent.dispatch.plan import Plan, PlanError
+from agent.dispatch.worker import SolverWorker, WorkerDied, WorkerError, aggregated_plan, full_plan
 from agent.fleet import Fleet
 from agent.signals.models import SignalModel
 
 log = structlog.get_logger("agent.dispatch")
+
+# a solve that has not answered after budget x OVERRUN_FACTOR + OVERRUN_GRACE_S is killed (HiGHS keeps to the budget;
+# model compilation, the aggregate's split and refinement do not)
+OVERRUN_FACTOR = 2.0
+OVERRUN_GRACE_S = 5.0
 
 
 class Dispatcher:
@@ -30,6 +37,7 @@ class Dispatcher:
         config: AppConfig,
         clock: Callable[[], datetime],
         book: Mapping[str, Mapping[str, SignalModel]] | None = None,
+        worker: SolverWorker | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -37,8 +45,12 @@ class Dispatcher:
         self.plan: Plan | None = None
         self.plan_start: datetime | None = None
         self.failures = 0
+        self.failures_in_a_row = 0  # since the last plan: the agent reports itself degraded past a few
+        self.last_failure: str | None = None
         self.solves = 0
         self.method = "full"  # or "aggregated": how the last plan was solved
+        d = config.dispatch
+        self.worker = worker or SolverWorker(d.solver_recycle_solves, int(d.solver_recycle_rss_mb * 2**20))
         self._wake = asyncio.Event()
 
     def request_replan(self) -> None:
@@ -76,19 +88,19 @@ class Dispatcher:
         budget = self.config.dispatch.time_budget_s
         try:
             solver = self._solver(inputs)
-            plan = await asyncio.wait_for(asyncio.to_thread(solver, inputs, budget), timeout=budget * 2 + 5)
+            plan = await self.worker.call(solver, inputs, budget, deadline_s=budget * OVERRUN_FACTOR + OVERRUN_GRACE_S)
         except (PlanError, TimeoutError) as exc:
-            self.failures += 1
-            covered = self.requests(now) is not None
-            log.warning("dispatch.failed", error=str(exc) or type(exc).__name__, last_plan_covers_now=covered)
+            self._failed(now, "dispatch.failed", str(exc) or type(exc).__name__)
             return None
-        except Exception as exc:  # a bug in the optimiser must not stop control: the last plan, then the rule, go on
-            self.failures += 1
-            covered = self.requests(now) is not None
-            log.error("dispatch.crashed", error=repr(exc), last_plan_covers_now=covered, exc_info=True)
+        except (WorkerDied, WorkerError) as exc:  # the solver process died or hit a bug: the next solve gets a new one
+            self._failed(now, "dispatch.crashed", str(exc))
+            return None
+        except Exception as exc:  # a bug on this side must not stop control: the last plan, then the rule, go on
+            self._failed(now, "dispatch.crashed", repr(exc), exc_info=True)
             return None
         self.plan, self.plan_start = plan, start
         self.solves += 1
+        self.failures_in_a_row, self.last_failure = 0, None
         log.info(
             "dispatch.planned",
             method=self.method,
@@ -101,18 +113,42 @@ class Dispatcher:
         )
         return plan
 
+    def _failed(self, now: datetime, event: str, error: str, exc_info: bool = False) -> None:
+        """Count and log a re-plan that produced nothing; the last plan (then the rule) keeps control."""
+        self.failures += 1
+        self.failures_in_a_row += 1
+        self.last_failure = error[:300]
+        covered = self.requests(now) is not None
+        emit = log.warning if event == "dispatch.failed" else log.error
+        emit(event, error=error, last_plan_covers_now=covered, failures_in_a_row=self.failures_in_a_row,
+             exc_info=exc_info)  # fmt: skip
+
     def _solver(self, inputs: PlanInputs) -> Callable[[PlanInputs, float], Plan]:
         """The full per-asset LP, or the aggregated one past `aggregate_above_evs` EVs: the full LP of a thousand
         EVs takes ~15 s here (bench/dispatch.py), longer than a step's time budget; the aggregate takes ~0.4 s
-        and gives up under 1 % of the optimum there (README, Dispatch)."""
+        and gives up under 1 % of the optimum there (README, Dispatch). A module-level function of
+        agent.dispatch.worker, so it travels to the solver process by name."""
         evs = sum(1 for a in inputs.assets if a.is_ev)
         self.method = "aggregated" if evs > self.config.dispatch.aggregate_above_evs else "full"
-        if self.method == "aggregated":
-            return lambda i, budget: solve_aggregated(i, time_limit_s=budget)
-        return lambda i, budget: solve(i, budget)
+        return aggregated_plan if self.method == "aggregated" else full_plan
 
     async def run(self, fleet: Fleet, uncontrolled: Callable[[], float], stop: asyncio.Event) -> None:
-        """Re-plan at every step boundary and whenever woken, until `stop`."""
+        """Re-plan at every step boundary and whenever woken, until `stop`; the solver process ends with it."""
+        self.worker.start()  # imports the solver stack while the fleet is polled for the first time
+        try:
+            await self._run(fleet, uncontrolled, stop)
+        finally:
+            try:
+                await self.worker.aclose()
+            except asyncio.CancelledError:
+                self.worker.kill()
+                raise
+
+    async def aclose(self) -> None:
+        """Stop the solver process (within a second); a later replan starts a new one."""
+        await self.worker.aclose()
+
+    async def _run(self, fleet: Fleet, uncontrolled: Callable[[], float], stop: asyncio.Event) -> None:
         step = timedelta(seconds=self.config.dispatch.step_s)
         while not stop.is_set():
             planned = await self.replan(fleet, uncontrolled())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from datetime import UTC, datetime
 
 import pytest
@@ -40,13 +41,8 @@ async def test_a_crash_inside_the_optimiser_keeps_the_last_plan(monkeypatch: pyt
     first = await d.replan(None, 0.0)  # type: ignore[arg-type]  # plan_inputs is replaced: the fleet is not read
     assert first is not None and d.plan is first
 
-    def broken(_inputs: object) -> object:
-        def solve(*_args: object) -> object:
-            raise ValueError("operands could not be broadcast together")
-
-        return solve
-
-    monkeypatch.setattr(d, "_solver", broken)
+    # a solver function that raises inside the solver process (dividing the inputs by the budget: a TypeError)
+    monkeypatch.setattr(d, "_solver", lambda _inputs: operator.truediv)
     assert await d.replan(None, 0.0) is None  # type: ignore[arg-type]
     assert d.failures == 1 and d.plan is first
     assert d.requests(start) is not None, "the last plan still covers its step"

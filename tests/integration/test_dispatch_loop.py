@@ -65,20 +65,26 @@ async def test_plan_follows_prices_and_is_executed() -> None:
     config = parse_config(text)
     async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
         app = AgentApp(config, site.clock.now)
-        assert app.dispatcher is not None
-        start = step_start(site.clock.now(), 60)
-        # this step is very cheap, all later ones very dear: charge now, sell later (2 kWh stored is less than the
-        # 50 kW x 5 min the dear steps can take, so charging now pays)
-        book = {
-            "prices": {"p": PriceSeries(id="p", start=start, interval_s=60, prices_per_kwh=[1, 80, 80, 80, 80, 80, 80])}
-        }
-        app.dispatcher.book = book
+        dispatcher = app.dispatcher
+        assert dispatcher is not None
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop))
         try:
-            await eventually(lambda: app.dispatcher.plan is not None, what="first plan", timeout_s=30)
-            plan = app.dispatcher.plan
-            assert plan is not None and plan.power_w[0, 0] > 10_000  # charging in the cheap step
+            await eventually(lambda: dispatcher.plan is not None, what="first plan (the solver is up)", timeout_s=60)
+            for _ in range(3):  # a plan made after the minute turned starts a step later: price that one again
+                start = step_start(site.clock.now(), 60)
+                # this step is very cheap, all later ones very dear: charge now, sell later (2 kWh stored is less
+                # than the 50 kW x 5 min the dear steps can take, so charging now pays)
+                dispatcher.book = {"prices": {"p": PriceSeries(id="p", start=start, interval_s=60,
+                                                               prices_per_kwh=[1, 80, 80, 80, 80, 80, 80])}}
+                solves = dispatcher.solves
+                dispatcher.request_replan()
+                await eventually(lambda: dispatcher.solves > solves, what="plan with the prices", timeout_s=60)  # noqa: B023
+                if dispatcher.plan_start == start:
+                    break
+            plan = dispatcher.plan
+            assert plan is not None and dispatcher.plan_start == start
+            assert plan.power_w[0, 0] > 10_000  # charging in the cheap step
             assert plan.breakdown["wear_cycle"] >= 0 and "energy" in plan.breakdown
             if site.clock.now() < start + timedelta(seconds=55):  # still in the cheap step: the loop executes it
                 await eventually(lambda: site.devices["bess"].power_w > 10_000, what="battery charging per plan")

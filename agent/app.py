@@ -89,6 +89,7 @@ class AgentApp:
         self._next_prune = 0.0
         self._next_stats = time.monotonic() + STATS_EVERY_S
         self._prune_task: asyncio.Task[None] | None = None
+        self._status_lock = asyncio.Lock()
 
     def _publish_telemetry(self) -> None:
         """Start this cycle's telemetry unless the last one is still going (then skip: never queue up behind)."""
@@ -150,13 +151,16 @@ class AgentApp:
 
     def _report(self, source: str, reason: str | None) -> None:
         if self.health.report(source, reason) and self.link is not None:
-            payload = self.health.payload(self.now())
-            self.link.set_birth(payload)  # a reconnect must not announce "online" over a degraded agent
-            task = asyncio.get_running_loop().create_task(
-                self.link.publish(self.status_topic, payload, qos=1, retain=True)
-            )
+            self.link.set_birth(self.health.payload(self.now()))  # a reconnect must not announce "online" instead
+            task = asyncio.get_running_loop().create_task(self._publish_status())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def _publish_status(self) -> None:
+        """Publish the status as it is when this turn comes: changes in quick succession end on the latest one."""
+        async with self._status_lock:
+            if self.link is not None:
+                await self.link.publish(self.status_topic, self.health.payload(self.now()), qos=1, retain=True)
 
     def _housekeeping(self, now: datetime) -> None:
         """Hourly: forget ended signals and prune the state file; every minute: one `agent.stats` line."""

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -70,16 +70,23 @@ unit_id = 3
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, speed: float = 1.0, period: float = 0.1, extra: str = ""
+    tmp_path: Path,
+    speed: float = 1.0,
+    period: float = 0.1,
+    extra: str = "",
+    mode: str = "site_target",
+    clock: Callable[[Callable[[], datetime]], Callable[[], datetime]] | None = None,
 ) -> AsyncIterator[tuple[SimSite, AgentApp]]:
+    """The site above with the whole agent; `clock` may wrap the site's clock (a gateway's wrong clock)."""
     lease = max(1.0, float(np.ceil(speed * (2 * period + 0.05))) + 1)
     text = (
         SITE.replace("{port}", str(free_port_block(1))).replace("{speed}", str(speed))
         .replace("{period}", str(period)).replace("{lease}", str(lease)).replace("{state}", str(tmp_path / "s.db"))
+        .replace('mode = "site_target"', f'mode = "{mode}"')
     ) + extra  # fmt: skip
     config = parse_config(text)
     async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
-        app = AgentApp(config, site.clock.now, time_scale=speed)
+        app = AgentApp(config, clock(site.clock.now) if clock else site.clock.now, time_scale=speed)
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop))
         try:

@@ -9,49 +9,18 @@ the MQTT link and `--signals` use (SignalIngest.receive).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
-import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sitekit import eventually, free_port_block
-from test_events import SITE, payload
+from sitekit import eventually
+from test_events import payload
+from test_events import running as agent
 
-from agent.app import AgentApp
-from agent.config import parse_config
 from agent.signals.models import REASON_MAX_CHARS
-from sim_devices.config import parse_simulation
-from sim_devices.runner import SimSite
-
-
-@contextlib.asynccontextmanager
-async def agent(
-    tmp_path: Path,
-    mode: str = "site_target",
-    clock: Callable[[Callable[[], datetime]], Callable[[], datetime]] | None = None,
-) -> AsyncIterator[tuple[SimSite, AgentApp]]:
-    """The events site of test_events.py in `mode`; `clock` may wrap the site's clock (a gateway's wrong clock)."""
-    text = (
-        SITE.replace("{port}", str(free_port_block(1))).replace("{speed}", "1.0").replace("{period}", "0.1")
-        .replace("{lease}", "2.0").replace("{state}", str(tmp_path / "s.db"))
-        .replace('mode = "site_target"', f'mode = "{mode}"')
-    )  # fmt: skip
-    config = parse_config(text)
-    async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
-        now = clock(site.clock.now) if clock is not None else site.clock.now
-        app = AgentApp(config, now)
-        stop = asyncio.Event()
-        task = asyncio.create_task(app.run(stop))
-        try:
-            await eventually(lambda: len(app.loop.fleet.available()) == 3, what="site polled")
-            yield site, app
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
 
 def window(now: datetime, start_s: float = 60, length_s: float = 600) -> dict[str, str]:

@@ -100,3 +100,20 @@ async def test_a_burst_of_signals_is_answered_once_each_while_polling_goes_on(br
     assert statuses.count("accepted") == 1000 and statuses.count("rejected") == count - 1000
     assert polls_during > 0
     assert app.link.stats.connects == 1  # the broker never dropped the agent
+
+
+async def test_the_retained_status_says_degraded_with_the_reason_and_recovers(broker: Broker, tmp_path: Path) -> None:
+    clock = {"unset": True}
+
+    def now() -> datetime:
+        return datetime(1970, 1, 1, 0, 1, tzinfo=UTC) if clock["unset"] else datetime.now(UTC)
+
+    async with running_agent(broker, tmp_path, clock=now) as app, peer(broker, f"{PREFIX}/agent/status") as watcher:
+        assert app.link is not None
+        status = await next_json(watcher, f"{PREFIX}/agent/status")
+        while status["state"] != "degraded":  # the birth may come first
+            status = await next_json(watcher, f"{PREFIX}/agent/status")
+        assert any(str(r).startswith("clock: clock reads 1970") for r in status["reasons"])  # type: ignore[union-attr]
+        clock["unset"] = False  # NTP arrived
+        status = await next_json(watcher, f"{PREFIX}/agent/status")
+        assert status["state"] == "online" and status["reasons"] == []

@@ -113,6 +113,9 @@ async def rig(
     try:
         async with SimSite.from_config(cfg, clock) as site:
             await asyncio.wait_for(link.wait_connected(), 15)
+            # and the devices' command subscriptions are live: a command published before them reaches nobody
+            assert site.mqtt is not None
+            await asyncio.wait_for(site.mqtt.connected.wait(), 15)
             yield Rig(site, link, drivers, clock)
     finally:
         stop.set()

@@ -13,8 +13,8 @@ import json
 import aiomqtt
 from brokerkit import HOST, Broker
 from sitekit import eventually
+from test_mqtt_devices import read_error
 
-from agent.ports import DriverError
 from drivers.mqtt_driver import MqttDriver
 from drivers.mqtt_link import LinkSettings, MqttLink
 from drivers.mqtt_map import load_mqtt_map
@@ -37,14 +37,6 @@ async def publish(broker: Broker, p_kw: float, retain: bool) -> None:
     async with aiomqtt.Client(HOST, broker.port, identifier=f"bridge-{p_kw}") as client:
         payload = json.dumps({"status": 2, "fault": 0, "p_kw": p_kw, "bms": {"soc_pct": 50.0}})
         await client.publish(TOPIC, payload, qos=1, retain=retain)
-
-
-async def read_error(driver: MqttDriver) -> str:
-    try:
-        await driver.read()
-    except DriverError as exc:
-        return str(exc)
-    return ""
 
 
 async def test_retained_telemetry_is_never_taken_as_a_fresh_reading(broker: Broker) -> None:

@@ -254,6 +254,7 @@ async def soak(minutes: float, devices: int, seed: int) -> dict[str, Any]:
         writes = sum(d.writes_total for d in site.devices.values() if isinstance(d, ControllableDevice))
     broker.stop()
     at5 = min(rss, key=lambda r: abs(r[0] - 300))
+    at30 = min(rss, key=lambda r: abs(r[0] - 1800))
     end = rss[-1]
     good_answers = {i: traffic.answers.get(i, []) for i in traffic.sent_good}
     lost = sorted(i for i, a in good_answers.items() if not a)
@@ -265,7 +266,7 @@ async def soak(minutes: float, devices: int, seed: int) -> dict[str, Any]:
     expected = span_s / period
     polls = last["polls"] - first["polls"] if first and last else 0
     result.update(
-        rss_5min_mb=round(at5[1], 1), rss_end_mb=round(end[1], 1),
+        rss_5min_mb=round(at5[1], 1), rss_30min_mb=round(at30[1], 1), rss_end_mb=round(end[1], 1),
         rss_growth_pct=round(100 * (end[1] / at5[1] - 1), 2),
         worker_rss_5min_mb=round(at5[2], 1), worker_rss_end_mb=round(end[2], 1),
         worker_rss_max_mb=round(max(r[2] for r in rss), 1),

@@ -9,6 +9,7 @@ to sim_devices and is validated there; the agent only carries it along. What can
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import ssl
@@ -50,6 +51,16 @@ def _file_path(value: str) -> str:
 
 Host = Annotated[str, AfterValidator(_host)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine (so traffic to it never crosses a network)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def plain_topic(value: str) -> str:
@@ -251,6 +262,11 @@ class MqttSettings(Strict):
     )
     password_file: FilePath | None = Field(None, description="path of a file holding the password")
     ca_file: FilePath | None = Field(None, description="CA certificate (PEM); setting it turns TLS on")
+    cert_file: FilePath | None = Field(None, description="client certificate (PEM) the agent shows the broker")
+    key_file: FilePath | None = Field(None, description="private key (PEM) of cert_file")
+    insecure: bool = Field(
+        False, description="allow a broker beyond this host without TLS (a lab only; warned at every start)"
+    )
     topic_prefix: str = Field("vpp/site", min_length=1, description="root of the agent's topic tree (docs/mqtt.md)")
     keepalive_s: int = Field(30, ge=5, le=3600)
     buffer_limit: int = Field(10000, ge=1, le=10_000_000, description="telemetry kept while the broker is away")
@@ -260,6 +276,15 @@ class MqttSettings(Strict):
     def _check(self) -> MqttSettings:
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("cert_file needs ca_file: a client certificate is only shown over TLS")
+        if self.enabled and self.ca_file is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host = {self.host!r} is beyond this host and ca_file is not set: passwords and commands "
+                "would cross the network in clear text; set ca_file (TLS), or insecure = true for a lab"
+            )
         return self
 
     @field_validator("topic_prefix")
@@ -270,7 +295,12 @@ class MqttSettings(Strict):
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context the link connects with (None: no TLS); raises OSError or ssl.SSLError for a CA file
         that cannot be loaded, which agent/preflight.py reports before start-up."""
-        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file is not None else None
+        if self.ca_file is None:
+            return None
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def password(self) -> str | None:
         """Read the secret now (at start-up), so a missing one fails before anything connects."""
@@ -287,6 +317,67 @@ class MqttSettings(Strict):
             except UnicodeDecodeError as exc:
                 raise ConfigError(f"mqtt.password_file: {self.password_file} is not UTF-8 text ({exc.reason})") from exc
         return None
+
+
+KEY_ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,64}$"
+
+
+class TrustedKey(Strict):
+    """A public key the site trusts, and the signal kinds its holder may send (docs/security.md)."""
+
+    kid: str = Field(pattern=KEY_ID_PATTERN, description="key id; signed commands name it in their JWS header")
+    public_key: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{43}$", description="Ed25519 public key, base64url of its 32 bytes (a JWK's x)"
+    )
+    kinds: list[str] = Field(min_length=1, description="signal kinds this key may send")
+    issuer: str = Field("", max_length=64, description="who holds the key (for logs and the audit trail)")
+    revoked: bool = Field(False, description="true: every command signed by this key is refused")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, value: list[str]) -> list[str]:
+        from agent.signals.models import SIGNAL_TYPES
+
+        unknown = [k for k in value if k not in SIGNAL_TYPES]
+        if unknown:
+            raise ValueError(f"unknown signal kind(s) {unknown}; known: {', '.join(SIGNAL_TYPES)}")
+        return value
+
+
+class TrustSettings(Strict):
+    """Who may command the site: signed commands (agent/trust), the keys the site trusts and the agent's own key.
+
+    `require_signatures` unset means: required when MQTT is on and its broker is beyond this host
+    (`AppConfig.signatures_required`), so a deployment cannot end up unsigned by leaving a key out.
+    """
+
+    require_signatures: bool | None = Field(
+        None, description="unset: required whenever MQTT is enabled on a broker beyond this host"
+    )
+    site_id: str | None = Field(None, pattern=KEY_ID_PATTERN, description="the site id signed commands must name")
+    max_validity_s: float = Field(
+        86400.0, gt=0, le=30 * 86400, description="longest exp - iat accepted: bounds how long a command can replay"
+    )
+    replay_window: int = Field(
+        4096, ge=16, le=1_000_000, description="sequence numbers per key accepted out of order (QoS 1 redelivery)"
+    )
+    agent_key_file: FilePath | None = Field(
+        None, description="the agent's Ed25519 private key (PEM): signs its acks, status and audit head"
+    )
+    agent_kid: str | None = Field(None, pattern=KEY_ID_PATTERN, description="key id of agent_key_file")
+    keys: list[TrustedKey] = Field(default_factory=list, description="public keys the site trusts")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrustSettings:
+        kids = [k.kid for k in self.keys]
+        repeated = sorted({k for k in kids if kids.count(k) > 1})
+        if repeated:
+            raise ValueError(f"trust.keys: kid {repeated[0]!r} is listed twice")
+        if (self.agent_key_file is None) != (self.agent_kid is None):
+            raise ValueError("trust.agent_key_file and trust.agent_kid go together: set both or neither")
+        if self.require_signatures and self.site_id is None:
+            raise ValueError("trust.require_signatures is true but trust.site_id is not set: commands must name it")
+        return self
 
 
 class AssetConfig(Strict):
@@ -339,6 +430,7 @@ class AppConfig(Strict):
     mqtt: MqttSettings = MqttSettings()
     events: EventSettings = EventSettings()
     signals: SignalSettings = SignalSettings()
+    trust: TrustSettings = TrustSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 
@@ -353,7 +445,19 @@ class AppConfig(Strict):
             raise ValueError("assets use transport = 'mqtt' but mqtt.enabled is false")
         if self.site.meter is not None and self.site.meter not in seen:
             raise ValueError(f"site.meter: {self.site.meter!r} is not an asset id")
+        if self.signatures_required and self.trust.site_id is None:
+            raise ValueError(
+                f"signed commands are required (mqtt.host = {self.mqtt.host!r} is beyond this host) but trust.site_id "
+                "is not set; set it, or trust.require_signatures = false for a lab"
+            )
         return self
+
+    @property
+    def signatures_required(self) -> bool:
+        """Whether every signal must be signed: as configured, else whenever MQTT reaches beyond this host."""
+        if self.trust.require_signatures is not None:
+            return self.trust.require_signatures
+        return self.mqtt.enabled and not is_loopback(self.mqtt.host)
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:

@@ -22,6 +22,7 @@ from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
 from agent.signals.ingest import SignalIngest
 from agent.signals.models import (
+    SIGNAL_TYPES,
     AsActivation,
     AsAward,
     GridFrequency,
@@ -34,6 +35,7 @@ from agent.signals.sanity import clock_is_sane
 from agent.status import Health
 from agent.store import Store, StoreError
 from agent.telemetry import TelemetryPublisher
+from agent.trust.gate import CommandGate
 
 log = structlog.get_logger("agent.app")
 
@@ -60,8 +62,11 @@ class AgentApp:
         # a meter reading stands for the power after it for at most 10 periods (device time): longer gaps stay gaps
         hold_s = max(5.0, 10 * config.agent.poll_period_s * time_scale)
         self.events = EventManager(self.store, self.loop.fleet, config.events, max_hold_s=hold_s)
+        self.gate = CommandGate(
+            config.trust, config.signatures_required, self.store, clock_skew_s=config.signals.clock_skew_s
+        )
         self.ingest = SignalIngest(
-            self.link, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals
+            self.link, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals, self.gate
         )
         self.ingest.admission.append(self.events.admit)
         self.ingest.on_accepted.append(self._apply_signal)
@@ -90,6 +95,32 @@ class AgentApp:
         self._next_stats = time.monotonic() + STATS_EVERY_S
         self._prune_task: asyncio.Task[None] | None = None
         self._status_lock = asyncio.Lock()
+
+    def reload_trust(self, config: AppConfig) -> None:
+        """Take the `[trust]` keys and rights of a re-read config (SIGHUP); everything else needs a restart."""
+        self.gate.reload(config.trust)
+        self._report("trust", None)
+        log.info("trust.reloaded", keys=len(config.trust.keys), revoked=sum(k.revoked for k in config.trust.keys))
+        self._warn_about_trust(config)
+
+    def trust_reload_failed(self, error: str) -> None:
+        """The keys in force stay (a typo must not open the site); the status says the reload did not happen."""
+        first_line = error.splitlines()[0] if error else "unknown error"
+        self._report("trust", f"keys not reloaded, the previous ones stay in force: {first_line}")
+
+    def _warn_about_trust(self, config: AppConfig) -> None:
+        """At every start and reload: say what an operator must know about who can command this site."""
+        if not config.signatures_required:
+            if config.mqtt.enabled:
+                log.warning(
+                    "trust.unsigned",
+                    message="signals are taken without signatures: anyone who can publish to the broker can "
+                    "command this site (trust.require_signatures = false; a lab setting)",
+                )
+            return
+        missing = self.gate.keys.kinds_without_key(list(SIGNAL_TYPES))
+        if missing:
+            log.warning("trust.no_key", kinds=missing, message="no trusted key may send these kinds: all are refused")
 
     def _publish_telemetry(self) -> None:
         """Start this cycle's telemetry unless the last one is still going (then skip: never queue up behind)."""
@@ -202,7 +233,9 @@ class AgentApp:
         )
 
     async def feed_signals(self, path: Path) -> int:
-        """Signals from a JSON-lines file ({"kind": ..., "payload": {...}} per line), as if they came over MQTT."""
+        """Signals from a JSON-lines file, as if they came over MQTT (the same gate and checks): per line
+        {"kind": ..., "jws": "<signed command>"} as `vpp-agent sign` writes it, or {"kind": ..., "payload": {...}}
+        unsigned (taken only where `[trust]` allows unsigned signals)."""
         count = 0
         text = await asyncio.to_thread(path.read_text, encoding="utf-8")
         for number, line in enumerate(text.splitlines(), start=1):
@@ -210,8 +243,10 @@ class AgentApp:
                 continue
             try:
                 entry = json.loads(line)
-                kind, payload = entry["kind"], json.dumps(entry["payload"]).encode()
-            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValueError: JSON, huge numbers
+                kind = entry["kind"]
+                signed = entry.get("jws")
+                payload = signed.encode() if isinstance(signed, str) else json.dumps(entry["payload"]).encode()
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # ValueError: JSON
                 log.warning("signal.file_line_rejected", file=str(path), line=number, error=repr(exc)[:200])
                 continue
             if not isinstance(kind, str):
@@ -225,6 +260,7 @@ class AgentApp:
         log.info(
             "agent.start", assets=len(self.drivers), period_s=self.config.agent.poll_period_s, mqtt=bool(self.link)
         )
+        self._warn_about_trust(self.config)
         link_task = asyncio.create_task(self.link.run(stop)) if self.link is not None else None
         dispatch_task = (
             asyncio.create_task(self.dispatcher.run(self.loop.fleet, lambda: self.loop.uncontrolled_w, stop))

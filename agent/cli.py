@@ -1,4 +1,4 @@
-"""`vpp-agent` command line: check-config, run, demo, simulate.
+"""`vpp-agent` command line: check-config, run, demo, simulate, events, keys, sign.
 
 This module is the composition root: the one place in `agent` that wires in drivers (and, for the demo, the
 simulator). Everything below it sees devices only through the Driver interface.
@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import signal
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +24,10 @@ from agent.config import AppConfig, ConfigError, load_config
 from agent.logs import configure_logging
 from agent.preflight import preflight, state_file_problems
 from agent.store import StoreError
+from agent.trust.keys import KeyFileError
+
+if TYPE_CHECKING:
+    from agent.app import AgentApp
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("agent.cli")
@@ -75,12 +81,17 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def _run(config: AppConfig, duration_s: float | None, signals: str | None = None) -> None:
+async def _run(
+    config: AppConfig, duration_s: float | None, signals: str | None = None, config_path: str | None = None
+) -> None:
     stop = asyncio.Event()
     _install_stop(stop)
     from agent.app import AgentApp
 
     app = AgentApp(config, lambda: datetime.now(UTC))
+    if config_path is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_trust, app, config_path)
 
     async def feed() -> None:
         if signals is None:
@@ -90,6 +101,18 @@ async def _run(config: AppConfig, duration_s: float | None, signals: str | None 
         log.info("signals.file_loaded", file=signals, signals=fed)
 
     await asyncio.gather(app.run(stop), _stop_after(stop, duration_s), feed())
+
+
+def _reload_trust(app: AgentApp, path: str) -> None:
+    """SIGHUP: re-read the config and take its `[trust]` keys (revocations included) without a restart. A config
+    that no longer loads changes nothing, is logged, and makes the agent report itself degraded until one does."""
+    try:
+        config = _load_checked(path)
+    except ConfigError as exc:
+        log.error("trust.reload_failed", config=path, error=str(exc))
+        app.trust_reload_failed(str(exc))
+        return
+    app.reload_trust(config)
 
 
 async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
@@ -181,7 +204,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load_checked(args.config)
     configure_logging(config.agent.log_level, config.agent.log_format)
-    asyncio.run(_run(config, args.duration, args.signals))
+    asyncio.run(_run(config, args.duration, args.signals, args.config))
     return 0
 
 
@@ -284,6 +307,44 @@ def _summary_item(key: str, value: object) -> str:
     return f"{key} {value}"
 
 
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from agent.trust.tool import new_key
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    path, entry = new_key(Path(args.out), args.kid, kinds, args.issuer)
+    print(f"# private key written to {path} (keep it with its holder only); the site trusts it with:")
+    print(entry)
+    return 0
+
+
+def _cmd_keys_public(args: argparse.Namespace) -> int:
+    from agent.trust.keys import load_private_key, public_key_text
+
+    print(public_key_text(load_private_key(args.key)))
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from agent.trust.keys import Signer
+    from agent.trust.tool import SignInputError, read_entries, sign_entries
+
+    key_path = Path(args.key)
+    signer = Signer.from_file(args.kid or key_path.stem, key_path)
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: {args.file}: cannot read: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        entries = list(read_entries(text.splitlines(), args.kind))
+    except SignInputError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for kind, token in sign_entries(entries, signer, key_path, args.site, args.ttl):
+        print(token if args.compact else json.dumps({"kind": kind, "jws": token}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpp-agent", description="Virtual power plant control agent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -326,6 +387,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--out", default=None, help="write all figures as JSON to this file")
     sim.set_defaults(func=_cmd_simulate)
+    keys = sub.add_parser("keys", help="make Ed25519 keys for signed commands (docs/security.md)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="write a new private key and print the [[trust.keys]] entry for it")
+    new.add_argument("--kid", required=True, help="key id (also the file name: KID.pem)")
+    new.add_argument("--out", default=".", help="directory to write the key to (default: .)")
+    new.add_argument("--kinds", required=True, help="comma-separated signal kinds the key may send")
+    new.add_argument("--issuer", default="", help="who holds the key (for logs and the audit trail)")
+    new.set_defaults(func=_cmd_keys_new)
+    public = keys_sub.add_parser("public", help="print the public key of a private key file (config form)")
+    public.add_argument("key", help="private key file (PEM)")
+    public.set_defaults(func=_cmd_keys_public)
+    sign = sub.add_parser("sign", help="sign signals as commands a site takes (JSON lines in, signed lines out)")
+    sign.add_argument("file", nargs="?", default="-", help='JSON lines {"kind": ..., "payload": {...}}; - is stdin')
+    sign.add_argument("--key", required=True, help="private key file (PEM); its sequence counter is KEY.seq")
+    sign.add_argument("--kid", default=None, help="key id the site knows the key by (default: the file's stem)")
+    sign.add_argument("--site", required=True, help="the site id ([trust] site_id) the commands are for")
+    sign.add_argument("--ttl", type=_positive_seconds, default=300.0, help="seconds each command stays valid")
+    sign.add_argument("--kind", default=None, help="the kind of every line, when lines are bare signal objects")
+    sign.add_argument("--compact", action="store_true", help="print only the signed command (for mosquitto_pub)")
+    sign.set_defaults(func=_cmd_sign)
     return parser
 
 
@@ -337,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except StoreError as exc:  # the state file went bad between the start-up checks and opening it
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -333,6 +333,17 @@ class TrustedKey(Strict):
     issuer: str = Field("", max_length=64, description="who holds the key (for logs and the audit trail)")
     revoked: bool = Field(False, description="true: every command signed by this key is refused")
 
+    @field_validator("public_key")
+    @classmethod
+    def _usable_key(cls, value: str) -> str:
+        from agent.trust.keys import KeyFileError, jwk_public
+
+        try:
+            jwk_public(value)
+        except (KeyFileError, ValueError) as exc:
+            raise ValueError(f"not an Ed25519 public key: {exc}") from exc
+        return value
+
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, value: list[str]) -> list[str]:

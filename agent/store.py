@@ -62,6 +62,13 @@ SCHEMA = [
         at_ts REAL NOT NULL,
         value REAL NOT NULL
     )""",
+    # sequence numbers of signed commands taken per key, within its replay window (agent/trust/replay.py)
+    """CREATE TABLE IF NOT EXISTS trust_sequences (
+        kid TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (kid, seq)
+    )""",
 ]
 # columns added after the first release: (table, column, declaration)
 MIGRATIONS = [
@@ -188,6 +195,24 @@ class Store:
         """Remove one stored signal (one that no longer validates: it must not be retried at every start)."""
         query = "DELETE FROM signals WHERE kind = ? AND id = ?"
         self._run("drop signal", lambda db: db.execute(query, (kind, signal_id)), write=True)
+
+    # -- signed commands' sequence numbers -------------------------------------------------------------------
+    def load_sequences(self) -> list[tuple[str, int, str]]:
+        """(kid, seq, digest) of every signed command taken within its key's replay window."""
+        query = "SELECT kid, seq, digest FROM trust_sequences"
+        rows = self._run("load sequences", lambda db: db.execute(query).fetchall())
+        return [(k, int(q), d) for k, q, d in rows]
+
+    async def save_sequence(self, kid: str, seq: int, digest: str, floor: int) -> None:
+        """A command's sequence number, on disk before the command is acted on (a restart still refuses its
+        replay); numbers at or below `floor` have left the window and are deleted with it, so the table stays
+        bounded by the window."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO trust_sequences (kid, seq, digest) VALUES (?, ?, ?)", (kid, seq, digest))
+            db.execute("DELETE FROM trust_sequences WHERE kid = ? AND seq <= ?", (kid, floor))
+
+        await self._in_thread("store sequence", work, transaction=True)
 
     # -- activations ----------------------------------------------------------------------------------------
     async def save_activation(self, award_id: str, signal_id: str, at_ts: float, value: float) -> None:

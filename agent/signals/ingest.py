@@ -3,13 +3,16 @@
 Every message on `{prefix}/signals/<anything>` gets exactly one acknowledgement on `{prefix}/ack` (unknown kinds
 included; the ack lives outside `signals/` so the agent's subscription to every signal topic does not hear its own
 acks), in this order:
+  0. the command gate (agent/trust/gate.py): signed by a key the site trusts for this kind, for this site, fresh and
+     not replayed, or unsigned where `[trust]` allows it; a token taken before is a `duplicate`;
   1. parse strictly (agent/signals/models.py) — a bad payload is refused with a bounded reason naming the key;
   2. a stored id: the same content again is a `duplicate` (a broker redelivery), other content under a used id is
      refused (ids are never reused);
   3. sane now (agent/signals/sanity.py): not from the future, not over, not too far ahead;
   4. room: at most `[signals] max_pending` signals of a kind that have not ended;
   5. admitted by every admission check (the event manager: capability, award known, activation fresh and in order);
-  6. stored (activations: the one in force per award) *before* the ack, then acted on, then acknowledged.
+  6. stored (activations: the one in force per award) and its command's sequence number recorded *before* the ack,
+     then acted on, then acknowledged.
 Nothing is handled before the agent is ready (`ready`: the fleet has been polled and the clock is sane): the broker
 keeps unacknowledged QoS 1 messages meanwhile. A Store failure (a full disk) refuses the signal with the reason rather
 than acknowledging what it could not keep. The signal book holds what has not ended; ended signals are forgotten here
@@ -44,6 +47,8 @@ from agent.signals.models import (
 )
 from agent.signals.sanity import time_problem
 from agent.store import Store, StoreError
+from agent.trust.commands import Refusal
+from agent.trust.gate import CommandGate, Opened
 
 log = structlog.get_logger("agent.signals")
 
@@ -55,6 +60,7 @@ LATEST_ONLY_KINDS = frozenset({"site_target"})
 
 Admission = Callable[[str, SignalModel, datetime], str | None]
 Consumer = Callable[[str, SignalModel], Awaitable[None] | None]
+BeforeActing = Callable[[], Awaitable[None]]
 
 
 class SignalIngest:
@@ -71,6 +77,7 @@ class SignalIngest:
         max_payload_bytes: int,
         clock: Callable[[], datetime] = now_utc,
         settings: SignalSettings | None = None,
+        gate: CommandGate | None = None,
     ) -> None:
         self.bus = bus
         self.prefix = prefix
@@ -78,6 +85,7 @@ class SignalIngest:
         self.max_payload_bytes = max_payload_bytes
         self.clock = clock
         self.settings = settings or SignalSettings()
+        self.gate = gate  # None: every signal is taken unsigned (tests of parsing and admission only)
         self.counts: Counter[str] = Counter()
         self.admission: list[Admission] = []  # checks that may refuse a valid signal (the event manager's)
         self.on_accepted: list[Consumer] = []  # consumers of new signals, awaited before the ack
@@ -124,9 +132,21 @@ class SignalIngest:
         try:
             if kind not in SIGNAL_TYPES:
                 raise SignalRejected(f"unknown signal kind {shown(kind)}; known: {', '.join(SIGNAL_TYPES)}")
-            signal = parse_signal(kind, payload, self.max_payload_bytes)
+            if len(payload) > self.max_payload_bytes:
+                raise SignalRejected(f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
+            opened = self.gate.open(kind, payload, received_at) if self.gate is not None else Opened(payload)
+            signal = parse_signal(kind, opened.signal, self.max_payload_bytes)
             signal_id = signal.id
-            status = await self._take(kind, signal, received_at)
+            if opened.redelivered:
+                status = "duplicate"
+            else:
+                status = await self._take(kind, signal, received_at, self._recorder(opened))
+        except Refusal as exc:
+            status = "rejected"
+            reason = f"refused ({exc.code}): {exc}"
+            self._count_rejection(kind, signal_id, reason)
+            ack = Ack(kind=_kind(kind), signal_id=signal_id, status="rejected", reason=bounded(reason),
+                      received_at=received_at)  # fmt: skip
         except SignalRejected as exc:
             status = "rejected"
             self._count_rejection(kind, exc.signal_id or signal_id, str(exc))
@@ -146,16 +166,24 @@ class SignalIngest:
         await self._publish(ack)
         return ack
 
-    async def _take(self, kind: str, signal: SignalModel, now: datetime) -> str:
-        """"accepted" or "duplicate" for a signal that parsed; raises SignalRejected with the reason otherwise."""
+    def _recorder(self, opened: Opened) -> BeforeActing | None:
+        gate = self.gate
+        if gate is None or opened.command is None:
+            return None
+        return lambda: gate.taken(opened)
+
+    async def _take(self, kind: str, signal: SignalModel, now: datetime, before_acting: BeforeActing | None) -> str:
+        """"accepted" or "duplicate" for a signal that parsed; raises SignalRejected with the reason otherwise.
+        `before_acting` (the command's sequence number) runs once the signal is known good and stored, and before
+        anything acts on it; also for a duplicate, so its token is known from then on."""
         content = signal.model_dump(mode="json")
         if kind in TRANSIENT_KINDS:
             if self._last_transient.get(kind) == (signal.id, _json(content)):
-                return "duplicate"
+                return await _duplicate(before_acting)
         else:
             known = await self.store.known(kind, signal.id, content)
             if known == "duplicate":
-                return "duplicate"
+                return await _duplicate(before_acting)
             if known == "conflict":
                 raise SignalRejected(f"id {signal.id!r} already names a different {kind} signal", signal.id)
         problem = time_problem(signal, now, self.settings) or self._room_problem(kind, now)
@@ -173,7 +201,10 @@ class SignalIngest:
             if added != "new":  # the same id arrived twice at once: the Store decided
                 if added == "conflict":
                     raise SignalRejected(f"id {signal.id!r} already names a different {kind} signal", signal.id)
-                return "duplicate"
+                return await _duplicate(before_acting)
+        if before_acting is not None:
+            await before_acting()
+        if kind not in TRANSIENT_KINDS:
             if kind in LATEST_ONLY_KINDS:
                 self.book[kind].clear()
             self.book[kind][signal.id] = signal
@@ -221,6 +252,12 @@ class SignalIngest:
             await self.bus.publish(self.ack_topic, ack.model_dump_json(), qos=1)
         except Exception as exc:  # the ack is lost, the decision stands (and is in the log)
             log.error("signal.ack_failed", kind=ack.kind, signal_id=ack.signal_id, error=bounded(repr(exc)))
+
+
+async def _duplicate(before_acting: BeforeActing | None) -> str:
+    if before_acting is not None:
+        await before_acting()
+    return "duplicate"
 
 
 def _kind(kind: str) -> str:

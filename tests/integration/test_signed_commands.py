@@ -1,0 +1,153 @@
+"""Only signed, authorised, fresh commands move the fleet, checked from the devices' side.
+
+The attack of the issue: an award and an activation are all it takes to make every battery discharge at the
+site's export limit. Here the site requires signatures: a signed award and activation do move it (the positive
+control, so the test can fail), and each forged, replayed, expired, wrong-kind, wrong-site, revoked or unsigned
+activation is refused on its ack while the batteries' own write logs show no discharge.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sitekit import eventually
+from test_events import running
+
+from agent.app import AgentApp
+from agent.config import parse_config
+from agent.trust.commands import sign_command
+from agent.trust.keys import Signer, new_private_key
+from sim_devices.runner import SimSite
+
+SITE_ID = "site-a"
+
+
+def trust_toml(desk: Signer, tso: Signer, revoked: Signer) -> str:
+    def entry(signer: Signer, kinds: list[str], is_revoked: bool = False) -> str:
+        return (f'[[trust.keys]]\nkid = "{signer.kid}"\npublic_key = "{signer.public_key}"\n'
+                f"kinds = {json.dumps(kinds)}\nrevoked = {str(is_revoked).lower()}\n")  # fmt: skip
+
+    return (
+        f'[trust]\nrequire_signatures = true\nsite_id = "{SITE_ID}"\n'
+        + entry(desk, ["prices", "up_dr", "as_award"])
+        + entry(tso, ["as_activation"])
+        + entry(revoked, ["as_activation"], is_revoked=True)
+    )
+
+
+class Sender:
+    """A key holder numbering its commands as a real sender does."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+        self.seq = 0
+
+    def sign(self, kind: str, signal: dict[str, Any], now: datetime, site: str = SITE_ID, ttl: float = 60.0,
+             iat_offset_s: float = 0.0) -> bytes:  # fmt: skip
+        self.seq += 1
+        body = json.loads(json.dumps(signal, default=str))
+        return sign_command(self.signer, site, kind, body, now.timestamp() + iat_offset_s, ttl, self.seq).encode()
+
+
+def discharge_writes(site: SimSite, since_s: float) -> list[float]:
+    """Battery setpoints written after `since_s` (device time) that discharge by more than the rule's trim."""
+    return [
+        w.setpoint_w for d in ("bess1", "bess2") for w in site.devices[d].write_log
+        if w.t_s >= since_s and w.setpoint_w < -2000
+    ]  # fmt: skip
+
+
+async def polls_pass(app: AgentApp, count: int) -> None:
+    meter = app.loop.fleet.assets["meter"]
+    target = meter.polls_ok + count
+    await eventually(lambda: meter.polls_ok >= target, what=f"{count} more polls")
+
+
+async def test_only_a_signed_authorised_fresh_activation_moves_the_fleet(tmp_path: Path) -> None:
+    desk, tso = Sender(Signer("desk", new_private_key())), Sender(Signer("tso", new_private_key()))
+    revoked = Sender(Signer("old-tso", new_private_key()))
+    stranger = Sender(Signer("tso", new_private_key()))  # claims to be the TSO gateway
+    async with running(tmp_path, extra=trust_toml(desk.signer, tso.signer, revoked.signer)) as (site, app):
+        meter = site.devices["meter"]
+        now = site.clock.now()
+        award = {"id": "a1", "product": "S-FRR", "block_start": now, "block_end": now + timedelta(hours=1),
+                 "up_w": 40000, "down_w": 40000}  # fmt: skip
+        assert (await app.ingest.receive("as_award", json.dumps(award, default=str).encode())).status == "rejected"
+        assert (await app.ingest.receive("as_award", desk.sign("as_award", award, now))).status == "accepted"
+        await eventually(lambda: "a1" in app.events.events and app.events.events["a1"].state.value == "active",
+                         what="award active")  # fmt: skip
+
+        def activation(n: int, value: float) -> dict[str, Any]:
+            return {"id": f"act{n}", "award_id": "a1", "at": site.clock.now(), "value": value}
+
+        # the positive control: a signed activation from the key allowed to send it discharges the batteries
+        full = tso.sign("as_activation", activation(1, 1.0), site.clock.now())
+        assert (await app.ingest.receive("as_activation", full)).status == "accepted"
+        await eventually(lambda: meter.power_w < 5000 - 30000, what="the site exports on a signed activation")
+        back = tso.sign("as_activation", activation(2, 0.0), site.clock.now())
+        assert (await app.ingest.receive("as_activation", back)).status == "accepted"
+        await eventually(lambda: abs(meter.power_w - 5000) < 1500, what="back to the site target")
+        await polls_pass(app, 3)
+
+        attacks: list[tuple[str, str, bytes]] = [
+            ("unsigned", "unsigned", json.dumps(activation(3, 1.0), default=str).encode()),
+            ("forged: another key under the TSO's kid", "bad_signature",
+             stranger.sign("as_activation", activation(4, 1.0), site.clock.now())),
+            ("the market desk may not activate", "kind_not_allowed",
+             desk.sign("as_activation", activation(5, 1.0), site.clock.now())),
+            ("for another site", "wrong_site",
+             tso.sign("as_activation", activation(6, 1.0), site.clock.now(), site="site-b")),
+            ("expired", "expired", tso.sign("as_activation", activation(7, 1.0), site.clock.now(), iat_offset_s=-120)),
+            ("revoked key", "revoked_key", revoked.sign("as_activation", activation(8, 1.0), site.clock.now())),
+            ("replayed: the full activation again", "duplicate", full),
+        ]  # fmt: skip
+        for name, expected, raw in attacks:
+            started = site.clock.seconds()
+            ack = await app.ingest.receive("as_activation", raw)
+            if expected == "duplicate":  # a byte-identical token was taken before: answered, never acted on again
+                assert ack.status == "duplicate", (name, ack)
+            else:
+                assert ack.status == "rejected" and f"({expected})" in (ack.reason or ""), (name, ack.reason)
+            await polls_pass(app, 3)
+            assert app.events.activation.get("a1", 0.0) == 0.0, name
+            assert discharge_writes(site, started) == [], name
+            assert abs(meter.power_w - 5000) < 1500, name
+        assert sum(app.gate.refusals.values()) == len(attacks)  # the replay is not counted; the unsigned award is
+        # the gate still takes the real sender afterwards: nothing above consumed its sequence
+        assert (await app.ingest.receive("as_activation", tso.sign("as_activation", activation(9, 0.5),
+                                                                  site.clock.now()))).status == "accepted"  # fmt: skip
+        await eventually(lambda: meter.power_w < 5000 - 15000, what="the real sender still moves the site")
+
+
+async def test_a_replayed_command_stays_refused_after_a_restart(tmp_path: Path) -> None:
+    desk = Sender(Signer("desk", new_private_key()))
+    extra = trust_toml(desk.signer, Signer("tso", new_private_key()), Signer("x", new_private_key()))
+    async with running(tmp_path, extra=extra) as (site, app):
+        now = site.clock.now()
+        first = desk.sign("up_dr", {"id": "dr1", "start": now + timedelta(minutes=5),
+                                    "end": now + timedelta(minutes=35), "requested_increase_w": 1000,
+                                    "price_per_kwh": 5}, now)  # fmt: skip
+        assert (await app.ingest.receive("up_dr", first)).status == "accepted"
+        reused = desk.sign("up_dr", {"id": "dr2", "start": now + timedelta(minutes=5),
+                                     "end": now + timedelta(minutes=35), "requested_increase_w": 1000,
+                                     "price_per_kwh": 5}, now)  # fmt: skip
+    desk.seq = 0  # a sender that lost its counter re-uses number 1 for another command
+    async with running(tmp_path, extra=extra) as (site, app):
+        assert (await app.ingest.receive("up_dr", first)).status == "duplicate"
+        clash = desk.sign("up_dr", {"id": "dr3", "start": site.clock.now() + timedelta(minutes=5),
+                                    "end": site.clock.now() + timedelta(minutes=35), "requested_increase_w": 1000,
+                                    "price_per_kwh": 5}, site.clock.now())  # fmt: skip
+        ack = await app.ingest.receive("up_dr", clash)
+        assert ack.status == "rejected" and "(replay)" in (ack.reason or "")
+        assert "dr3" not in app.events.events
+        assert (await app.ingest.receive("up_dr", reused)).status == "accepted"  # number 2 was never used
+
+
+def test_a_site_with_mqtt_beyond_this_host_requires_signatures_by_default() -> None:
+    base = '[mqtt]\nenabled = true\nhost = "192.0.2.10"\nca_file = "ca.pem"\n'
+    assert parse_config(base + '[trust]\nsite_id = "s"\n').signatures_required
+    assert not parse_config('[mqtt]\nenabled = true\n').signatures_required  # loopback: a lab
+    assert not parse_config(base + '[trust]\nrequire_signatures = false\n').signatures_required

@@ -20,6 +20,7 @@ from agent.config import AppConfig
 from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
+from agent.ports import Bus
 from agent.signals.ingest import SignalIngest
 from agent.signals.models import (
     SIGNAL_TYPES,
@@ -36,6 +37,8 @@ from agent.status import Health
 from agent.store import Store, StoreError
 from agent.telemetry import TelemetryPublisher
 from agent.trust.gate import CommandGate
+from agent.trust.keys import Signer
+from agent.trust.seal import SealedBus, Sealer
 
 log = structlog.get_logger("agent.app")
 
@@ -51,7 +54,11 @@ class AgentApp:
         from drivers.factory import build_drivers, build_link
 
         self.config = config
-        self.link = build_link(config.mqtt, now) if config.mqtt.enabled else None
+        self.sealer = _sealer(config, now)  # None: the agent has no key of its own and publishes unsigned
+        seal = self.sealer.seal if self.sealer is not None else None
+        self.link = build_link(config.mqtt, now, seal) if config.mqtt.enabled else None
+        # what the agent's own parts publish goes out sealed; device bridges keep the plain link
+        self.out: Bus | None = SealedBus(self.link, self.sealer) if self.link and self.sealer else self.link
         self.drivers, self.pool = build_drivers(config, now, self.link)
         self.loop = ControlLoop(config, self.drivers, clock=now, time_scale=time_scale)
         state_file = config.agent.state_file
@@ -66,7 +73,7 @@ class AgentApp:
             config.trust, config.signatures_required, self.store, clock_skew_s=config.signals.clock_skew_s
         )
         self.ingest = SignalIngest(
-            self.link, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals, self.gate
+            self.out, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals, self.gate
         )
         self.ingest.admission.append(self.events.admit)
         self.ingest.on_accepted.append(self._apply_signal)
@@ -77,7 +84,7 @@ class AgentApp:
         self.loop.after_cycle.append(self._events_cycle)
         self.telemetry: TelemetryPublisher | None = None
         if self.link is not None:
-            self.telemetry = TelemetryPublisher(self.link, prefix)
+            self.telemetry = TelemetryPublisher(self.out, prefix)
             self.loop.after_cycle.append(self._publish_telemetry)
         self.dispatcher: Dispatcher | None = None
         if config.control.mode == "dispatch":
@@ -182,7 +189,8 @@ class AgentApp:
 
     def _report(self, source: str, reason: str | None) -> None:
         if self.health.report(source, reason) and self.link is not None:
-            self.link.set_birth(self.health.payload(self.now()))  # a reconnect must not announce "online" instead
+            birth = self.health.payload(self.now())
+            self.link.set_birth(self.sealer.seal(self.status_topic, birth) if self.sealer else birth)  # not "online"
             task = asyncio.get_running_loop().create_task(self._publish_status())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -190,8 +198,8 @@ class AgentApp:
     async def _publish_status(self) -> None:
         """Publish the status as it is when this turn comes: changes in quick succession end on the latest one."""
         async with self._status_lock:
-            if self.link is not None:
-                await self.link.publish(self.status_topic, self.health.payload(self.now()), qos=1, retain=True)
+            if self.out is not None:
+                await self.out.publish(self.status_topic, self.health.payload(self.now()), qos=1, retain=True)
 
     def _housekeeping(self, now: datetime) -> None:
         """Hourly: forget ended signals and prune the state file; every minute: one `agent.stats` line."""
@@ -290,6 +298,15 @@ class AgentApp:
                 await self.events.flush()
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
+
+
+def _sealer(config: AppConfig, now: Callable[[], datetime]) -> Sealer | None:
+    """The agent's own signer, from `[trust] agent_key_file` (KeyFileError naming the file if it cannot be used)."""
+    trust = config.trust
+    if trust.agent_key_file is None or trust.agent_kid is None:
+        return None
+    site = trust.site_id or config.mqtt.topic_prefix
+    return Sealer(Signer.from_file(trust.agent_kid, trust.agent_key_file), site, now)
 
 
 def _rss_mb() -> float | None:

@@ -310,9 +310,10 @@ def _summary_item(key: str, value: object) -> str:
 def _cmd_keys_new(args: argparse.Namespace) -> int:
     from agent.trust.tool import new_key
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    kinds = [k.strip() for k in (args.kinds or "").split(",") if k.strip()]
     path, entry = new_key(Path(args.out), args.kid, kinds, args.issuer)
-    print(f"# private key written to {path} (keep it with its holder only); the site trusts it with:")
+    what = "the site trusts it with" if kinds else "its public key (e.g. for readers of the agent's messages)"
+    print(f"# private key written to {path} (keep it with its holder only); {what}:")
     print(entry)
     return 0
 
@@ -343,6 +344,35 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     for kind, token in sign_entries(entries, signer, key_path, args.site, args.ttl):
         print(token if args.compact else json.dumps({"kind": kind, "jws": token}))
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Check messages the agent published (as `mosquitto_sub -v` prints them: "topic token", or bare tokens)."""
+    from agent.trust.seal import NotSealed, open_sealed
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: {args.file}: cannot read: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    forged = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        topic, _, token = line.strip().rpartition(" ")
+        try:
+            sealed = open_sealed(token, args.public_key, topic or None)
+        except NotSealed as exc:
+            forged += 1
+            print(f"FORGED {topic or '-'}: {exc}")
+            continue
+        if args.site is not None and sealed.site != args.site:
+            forged += 1
+            print(f"FORGED {sealed.topic}: signed for site {sealed.site!r}, not {args.site!r}")
+            continue
+        stamp = datetime.fromtimestamp(sealed.iat, UTC).isoformat()
+        print(f"ok {sealed.topic} {stamp} {json.dumps(sealed.body, separators=(',', ':'))}")
+    return 1 if forged else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     new = keys_sub.add_parser("new", help="write a new private key and print the [[trust.keys]] entry for it")
     new.add_argument("--kid", required=True, help="key id (also the file name: KID.pem)")
     new.add_argument("--out", default=".", help="directory to write the key to (default: .)")
-    new.add_argument("--kinds", required=True, help="comma-separated signal kinds the key may send")
+    new.add_argument("--kinds", default=None, help="comma-separated signal kinds the key may send (a sender's key)")
     new.add_argument("--issuer", default="", help="who holds the key (for logs and the audit trail)")
     new.set_defaults(func=_cmd_keys_new)
     public = keys_sub.add_parser("public", help="print the public key of a private key file (config form)")
@@ -407,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--kind", default=None, help="the kind of every line, when lines are bare signal objects")
     sign.add_argument("--compact", action="store_true", help="print only the signed command (for mosquitto_pub)")
     sign.set_defaults(func=_cmd_sign)
+    verify = sub.add_parser("verify", help="check that messages were signed by the agent's key (exit 1 if any not)")
+    verify.add_argument("file", nargs="?", default="-", help='lines "topic token" (mosquitto_sub -v) or tokens')
+    verify.add_argument("--public-key", required=True, help="the agent's public key (vpp-agent keys public)")
+    verify.add_argument("--site", default=None, help="also require this site id")
+    verify.set_defaults(func=_cmd_verify)
     return parser
 
 

@@ -377,6 +377,15 @@ class TrustSettings(Strict):
     )
     agent_kid: str | None = Field(None, pattern=KEY_ID_PATTERN, description="key id of agent_key_file")
     keys: list[TrustedKey] = Field(default_factory=list, description="public keys the site trusts")
+    audit_keep_days: float = Field(
+        400.0, ge=1, le=3660, description="audit rows are kept this long; the oldest kept row anchors the chain"
+    )
+    audit_head_every_s: float = Field(
+        300.0, ge=10, le=86400, description="how often the signed head of the audit chain is published"
+    )
+    audit_refusal_samples: int = Field(
+        20, ge=0, le=10_000, description="refused commands kept per reason and hour (the rest are counted)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrustSettings:

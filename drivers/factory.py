@@ -13,9 +13,16 @@ from drivers.mqtt_link import LinkSettings, MqttLink, Retained
 from drivers.registermap import RegisterMap, load_map
 
 
-def build_link(settings: MqttSettings, now: Callable[[], datetime]) -> MqttLink:
-    """The agent's MQTT connection, with its retained birth, Will and shutdown status messages."""
+def build_link(
+    settings: MqttSettings, now: Callable[[], datetime], seal: Callable[[str, bytes], bytes] | None = None
+) -> MqttLink:
+    """The agent's MQTT connection, with its retained birth, Will and shutdown status messages (sealed with the
+    agent's key by `seal` when it has one: the Will is signed now, at start, since the broker sends it later)."""
     status_topic = f"{settings.topic_prefix}/agent/status"
+
+    def status(payload: bytes) -> bytes:
+        return seal(status_topic, payload) if seal is not None else payload
+
     return MqttLink(
         LinkSettings(
             host=settings.host,
@@ -25,9 +32,9 @@ def build_link(settings: MqttSettings, now: Callable[[], datetime]) -> MqttLink:
             password=settings.password(),
             tls=settings.tls_context(),
             keepalive_s=settings.keepalive_s,
-            birth=Retained(status_topic, status_payload("online", now())),
-            will=Retained(status_topic, status_payload("offline", now(), reason="connection lost")),
-            closing=Retained(status_topic, status_payload("offline", now(), reason="shutdown")),
+            birth=Retained(status_topic, status(status_payload("online", now()))),
+            will=Retained(status_topic, status(status_payload("offline", now(), reason="connection lost"))),
+            closing=Retained(status_topic, status(status_payload("offline", now(), reason="shutdown"))),
             buffer_limit=settings.buffer_limit,
         )
     )

@@ -26,7 +26,7 @@ class SignInputError(ValueError):
 
 def new_key(out_dir: Path, kid: str, kinds: list[str], issuer: str) -> tuple[Path, str]:
     """Write `<out_dir>/<kid>.pem` (mode 600, never over an existing file); returns its path and the `[[trust.keys]]`
-    entry a site adds to trust it."""
+    entry a site adds to trust it (only its public key when it may send no kind)."""
     unknown = [k for k in kinds if k not in SIGNAL_TYPES]
     if unknown:
         raise KeyFileError(f"unknown signal kind(s) {unknown}; known: {', '.join(SIGNAL_TYPES)}")
@@ -38,11 +38,11 @@ def new_key(out_dir: Path, kid: str, kinds: list[str], issuer: str) -> tuple[Pat
         raise KeyFileError(f"{path} exists; a key is never overwritten (pick another --kid or --out)") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot write: {exc.strerror}") from exc
+    public = f"public_key = {json.dumps(public_key_text(key))}"
+    if not kinds:  # the agent's own key, or one a reader is given: no rights to send anything
+        return path, public
     entry = "\n".join([
-        "[[trust.keys]]",
-        f"kid = {json.dumps(kid)}",
-        f"public_key = {json.dumps(public_key_text(key))}",
-        f"kinds = {json.dumps(kinds)}",
+        "[[trust.keys]]", f"kid = {json.dumps(kid)}", public, f"kinds = {json.dumps(kinds)}",
         f"issuer = {json.dumps(issuer)}",
     ])  # fmt: skip
     return path, entry

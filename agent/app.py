@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
+from agent.audit.chain import Head, timestamp
+from agent.audit.trail import AuditTrail
 from agent.config import AppConfig
 from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
@@ -65,7 +67,11 @@ class AgentApp:
         if state_dir is not None and state_file != ":memory:" and not Path(state_file).is_absolute():
             state_file = str(state_dir / state_file)
         self.store = Store(state_file)
+        # every accepted command, plan change, override and (counted, sampled) refusal; docs/audit.md
+        self.audit = AuditTrail(self.store, now, config.trust.audit_refusal_samples)
+        self.audit.trust("start", config.trust, required=config.signatures_required)
         prefix = config.mqtt.topic_prefix
+        self.audit_topic = f"{prefix}/audit/head"
         # a meter reading stands for the power after it for at most 10 periods (device time): longer gaps stay gaps
         hold_s = max(5.0, 10 * config.agent.poll_period_s * time_scale)
         self.events = EventManager(self.store, self.loop.fleet, config.events, max_hold_s=hold_s)
@@ -73,7 +79,7 @@ class AgentApp:
             config.trust, config.signatures_required, self.store, clock_skew_s=config.signals.clock_skew_s
         )
         self.ingest = SignalIngest(
-            self.out, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals, self.gate
+            self.out, prefix, self.store, config.mqtt.max_payload_bytes, now, config.signals, self.gate, self.audit
         )
         self.ingest.admission.append(self.events.admit)
         self.ingest.on_accepted.append(self._apply_signal)
@@ -91,6 +97,7 @@ class AgentApp:
             self.dispatcher = Dispatcher(config, now, self.ingest.book)
             self.loop.schedule = self.dispatcher.requests
             self.loop.reserve_source = self.dispatcher.reserves
+            self.dispatcher.adopted.append(self.audit.plan)
         self.now = now
         self._events_task: asyncio.Task[None] | None = None
         self.first_cycle = asyncio.Event()  # set once the fleet has been polled: capability checks need it
@@ -106,6 +113,7 @@ class AgentApp:
     def reload_trust(self, config: AppConfig) -> None:
         """Take the `[trust]` keys and rights of a re-read config (SIGHUP); everything else needs a restart."""
         self.gate.reload(config.trust)
+        self.audit.trust("trust_reload", config.trust, required=config.signatures_required)
         self._report("trust", None)
         log.info("trust.reloaded", keys=len(config.trust.keys), revoked=sum(k.revoked for k in config.trust.keys))
         self._warn_about_trust(config)
@@ -113,6 +121,7 @@ class AgentApp:
     def trust_reload_failed(self, error: str) -> None:
         """The keys in force stay (a typo must not open the site); the status says the reload did not happen."""
         first_line = error.splitlines()[0] if error else "unknown error"
+        self.audit.trust("trust_reload_failed", error=first_line)
         self._report("trust", f"keys not reloaded, the previous ones stay in force: {first_line}")
 
     def _warn_about_trust(self, config: AppConfig) -> None:
@@ -175,6 +184,7 @@ class AgentApp:
             self._events_task.add_done_callback(_log_events_failure)
         self._report("meter", self.loop.meter_problem)
         self._report("store", None if self.store.last_error is None else f"state file: {self.store.last_error}")
+        self._report("audit", self.audit.problem)
         self._report("dispatch", self._dispatch_problem())
         frozen = sorted(s.id for s in self.loop.fleet.assets.values() if s.frozen)
         self._report("assets", f"frozen registers, out of service: {', '.join(frozen)}" if frozen else None)
@@ -201,6 +211,11 @@ class AgentApp:
             if self.out is not None:
                 await self.out.publish(self.status_topic, self.health.payload(self.now()), qos=1, retain=True)
 
+    async def _publish_audit_head(self, head: Head) -> None:
+        """The chain head, sealed by SealedBus with the agent's key, retained so a reader who subscribes gets it."""
+        if self.out is not None:
+            await self.out.publish(self.audit_topic, head.body(), qos=1, retain=True)
+
     def _housekeeping(self, now: datetime) -> None:
         """Hourly: forget ended signals and prune the state file; every minute: one `agent.stats` line."""
         mono = time.monotonic()
@@ -215,8 +230,10 @@ class AgentApp:
     async def _prune(self, now: datetime) -> None:
         signals_before = now - timedelta(days=self.config.signals.keep_days)
         events_before = now - timedelta(days=self.config.events.report_keep_days)
+        audit_before = timestamp(now - timedelta(days=self.config.trust.audit_keep_days))
         try:
             removed = await asyncio.to_thread(self.store.prune, signals_before.timestamp(), events_before.timestamp())
+            removed["audit"] = await asyncio.to_thread(self.store.prune_audit, audit_before)
         except StoreError as exc:
             log.error("store.failed", error=str(exc))
             return
@@ -269,7 +286,11 @@ class AgentApp:
             "agent.start", assets=len(self.drivers), period_s=self.config.agent.poll_period_s, mqtt=bool(self.link)
         )
         self._warn_about_trust(self.config)
-        link_task = asyncio.create_task(self.link.run(stop)) if self.link is not None else None
+        # the link outlives `stop` by the audit's last flush, so the final signed head still goes out
+        link_stop = asyncio.Event()
+        link_task = asyncio.create_task(self.link.run(link_stop)) if self.link is not None else None
+        publish_head = self._publish_audit_head if self.sealer is not None and self.out is not None else None
+        audit_task = asyncio.create_task(self.audit.run(stop, publish_head, self.config.trust.audit_head_every_s))
         dispatch_task = (
             asyncio.create_task(self.dispatcher.run(self.loop.fleet, lambda: self.loop.uncontrolled_w, stop))
             if self.dispatcher is not None
@@ -285,6 +306,11 @@ class AgentApp:
                 dispatch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await dispatch_task
+            try:
+                await _logged(audit_task, "audit.failed")  # it returns within a flush of `stop`
+                await _logged(self.audit.close(publish_head), "audit.close_failed")  # counts, `stop`, flush, head
+            finally:
+                link_stop.set()
             if link_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(link_task, timeout=1.0)
@@ -296,6 +322,7 @@ class AgentApp:
                         await task
             with contextlib.suppress(Exception):  # progress of active events, so a restart resumes them
                 await self.events.flush()
+            await _logged(self.audit.flush(), "audit.close_failed")  # commands taken while the link was closing
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
 
@@ -319,6 +346,14 @@ def _rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+async def _logged(work: Awaitable[object], event: str) -> None:
+    """Await a shutdown step; a failure is logged and the shutdown goes on (the Store must still be closed)."""
+    try:
+        await work
+    except Exception as exc:
+        log.error(event, error=repr(exc))
 
 
 def _log_events_failure(task: asyncio.Task[None]) -> None:

@@ -1,4 +1,4 @@
-"""`vpp-agent` command line: check-config, run, demo, simulate, events, keys, sign.
+"""`vpp-agent` command line: check-config, run, demo, simulate, events, keys, sign, verify, audit.
 
 This module is the composition root: the one place in `agent` that wires in drivers (and, for the demo, the
 simulator). Everything below it sees devices only through the Driver interface.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from agent.audit.cli import add_parser as add_audit_parser
 from agent.config import AppConfig, ConfigError, load_config
 from agent.logs import configure_logging
 from agent.preflight import preflight, state_file_problems
@@ -442,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--public-key", required=True, help="the agent's public key (vpp-agent keys public)")
     verify.add_argument("--site", default=None, help="also require this site id")
     verify.set_defaults(func=_cmd_verify)
+    add_audit_parser(sub)
     return parser
 
 

@@ -1,5 +1,5 @@
 """The agent's durable state (SQLite): accepted signals, the lifecycle of grid events, their meter samples, the
-latest activation of each award, and site-meter interval history.
+latest activation of each award, site-meter interval history, and the audit trail (agent/audit, docs/audit.md).
 
 An acknowledged signal and an event's progress must survive any restart (an active event resumes), so a signal or
 an activation is on disk (synchronous=FULL) before its acknowledgement goes out, and an active event's meter samples
@@ -8,7 +8,8 @@ loop never waits on the disk.
 
 Every table has a retention rule (`prune`): signals go `[signals] keep_days` after they end, finished events and
 their reports `[events] report_keep_days` after they end, samples with their event's report, intervals after
-`[events] history_days`. A failing disk (full, read-only, gone) raises StoreError naming the file and the operation;
+`[events] history_days`, audit rows after `[trust] audit_keep_days` (the newest row always stays: it carries the
+chain on). A failing disk (full, read-only, gone) raises StoreError naming the file and the operation;
 callers report it and carry on from memory, so a full disk degrades the agent instead of stopping it.
 """
 
@@ -18,11 +19,12 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from agent.audit.chain import GENESIS, Head, NotCanonical, Row, encode_data, row_hash
 from agent.events.mv.intervals import Interval
 
 T = TypeVar("T")
@@ -69,6 +71,20 @@ SCHEMA = [
         digest TEXT NOT NULL,
         PRIMARY KEY (kid, seq)
     )""",
+    # the audit trail (agent/audit/chain.py defines a row's canonical bytes and hash): appended in batches, never
+    # updated (the trigger stops a bug, not an attacker: the signed head published on MQTT catches a rewrite), and
+    # pruned only from its oldest end
+    """CREATE TABLE IF NOT EXISTS audit (
+        n INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at)",
+    """CREATE TRIGGER IF NOT EXISTS audit_append_only BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END""",
 ]
 # columns added after the first release: (table, column, declaration)
 MIGRATIONS = [
@@ -343,6 +359,56 @@ class Store:
         )
         return [Interval(float(t), float(w), float(c)) for t, w, c in rows]
 
+    # -- audit trail ------------------------------------------------------------------------------------------
+    def append_audit(self, entries: list[tuple[str, str, dict[str, Any]]]) -> Head | None:
+        """Append (at, kind, data) entries to the chain in one transaction and return the new head (None when
+        nothing was ever written). Blocking: the audit trail calls it from a worker thread, once per batch."""
+        if not entries:
+            return self.audit_head()
+
+        def work(db: sqlite3.Connection) -> Head:
+            last = db.execute("SELECT n, hash, at FROM audit ORDER BY n DESC LIMIT 1").fetchone()
+            n, prev, at = (int(last[0]), str(last[1]), str(last[2])) if last else (0, GENESIS, "")
+            rows = []
+            for at, kind, data in entries:
+                n += 1
+                try:
+                    text = encode_data(data)
+                except NotCanonical as exc:  # a bug in what was recorded: keep the row's place and say why
+                    kind, data = "unrecordable", {"kind": kind, "error": str(exc)[:300]}
+                    text = encode_data(data)
+                digest = row_hash(prev, n, at, kind, data)
+                rows.append((n, at, kind, text, prev, digest))
+                prev = digest
+            db.executemany("INSERT INTO audit (n, at, kind, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            return Head(n, prev, at)
+
+        return self._run("append audit rows", work, transaction=True)
+
+    def audit_head(self) -> Head | None:
+        """The newest audit row's (n, hash, at), None when there is none."""
+        row = self._run("read audit head", lambda db: db.execute(
+            "SELECT n, hash, at FROM audit ORDER BY n DESC LIMIT 1").fetchone())  # fmt: skip
+        return Head(int(row[0]), str(row[1]), str(row[2])) if row else None
+
+    def audit_rows(self, last: int | None = None) -> list[Row]:
+        """Every kept audit row oldest first, or the `last` N (for tests and small tools; `audit verify` streams)."""
+        return self._run("read audit rows", lambda db: list(read_audit(db, last)))
+
+    def prune_audit(self, before_at: str) -> int:
+        """Delete the oldest audit rows up to the last one written before `before_at` (a chain timestamp), always
+        as a prefix (a clock that once jumped back cannot punch a hole) and never the newest row. Returns the count."""
+
+        def work(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM audit WHERE n <= (SELECT max(n) FROM audit WHERE at < ?) "
+                "AND n < (SELECT max(n) FROM audit)",
+                (before_at,),
+            )
+            return cursor.rowcount
+
+        return self._run("prune audit", work, transaction=True)
+
     # -- retention ------------------------------------------------------------------------------------------
     def prune(self, signals_before_ts: float, events_before_ts: float) -> dict[str, int]:
         """Delete signals that ended before `signals_before_ts` and finished events (with their samples) that ended
@@ -367,6 +433,19 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def read_audit(db: sqlite3.Connection, last: int | None = None) -> Iterator[Row]:
+    """Audit rows oldest first from any connection (the agent's, or `audit verify`'s read-only one), streamed."""
+    if last is None:
+        cursor = db.execute("SELECT n, at, kind, data, prev_hash, hash FROM audit ORDER BY n")
+    else:
+        cursor = db.execute(
+            "SELECT * FROM (SELECT n, at, kind, data, prev_hash, hash FROM audit ORDER BY n DESC LIMIT ?) ORDER BY n",
+            (last,),
+        )
+    for n, at, kind, data, prev_hash, digest in cursor:
+        yield Row(int(n), str(at), str(kind), str(data), str(prev_hash), str(digest))
 
 
 def _canonical(payload: object) -> str:

@@ -51,6 +51,8 @@ class Dispatcher:
         self.method = "full"  # or "aggregated": how the last plan was solved
         d = config.dispatch
         self.worker = worker or SolverWorker(d.solver_recycle_solves, int(d.solver_recycle_rss_mb * 2**20))
+        # told of every plan adopted, with its start and how it was solved (the audit trail records plan changes)
+        self.adopted: list[Callable[[Plan, datetime, str], None]] = []
         self._wake = asyncio.Event()
 
     def request_replan(self) -> None:
@@ -111,6 +113,8 @@ class Dispatcher:
             breakdown={k: round(v, 2) for k, v in plan.breakdown.items()},
             violations={k: round(v, 3) for k, v in plan.violations.items() if v > 1e-6},
         )
+        for listener in self.adopted:
+            listener(plan, start, self.method)
         return plan
 
     def _failed(self, now: datetime, event: str, error: str, exc_info: bool = False) -> None:

@@ -13,6 +13,8 @@ acks), in this order:
   5. admitted by every admission check (the event manager: capability, award known, activation fresh and in order);
   6. stored (activations: the one in force per award) and its command's sequence number recorded *before* the ack,
      then acted on, then acknowledged.
+Each outcome goes to the audit trail (agent/audit/trail.py) before its ack is published: an accepted command's row,
+or a refusal counted per reason (a bounded sample of them kept), so a flood adds rows per reason, not per message.
 Nothing is handled before the agent is ready (`ready`: the fleet has been polled and the clock is sane): the broker
 keeps unacknowledged QoS 1 messages meanwhile. A Store failure (a full disk) refuses the signal with the reason rather
 than acknowledging what it could not keep. The signal book holds what has not ended; ended signals are forgotten here
@@ -31,6 +33,7 @@ from datetime import datetime
 import structlog
 from pydantic import ValidationError
 
+from agent.audit.trail import AuditTrail
 from agent.config import SignalSettings
 from agent.logs import Throttle
 from agent.ports import Bus
@@ -78,6 +81,7 @@ class SignalIngest:
         clock: Callable[[], datetime] = now_utc,
         settings: SignalSettings | None = None,
         gate: CommandGate | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.bus = bus
         self.prefix = prefix
@@ -86,6 +90,7 @@ class SignalIngest:
         self.clock = clock
         self.settings = settings or SignalSettings()
         self.gate = gate  # None: every signal is taken unsigned (tests of parsing and admission only)
+        self.audit = audit  # None: nothing is audited (tests of parsing and admission only)
         self.counts: Counter[str] = Counter()
         self.admission: list[Admission] = []  # checks that may refuse a valid signal (the event manager's)
         self.on_accepted: list[Consumer] = []  # consumers of new signals, awaited before the ack
@@ -129,6 +134,7 @@ class SignalIngest:
         await self.ready.wait()
         received_at = self.clock()
         signal_id: str | None = None
+        refusal = "invalid"  # the audit's reason code when the signal is rejected
         try:
             if kind not in SIGNAL_TYPES:
                 raise SignalRejected(f"unknown signal kind {shown(kind)}; known: {', '.join(SIGNAL_TYPES)}")
@@ -142,7 +148,7 @@ class SignalIngest:
             else:
                 status = await self._take(kind, signal, received_at, self._recorder(opened))
         except Refusal as exc:
-            status = "rejected"
+            status, refusal = "rejected", exc.code
             reason = f"refused ({exc.code}): {exc}"
             self._count_rejection(kind, signal_id, reason)
             ack = Ack(kind=_kind(kind), signal_id=signal_id, status="rejected", reason=bounded(reason),
@@ -153,7 +159,7 @@ class SignalIngest:
             ack = Ack(kind=_kind(kind), signal_id=exc.signal_id or signal_id, status="rejected", reason=str(exc),
                       received_at=received_at)  # fmt: skip
         except StoreError as exc:
-            status = "rejected"
+            status, refusal = "rejected", "not_stored"
             log.error("store.failed", kind=kind, signal_id=signal_id, error=str(exc))
             reason = bounded(f"not stored, so not taken: {exc}")
             self._count_rejection(kind, signal_id, reason)
@@ -163,6 +169,10 @@ class SignalIngest:
             if kind not in TRANSIENT_KINDS:
                 log.info(f"signal.{status}", kind=kind, signal_id=signal_id)
             ack = Ack(kind=kind, signal_id=signal_id, status=status, received_at=received_at)
+            if status == "accepted" and self.audit is not None:
+                self.audit.accepted(kind, signal, opened.command, payload, received_at)
+        if status == "rejected" and self.audit is not None:
+            self.audit.refused(refusal, ack.kind, ack.signal_id, ack.reason or "", payload, received_at)
         await self._publish(ack)
         return ack
 

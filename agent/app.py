@@ -23,6 +23,7 @@ from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
 from agent.ports import Bus
+from agent.preflight import start_warnings
 from agent.signals.ingest import SignalIngest
 from agent.signals.models import (
     SIGNAL_TYPES,
@@ -126,13 +127,9 @@ class AgentApp:
 
     def _warn_about_trust(self, config: AppConfig) -> None:
         """At every start and reload: say what an operator must know about who can command this site."""
+        for line in start_warnings(config):
+            log.warning("config.unsafe", message=line)
         if not config.signatures_required:
-            if config.mqtt.enabled:
-                log.warning(
-                    "trust.unsigned",
-                    message="signals are taken without signatures: anyone who can publish to the broker can "
-                    "command this site (trust.require_signatures = false; a lab setting)",
-                )
             return
         missing = self.gate.keys.kinds_without_key(list(SIGNAL_TYPES))
         if missing:

@@ -13,7 +13,12 @@ re-subscribes on every connect) and adds what an edge gateway needs on top (DESI
     message the agent dies while handling is delivered again after it restarts, instead of being lost between the
     broker's hand-over and the agent's store (paho acknowledges on receipt by default);
   * subscriptions may skip retained replays (`retained=False`): what the broker sends from its retained store on
-    (re)subscribing is old state, not a command given now.
+    (re)subscribing is old state, not a command given now;
+  * a broker that refuses our credentials (bad user name or password, not authorised, banned) or a TLS handshake
+    that fails (untrusted broker certificate) is an error a person must fix, not a blip: it is logged as
+    `mqtt.auth_failed` / `mqtt.tls_failed` at error level with the host and user name (never the password), and
+    retried with a back-off that doubles up to `reconnect_max_s`, so a wrong password neither floods the broker with
+    attempts nor hides among info lines.
 Handlers run on the event loop; an exception in one is logged and counted, never propagated into the link.
 """
 
@@ -27,13 +32,22 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import aiomqtt
 import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_LOG_ERR
 
 log = structlog.get_logger("drivers.mqtt")
 
 Handler = Callable[[str, bytes], Awaitable[None] | None]
+
+# CONNACK codes that mean "these credentials are refused here": MQTT 3.1.1 return codes 4 (bad user name or password)
+# and 5 (not authorised), and MQTT 5 reason codes 134 (bad user name or password), 135 (not authorised), 138
+# (banned) and 140 (bad authentication method). paho 2 reports 3.1.1's 4 and 5 as 134 and 135; both are listed so
+# the check does not depend on that translation. Mosquitto 2.0 answers a wrong password with 5 (3.1.1) / 135 (5).
+AUTH_REFUSED = frozenset({4, 5, 134, 135, 138, 140})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +66,7 @@ class LinkSettings:
     port: int = 1883
     client_id: str = "vpp-agent"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback's locals
     tls: ssl.SSLContext | None = None  # None: plain TCP
     keepalive_s: int = 30
     persistent_session: bool = True
@@ -68,6 +82,7 @@ class LinkSettings:
 class LinkStats:
     connects: int = 0
     connect_failures: int = 0
+    auth_failures: int = 0  # refused credentials or a failed TLS handshake (a subset of connect_failures)
     published: int = 0
     buffered: int = 0
     dropped: int = 0
@@ -105,6 +120,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._flushing = False
+        self._socket_error: str | None = None  # what paho saw on the socket during the current connect attempt
 
     # -- public ---------------------------------------------------------------------------------------------
     @property
@@ -157,6 +173,7 @@ class MqttLink:
         self._client = self._make_client()
         delay = self.settings.reconnect_min_s
         while not stop.is_set():
+            self._watch_socket_errors(self._client)
             try:
                 async with self._client as client:
                     delay = self.settings.reconnect_min_s
@@ -168,8 +185,11 @@ class MqttLink:
             except aiomqtt.MqttError as exc:
                 self.stats.connect_failures += 1
                 self.stats.last_error = str(exc)
+                refusal = None if self.connected else refused(exc, self._socket_error)
                 if self.connected:
                     log.warning("mqtt.disconnected", host=self.settings.host, error=str(exc))
+                elif refusal is not None:
+                    self._log_refusal(refusal, exc, delay)
                 else:
                     log.info("mqtt.connect_failed", host=self.settings.host, error=str(exc), retry_s=round(delay, 2))
             finally:
@@ -181,6 +201,31 @@ class MqttLink:
             delay = min(self.settings.reconnect_max_s, delay * 2)
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _log_refusal(self, refusal: Literal["auth", "tls"], exc: aiomqtt.MqttError, delay: float) -> None:
+        """One error line per refused attempt; the back-off (doubling to reconnect_max_s) bounds how many."""
+        self.stats.auth_failures += 1
+        s = self.settings
+        context = {
+            "host": s.host,
+            "port": s.port,
+            "user": s.username,
+            "client_id": s.client_id,
+            "attempt": self.stats.auth_failures,
+            "retry_s": round(delay, 2),
+        }
+        if refusal == "auth":
+            code = _connack_code(exc)
+            hint = "check the user name and password, and that the broker's password file and ACL list this user"
+            log.error("mqtt.auth_failed", code=code, error=str(exc), hint=hint, **context)
+        else:
+            cause = exc.__cause__ or exc.__context__
+            error = str(cause) if isinstance(cause, ssl.SSLError) else (self._socket_error or str(exc))
+            hint = (
+                "check mqtt.ca_file against the broker's certificate, and cert_file/key_file if the broker requires "
+                "a client certificate"
+            )
+            log.error("mqtt.tls_failed", error=error, hint=hint, **context)
+
     def _make_client(self) -> aiomqtt.Client:
         s = self.settings
         will = aiomqtt.Will(s.will.topic, s.will.payload, s.will.qos, s.will.retain) if s.will else None
@@ -202,7 +247,31 @@ class MqttLink:
         client._client.manual_ack_set(True)
         return client
 
+    def _watch_socket_errors(self, client: aiomqtt.Client) -> None:
+        """Keep paho's socket errors of this connect attempt. A broker that wants a client certificate we did not
+        show rejects it after the TLS 1.3 handshake: paho logs the alert, and aiomqtt, which never hears why, would
+        wait out its whole connect timeout and fail with a bare "timed out". A TLS error ends the attempt at once
+        instead. Only while connecting: paho formats every log line for this callback, which would cost time per
+        message once connected."""
+        self._socket_error = None
+        loop = asyncio.get_running_loop()
+
+        def fail(error: str) -> None:
+            waiting = getattr(client, "_connected", None)  # aiomqtt 2.x (pinned <3): the future __aenter__ awaits
+            if isinstance(waiting, asyncio.Future) and not waiting.done():
+                waiting.set_exception(aiomqtt.MqttError(error))
+
+        def on_log(_client: object, _userdata: object, level: int, buf: str) -> None:
+            if level != MQTT_LOG_ERR:
+                return
+            self._socket_error = buf[:300]
+            if "[SSL" in buf:  # paho may call this from the connect executor's thread: hand it to the loop
+                loop.call_soon_threadsafe(fail, self._socket_error)
+
+        client._client.on_log = on_log
+
     async def _on_connect(self, client: aiomqtt.Client) -> None:
+        client._client.on_log = None  # connected: stop watching (see _watch_socket_errors)
         self.stats.connects += 1
         _no_delay(client)
         for sub in self._subscriptions:
@@ -269,6 +338,28 @@ class MqttLink:
             self.stats.dropped += 1
         self._buffer.append(item)
         self.stats.buffered += 1
+
+
+def refused(exc: aiomqtt.MqttError, socket_error: str | None = None) -> Literal["auth", "tls"] | None:
+    """Whether a failed connect was a refusal that retrying cannot fix by itself: "auth" for refused credentials,
+    "tls" for a failed TLS handshake (an untrusted broker certificate, or the broker's alert that it wants a client
+    certificate, which paho reports as `socket_error` while aiomqtt only times out); None for anything else (the
+    broker is down, the network is away), which the next attempt may well get past."""
+    if isinstance(exc, MqttConnectError) and _connack_code(exc) in AUTH_REFUSED:
+        return "auth"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "tls"
+    if socket_error is not None and "[SSL" in socket_error:
+        return "tls"
+    return None
+
+
+def _connack_code(exc: aiomqtt.MqttError) -> int | None:
+    """The CONNACK code as a number: aiomqtt passes paho's ReasonCode (which has `.value`) or a plain int."""
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -145,15 +145,16 @@ class AgentApp:
         self._telemetry_task = asyncio.get_running_loop().create_task(self.telemetry.publish_cycle(self.loop.fleet))
         self._telemetry_task.add_done_callback(_log_failure)
 
-    async def _apply_signal(self, kind: str, signal: SignalModel) -> None:
+    async def _apply_signal(self, kind: str, signal: SignalModel, expires: float | None) -> None:
         """Act on an admitted signal before it is acknowledged: targets, events and activations at once; prices,
-        events and awards also make the optimiser plan again."""
+        events and awards also make the optimiser plan again. An activation holds until its signed command
+        expires (`expires`), never longer."""
         now = self.now()
         if isinstance(signal, SiteTarget):
             self.loop.set_site_target(signal.site_target_w)
             self.loop.wake()
         elif isinstance(signal, AsActivation | GridFrequency):
-            if self.events.apply(signal, now):
+            if self.events.apply(signal, now, expires):
                 self.loop.wake(fast=True)  # the fast path: act on a changed activation now, from the last poll
         elif isinstance(signal, UpDrEvent | AsAward):
             await self.events.receive(kind, signal, now)

@@ -90,6 +90,7 @@ SCHEMA = [
 MIGRATIONS = [
     ("signals", "ends_ts", "REAL"),  # when the signal ended (NULL: until replaced); drives retention
     ("events", "ends_ts", "REAL"),
+    ("activations", "expires_ts", "REAL"),  # when the signed command that carried it expires (NULL: unsigned)
 ]
 OPEN_EVENT_STATES = ("received", "accepted", "scheduled", "active")
 
@@ -231,22 +232,26 @@ class Store:
         await self._in_thread("store sequence", work, transaction=True)
 
     # -- activations ----------------------------------------------------------------------------------------
-    async def save_activation(self, award_id: str, signal_id: str, at_ts: float, value: float) -> None:
-        """The activation in force for an award, on disk before it is acknowledged (a restart resumes it)."""
+    async def save_activation(
+        self, award_id: str, signal_id: str, at_ts: float, value: float, expires_ts: float | None = None
+    ) -> None:
+        """The activation in force for an award, on disk before it is acknowledged (a restart resumes it, unless
+        the command that carried it has expired by then)."""
         await self._in_thread(
             "store activation",
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO activations (award_id, signal_id, at_ts, value) VALUES (?, ?, ?, ?)",
-                (award_id, signal_id, at_ts, value),
+                "INSERT OR REPLACE INTO activations (award_id, signal_id, at_ts, value, expires_ts) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (award_id, signal_id, at_ts, value, expires_ts),
             ),
             write=True,
         )
 
-    def load_activations(self) -> dict[str, tuple[str, float, float]]:
-        """award id -> (signal id, at (unix s), value) of the last activation stored for it."""
-        query = "SELECT award_id, signal_id, at_ts, value FROM activations"
+    def load_activations(self) -> dict[str, tuple[str, float, float, float | None]]:
+        """award id -> (signal id, at (unix s), value, expires (unix s) or None) of the last activation stored."""
+        query = "SELECT award_id, signal_id, at_ts, value, expires_ts FROM activations"
         rows = self._run("load activations", lambda db: db.execute(query).fetchall())
-        return {a: (s, float(t), float(v)) for a, s, t, v in rows}
+        return {a: (s, float(t), float(v), None if e is None else float(e)) for a, s, t, v, e in rows}
 
     # -- events ---------------------------------------------------------------------------------------------
     async def save_event(

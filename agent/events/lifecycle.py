@@ -149,6 +149,8 @@ class EventManager:
         self._frequency_at = -math.inf
         self._frequency_seen: dict[str, float] = {}
         self._activation_at: dict[str, tuple[str, float]] = {}  # award id -> (signal id, `at` unix s) applied
+        # award id -> when the signed command carrying its activation expires (agent clock, unix s)
+        self._activation_expires: dict[str, float] = {}
         self._pending_intervals: list[Interval] = []  # closed but not yet stored (the Store failed): retried
         self.store_failures = 0
         self._load()
@@ -180,9 +182,12 @@ class EventManager:
         except StoreError as exc:
             log.error("activation.unloadable", error=str(exc))
             return
-        for award_id, (signal_id, at_ts, value) in stored.items():
+        for award_id, (signal_id, at_ts, value, expires_ts) in stored.items():
             event = self.events.get(award_id)
             if event is None or event.state is not EventState.ACTIVE or not isinstance(event.signal, AsAward):
+                continue
+            if expires_ts is not None and expires_ts <= now.timestamp():
+                log.warning("activation.command_expired", award_id=award_id, signal_id=signal_id)
                 continue
             age_s = now.timestamp() - at_ts
             allowed_s = PRODUCTS[event.signal.product].response_s
@@ -191,6 +196,8 @@ class EventManager:
                 continue
             self.activation[award_id] = value
             self._activation_at[award_id] = (signal_id, at_ts)
+            if expires_ts is not None:
+                self._activation_expires[award_id] = expires_ts
             log.info("activation.resumed", award_id=award_id, value=value, age_s=round(age_s, 1))
 
     def _fail_stored(self, event_id: str, reason: str) -> None:
@@ -239,12 +246,17 @@ class EventManager:
             return f"activation is older than the one applied ({applied[0]!r})"
         return None
 
-    def apply(self, signal: AsActivation | GridFrequency, now: datetime) -> bool:
+    def apply(self, signal: AsActivation | GridFrequency, now: datetime, expires_ts: float | None = None) -> bool:
         """Act on an admitted activation or frequency reading at once; True when an activation moved enough that
-        the control loop should act before its next cycle."""
+        the control loop should act before its next cycle. A signed activation holds until `expires_ts` (its
+        command's `exp`) at most: a sender that falls silent must not leave the fleet on its last order."""
         if isinstance(signal, AsActivation):
             before = self.activation.get(signal.award_id, 0.0)
             self._activation_at[signal.award_id] = (signal.id, signal.at.timestamp())
+            if expires_ts is None:
+                self._activation_expires.pop(signal.award_id, None)
+            else:
+                self._activation_expires[signal.award_id] = expires_ts
             self._activate(signal.award_id, signal.value, now)
             return abs(signal.value - before) >= ACTIVATION_STEP
         return self._frequency(signal.frequency_hz, signal.at.timestamp(), now)
@@ -287,6 +299,7 @@ class EventManager:
     async def tick(self, now: datetime) -> None:
         await self._store_intervals()
         self._expire_frequency(now)
+        self._expire_activations(now)
         for event in list(self.events.values()):  # receive() may add events while this awaits
             if event.state not in OPEN_STATES:
                 continue
@@ -323,6 +336,7 @@ class EventManager:
             self.activation.pop(event.id, None)
             self._frequency_seen.pop(event.id, None)
             self._activation_at.pop(event.id, None)
+            self._activation_expires.pop(event.id, None)
             log.info("event.completed", event_id=event.id, **{k: v for k, v in event.report.items()
                                                               if not isinstance(v, list)})  # fmt: skip
             await self._finish(event)
@@ -444,6 +458,17 @@ class EventManager:
                 del self._frequency_seen[award_id]
                 if self.activation.get(award_id, 0.0) != 0.0:
                     log.warning("frequency.lost", award_id=award_id, timeout_s=self.settings.frequency_timeout_s)
+                    self._activate(award_id, 0.0, now)
+
+    def _expire_activations(self, now: datetime) -> None:
+        """An activation whose signed command has expired returns to 0: the agent never acts on an expired
+        command, whether the sender fell silent or its key was revoked (then no newer command can come)."""
+        ts = now.timestamp()
+        for award_id, expires_ts in list(self._activation_expires.items()):
+            if expires_ts <= ts:
+                del self._activation_expires[award_id]
+                if self.activation.get(award_id, 0.0) != 0.0:
+                    log.warning("activation.command_expired", award_id=award_id, value=self.activation[award_id])
                     self._activate(award_id, 0.0, now)
 
     def _rated_w(self, up: bool) -> float:

@@ -62,7 +62,8 @@ TRANSIENT_KINDS = frozenset({"as_activation", "frequency"})
 LATEST_ONLY_KINDS = frozenset({"site_target"})
 
 Admission = Callable[[str, SignalModel, datetime], str | None]
-Consumer = Callable[[str, SignalModel], Awaitable[None] | None]
+# (kind, signal, expires): `expires` is the signed command's `exp` (unix s), None for an unsigned signal
+Consumer = Callable[[str, SignalModel, float | None], Awaitable[None] | None]
 BeforeActing = Callable[[], Awaitable[None]]
 
 
@@ -146,7 +147,8 @@ class SignalIngest:
             if opened.redelivered:
                 status = "duplicate"
             else:
-                status = await self._take(kind, signal, received_at, self._recorder(opened))
+                expires = opened.command.expires_ts if opened.command is not None else None
+                status = await self._take(kind, signal, received_at, self._recorder(opened), expires)
         except Refusal as exc:
             status, refusal = "rejected", exc.code
             reason = f"refused ({exc.code}): {exc}"
@@ -182,7 +184,14 @@ class SignalIngest:
             return None
         return lambda: gate.taken(opened)
 
-    async def _take(self, kind: str, signal: SignalModel, now: datetime, before_acting: BeforeActing | None) -> str:
+    async def _take(
+        self,
+        kind: str,
+        signal: SignalModel,
+        now: datetime,
+        before_acting: BeforeActing | None = None,
+        expires: float | None = None,
+    ) -> str:
         """"accepted" or "duplicate" for a signal that parsed; raises SignalRejected with the reason otherwise.
         `before_acting` (the command's sequence number) runs once the signal is known good and stored, and before
         anything acts on it; also for a duplicate, so its token is known from then on."""
@@ -203,7 +212,8 @@ class SignalIngest:
             raise SignalRejected(problem, signal.id)
         if kind in TRANSIENT_KINDS:
             if isinstance(signal, AsActivation):
-                await self.store.save_activation(signal.award_id, signal.id, signal.at.timestamp(), signal.value)
+                at_ts = signal.at.timestamp()
+                await self.store.save_activation(signal.award_id, signal.id, at_ts, signal.value, expires)
             self._last_transient[kind] = (signal.id, _json(content))
         else:
             end = signal.ends_at()
@@ -219,7 +229,7 @@ class SignalIngest:
                 self.book[kind].clear()
             self.book[kind][signal.id] = signal
         for consumer in self.on_accepted:
-            result = consumer(kind, signal)
+            result = consumer(kind, signal, expires)
             if inspect.isawaitable(result):
                 await result
         return "accepted"

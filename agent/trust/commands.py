@@ -54,6 +54,7 @@ class Command:
     seq: int
     digest: str  # of the whole token: a byte-identical redelivery has the same one
     signal: bytes
+    expires_ts: float  # the command's `exp`: what it commands must not be acted on after this
 
 
 def is_signed(payload: bytes) -> bool:
@@ -117,7 +118,10 @@ class TrustedKeys:
         self._check_claims(kind, claims, now, clock_skew_s)
         signal = pydantic_core.to_json(claims["signal"])
         digest = hashlib.sha256(text.encode("ascii")).hexdigest()
-        return Command(kid=kid, issuer=entry.issuer or kid, seq=claims["seq"], digest=digest, signal=signal)
+        return Command(
+            kid=kid, issuer=entry.issuer or kid, seq=claims["seq"], digest=digest, signal=signal,
+            expires_ts=float(claims["exp"]),
+        )  # fmt: skip
 
     def _check_claims(self, kind: str, claims: dict[str, Any], now: datetime, skew_s: float) -> None:
         if claims["kind"] != kind:

@@ -151,3 +151,33 @@ def test_a_site_with_mqtt_beyond_this_host_requires_signatures_by_default() -> N
     assert parse_config(base + '[trust]\nsite_id = "s"\n').signatures_required
     assert not parse_config('[mqtt]\nenabled = true\n').signatures_required  # loopback: a lab
     assert not parse_config(base + '[trust]\nrequire_signatures = false\n').signatures_required
+
+
+async def test_an_activation_is_never_acted_on_after_its_command_expires(tmp_path: Path) -> None:
+    """The TSO gateway falls silent (or its key is revoked, so nothing newer can come): the last activation stops
+    at its command's `exp` instead of holding the batteries at full discharge."""
+    desk, tso = Sender(Signer("desk", new_private_key())), Sender(Signer("tso", new_private_key()))
+    async with running(tmp_path, extra=trust_toml(desk.signer, tso.signer, Signer("x", new_private_key()))) as (
+        site,
+        app,
+    ):
+        meter = site.devices["meter"]
+        now = site.clock.now()
+        award = {"id": "a1", "product": "S-FRR", "block_start": now, "block_end": now + timedelta(hours=1),
+                 "up_w": 40000, "down_w": 40000}  # fmt: skip
+        assert (await app.ingest.receive("as_award", desk.sign("as_award", award, now))).status == "accepted"
+        await eventually(lambda: "a1" in app.events.events and app.events.events["a1"].state.value == "active",
+                         what="award active")  # fmt: skip
+        body = {"id": "act1", "award_id": "a1", "at": site.clock.now(), "value": 1.0}
+        signed = tso.sign("as_activation", body, site.clock.now(), ttl=4.0)
+        assert (await app.ingest.receive("as_activation", signed)).status == "accepted"
+        await eventually(lambda: meter.power_w < 5000 - 30000, what="the site exports on the activation")
+        await eventually(lambda: app.events.activation.get("a1") == 0.0, what="the command expired")
+        assert site.clock.now().timestamp() >= json.loads(_claims(signed))["exp"]  # never before it expired
+        await eventually(lambda: abs(meter.power_w - 5000) < 1500, what="back to the site target")
+
+
+def _claims(token: bytes) -> bytes:
+    from agent.trust.keys import b64url_decode
+
+    return b64url_decode(token.split(b".")[1].decode())

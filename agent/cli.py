@@ -92,7 +92,7 @@ async def _run(
     app = AgentApp(config, lambda: datetime.now(UTC))
     if config_path is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_trust, app, config_path)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_sighup, app, config_path)
 
     async def feed() -> None:
         if signals is None:
@@ -104,11 +104,21 @@ async def _run(
     await asyncio.gather(app.run(stop), _stop_after(stop, duration_s), feed())
 
 
-def _reload_trust(app: AgentApp, path: str) -> None:
+_reloads: set[asyncio.Task[None]] = set()
+
+
+def _on_sighup(app: AgentApp, path: str) -> None:
+    task = asyncio.get_running_loop().create_task(_reload_trust(app, path))
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)
+
+
+async def _reload_trust(app: AgentApp, path: str) -> None:
     """SIGHUP: re-read the config and take its `[trust]` keys (revocations included) without a restart. A config
-    that no longer loads changes nothing, is logged, and makes the agent report itself degraded until one does."""
+    that no longer loads changes nothing, is logged, and makes the agent report itself degraded until one does.
+    The file and its checks are read in a thread: the control loop goes on meanwhile."""
     try:
-        config = _load_checked(path)
+        config = await asyncio.to_thread(_load_checked, path)
     except ConfigError as exc:
         log.error("trust.reload_failed", config=path, error=str(exc))
         app.trust_reload_failed(str(exc))

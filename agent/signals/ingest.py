@@ -50,7 +50,7 @@ from agent.signals.models import (
 )
 from agent.signals.sanity import time_problem
 from agent.store import Store, StoreError
-from agent.trust.commands import Refusal
+from agent.trust.commands import Refusal, claimed_signal_id
 from agent.trust.gate import CommandGate, Opened
 
 log = structlog.get_logger("agent.signals")
@@ -152,6 +152,7 @@ class SignalIngest:
         except Refusal as exc:
             status, refusal = "rejected", exc.code
             reason = f"refused ({exc.code}): {exc}"
+            signal_id = claimed_signal_id(payload)  # unverified: only so the sender can match the refusal
             self._count_rejection(kind, signal_id, reason)
             ack = Ack(kind=_kind(kind), signal_id=signal_id, status="rejected", reason=bounded(reason),
                       received_at=received_at)  # fmt: skip

@@ -28,7 +28,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
 from agent.config import TrustedKey, TrustSettings
-from agent.signals.models import shown
+from agent.signals.models import safe_id, shown
 from agent.trust.keys import ACCEPTED_ALGORITHMS, KeyFileError, Signer, b64url_decode, jwk_public, verify_compact
 
 COMMAND_TYPE = "vpp-command+jws"
@@ -60,6 +60,20 @@ class Command:
 def is_signed(payload: bytes) -> bool:
     """Whether `payload` has the shape of a JWS compact token (three base64url parts), not of a bare signal."""
     return _COMPACT.fullmatch(payload.strip()) is not None
+
+
+def claimed_signal_id(payload: bytes) -> str | None:
+    """The signal id a refused message claims, unverified: echoed in the ack only so its sender can match the
+    refusal to what it sent (never trusted for anything else; None unless it is a well-formed id)."""
+    try:
+        text = payload.strip()
+        if is_signed(text):
+            data = pydantic_core.from_json(b64url_decode(text.split(b".")[1].decode("ascii"))).get("signal")
+        else:
+            data = pydantic_core.from_json(text)
+        return safe_id(data.get("id")) if isinstance(data, dict) else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def command_payload(site: str, kind: str, signal: dict[str, Any], iat: float, exp: float, seq: int) -> bytes:

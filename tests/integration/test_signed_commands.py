@@ -111,6 +111,8 @@ async def test_only_a_signed_authorised_fresh_activation_moves_the_fleet(tmp_pat
                 assert ack.status == "duplicate", (name, ack)
             else:
                 assert ack.status == "rejected" and f"({expected})" in (ack.reason or ""), (name, ack.reason)
+                claimed = json.loads(raw) if raw.startswith(b"{") else json.loads(_claims(raw))["signal"]
+                assert ack.signal_id == claimed["id"], name  # echoed, unverified, so the sender can match it
             await polls_pass(app, 3)
             assert app.events.activation.get("a1", 0.0) == 0.0, name
             assert discharge_writes(site, started) == [], name

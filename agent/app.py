@@ -251,6 +251,7 @@ class AgentApp:
             write_failures=self.loop.write_failures,
             cycle_failures=self.loop.cycle_failures,
             signals=dict(self.ingest.counts),
+            refused=dict(self.gate.refusals),  # commands the gate refused, per code (docs/security.md)
             rss_mb=_rss_mb(),
             state=self.health.state,
         )

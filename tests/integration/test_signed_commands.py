@@ -183,3 +183,27 @@ def _claims(token: bytes) -> bytes:
     from agent.trust.keys import b64url_decode
 
     return b64url_decode(token.split(b".")[1].decode())
+
+
+async def test_a_signals_file_passes_the_same_gate(tmp_path: Path) -> None:
+    """`vpp-agent run --signals FILE`: lines `vpp-agent sign` wrote are taken, an unsigned line is refused."""
+    from agent.trust.keys import write_private_key
+    from agent.trust.tool import sign_entries
+
+    desk = Signer("desk", new_private_key())
+    key_path = tmp_path / "desk.pem"
+    write_private_key(key_path, desk.key)
+    extra = trust_toml(desk, Signer("tso", new_private_key()), Signer("x", new_private_key()))
+    async with running(tmp_path, extra=extra) as (site, app):
+        now = site.clock.now()
+        dr = {"id": "dr-file", "start": (now + timedelta(minutes=5)).isoformat(),
+              "end": (now + timedelta(minutes=35)).isoformat(), "requested_increase_w": 1000, "price_per_kwh": 5}
+        unsigned = {**dr, "id": "dr-unsigned"}
+        signed = sign_entries([("up_dr", dr)], desk, key_path, SITE_ID, 300.0, iat=now.timestamp())
+        lines = [json.dumps({"kind": kind, "jws": token}) for kind, token in signed]
+        lines.append(json.dumps({"kind": "up_dr", "payload": unsigned}))
+        path = tmp_path / "signals.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        assert await app.feed_signals(path) == 2
+        assert "dr-file" in app.ingest.book["up_dr"] and "dr-unsigned" not in app.ingest.book["up_dr"]
+        assert app.gate.refusals == {"unsigned": 1}

@@ -358,12 +358,12 @@ class TrustedKey(Strict):
 class TrustSettings(Strict):
     """Who may command the site: signed commands (agent/trust), the keys the site trusts and the agent's own key.
 
-    `require_signatures` unset means: required when MQTT is on and its broker is beyond this host
-    (`AppConfig.signatures_required`), so a deployment cannot end up unsigned by leaving a key out.
+    `require_signatures` unset means: required whenever MQTT is on (`AppConfig.signatures_required`), so a
+    deployment cannot end up unsigned by leaving a setting out; a lab says `require_signatures = false`.
     """
 
     require_signatures: bool | None = Field(
-        None, description="unset: required whenever MQTT is enabled on a broker beyond this host"
+        None, description="unset: required whenever MQTT is enabled (signals can then come from the broker)"
     )
     site_id: str | None = Field(None, pattern=KEY_ID_PATTERN, description="the site id signed commands must name")
     max_validity_s: float = Field(
@@ -467,17 +467,19 @@ class AppConfig(Strict):
             raise ValueError(f"site.meter: {self.site.meter!r} is not an asset id")
         if self.signatures_required and self.trust.site_id is None:
             raise ValueError(
-                f"signed commands are required (mqtt.host = {self.mqtt.host!r} is beyond this host) but trust.site_id "
-                "is not set; set it, or trust.require_signatures = false for a lab"
+                "signed commands are required (mqtt.enabled is true) but trust.site_id is not set: set it and "
+                "trust.keys (docs/security.md), or trust.require_signatures = false for a lab"
             )
         return self
 
     @property
     def signatures_required(self) -> bool:
-        """Whether every signal must be signed: as configured, else whenever MQTT reaches beyond this host."""
+        """Whether every signal must be signed: as configured, else whenever signals can come over MQTT. Not only
+        when the agent's own link leaves this host: in the shipped layout the agent dials the broker over loopback
+        while the signal publishers reach the same broker from the network."""
         if self.trust.require_signatures is not None:
             return self.trust.require_signatures
-        return self.mqtt.enabled and not is_loopback(self.mqtt.host)
+        return self.mqtt.enabled
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:

@@ -115,14 +115,10 @@ def start_warnings(config: AppConfig) -> list[str]:
             "broker password, telemetry and every command cross the network in clear text; set mqtt.ca_file"
         )
     if not config.signatures_required:
-        why = (
-            "trust.require_signatures = false"
-            if config.trust.require_signatures is False
-            else f"trust.require_signatures is unset and the broker {mqtt.host} is on this host"
-        )
         warnings.append(
-            f"unsigned commands are accepted ({why}): any client that may publish to {mqtt.topic_prefix}/signals/ "
-            "on the broker can move the fleet; set trust.require_signatures = true and trust.keys (docs/security.md)"
+            "unsigned commands are accepted (trust.require_signatures = false): any client that may publish to "
+            f"{mqtt.topic_prefix}/signals/ on the broker can move the fleet; remove it and set trust.site_id and "
+            "trust.keys (docs/security.md)"
         )
     return warnings
 

@@ -72,6 +72,8 @@ def config_text(devices: int, port: int, broker_port: int, state: Path) -> str:
     )
     text = shipped[: shipped.index("[site]")] + site + shipped[shipped.index("[control]") :]
     text = text.replace("enabled = false", "enabled = true", 1).replace("port = 1883", f"port = {broker_port}", 1)
+    lab = "\n[trust]\nrequire_signatures = false  # the soak sends unsigned signals\n"
+    text = text.replace("\n[mqtt]\n", lab + "[mqtt]\n", 1)
     text = text.replace('topic_prefix = "vpp/demo"', f'topic_prefix = "{PREFIX}"')
     text = text.replace('client_id = "vpp-agent-demo"', 'client_id = "vpp-agent-soak"')
     text = text.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{state}"')

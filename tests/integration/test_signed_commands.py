@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sitekit import eventually
 from test_events import running
 
 from agent.app import AgentApp
-from agent.config import parse_config
+from agent.config import ConfigError, parse_config
 from agent.trust.commands import sign_command
 from agent.trust.keys import Signer, new_private_key
 from sim_devices.runner import SimSite
@@ -148,11 +149,17 @@ async def test_a_replayed_command_stays_refused_after_a_restart(tmp_path: Path) 
         assert (await app.ingest.receive("up_dr", reused)).status == "accepted"  # number 2 was never used
 
 
-def test_a_site_with_mqtt_beyond_this_host_requires_signatures_by_default() -> None:
-    base = '[mqtt]\nenabled = true\nhost = "192.0.2.10"\nca_file = "ca.pem"\n'
-    assert parse_config(base + '[trust]\nsite_id = "s"\n').signatures_required
-    assert not parse_config('[mqtt]\nenabled = true\n').signatures_required  # loopback: a lab
-    assert not parse_config(base + '[trust]\nrequire_signatures = false\n').signatures_required
+def test_signatures_are_required_whenever_mqtt_is_on_unless_a_lab_says_otherwise() -> None:
+    """Also on a loopback broker: in the shipped layout the agent dials 127.0.0.1 while the signal publishers reach
+    the same broker from the network, so the agent's own link says nothing about who can send."""
+    remote = '[mqtt]\nenabled = true\nhost = "192.0.2.10"\nca_file = "ca.pem"\n'
+    local = '[mqtt]\nenabled = true\nhost = "127.0.0.1"\n'
+    for mqtt in (remote, local):
+        assert parse_config(mqtt + '[trust]\nsite_id = "s"\n').signatures_required
+        assert not parse_config(mqtt + "[trust]\nrequire_signatures = false\n").signatures_required
+        with pytest.raises(ConfigError, match=r"trust\.site_id is not set"):
+            parse_config(mqtt)  # required, but commands could name no site: an error, not a site that takes none
+    assert not parse_config("[mqtt]\nenabled = false\n").signatures_required  # nothing comes in but files
 
 
 async def test_an_activation_is_never_acted_on_after_its_command_expires(tmp_path: Path) -> None:

@@ -64,6 +64,9 @@ unit_id = 2
 """
 
 
+LAB = "\n[trust]\nrequire_signatures = false  # a lab: these tests send unsigned signals\n"
+
+
 @contextlib.asynccontextmanager
 async def running_agent(
     broker: Broker, tmp_path: Path, mqtt_extra: str = "", clock: Callable[[], datetime] | None = None
@@ -74,7 +77,7 @@ async def running_agent(
         .replace("{broker}", str(broker.port))
         .replace("{store}", str(tmp_path / "signals.sqlite3"))
         .replace("{mqtt_extra}", mqtt_extra)
-    )
+    ) + ("" if "[trust]" in mqtt_extra else LAB)
     config = parse_config(text)
     async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])) as site:
         app = AgentApp(config, clock or site.clock.now)
@@ -253,7 +256,7 @@ async def test_tls_and_password_from_environment(tmp_path: Path, monkeypatch: py
 
 def test_missing_password_variable_is_a_config_error(tmp_path: Path) -> None:
     os.environ.pop("VPP_NOT_SET", None)
-    config = parse_config('[mqtt]\nenabled = true\npassword_env = "VPP_NOT_SET"\n')
+    config = parse_config('[mqtt]\nenabled = true\npassword_env = "VPP_NOT_SET"\n[trust]\nrequire_signatures = false\n')
     with pytest.raises(ValueError, match="environment variable VPP_NOT_SET is not set"):
         config.mqtt.password()
 
@@ -285,6 +288,8 @@ enabled = true
 port = {broker}
 client_id = "agent-mqtt-devices"
 topic_prefix = "vpp/test"
+[trust]
+require_signatures = false  # a lab: these tests send unsigned signals
 [[assets]]
 id = "bess"
 map = "vppsim_battery_mqtt"
@@ -338,7 +343,7 @@ async def test_will_announces_an_agent_that_died(broker: Broker, tmp_path: Path)
     text = (
         SITE.replace("{port}", str(port)).replace("{broker}", str(broker.port))
         .replace("{store}", str(tmp_path / "s.sqlite3")).replace("{mqtt_extra}", "keepalive_s = 5")
-    )  # fmt: skip
+    ) + LAB  # fmt: skip
     config_path = tmp_path / "agent.toml"
     config_path.write_text(text)
     async with SimSite.from_config(parse_simulation(tomllib.loads(text)["simulation"])):

@@ -1,10 +1,15 @@
 """The shipped broker configuration (deploy/mosquitto.conf + deploy/mosquitto.acl) against a real Mosquitto, over TLS.
 
 Each credential may do its own job and nothing else: the agent cannot publish a signal, a reader cannot command a
-site, one site cannot read or write another site's tree, and a signal publisher sends only its kinds. What a
+site, one site cannot read or write another site's tree, a signal publisher sends only its kinds, and no role gets a
+site's rights (Home Assistant discovery, a vpp/<role>/ tree) just for having a user name. What a
 refused publish looks like: Mosquitto drops it (and with MQTT 3.1.1 still answers PUBACK), so "not delivered" is
 proved by order, never by waiting: after the refused publish has been acknowledged, an allowed publisher sends a
-marker to the same watcher, and the watcher must see the marker with nothing forged before it.
+marker to the same watcher, and the watcher must see the marker with nothing forged before it. Where nobody may
+read a topic (Home Assistant discovery), the broker's own verdict is asked instead: over MQTT 5 its PUBACK says
+"not authorized" (reason code 135) for a refused publish.
+
+The ACL is what deploy/acl-for-sites.sh writes from deploy/mosquitto.acl for site1 and site2.
 
 The agent's own link (drivers/mqtt_link.py, built by drivers/factory.py from [mqtt]) connects with a client
 certificate and a password over TLS, and with a password on the loopback listener; a refused password or a missing
@@ -17,6 +22,8 @@ import asyncio
 import contextlib
 import itertools
 import ssl
+import subprocess
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,10 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
 from structlog.testing import capture_logs
-from tlskit import HOST, Pki, ShippedBroker, eventually
+from tlskit import DEPLOY, HOST, Pki, ShippedBroker, acl_for_sites, eventually
 
 from agent.config import AppConfig, MqttSettings, parse_config
 from agent.preflight import preflight, start_warnings
@@ -42,7 +50,10 @@ PUBLISHERS = {
     "frequency-meter": {"frequency"},
     "fleet-coordinator": {"site_target"},
 }
-USERS = ["site1", "site2", "telemetry-reader", "bridge-site1", *PUBLISHERS]
+SITES = ("site1", "site2")
+# every credential of deploy/mosquitto.acl that is not a site's agent
+ROLES = ["telemetry-reader", "bridge-site1", *PUBLISHERS]
+USERS = [*SITES, *ROLES]
 _ids = itertools.count()
 
 
@@ -78,7 +89,7 @@ def site(tmp_path: Path) -> AsyncIterator[Site]:
     # random passwords: nothing in the tests may depend on them, and a leak would be unique text
     passwords = {user: f"pw-{user}-{uuid.uuid4().hex}" for user in USERS}
     pki = Pki(tmp_path / "pki")
-    broker = ShippedBroker(tmp_path / "broker", users=passwords, pki=pki)
+    broker = ShippedBroker(tmp_path / "broker", users=passwords, pki=pki, sites=SITES)
     broker.directory.mkdir()
     broker.start()
     try:
@@ -238,6 +249,89 @@ async def test_frequency_meter_feeds_only_its_own_site(site: Site) -> None:
                                    "vpp/site2/signals/prices")  # fmt: skip
 
 
+# -- no role gets a site's rights ----------------------------------------------------------------------------------
+
+NOT_AUTHORIZED = 135  # MQTT 5 PUBACK reason code; 0 (success) or 16 (no matching subscribers) when accepted
+
+
+def _verdicts(site: Site, user: str, topics: list[str]) -> dict[str, int]:
+    """`user` publishes once to each of `topics` (QoS 1, MQTT 5, TLS with certificate and password); the PUBACK
+    reason code the broker answered for each. Blocking (paho's own network thread): run it in a worker thread."""
+    connected, codes = threading.Event(), {}
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{user}-v5-{next(_ids)}",
+                         protocol=paho.MQTTv5)  # fmt: skip
+    client.username_pw_set(user, site.passwords[user])
+    client.tls_set_context(site.tls(user))
+    client.on_connect = lambda _c, _u, _f, reason, _p: None if reason.is_failure else connected.set()
+    client.on_publish = lambda _c, _u, mid, reason, _p: codes.__setitem__(mid, reason.value)  # before wait returns
+    client.connect(HOST, site.broker.tls_port)
+    client.loop_start()
+    try:
+        assert connected.wait(15), f"{user} did not connect"
+        verdicts = {}
+        for topic in topics:
+            info = client.publish(topic, token(f"v5-{user}"), qos=1)
+            info.wait_for_publish(15)
+            verdicts[topic] = codes[info.mid]
+        return verdicts
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def verdicts(site: Site, user: str, topics: list[str]) -> dict[str, int]:
+    return await asyncio.to_thread(_verdicts, site, user, topics)
+
+
+def discovery(node: str) -> list[str]:
+    """Home Assistant discovery config topics with node_id `node` (homeassistant/<component>/<node>/<object>/config),
+    as the agent would announce its entities."""
+    return [f"homeassistant/{component}/{node}/vpp_{component}/config" for component in ("number", "sensor", "switch")]
+
+
+def agent_tree(prefix: str) -> list[str]:
+    """What a site's agent writes under its prefix (its devices' commands too)."""
+    tails = ["agent/status", "assets/bat-1/measurement", "envelope", "ack", "audit/head", "devices/bat-1/set"]
+    return [f"{prefix}/{tail}" for tail in tails]
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_a_role_cannot_announce_entities_nor_write_a_tree_of_its_own(site: Site, role: str) -> None:
+    """A reader, a signal publisher or a device bridge may not create Home Assistant entities (discovery configs under
+    its own name or a site's) nor write anything under vpp/<its name>/, as a site's agent does under vpp/<site>/."""
+    topics = [*discovery(role), *discovery("site1"), *agent_tree(f"vpp/{role}")]
+    answered = await verdicts(site, role, topics)
+    accepted = [topic for topic, code in answered.items() if code != NOT_AUTHORIZED]
+    assert not accepted, f"{role} may publish {accepted}"
+    # and nothing it sends there reaches a reader (the reader may read every vpp/+/agent, assets, envelope, ack, audit)
+    async with listening(site, "telemetry-reader", f"vpp/{role}/#", "vpp/site1/envelope") as reader:
+        await assert_not_delivered(site, role, agent_tree(f"vpp/{role}"), reader, "site1", "vpp/site1/envelope")
+
+
+async def test_a_sites_agent_announces_its_own_entities_only(site: Site) -> None:
+    for agent, other in (("site1", "site2"), ("site2", "site1")):
+        answered = await verdicts(site, agent, [*discovery(agent), f"vpp/{agent}/envelope", *discovery(other)])
+        refused = [topic for topic, code in answered.items() if code == NOT_AUTHORIZED]
+        assert refused == discovery(other), f"{agent}: refused {refused}"
+
+
+def test_the_acl_generator_writes_one_block_per_site_and_refuses_bad_ids() -> None:
+    shipped = (DEPLOY / "mosquitto.acl").read_text()
+
+    def rules(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    assert rules(acl_for_sites(("site1",))) == rules(shipped)  # the shipped file is the generator's site1 output
+    two = rules(acl_for_sites(("site1", "north-7")))
+    block = rules(shipped)[: rules(shipped).index("user market-desk")]
+    assert two == block + [line.replace("site1", "north-7") for line in block] + rules(shipped)[len(block) :]
+    assert "pattern" not in " ".join(rules(shipped)).split()  # a pattern line would apply to every user
+    for bad in [[], ["market-desk"], ["telemetry-reader"], ["a/b"], ["a+b"], ["#"], ["s 1"], ["-x"], ["x&y"],
+                ["site3", "site3"]]:  # fmt: skip
+        done = subprocess.run(["sh", str(DEPLOY / "acl-for-sites.sh"), *bad], capture_output=True, text=True)
+        assert done.returncode != 0 and done.stderr and not done.stdout, (bad, done)
+
+
 def agent_settings(site: Site, *, tls: bool, cert: bool, env: str = "VPP_TEST_MQTT_PASSWORD") -> MqttSettings:
     """The [mqtt] table a site1 deployment writes: TLS listener with CA and client certificate, or loopback."""
     issued = site.pki.client("site1")
@@ -342,7 +436,7 @@ async def test_untrusted_broker_certificate_is_a_tls_error(site: Site, tmp_path:
 # -- the link's files and start-up warnings (agent/preflight.py) ---------------------------------------------------
 
 
-def config_with(tmp_path: Path, mqtt: str, trust: str = "") -> AppConfig:
+def config_with(tmp_path: Path, mqtt: str, trust: str = 'site_id = "site1"') -> AppConfig:
     text = f'[agent]\nstate_file = "{tmp_path / "state.db"}"\n[mqtt]\n{mqtt}\n[trust]\n{trust}\n'
     return parse_config(text, "site.toml")
 
@@ -387,8 +481,8 @@ def test_start_warnings_name_clear_text_and_unsigned_operation(tmp_path: Path) -
     assert len(lines) == 1 and lines[0].startswith("mqtt.insecure = true: the broker 192.0.2.10:1883"), lines
     lines = start_warnings(config_with(tmp_path, remote_insecure, "require_signatures = false"))
     assert len(lines) == 2 and "unsigned commands are accepted (trust.require_signatures = false)" in lines[1]
-    lines = start_warnings(config_with(tmp_path, 'enabled = true\nhost = "127.0.0.1"'))
-    assert len(lines) == 1 and "require_signatures is unset and the broker 127.0.0.1 is on this host" in lines[0]
+    # signatures are required on a loopback broker too (publishers reach it from the network): nothing to warn of
+    assert start_warnings(config_with(tmp_path, 'enabled = true\nhost = "127.0.0.1"')) == []
     pki = Pki(tmp_path / "pki")
     issued = pki.client("site1")
     remote_tls = tls_table(pki, issued.cert, issued.key).replace("127.0.0.1", "192.0.2.10") + "insecure = true\n"

@@ -36,6 +36,7 @@ def agent_config(tmp_path: Path, broker: ShippedBroker, pki: Pki, password_line:
         f'[mqtt]\nenabled = true\nhost = "{HOST}"\nport = {broker.tls_port}\nclient_id = "{AGENT_ID}"\n'
         f'username = "site1"\n{password_line}\nca_file = "{pki.ca_file}"\ncert_file = "{issued.cert}"\n'
         f'key_file = "{issued.key}"\ntopic_prefix = "vpp/site1"\n\n'
+        "[trust]\nrequire_signatures = false  # a lab: the test sends an unsigned signal\n\n"
     )
     text, count = re.subn(r"^\[mqtt\]\n(?:[^\[\n].*\n|\n)*", mqtt, path.read_text(), flags=re.MULTILINE)
     assert count == 1, "config.toml has no [mqtt] table to replace"

@@ -7,7 +7,8 @@ The CA, the broker's certificate and the clients' certificates are made with `cr
 keys: fast to make, and what a small gateway would use). The broker runs with the files a deployment installs:
 deploy/mosquitto.conf and deploy/mosquitto.acl, read from the repository with only paths and ports substituted, so a
 change to either file is what the tests check. A substitution that no longer finds its line fails loudly instead of
-testing a configuration nobody ships.
+testing a configuration nobody ships. For more sites than the shipped site1, the ACL is what deploy/acl-for-sites.sh
+writes from deploy/mosquitto.acl for the site list, as a deployment does.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ from sitekit import ROOT, eventually, shipped_config_on_free_ports
 # re-exported: test modules import the kits through this one (ruff sorts `sitekit` before `tlskit`, which puts the
 # integration folder on sys.path); a tests/security/conftest.py doing the sys.path set-up would make this unneeded
 __all__ = [
+    "DEPLOY",
     "HOST",
     "ROOT",
     "Issued",
     "Pki",
     "ShippedBroker",
+    "acl_for_sites",
     "eventually",
     "password_file",
     "shipped_config_on_free_ports",
@@ -146,6 +149,12 @@ def password_file(path: Path, users: dict[str, str]) -> Path:
     return path
 
 
+def acl_for_sites(sites: tuple[str, ...]) -> str:
+    """The ACL deploy/acl-for-sites.sh writes from deploy/mosquitto.acl for `sites`."""
+    done = subprocess.run(["sh", str(DEPLOY / "acl-for-sites.sh"), *sites], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
 def _substitute(text: str, pattern: str, replacement: str) -> str:
     """Replace the one line matching `pattern`; fail if the shipped file no longer has exactly one."""
     new, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
@@ -159,11 +168,13 @@ class ShippedBroker(Broker):
     """Mosquitto with deploy/mosquitto.conf and deploy/mosquitto.acl: only paths and ports differ from a deployment.
 
     `port` is the loopback listener (1883 in the file), `tls_port` the TLS listener (8883 in the file, bound to
-    127.0.0.1 here as every test server is).
+    127.0.0.1 here as every test server is). `sites`: None serves the shipped mosquitto.acl as it stands (the block
+    for site1); a list of site ids serves what deploy/acl-for-sites.sh writes for them.
     """
 
     tls_port: int = field(default_factory=free_port)
     pki: Pki | None = None
+    sites: tuple[str, ...] | None = None
 
     def config_text(self) -> str:
         if self.pki is None or self.users is None:
@@ -171,7 +182,7 @@ class ShippedBroker(Broker):
         server = self.pki.server()
         passwd = password_file(self.directory / "vpp.passwd", self.users)
         acl = self.directory / "vpp.acl"
-        acl.write_text((DEPLOY / "mosquitto.acl").read_text())
+        acl.write_text((DEPLOY / "mosquitto.acl").read_text() if self.sites is None else acl_for_sites(self.sites))
         text = (DEPLOY / "mosquitto.conf").read_text()
         # values only: the rest of each line stays as shipped, so a stray word after a path would fail here too
         swaps = [

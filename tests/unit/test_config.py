@@ -203,6 +203,7 @@ def _site(
     port = "" if "port =" in asset else f"port = {free_port_block(1)}\n"
     text = (
         f'[agent]\n{state}{agent}\n[control]\nmode = "idle"\n[mqtt]\n{mqtt}\n'
+        "[trust]\nrequire_signatures = false\n"  # a lab: these cases are about other mistakes
         f'[[assets]]\nid = "bess"\nmap = {map_ref}\n{port}{asset}\n'
     )
     path = tmp_path / "site.toml"

@@ -26,6 +26,7 @@ def site(tmp_path: Path, state_file: str | Path | None = None, mqtt: str = "") -
     state = tmp_path / "state.db" if state_file is None else state_file
     text = (
         f'[agent]\nstate_file = "{state}"\n[control]\nmode = "idle"\n[mqtt]\n{mqtt}\n'
+        "[trust]\nrequire_signatures = false\n"  # a lab: these cases are about other mistakes
         f'[[assets]]\nid = "bess"\nmap = "vppsim_battery"\nhost = "127.0.0.1"\nport = {free_port_block(1)}\n'
     )
     path = tmp_path / "site.toml"

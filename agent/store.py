@@ -9,8 +9,9 @@ loop never waits on the disk.
 Every table has a retention rule (`prune`): signals go `[signals] keep_days` after they end, finished events and
 their reports `[events] report_keep_days` after they end, samples with their event's report, intervals after
 `[events] history_days`, audit rows after `[trust] audit_keep_days` (the newest row always stays: it carries the
-chain on). A failing disk (full, read-only, gone) raises StoreError naming the file and the operation;
-callers report it and carry on from memory, so a full disk degrades the agent instead of stopping it.
+chain on; a `pruned` row records each prune in the chain). A failing disk (full, read-only, gone) raises
+StoreError naming the file and the operation; callers report it and carry on from memory, so a full disk degrades
+the agent instead of stopping it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from agent.audit.chain import GENESIS, Head, NotCanonical, Row, encode_data, row_hash
+from agent.audit.chain import GENESIS, PRUNED, Head, NotCanonical, Prune, Row, encode_data, row_hash, timestamp
 from agent.events.mv.intervals import Interval
 
 T = TypeVar("T")
@@ -370,25 +371,7 @@ class Store:
         nothing was ever written). Blocking: the audit trail calls it from a worker thread, once per batch."""
         if not entries:
             return self.audit_head()
-
-        def work(db: sqlite3.Connection) -> Head:
-            last = db.execute("SELECT n, hash, at FROM audit ORDER BY n DESC LIMIT 1").fetchone()
-            n, prev, at = (int(last[0]), str(last[1]), str(last[2])) if last else (0, GENESIS, "")
-            rows = []
-            for at, kind, data in entries:
-                n += 1
-                try:
-                    text = encode_data(data)
-                except NotCanonical as exc:  # a bug in what was recorded: keep the row's place and say why
-                    kind, data = "unrecordable", {"kind": kind, "error": str(exc)[:300]}
-                    text = encode_data(data)
-                digest = row_hash(prev, n, at, kind, data)
-                rows.append((n, at, kind, text, prev, digest))
-                prev = digest
-            db.executemany("INSERT INTO audit (n, at, kind, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)", rows)
-            return Head(n, prev, at)
-
-        return self._run("append audit rows", work, transaction=True)
+        return self._run("append audit rows", lambda db: _append_audit(db, entries), transaction=True)
 
     def audit_head(self) -> Head | None:
         """The newest audit row's (n, hash, at), None when there is none."""
@@ -400,17 +383,27 @@ class Store:
         """Every kept audit row oldest first, or the `last` N (for tests and small tools; `audit verify` streams)."""
         return self._run("read audit rows", lambda db: list(read_audit(db, last)))
 
-    def prune_audit(self, before_at: str) -> int:
+    def prune_audit(self, before_at: str, at: str | None = None) -> int:
         """Delete the oldest audit rows up to the last one written before `before_at` (a chain timestamp), always
-        as a prefix (a clock that once jumped back cannot punch a hole) and never the newest row. Returns the count."""
+        as a prefix (a clock that once jumped back cannot punch a hole) and never the newest row, and record it in
+        the same transaction as a `pruned` row (at `at`, default now, never before the newest row): without that
+        record `audit verify` takes a chain that does not start at row 1 for rows deleted from its start. Returns
+        the count of rows deleted."""
 
         def work(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "DELETE FROM audit WHERE n <= (SELECT max(n) FROM audit WHERE at < ?) "
-                "AND n < (SELECT max(n) FROM audit)",
-                (before_at,),
-            )
-            return cursor.rowcount
+            newest = db.execute("SELECT n, at FROM audit ORDER BY n DESC LIMIT 1").fetchone()
+            if newest is None:
+                return 0
+            cut = db.execute("SELECT max(n) FROM audit WHERE at < ? AND n < ?", (before_at, newest[0])).fetchone()[0]
+            if cut is None:
+                return 0
+            first_n, anchor = db.execute("SELECT n, prev_hash FROM audit ORDER BY n LIMIT 1").fetchone()
+            (last_hash,) = db.execute("SELECT hash FROM audit WHERE n = ?", (cut,)).fetchone()
+            since_n = _pruned_since(db, int(first_n), str(anchor))
+            removed = db.execute("DELETE FROM audit WHERE n <= ?", (cut,)).rowcount
+            record = Prune(0, "", since_n, int(first_n), int(cut), str(last_hash), before_at)
+            _append_audit(db, [(max(at or timestamp(datetime.now(UTC)), str(newest[1])), PRUNED, record.data())])
+            return int(removed)
 
         return self._run("prune audit", work, transaction=True)
 
@@ -438,6 +431,42 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _append_audit(db: sqlite3.Connection, entries: list[tuple[str, str, dict[str, Any]]]) -> Head:
+    """Chain (at, kind, data) entries onto the newest row, inside the caller's transaction."""
+    last = db.execute("SELECT n, hash, at FROM audit ORDER BY n DESC LIMIT 1").fetchone()
+    n, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+    rows, at = [], ""
+    for at, kind, data in entries:
+        n += 1
+        try:
+            text = encode_data(data)
+        except NotCanonical as exc:  # a bug in what was recorded: keep the row's place and say why
+            kind, data = "unrecordable", {"kind": kind, "error": str(exc)[:300]}
+            text = encode_data(data)
+        digest = row_hash(prev, n, at, kind, data)
+        rows.append((n, at, kind, text, prev, digest))
+        prev = digest
+    db.executemany("INSERT INTO audit (n, at, kind, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return Head(n, prev, at)
+
+
+def _pruned_since(db: sqlite3.Connection, first_n: int, anchor: str) -> int:
+    """Where the rows gone before `first_n` start being accounted for: 1 when the chain starts at the genesis or
+    the newest `pruned` row explains its anchor (from there, as that row says); else only from `first_n` (rows
+    deleted without a record are not vouched for by a later prune)."""
+    if first_n == 1 and anchor == GENESIS:
+        return 1
+    row = db.execute("SELECT n, at, data FROM audit WHERE kind = ? ORDER BY n DESC LIMIT 1", (PRUNED,)).fetchone()
+    if row is not None:
+        try:
+            prune = Prune.from_data(int(row[0]), str(row[1]), json.loads(row[2]))
+        except ValueError:
+            return first_n
+        if prune.last_n == first_n - 1 and prune.last_hash == anchor:
+            return prune.since_n
+    return first_n
 
 
 def read_audit(db: sqlite3.Connection, last: int | None = None) -> Iterator[Row]:

@@ -1,8 +1,10 @@
 """`vpp-agent audit verify` and `vpp-agent audit show`: check and read the audit trail without disturbing the agent.
 
-verify recomputes the chain from its anchor (agent/audit/chain.py) and, for each signed head a reader kept, checks
-that the row of that number still has that hash: someone who can write the state file but not sign can rewrite the
-rows and even recompute every hash, but cannot make a head the agent signed earlier match. Exit 0 when everything
+verify recomputes the chain from its anchor (agent/audit/chain.py), which must be the genesis or explained by a
+`pruned` row, and, for each signed head a reader kept, checks that the row of that number still has that hash (or,
+for a row older than the anchor, that a prune recorded in the chain removed it): someone who can write the state
+file but not sign can rewrite the rows and even recompute every hash, or delete the start of the chain, but cannot
+make a head the agent signed earlier match. Exit 0 when everything
 checks, 1 when the chain is broken or a head does not match, 2 on bad input (one line on stderr, no traceback).
 
 The state file is opened read-only and never written (`open_read_only`), so verify works beside a running agent and
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.audit.chain import Head, check_head, check_rows
+from agent.audit.chain import GENESIS, HEAD_EVERY_S, MIN_KEEP_DAYS, Head, check_heads, check_rows
 from agent.store import read_audit
 
 EXIT_OK, EXIT_BROKEN, EXIT_INPUT = 0, 1, 2
@@ -109,15 +111,24 @@ def _verify(args: argparse.Namespace) -> int:
     if chain.first_n is None:
         print(f"{path}: no audit rows")
     else:
-        anchor = "the genesis" if chain.anchor == "0" * 64 else f"row {chain.first_n - 1}'s hash {chain.anchor}"
-        print(f"chain: rows {chain.first_n}..{chain.last_n if chain.broken is None else chain.broken_n} kept, "
-              f"anchored on {anchor}")  # fmt: skip
+        if chain.anchor == GENESIS and chain.first_n == 1:
+            anchor = "the genesis"
+        else:
+            anchor = f"row {chain.first_n - 1}'s hash {chain.anchor}"
+            if chain.explained_by is not None:
+                p = chain.explained_by
+                anchor += f" (rows {p.since_n}..{p.last_n} pruned, as row {p.n} records)"
+        end = chain.last_n if chain.broken is None or chain.start_missing else chain.broken_n
+        print(f"chain: rows {chain.first_n}..{end} kept, anchored on {anchor}")
     failed = chain.broken is not None
     if failed:
         print(f"BROKEN: {chain.broken}")
     matched = 0
-    for head in heads:
-        verdict, why = check_head(chain, head)
+    # a prune record not yet under a matching head excuses only heads older than the retention: the config's, or
+    # the least the config allows when verify was not given one
+    keep_days = config.trust.audit_keep_days if config is not None else MIN_KEEP_DAYS
+    every_s = config.trust.audit_head_every_s if config is not None else HEAD_EVERY_S
+    for head, verdict, why in check_heads(chain, heads, keep_days, every_s):
         matched += verdict == "ok"
         failed = failed or verdict == "mismatch"
         print(f"{'MISMATCH' if verdict == 'mismatch' else verdict}: {why} (signed head of {head.at})")

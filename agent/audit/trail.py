@@ -251,6 +251,7 @@ class AuditTrail:
                 self.problem = f"audit flush failed: {bounded(repr(exc))}"
             if publish_head is not None and self.head is not None and time.monotonic() >= next_head:
                 next_head = time.monotonic() + head_every_s
+                await self._refresh_head()
                 await self._publish(publish_head)
 
     async def close(self, publish_head: PublishHead | None) -> None:
@@ -262,6 +263,17 @@ class AuditTrail:
         await self.flush()
         if publish_head is not None and self.head is not None:
             await self._publish(publish_head)
+
+    async def _refresh_head(self) -> None:
+        """The newest row on disk, which may be a `pruned` row the hourly prune appended since the last flush: the
+        next signed head then vouches for that prune (docs/audit.md)."""
+        async with self._flush_lock:
+            try:
+                head = await asyncio.to_thread(self.store.audit_head)
+            except StoreError:
+                return  # the head as of the last flush is still true
+            if head is not None:
+                self.head = head
 
     async def _publish(self, publish_head: PublishHead) -> None:
         assert self.head is not None

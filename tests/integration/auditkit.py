@@ -32,3 +32,23 @@ def rewrite(path: Path, from_n: int, change: dict[str, object]) -> None:
             prev = digest
     finally:
         db.close()
+
+
+def delete_start(path: Path, through_n: int) -> None:
+    """Delete rows 1..through_n: no UPDATE (so the trigger does not object) and no hash to recompute."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("DELETE FROM audit WHERE n <= ?", (through_n,))
+    finally:
+        db.close()
+
+
+def append(path: Path, at: str, kind: str, data: dict[str, object]) -> None:
+    """Chain one more row onto the newest, as the agent would: anyone can compute the hash, nobody else can sign."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        n, prev = db.execute("SELECT n, hash FROM audit ORDER BY n DESC LIMIT 1").fetchone()
+        db.execute("INSERT INTO audit (n, at, kind, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                   (n + 1, at, kind, encode_data(data), prev, row_hash(prev, n + 1, at, kind, data)))  # fmt: skip
+    finally:
+        db.close()

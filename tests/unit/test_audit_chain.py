@@ -1,5 +1,6 @@
-"""The audit chain detects edits, deletions, truncation and (through a kept signed head) a consistent rewrite; refusals
-are sampled and counted per reason and hour; pruning keeps the chain checkable from its anchor."""
+"""The audit chain detects edits, deletions, truncation, rows deleted from its start and (through a kept signed head) a
+consistent rewrite; refusals are sampled and counted per reason and hour; pruning is recorded in the chain and keeps it
+checkable from its anchor."""
 
 from __future__ import annotations
 
@@ -11,12 +12,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from auditkit import rewrite
+from auditkit import append, delete_start, rewrite
 
-from agent.audit.chain import GENESIS, Head, NotCanonical, check_head, check_rows, row_hash, timestamp
+from agent.audit.chain import (
+    GENESIS,
+    Head,
+    NotCanonical,
+    check_head,
+    check_heads,
+    check_rows,
+    encode_data,
+    row_hash,
+    timestamp,
+)
 from agent.audit.cli import main as audit_main
 from agent.audit.trail import AuditTrail
 from agent.store import Store
+from agent.trust.keys import Signer, new_private_key
+from agent.trust.seal import Sealer
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -128,22 +141,201 @@ def test_refusals_are_sampled_and_counted_per_reason_and_hour(tmp_path: Path) ->
     assert check_rows(store.audit_rows()).broken is None
 
 
-def test_prune_keeps_a_verifiable_suffix_and_the_newest_row(tmp_path: Path) -> None:
+def heads_of(store: Store) -> dict[int, Head]:
+    """A head for every row, as a reader who kept one per flush would have."""
+    return {r.n: Head(r.n, r.hash, r.at) for r in store.audit_rows()}
+
+
+def verdicts(chain_rows: list, heads: list[Head], keep_days: float = 1.0) -> dict[int, str]:  # type: ignore[type-arg]
+    chain = check_rows(chain_rows, {h.n for h in heads})
+    return {head.n: verdict for head, verdict, _ in check_heads(chain, heads, keep_days)}
+
+
+def test_prune_is_recorded_in_the_chain_and_keeps_it_verifiable(tmp_path: Path) -> None:
     store, trail, clock = filled(tmp_path)
-    heads = {r.n: Head(r.n, r.hash, r.at) for r in store.audit_rows()}
-    assert store.prune_audit(timestamp(T0 + timedelta(seconds=4, milliseconds=500))) == 4
+    heads = heads_of(store)
+    before = timestamp(T0 + timedelta(seconds=4, milliseconds=500))
+    assert store.prune_audit(before, timestamp(clock.now)) == 4
     rows = store.audit_rows()
+    assert [r.n for r in rows] == list(range(5, 12)) and rows[-1].kind == "pruned"
+    assert json.loads(rows[-1].data) == {"since_n": 1, "first_n": 1, "last_n": 4, "last_hash": heads[4].hash,
+                                         "before": before, "rows": 4}  # fmt: skip
     chain = check_rows(rows, set(heads))
-    assert rows[0].n == 5 and chain.broken is None and chain.anchor == heads[4].hash
+    assert chain.broken is None and chain.anchor == heads[4].hash
+    assert chain.explained_by is not None and chain.explained_by.n == 11  # the anchor is the recorded last hash
     assert check_head(chain, heads[4])[0] == "ok"  # the anchor is row 4's hash
-    assert check_head(chain, heads[2])[0] == "unchecked"  # older than the anchor
     assert check_head(chain, heads[9])[0] == "ok"
-    assert store.prune_audit(timestamp(T0 + timedelta(days=1))) == 5  # all but the newest, which carries the chain
+    clock.now += timedelta(seconds=1)
+    trail.record("command", {"signal_kind": "prices", "signal_id": "later"})
+    asyncio.run(trail.flush())  # the next signed head (row 12) vouches for the prune recorded in row 11
+    assert trail.head is not None and trail.head.n == 12
+    kept = [*heads.values(), trail.head]
+    assert verdicts(store.audit_rows(), kept) == {**dict.fromkeys(range(1, 4), "unchecked"),
+                                                  **dict.fromkeys(range(4, 11), "ok"), 12: "ok"}  # fmt: skip
+    # again: all but the newest, the first prune's own record too; the new record still accounts for rows from 1
+    assert store.prune_audit(timestamp(T0 + timedelta(days=1)), timestamp(clock.now)) == 7
     clock.now += timedelta(seconds=1)
     trail.record("stop", {})
     asyncio.run(trail.flush())
     rows = store.audit_rows()
-    assert [r.n for r in rows] == [10, 11] and check_rows(rows).broken is None
+    assert [(r.n, r.kind) for r in rows] == [(12, "command"), (13, "pruned"), (14, "stop")]
+    assert json.loads(rows[1].data)["since_n"] == 1 and json.loads(rows[1].data)["first_n"] == 5
+    chain = check_rows(rows)
+    assert chain.broken is None and chain.explained_by is not None and chain.explained_by.n == 13
+    assert verdicts(rows, [*kept, trail.head]) == {**dict.fromkeys(range(1, 11), "unchecked"), 12: "ok", 14: "ok"}
+    store.close()
+    assert audit_main(["verify", "--state-file", str(tmp_path / "s.db")]) == 0
+
+
+def test_nothing_to_prune_adds_no_row(tmp_path: Path) -> None:
+    store, _, _ = filled(tmp_path, 3)
+    assert store.prune_audit(timestamp(T0)) == 0
+    assert [r.kind for r in store.audit_rows()] == ["command"] * 3
+
+
+def test_rows_deleted_from_the_start_are_found_with_or_without_heads(tmp_path: Path) -> None:
+    store, _, _ = filled(tmp_path)
+    heads = heads_of(store)
+    store.close()
+    delete_start(tmp_path / "s.db", 8)  # no hash to recompute: the kept rows still chain from their anchor
+    rows = Store(tmp_path / "s.db").audit_rows()
+    chain = check_rows(rows)
+    assert chain.broken_n == 9 and "deleted from the start" in (chain.broken or "")  # no heads needed
+    assert verdicts(rows, list(heads.values())) == {**dict.fromkeys(range(1, 8), "mismatch"), 8: "ok", 9: "ok",
+                                                    10: "ok"}  # fmt: skip
+    delete_start(tmp_path / "s.db", 9)  # down to the newest row alone
+    assert check_rows(Store(tmp_path / "s.db").audit_rows()).broken_n == 10
+
+
+def test_a_first_row_not_on_the_genesis_is_broken(tmp_path: Path) -> None:
+    store, _, _ = filled(tmp_path, 2)
+    store.close()
+    rewrite(tmp_path / "s.db", 1, {})
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    db.execute("UPDATE audit SET prev_hash = ? WHERE n = 1", ("1" * 64,))  # the row's hash recomputed below
+    row = json.loads(db.execute("SELECT data FROM audit WHERE n = 1").fetchone()[0])
+    db.close()
+    rewrite(tmp_path / "s.db", 1, row)  # rewrite() starts from row 1's prev_hash as stored
+    chain = check_rows(Store(tmp_path / "s.db").audit_rows())
+    assert chain.broken_n == 1 and "genesis" in (chain.broken or "")
+
+
+def test_a_forged_prune_record_does_not_excuse_recent_heads(tmp_path: Path) -> None:
+    store, _, _ = filled(tmp_path)
+    heads = heads_of(store)
+    store.close()
+    path = tmp_path / "s.db"
+    delete_start(path, 9)
+    # the attacker appends the record a prune would have written; it lies past every head the agent signed
+    append(path, timestamp(T0 + timedelta(days=400)), "pruned", {
+        "since_n": 1, "first_n": 1, "last_n": 9, "last_hash": heads[9].hash,
+        "before": timestamp(T0 + timedelta(days=1)), "rows": 9})  # fmt: skip
+    rows = Store(path).audit_rows()
+    assert check_rows(rows).broken is None  # the rows alone cannot tell
+    for keep_days in (1.0, 400.0):
+        assert verdicts(rows, list(heads.values()), keep_days) == {**dict.fromkeys(range(1, 9), "mismatch"),
+                                                                   9: "ok", 10: "ok"}  # fmt: skip
+    chain = check_rows(rows, set(heads))
+    assert "passed off as a prune" in check_heads(chain, list(heads.values()))[0][2]
+
+
+def test_a_recent_prune_not_yet_under_a_head_excuses_heads_older_than_the_retention(tmp_path: Path) -> None:
+    store, clock = Store(tmp_path / "s.db"), Clock()
+    trail = AuditTrail(store, clock, refusal_samples=3)
+    for day in range(10):  # a row a day, each under a signed head
+        clock.now = T0 + timedelta(days=day)
+        trail.record("command", {"signal_kind": "prices", "signal_id": f"d{day}"})
+        asyncio.run(trail.flush())
+    heads = heads_of(store)
+    # the agent keeps 4 days: the prune row comes after the newest head, which has not vouched for it yet
+    assert store.prune_audit(timestamp(clock.now - timedelta(days=4)), timestamp(clock.now)) == 5  # days 0..4
+    rows = store.audit_rows()
+    assert verdicts(rows, list(heads.values()), 4) == {**dict.fromkeys(range(1, 5), "unchecked"),
+                                                       **dict.fromkeys(range(5, 11), "ok")}  # fmt: skip
+    # a reader told a longer retention takes it for what it would be then: rows deleted, passed off as a prune
+    assert verdicts(rows, list(heads.values()), 400)[4] == "mismatch"
+
+
+def test_a_prune_does_not_vouch_for_rows_deleted_before_it(tmp_path: Path) -> None:
+    store, trail, clock = filled(tmp_path)
+    heads = heads_of(store)
+    store.close()
+    delete_start(tmp_path / "s.db", 3)
+    store = Store(tmp_path / "s.db")
+    assert store.prune_audit(timestamp(T0 + timedelta(seconds=6, milliseconds=500)), timestamp(clock.now)) == 3
+    rows = store.audit_rows()
+    assert json.loads(rows[-1].data)["since_n"] == 4  # the agent found rows 1..3 gone unrecorded: not its prune
+    clock.now += timedelta(seconds=1)
+    trail.store = store
+    trail.record("command", {"signal_kind": "prices", "signal_id": "later"})
+    asyncio.run(trail.flush())
+    assert trail.head is not None
+    got = verdicts(store.audit_rows(), [*heads.values(), trail.head])
+    assert got == {**dict.fromkeys(range(1, 4), "mismatch"), 4: "unchecked", 5: "unchecked",
+                   **dict.fromkeys(range(6, 11), "ok"), 12: "ok"}  # fmt: skip
+
+
+def test_verify_cli_with_signed_heads_finds_the_start_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _, clock = filled(tmp_path)
+    agent = Signer("agent", new_private_key())
+    sealer = Sealer(agent, "site1", clock)
+    heads = tmp_path / "heads.txt"
+    heads.write_text("".join(f"vpp/site1/audit/head {sealer.seal('vpp/site1/audit/head', h.body()).decode()}\n"
+                             for h in heads_of(store).values()))  # fmt: skip
+    path = str(tmp_path / "s.db")
+    verify = ["verify", "--state-file", path, "--head", str(heads), "--public-key", agent.public_key]
+    store.close()
+    assert audit_main(verify) == 0
+    capsys.readouterr()
+    delete_start(tmp_path / "s.db", 9)
+    assert audit_main(verify) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN: rows before 10 are gone" in out and out.count("MISMATCH") == 8
+
+
+def test_verify_cli_passes_a_pruned_chain_under_a_later_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, trail, clock = filled(tmp_path)
+    assert store.prune_audit(timestamp(T0 + timedelta(seconds=3, milliseconds=500)), timestamp(clock.now)) == 3
+    clock.now += timedelta(seconds=1)
+    trail.record("stop", {})
+    asyncio.run(trail.flush())
+    agent = Signer("agent", new_private_key())
+    sealer = Sealer(agent, "site1", clock)
+    heads = tmp_path / "heads.txt"
+    kept = [*heads_of(store).values(), Head(1, "0" * 64, "x")]  # (row 1 was gone before this list was made)
+    heads.write_text("".join(f"{sealer.seal('vpp/site1/audit/head', h.body()).decode()}\n" for h in kept))
+    store.close()
+    assert audit_main(["verify", "--state-file", str(tmp_path / "s.db"), "--head", str(heads),
+                       "--public-key", agent.public_key]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "(rows 1..3 pruned, as row 11 records)" in out and "unchecked: head row 1 was pruned" in out
+
+
+def test_a_row_not_stored_as_its_canonical_text_is_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store, _, _ = filled(tmp_path, 3)
+    text = store.audit_rows()[1].data
+    assert text == encode_data(json.loads(text))
+    store.close()
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    db.execute("DROP TRIGGER audit_append_only")
+    # a duplicate key first: json.loads (and so the hash) takes the last value, SQLite and `audit show` the first
+    forged = '{"signal_id":"p-forged",' + text[1:]
+    db.execute("UPDATE audit SET data = ? WHERE n = 2", (forged,))
+    assert db.execute("SELECT json_extract(data, '$.signal_id') FROM audit WHERE n = 2").fetchone()[0] == "p-forged"
+    db.close()
+    chain = check_rows(Store(tmp_path / "s.db").audit_rows())
+    assert chain.broken_n == 2 and "canonical" in (chain.broken or "")
+    assert audit_main(["verify", "--state-file", str(tmp_path / "s.db")]) == 1
+    assert "BROKEN: row 2" in capsys.readouterr().out
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    db.execute("DROP TRIGGER audit_append_only")  # opening the Store made it again
+    db.execute("UPDATE audit SET data = ? WHERE n = 2", (json.dumps(json.loads(text)),))  # same data, spaced
+    db.close()
+    assert check_rows(Store(tmp_path / "s.db").audit_rows()).broken_n == 2
 
 
 def test_verify_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

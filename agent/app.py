@@ -113,7 +113,7 @@ class AgentApp:
 
     def reload_trust(self, config: AppConfig) -> None:
         """Take the `[trust]` keys and rights of a re-read config (SIGHUP); everything else needs a restart."""
-        self.gate.reload(config.trust)
+        self.gate.reload(config.trust, config.signatures_required)
         self.audit.trust("trust_reload", config.trust, required=config.signatures_required)
         self._report("trust", None)
         log.info("trust.reloaded", keys=len(config.trust.keys), revoked=sum(k.revoked for k in config.trust.keys))

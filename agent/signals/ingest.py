@@ -167,6 +167,12 @@ class SignalIngest:
             reason = bounded(f"not stored, so not taken: {exc}")
             self._count_rejection(kind, signal_id, reason)
             ack = Ack(kind=_kind(kind), signal_id=signal_id, status="rejected", reason=reason, received_at=received_at)
+        except Exception as exc:  # a check that failed on input nobody foresaw: refuse, answer, keep running
+            status, refusal = "rejected", "internal"
+            log.exception("signal.check_failed", kind=_kind(kind), signal_id=signal_id, error=bounded(repr(exc), 200))
+            reason = bounded(f"could not be checked ({type(exc).__name__}), so not taken")
+            self._count_rejection(kind, signal_id, reason)
+            ack = Ack(kind=_kind(kind), signal_id=signal_id, status="rejected", reason=reason, received_at=received_at)
         else:
             self.counts[status] += 1
             if kind not in TRANSIENT_KINDS:

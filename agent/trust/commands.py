@@ -28,7 +28,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
 from agent.config import TrustedKey, TrustSettings
-from agent.signals.models import safe_id, shown
+from agent.signals.models import EARLIEST, LATEST, safe_id, shown
 from agent.trust.keys import ACCEPTED_ALGORITHMS, KeyFileError, Signer, b64url_decode, jwk_public, verify_compact
 
 COMMAND_TYPE = "vpp-command+jws"
@@ -146,7 +146,9 @@ class TrustedKeys:
         iat, exp = claims["iat"], claims["exp"]
         if iat > t + skew_s:
             raise Refusal("not_yet_valid", f"issued {iat - t:.0f} s in the future (clock skew allowed {skew_s:g} s)")
-        if exp <= t - skew_s:
+        # strict: what a command orders lasts until its exp at most (an activation stops there), so an expired one
+        # would be acknowledged and never acted on; the skew allowance is for a sender whose clock runs ahead
+        if exp <= t:
             raise Refusal("expired", f"expired {t - exp:.0f} s ago")
         if exp - iat > self.settings.max_validity_s:
             longest = self.settings.max_validity_s
@@ -167,9 +169,13 @@ def _claims(payload: bytes) -> dict[str, Any]:
     extra = sorted(set(claims) - set(CLAIMS))
     if extra:
         raise Refusal("malformed", f"signed payload has unknown claim(s) {shown(extra)}")
+    earliest, latest = EARLIEST.timestamp(), LATEST.timestamp()
     for name in ("iat", "exp"):
-        if not isinstance(claims[name], int | float) or isinstance(claims[name], bool):
-            raise Refusal("malformed", f"{name} must be a number of seconds since 1970")
+        value = claims[name]  # NaN and ±Infinity (which a JSON parser may take) fail the range check too
+        if not isinstance(value, int | float) or isinstance(value, bool) or not earliest <= value < latest:
+            raise Refusal(
+                "malformed", f"{name} must be seconds since 1970 between {EARLIEST.year} and {LATEST.year}"
+            )
     seq = claims["seq"]
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_SEQ:
         raise Refusal("malformed", f"seq must be an integer from 0 to 2^53, got {shown(seq)}")

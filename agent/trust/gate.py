@@ -38,10 +38,11 @@ class CommandGate:
         self.replay = ReplayGuard(store, settings.replay_window)
         self.refusals: Counter[str] = Counter()  # per Refusal.code, for stats and metrics
 
-    def reload(self, settings: TrustSettings) -> None:
-        """New keys and rights (SIGHUP): a revoked key is refused from the next message on. The replay state stays:
-        sequence numbers belong to keys, not to a config."""
+    def reload(self, settings: TrustSettings, required: bool) -> None:
+        """New keys, rights and whether signatures are required (SIGHUP), from the next message on. The replay
+        state stays: sequence numbers belong to keys, not to a config."""
         self.keys = TrustedKeys(settings)
+        self.required = required
 
     def open(self, kind: str, payload: bytes, now: datetime) -> Opened:
         """The signal inside `payload`; Refusal (counted) when the site does not take it."""

@@ -190,3 +190,21 @@ async def test_a_future_dated_frequency_reading_cannot_lock_fcr(tmp_path: Path, 
         assert ack.status == "accepted" and app.events.activation["fcr"] > 0
         ack = await app.ingest.receive("frequency", payload(id="f2", at=site.clock.now(), frequency_hz=50.0))
         assert ack.status == "accepted" and app.events.activation["fcr"] == 0.0
+
+
+async def test_a_check_that_fails_unexpectedly_refuses_the_signal_and_the_next_one_is_taken(tmp_path: Path) -> None:
+    """A bug in one check (here an admission hook that raises) must cost that signal only: it is answered
+    `rejected`, and the ingest takes the next one. Before, the exception escaped with no ack at all."""
+    async with agent(tmp_path) as (site, app):
+        def broken(kind: str, signal: object, now: datetime) -> str | None:
+            if getattr(signal, "id", "") == "boom":
+                raise ZeroDivisionError("a bug in a check")
+            return None
+
+        app.ingest.admission.insert(0, broken)
+        now = site.clock.now()
+        event = {**window(now), "requested_increase_w": 1000, "price_per_kwh": 1}
+        first = await app.ingest.receive("up_dr", payload(id="boom", **event))
+        assert first.status == "rejected" and "could not be checked (ZeroDivisionError)" in (first.reason or "")
+        second = await app.ingest.receive("up_dr", payload(id="fine", **event))
+        assert second.status == "accepted" and "boom" not in app.ingest.book["up_dr"]

@@ -106,7 +106,7 @@ def test_a_revoked_key_is_refused_and_a_reload_revokes_without_restart(tmp_path:
     assert gate.open("site_target", good, NOW).command is not None
     revoked = settings(desk).model_dump()
     revoked["keys"][0]["revoked"] = True
-    gate.reload(TrustSettings.model_validate(revoked))
+    gate.reload(TrustSettings.model_validate(revoked), required=True)
     assert refusal(gate, good) == "revoked_key"
 
 
@@ -141,3 +141,45 @@ async def test_what_is_kept_per_key_stays_within_the_window(tmp_path: Path, desk
     rows = gate.replay.store.load_sequences()
     assert len(rows) <= 17 and max(q for _, q, _ in rows) == 200
     assert len(gate.replay._keys["desk"].seen) <= 2 * 16
+
+
+@pytest.mark.parametrize(
+    ("iat", "exp"),
+    [
+        ("NaN", None),  # NaN compares false both ways: it used to pass every time check
+        (None, "NaN"),  # and an activation under it never expired
+        (None, "Infinity"),
+        ("-Infinity", None),
+        (None, 10**400),  # used to overflow while the refusal was written: no ack at all
+        (-(10**400), None),
+        (True, None),
+        (None, "2099"),
+    ],
+)
+def test_times_that_are_not_finite_seconds_in_the_era_are_malformed(
+    tmp_path: Path, desk: Signer, iat: object, exp: object
+) -> None:
+    gate = gate_for(tmp_path, desk)
+    now = int(NOW.timestamp())
+    claims = {"site": "site-a", "kind": "site_target", "iat": now, "exp": now + 60, "seq": 1, "signal": SIGNAL}
+    text = json.dumps(claims)
+    for name, value in (("iat", iat), ("exp", exp)):
+        if value is not None:
+            literal = value if isinstance(value, str) and value != "2099" else json.dumps(value)
+            text = text.replace(f'"{name}": {claims[name]}', f'"{name}": {literal}')
+    assert refusal(gate, desk.sign(text.encode(), "vpp-command+jws").encode()) == "malformed"
+
+
+def test_a_command_past_its_exp_is_refused_even_within_the_clock_skew(tmp_path: Path, desk: Signer) -> None:
+    """What a command orders lasts until its exp: taking it after that would acknowledge an order never carried out."""
+    gate = gate_for(tmp_path, desk)
+    assert refusal(gate, token(desk, iat=NOW.timestamp() - 61, ttl=60)) == "expired"
+    assert gate.open("site_target", token(desk, iat=NOW.timestamp() - 59, ttl=60), NOW).command is not None
+
+
+def test_a_reload_that_turns_signatures_on_closes_the_gate(tmp_path: Path, desk: Signer) -> None:
+    lab = gate_for(tmp_path, desk, required=False)
+    unsigned = json.dumps(SIGNAL).encode()
+    assert lab.open("site_target", unsigned, NOW).command is None
+    lab.reload(settings(desk), required=True)
+    assert refusal(lab, unsigned) == "unsigned"

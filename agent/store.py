@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from agent.audit.chain import GENESIS, PRUNED, Head, NotCanonical, Prune, Row, encode_data, row_hash, timestamp
 from agent.events.mv.intervals import Interval
@@ -92,11 +92,21 @@ MIGRATIONS = [
     ("signals", "ends_ts", "REAL"),  # when the signal ended (NULL: until replaced); drives retention
     ("events", "ends_ts", "REAL"),
     ("activations", "expires_ts", "REAL"),  # when the signed command that carried it expires (NULL: unsigned)
+    ("signals", "issued_ts", "REAL"),  # when its signed command was issued (NULL: unsigned): orders site targets
 ]
 OPEN_EVENT_STATES = ("received", "accepted", "scheduled", "active")
 
 AddResult = Literal["new", "duplicate", "conflict"]
 SeriesName = Literal["site", "activation"]
+
+
+class SequenceRow(NamedTuple):
+    """A signed command's sequence number as stored, with the window's floor after taking it."""
+
+    kid: str
+    seq: int
+    digest: str
+    floor: int
 
 
 class StoreError(RuntimeError):
@@ -156,7 +166,14 @@ class Store:
 
     # -- signals --------------------------------------------------------------------------------------------
     def _add(
-        self, kind: str, signal_id: str, received_at: datetime, payload: dict[str, object], ends_ts: float | None
+        self,
+        kind: str,
+        signal_id: str,
+        received_at: datetime,
+        payload: dict[str, object],
+        ends_ts: float | None,
+        sequence: SequenceRow | None,
+        issued_ts: float | None,
     ) -> AddResult:
         text = _canonical(payload)
 
@@ -165,9 +182,11 @@ class Store:
             if row is not None:
                 return "duplicate" if _canonical(json.loads(row[0])) == text else "conflict"
             db.execute(
-                "INSERT INTO signals (kind, id, received_at, payload, ends_ts) VALUES (?, ?, ?, ?, ?)",
-                (kind, signal_id, received_at.isoformat(), text, ends_ts),
+                "INSERT INTO signals (kind, id, received_at, payload, ends_ts, issued_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, signal_id, received_at.isoformat(), text, ends_ts, issued_ts),
             )
+            if sequence is not None:
+                _save_sequence(db, sequence)
             return "new"
 
         return self._run("store signal", work, transaction=True)
@@ -179,10 +198,21 @@ class Store:
         received_at: datetime,
         payload: dict[str, object],
         ends_ts: float | None = None,
+        sequence: SequenceRow | None = None,
+        issued_ts: float | None = None,
     ) -> AddResult:
         """Store a signal: "new"; "duplicate" when (kind, id) is stored with the same content (a redelivery);
-        "conflict" when the id is stored with other content (nothing changes)."""
-        return await asyncio.to_thread(self._add, kind, signal_id, received_at, payload, ends_ts)
+        "conflict" when the id is stored with other content (nothing changes). A new signal's command sequence
+        number (`sequence`) is stored in the same transaction: both are kept, or neither."""
+        return await asyncio.to_thread(
+            self._add, kind, signal_id, received_at, payload, ends_ts, sequence, issued_ts
+        )
+
+    def latest_issued(self, kind: str) -> float | None:
+        """When the newest stored signal of `kind` was issued by its signed command (None: none, or unsigned)."""
+        query = "SELECT issued_ts FROM signals WHERE kind = ? ORDER BY rowid DESC LIMIT 1"
+        row = self._run("look up issued", lambda db: db.execute(query, (kind,)).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
 
     async def known(self, kind: str, signal_id: str, payload: dict[str, object]) -> AddResult | None:
         """"duplicate" or "conflict" when (kind, id) is already stored, None when it is not."""
@@ -221,32 +251,34 @@ class Store:
         rows = self._run("load sequences", lambda db: db.execute(query).fetchall())
         return [(k, int(q), d) for k, q, d in rows]
 
-    async def save_sequence(self, kid: str, seq: int, digest: str, floor: int) -> None:
-        """A command's sequence number, on disk before the command is acted on (a restart still refuses its
-        replay); numbers at or below `floor` have left the window and are deleted with it, so the table stays
-        bounded by the window."""
-
-        def work(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO trust_sequences (kid, seq, digest) VALUES (?, ?, ?)", (kid, seq, digest))
-            db.execute("DELETE FROM trust_sequences WHERE kid = ? AND seq <= ?", (kid, floor))
-
-        await self._in_thread("store sequence", work, transaction=True)
+    async def save_sequence(self, sequence: SequenceRow) -> None:
+        """A command's sequence number alone (a command that stores nothing else: a frequency reading, a
+        redelivery), on disk before the command is acted on, so a restart still refuses its replay."""
+        await self._in_thread("store sequence", lambda db: _save_sequence(db, sequence), transaction=True)
 
     # -- activations ----------------------------------------------------------------------------------------
     async def save_activation(
-        self, award_id: str, signal_id: str, at_ts: float, value: float, expires_ts: float | None = None
+        self,
+        award_id: str,
+        signal_id: str,
+        at_ts: float,
+        value: float,
+        expires_ts: float | None = None,
+        sequence: SequenceRow | None = None,
     ) -> None:
         """The activation in force for an award, on disk before it is acknowledged (a restart resumes it, unless
-        the command that carried it has expired by then)."""
-        await self._in_thread(
-            "store activation",
-            lambda db: db.execute(
+        the command that carried it has expired by then), with its command's sequence number in one transaction."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR REPLACE INTO activations (award_id, signal_id, at_ts, value, expires_ts) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (award_id, signal_id, at_ts, value, expires_ts),
-            ),
-            write=True,
-        )
+            )
+            if sequence is not None:
+                _save_sequence(db, sequence)
+
+        await self._in_thread("store activation", work, transaction=True)
 
     def load_activations(self) -> dict[str, tuple[str, float, float, float | None]]:
         """award id -> (signal id, at (unix s), value, expires (unix s) or None) of the last activation stored."""
@@ -480,6 +512,16 @@ def read_audit(db: sqlite3.Connection, last: int | None = None) -> Iterator[Row]
         )
     for n, at, kind, data, prev_hash, digest in cursor:
         yield Row(int(n), str(at), str(kind), str(data), str(prev_hash), str(digest))
+
+
+def _save_sequence(db: sqlite3.Connection, sequence: SequenceRow) -> None:
+    """Take a sequence number; those at or below its floor have left the window and go, so the table stays bounded
+    by the window (agent/trust/replay.py)."""
+    db.execute(
+        "INSERT OR REPLACE INTO trust_sequences (kid, seq, digest) VALUES (?, ?, ?)",
+        (sequence.kid, sequence.seq, sequence.digest),
+    )
+    db.execute("DELETE FROM trust_sequences WHERE kid = ? AND seq <= ?", (sequence.kid, sequence.floor))
 
 
 def _canonical(payload: object) -> str:

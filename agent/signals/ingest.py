@@ -49,8 +49,8 @@ from agent.signals.models import (
     shown,
 )
 from agent.signals.sanity import time_problem
-from agent.store import Store, StoreError
-from agent.trust.commands import Refusal, claimed_signal_id
+from agent.store import SequenceRow, Store, StoreError
+from agent.trust.commands import Command, Refusal, claimed_signal_id
 from agent.trust.gate import CommandGate, Opened
 
 log = structlog.get_logger("agent.signals")
@@ -64,7 +64,6 @@ LATEST_ONLY_KINDS = frozenset({"site_target"})
 Admission = Callable[[str, SignalModel, datetime], str | None]
 # (kind, signal, expires): `expires` is the signed command's `exp` (unix s), None for an unsigned signal
 Consumer = Callable[[str, SignalModel, float | None], Awaitable[None] | None]
-BeforeActing = Callable[[], Awaitable[None]]
 
 
 class SignalIngest:
@@ -98,6 +97,7 @@ class SignalIngest:
         self.ready = asyncio.Event()  # set by the app: the fleet has been polled and the clock is sane
         self.book: dict[str, dict[str, SignalModel]] = {kind: {} for kind in SIGNAL_TYPES}
         self._last_transient: dict[str, tuple[str, str]] = {}  # kind -> (id, JSON) of the last one taken
+        self._issued: dict[str, float | None] = {}  # latest-only kind -> when its signal in force was issued
         self._throttle = Throttle()
         self._load()
         if bus is not None:  # without a broker, signals come from a file or the CLI through receive()
@@ -120,6 +120,8 @@ class SignalIngest:
             if kind in LATEST_ONLY_KINDS:
                 self.book[kind].clear()
             self.book[kind][signal_id] = signal
+        for kind in LATEST_ONLY_KINDS:
+            self._issued[kind] = self.store.latest_issued(kind)
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/signals/{kind}"
@@ -147,8 +149,7 @@ class SignalIngest:
             if opened.redelivered:
                 status = "duplicate"
             else:
-                expires = opened.command.expires_ts if opened.command is not None else None
-                status = await self._take(kind, signal, received_at, self._recorder(opened), expires)
+                status = await self._take(kind, signal, received_at, opened)
         except Refusal as exc:
             status, refusal = "rejected", exc.code
             reason = f"refused ({exc.code}): {exc}"
@@ -185,34 +186,25 @@ class SignalIngest:
         await self._publish(ack)
         return ack
 
-    def _recorder(self, opened: Opened) -> BeforeActing | None:
-        gate = self.gate
-        if gate is None or opened.command is None:
-            return None
-        return lambda: gate.taken(opened)
-
-    async def _take(
-        self,
-        kind: str,
-        signal: SignalModel,
-        now: datetime,
-        before_acting: BeforeActing | None = None,
-        expires: float | None = None,
-    ) -> str:
+    async def _take(self, kind: str, signal: SignalModel, now: datetime, opened: Opened | None = None) -> str:
         """"accepted" or "duplicate" for a signal that parsed; raises SignalRejected with the reason otherwise.
-        `before_acting` (the command's sequence number) runs once the signal is known good and stored, and before
-        anything acts on it; also for a duplicate, so its token is known from then on."""
+        A signed command's sequence number goes to disk in the same transaction as what it carries (and alone for
+        a duplicate, so its token is known from then on), before anything acts on it."""
+        command = opened.command if opened is not None else None
+        sequence = self.gate.sequence(opened) if self.gate is not None and opened is not None else None
+        expires = command.expires_ts if command is not None else None
         content = signal.model_dump(mode="json")
         if kind in TRANSIENT_KINDS:
             if self._last_transient.get(kind) == (signal.id, _json(content)):
-                return await _duplicate(before_acting)
+                return await self._duplicate(sequence)
         else:
             known = await self.store.known(kind, signal.id, content)
             if known == "duplicate":
-                return await _duplicate(before_acting)
+                return await self._duplicate(sequence)
             if known == "conflict":
                 raise SignalRejected(f"id {signal.id!r} already names a different {kind} signal", signal.id)
         problem = time_problem(signal, now, self.settings) or self._room_problem(kind, now)
+        problem = problem or self._order_problem(kind, command)
         for check in self.admission:
             problem = problem or check(kind, signal, now)
         if problem:
@@ -220,26 +212,49 @@ class SignalIngest:
         if kind in TRANSIENT_KINDS:
             if isinstance(signal, AsActivation):
                 at_ts = signal.at.timestamp()
-                await self.store.save_activation(signal.award_id, signal.id, at_ts, signal.value, expires)
+                await self.store.save_activation(signal.award_id, signal.id, at_ts, signal.value, expires, sequence)
+            elif sequence is not None:
+                await self.store.save_sequence(sequence)
             self._last_transient[kind] = (signal.id, _json(content))
         else:
             end = signal.ends_at()
-            added = await self.store.add(kind, signal.id, now, content, end.timestamp() if end else None)
+            issued = command.issued_ts if command is not None else None
+            added = await self.store.add(
+                kind, signal.id, now, content, end.timestamp() if end else None, sequence, issued
+            )
             if added != "new":  # the same id arrived twice at once: the Store decided
                 if added == "conflict":
                     raise SignalRejected(f"id {signal.id!r} already names a different {kind} signal", signal.id)
-                return await _duplicate(before_acting)
-        if before_acting is not None:
-            await before_acting()
+                return await self._duplicate(sequence)
+        if self.gate is not None:
+            self.gate.taken(sequence)
         if kind not in TRANSIENT_KINDS:
             if kind in LATEST_ONLY_KINDS:
                 self.book[kind].clear()
+                self._issued[kind] = command.issued_ts if command is not None else None
             self.book[kind][signal.id] = signal
         for consumer in self.on_accepted:
             result = consumer(kind, signal, expires)
             if inspect.isawaitable(result):
                 await result
         return "accepted"
+
+    async def _duplicate(self, sequence: SequenceRow | None) -> str:
+        """A signal taken before, under this command or another: its command's number is taken too, nothing acts."""
+        if sequence is not None and self.gate is not None:
+            await self.store.save_sequence(sequence)
+            self.gate.taken(sequence)
+        return "duplicate"
+
+    def _order_problem(self, kind: str, command: Command | None) -> str | None:
+        """Where only the newest signal counts (a site target), a signed command issued before the one in force
+        is stale, however late QoS 1 or a broker delivers it."""
+        if kind not in LATEST_ONLY_KINDS or command is None:
+            return None
+        in_force = self._issued.get(kind)
+        if in_force is not None and command.issued_ts < in_force:
+            return f"issued {in_force - command.issued_ts:.0f} s before the {kind} in force: stale"
+        return None
 
     def _room_problem(self, kind: str, now: datetime) -> str | None:
         """More than `max_pending` signals of one kind still to come is a flood, not a plan: refuse until some end."""
@@ -279,12 +294,6 @@ class SignalIngest:
             await self.bus.publish(self.ack_topic, ack.model_dump_json(), qos=1)
         except Exception as exc:  # the ack is lost, the decision stands (and is in the log)
             log.error("signal.ack_failed", kind=ack.kind, signal_id=ack.signal_id, error=bounded(repr(exc)))
-
-
-async def _duplicate(before_acting: BeforeActing | None) -> str:
-    if before_acting is not None:
-        await before_acting()
-    return "duplicate"
 
 
 def _kind(kind: str) -> str:

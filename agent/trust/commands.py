@@ -55,6 +55,7 @@ class Command:
     digest: str  # of the whole token: a byte-identical redelivery has the same one
     signal: bytes
     expires_ts: float  # the command's `exp`: what it commands must not be acted on after this
+    issued_ts: float  # its `iat`: orders commands where only the newest counts (site targets)
 
 
 def is_signed(payload: bytes) -> bool:
@@ -134,7 +135,7 @@ class TrustedKeys:
         digest = hashlib.sha256(text.encode("ascii")).hexdigest()
         return Command(
             kid=kid, issuer=entry.issuer or kid, seq=claims["seq"], digest=digest, signal=signal,
-            expires_ts=float(claims["exp"]),
+            expires_ts=float(claims["exp"]), issued_ts=float(claims["iat"]),
         )  # fmt: skip
 
     def _check_claims(self, kind: str, claims: dict[str, Any], now: datetime, skew_s: float) -> None:

@@ -1,8 +1,9 @@
 """The one door a signal passes before ingest parses it: signed by a trusted key, or unsigned where the site allows.
 
 SignalIngest asks `open()` for every message (MQTT and `--signals` files alike, so the rules cannot differ between
-them) and calls `taken()` once the signal is admitted and stored, before anything acts on it: the sequence number is
-on disk before the fleet moves, so a replay after a restart is still refused.
+them). Once the signal is admitted, its store write carries the command's `sequence()` row in the same transaction,
+and `taken()` follows: the sequence number is on disk with the signal before anything acts on it (a replay after a
+restart is still refused), and a signal refused as "not stored" leaves neither behind.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 import structlog
 
 from agent.config import TrustSettings
-from agent.store import Store
+from agent.store import SequenceRow, Store
 from agent.trust.commands import Command, Refusal, TrustedKeys, is_signed
 from agent.trust.replay import ReplayGuard, ReplayRefused
 
@@ -64,8 +65,14 @@ class CommandGate:
             raise Refusal("replay", str(exc)) from exc
         return Opened(command.signal, command, redelivered=seen == "duplicate")
 
-    async def taken(self, opened: Opened) -> None:
-        """Record a signed command's sequence number (StoreError propagates: then it is not taken)."""
-        if opened.command is not None and not opened.redelivered:
-            c = opened.command
-            await self.replay.record(c.kid, c.seq, c.digest)
+    def sequence(self, opened: Opened) -> SequenceRow | None:
+        """The sequence row a signed command's store write must include (None: unsigned, or already taken)."""
+        if opened.command is None or opened.redelivered:
+            return None
+        c = opened.command
+        return self.replay.row(c.kid, c.seq, c.digest)
+
+    def taken(self, row: SequenceRow | None) -> None:
+        """The row is on disk (with what its command carried): from now on its replay is refused."""
+        if row is not None:
+            self.replay.taken(row)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.store import Store
+from agent.store import SequenceRow, Store
 
 
 class ReplayRefused(ValueError):
@@ -49,12 +49,14 @@ class ReplayGuard:
             )
         return "new"
 
-    async def record(self, kid: str, seq: int, digest: str) -> None:
-        """Take (kid, seq): on disk first (StoreError propagates: the command is then not taken)."""
+    def row(self, kid: str, seq: int, digest: str) -> SequenceRow:
+        """What the Store keeps for taking (kid, seq), in the transaction that stores what the command carries."""
         state = self._keys.get(kid) or _KeyWindow()
-        floor = max(state.highest, seq) - self.window
-        await self.store.save_sequence(kid, seq, digest, floor)
-        self._remember(kid, seq, digest)
+        return SequenceRow(kid, seq, digest, max(state.highest, seq) - self.window)
+
+    def taken(self, row: SequenceRow) -> None:
+        """(kid, seq) is on disk: remember it (memory follows the disk, never leads it)."""
+        self._remember(row.kid, row.seq, row.digest)
 
     def _remember(self, kid: str, seq: int, digest: str) -> None:
         state = self._keys.setdefault(kid, _KeyWindow())

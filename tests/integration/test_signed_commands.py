@@ -9,6 +9,7 @@ activation is refused on its ack while the batteries' own write logs show no dis
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,44 @@ async def test_a_signals_file_passes_the_same_gate(tmp_path: Path) -> None:
         assert await app.feed_signals(path) == 2
         assert "dr-file" in app.ingest.book["up_dr"] and "dr-unsigned" not in app.ingest.book["up_dr"]
         assert app.gate.refusals == {"unsigned": 1}
+
+
+def ops_toml(ops: Signer) -> str:
+    return (f'[trust]\nrequire_signatures = true\nsite_id = "{SITE_ID}"\n[[trust.keys]]\nkid = "{ops.kid}"\n'
+            f'public_key = "{ops.public_key}"\nkinds = ["site_target"]\n')  # fmt: skip
+
+
+async def test_a_site_target_issued_before_the_one_in_force_is_stale_also_after_a_restart(tmp_path: Path) -> None:
+    """QoS 1 may deliver an older target after a newer one: only the newest issued may steer the site."""
+    ops = Sender(Signer("ops", new_private_key()))
+    async with running(tmp_path, extra=ops_toml(ops.signer)) as (site, app):
+        now = site.clock.now()
+        older = ops.sign("site_target", {"id": "t-old", "site_target_w": -40000}, now, iat_offset_s=-10)
+        newer = ops.sign("site_target", {"id": "t-new", "site_target_w": 4000}, now)
+        assert (await app.ingest.receive("site_target", newer)).status == "accepted"
+        ack = await app.ingest.receive("site_target", older)
+        assert ack.status == "rejected" and "stale" in (ack.reason or "")
+        assert app.loop.site_target_w == 4000
+    async with running(tmp_path, extra=ops_toml(ops.signer)) as (site, app):
+        # issued 5 s before the target in force, however long the restart took (its ttl outlasts a slow machine)
+        late = ops.sign("site_target", {"id": "t-late", "site_target_w": -40000}, now, iat_offset_s=-5, ttl=600)
+        ack = await app.ingest.receive("site_target", late)
+        assert ack.status == "rejected" and "stale" in (ack.reason or "")
+
+
+async def test_a_command_refused_as_not_stored_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The signal and its command's sequence number are one transaction: a failure in either keeps neither, so a
+    restart does not find a signal the sender was told was not taken."""
+    ops = Sender(Signer("ops", new_private_key()))
+    async with running(tmp_path, extra=ops_toml(ops.signer)) as (site, app):
+        with sqlite3.connect(tmp_path / "s.db") as db:  # the disk refuses the sequence number's row
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON trust_sequences BEGIN SELECT RAISE(ABORT, 'full'); END")
+        target = ops.sign("site_target", {"id": "t1", "site_target_w": -40000}, site.clock.now())
+        ack = await app.ingest.receive("site_target", target)
+        assert ack.status == "rejected" and "not stored" in (ack.reason or "")
+        assert "t1" not in app.ingest.book["site_target"]
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            db.execute("DROP TRIGGER refuse")
+    async with running(tmp_path, extra=ops_toml(ops.signer)) as (_, app):
+        assert "t1" not in app.ingest.book["site_target"]
+        assert (await app.ingest.receive("site_target", target)).status == "accepted"  # the sender's retry

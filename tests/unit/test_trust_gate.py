@@ -11,7 +11,7 @@ import pytest
 from agent.config import TrustSettings
 from agent.store import Store
 from agent.trust.commands import Refusal, sign_command
-from agent.trust.gate import CommandGate
+from agent.trust.gate import CommandGate, Opened
 from agent.trust.keys import Signer, new_private_key
 
 NOW = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
@@ -38,6 +38,14 @@ def token(signer: Signer, seq: int = 1, site: str = "site-a", kind: str = "site_
     return sign_command(signer, site, kind, signal or SIGNAL, issued, ttl, seq).encode()
 
 
+async def take(gate: CommandGate, opened: Opened) -> None:
+    """What SignalIngest does once a command is admitted: its sequence row on disk, then remembered."""
+    row = gate.sequence(opened)
+    if row is not None:
+        await gate.replay.store.save_sequence(row)
+    gate.taken(row)
+
+
 def refusal(gate: CommandGate, payload: bytes, kind: str = "site_target") -> str:
     with pytest.raises(Refusal) as caught:
         gate.open(kind, payload, NOW)
@@ -49,7 +57,7 @@ async def test_a_good_command_opens_to_its_signal_and_is_taken_once(tmp_path: Pa
     good = token(desk)
     opened = gate.open("site_target", good, NOW)
     assert json.loads(opened.signal) == SIGNAL and opened.command is not None and not opened.redelivered
-    await gate.taken(opened)
+    await take(gate, opened)
     again = gate.open("site_target", good, NOW)  # the broker delivers the same bytes again
     assert again.redelivered
     assert gate.refusals == {}
@@ -122,7 +130,7 @@ async def test_sequence_numbers_out_of_order_once_each_within_the_window_and_acr
     gate = gate_for(tmp_path, desk)  # window 16
     for seq in (5, 3, 18, 4):  # QoS 1 may reorder: all inside the window of the newest (18)
         opened = gate.open("site_target", token(desk, seq=seq, signal={"id": f"s{seq}", "site_target_w": 1.0}), NOW)
-        await gate.taken(opened)
+        await take(gate, opened)
     assert refusal(gate, token(desk, seq=3, signal={"id": "other", "site_target_w": 9.0})) == "replay"  # reused
     assert refusal(gate, token(desk, seq=4, ttl=61)) == "replay"  # same number, other bytes
     assert refusal(gate, token(desk, seq=2)) == "replay"  # at or below 18 - 16
@@ -135,7 +143,8 @@ async def test_sequence_numbers_out_of_order_once_each_within_the_window_and_acr
 async def test_what_is_kept_per_key_stays_within_the_window(tmp_path: Path, desk: Signer) -> None:
     gate = gate_for(tmp_path, desk)  # window 16
     for seq in range(1, 201):
-        await gate.taken(
+        await take(
+            gate,
             gate.open("site_target", token(desk, seq=seq, signal={"id": f"s{seq}", "site_target_w": 1.0}), NOW)
         )
     rows = gate.replay.store.load_sequences()

@@ -319,6 +319,14 @@ class MqttSettings(Strict):
         return None
 
 
+class MetricsSettings(Strict):
+    """The Prometheus endpoint (agent/metrics.py): read-only figures of the running agent, for a scraper."""
+
+    enabled: bool = Field(False, description="serve /metrics over HTTP")
+    host: Host = Field("127.0.0.1", description="address to listen on; beyond this host, firewall it")
+    port: int = Field(9108, ge=1, le=65535)
+
+
 KEY_ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,64}$"
 
 
@@ -451,6 +459,7 @@ class AppConfig(Strict):
     events: EventSettings = EventSettings()
     signals: SignalSettings = SignalSettings()
     trust: TrustSettings = TrustSettings()
+    metrics: MetricsSettings = MetricsSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 

@@ -22,6 +22,7 @@ from agent.config import AppConfig
 from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
+from agent.metrics import start_metrics
 from agent.ports import Bus
 from agent.preflight import start_warnings
 from agent.signals.ingest import SignalIngest
@@ -295,10 +296,12 @@ class AgentApp:
             if self.dispatcher is not None
             else None
         )
+        metrics = start_metrics(self, self.config.metrics)
         try:
             await self.loop.run(stop)
         finally:
             stop.set()
+            metrics.close()
             if self._telemetry_task is not None:
                 self._telemetry_task.cancel()
             if dispatch_task is not None:

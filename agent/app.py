@@ -23,6 +23,7 @@ from agent.control.loop import ControlLoop
 from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
 from agent.metrics import start_metrics
+from agent.notify import Notifier, health_status
 from agent.ports import Bus
 from agent.preflight import start_warnings
 from agent.signals.ingest import SignalIngest
@@ -111,6 +112,10 @@ class AgentApp:
         self._next_stats = time.monotonic() + STATS_EVERY_S
         self._prune_task: asyncio.Task[None] | None = None
         self._status_lock = asyncio.Lock()
+        # systemd (agent/notify.py): READY=1 after the first cycle, then WATCHDOG=1 per completed cycle. Keep this
+        # hook the last one: a ping then also says every hook before it ran.
+        self.notifier = Notifier.from_environment(period_s=config.agent.poll_period_s)
+        self.loop.after_cycle.append(lambda: self.notifier.cycle_completed(health_status(self.health)))
 
     def reload_trust(self, config: AppConfig) -> None:
         """Take the `[trust]` keys and rights of a re-read config (SIGHUP); everything else needs a restart."""
@@ -301,6 +306,7 @@ class AgentApp:
             await self.loop.run(stop)
         finally:
             stop.set()
+            self.notifier.stopping()
             metrics.close()
             if self._telemetry_task is not None:
                 self._telemetry_task.cancel()
@@ -327,6 +333,7 @@ class AgentApp:
             await _logged(self.audit.flush(), "audit.close_failed")  # commands taken while the link was closing
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
+            self.notifier.close()
 
 
 def _sealer(config: AppConfig, now: Callable[[], datetime]) -> Sealer | None:

@@ -38,7 +38,7 @@ from agent.signals.models import (
     UpDrEvent,
 )
 from agent.signals.sanity import clock_is_sane
-from agent.status import Health
+from agent.status import Health, status_payload
 from agent.store import Store, StoreError
 from agent.telemetry import TelemetryPublisher
 from agent.trust.gate import CommandGate
@@ -112,6 +112,7 @@ class AgentApp:
         self._next_stats = time.monotonic() + STATS_EVERY_S
         self._prune_task: asyncio.Task[None] | None = None
         self._status_lock = asyncio.Lock()
+        self._offline = False  # set at shutdown: no status goes out after `offline`
         # systemd (agent/notify.py): READY=1 after the first cycle, then WATCHDOG=1 per completed cycle. Keep this
         # hook the last one: a ping then also says every hook before it ran.
         self.notifier = Notifier.from_environment(period_s=config.agent.poll_period_s)
@@ -212,8 +213,18 @@ class AgentApp:
     async def _publish_status(self) -> None:
         """Publish the status as it is when this turn comes: changes in quick succession end on the latest one."""
         async with self._status_lock:
-            if self.out is not None:
+            if self.out is not None and not self._offline:
                 await self.out.publish(self.status_topic, self.health.payload(self.now()), qos=1, retain=True)
+
+    async def _publish_offline(self) -> None:
+        """A clean shutdown: `offline` with the time of stopping, sealed like every status (the Will, built at start,
+        is for a crash); the last status published, whatever change was still queued. Sent before the link closes,
+        and not waited for beyond a second when the broker is unreachable (the link would only buffer it)."""
+        async with self._status_lock:
+            self._offline = True
+            if self.out is not None and self.link is not None and self.link.connected:
+                payload = status_payload("offline", self.now(), reason="shutdown")
+                await asyncio.wait_for(self.out.publish(self.status_topic, payload, qos=1, retain=True), 1.0)
 
     async def _publish_audit_head(self, head: Head) -> None:
         """The chain head, sealed by SealedBus with the agent's key, retained so a reader who subscribes gets it."""
@@ -318,6 +329,7 @@ class AgentApp:
                 await _logged(audit_task, "audit.failed")  # it returns within a flush of `stop`
                 await _logged(self.audit.close(publish_head), "audit.close_failed")  # counts, `stop`, flush, head
             finally:
+                await _logged(self._publish_offline(), "agent.offline_status_failed")
                 link_stop.set()
             if link_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -16,7 +16,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 
@@ -28,6 +28,10 @@ from agent.store import StoreError
 from agent.trust.keys import KeyFileError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from rich.progress import TaskID
+
     from agent.app import AgentApp
 
 EXIT_CONFIG = 2
@@ -205,6 +209,42 @@ def _readable_file(text: str) -> str:
     return text
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (days, processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _writable_file(text: str) -> str:
+    """argparse type for output files: its directory must exist and be writable now, not after a long run."""
+    import os
+
+    path = Path(text)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(folder)!r}")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} is not writable")
+    return text
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     config = _load_checked(args.config)
     count = sum(len(a.placements()) for a in config.assets)
@@ -245,11 +285,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         area=args.area,
         jobs=args.jobs,
         use_blast=not args.no_blast,
-        progress_days=args.progress_days,
+        progress_days=0 if sys.stderr.isatty() else args.progress_days,  # a terminal gets the live bars instead
         regulation_median_per_kw_h=args.regulation_price,
     )
     try:
-        evaluation = evaluate(config)
+        with _solver_output_to_stderr(), _simulate_progress(config) as progress:
+            evaluation = evaluate(config, progress)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -258,6 +299,48 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(evaluation.to_dict(), f, indent=2)
     return 0
+
+
+@contextlib.contextmanager
+def _solver_output_to_stderr() -> Iterator[None]:
+    """HiGHS prints its banner from C++ straight to file descriptor 1, before any option can silence it: point that
+    descriptor at stderr while the solvers run (worker processes inherit it), so stdout carries the report only."""
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _simulate_progress(config: object) -> Iterator[Callable[[str, int, int], None] | None]:
+    """Live bars on stderr, one per strategy (simulated days done, time left), when stderr is a terminal; otherwise
+    nothing here (EvalConfig.progress_days prints plain lines for logs)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bars = Progress(
+        TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def advance(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total)
+        bars.update(tasks[name], completed=done)
+
+    with bars:
+        yield advance
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
@@ -386,14 +469,58 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if forged else 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vpp-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help says its default (unless it says one itself, or there is none worth saying)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or not _shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action.help = "default: %(default)s"  # argparse prints no help line for an option without help
+        return super()._format_action(action)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    default = action.default
+    if default is None or default is argparse.SUPPRESS or isinstance(default, bool) or default == []:
+        return False
+    return not isinstance(action, argparse._SubParsersAction | argparse._HelpAction | argparse._VersionAction)
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line on stderr and exit 2 for a bad argument (no usage block); defaults shown in every --help. Sub-commands
+    are made with this class too (argparse uses the parent's class), the audit commands included."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vpp-agent", description="Virtual power plant control agent")
+    parser = _Parser(prog="vpp-agent", description="Virtual power plant control agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and the register maps it names")
     check.add_argument("config", help="path to config.toml")
     check.set_defaults(func=_cmd_check)
     run = sub.add_parser("run", help="run the agent against the devices in the config")
-    run.add_argument("--config", default="config.toml")
+    run.add_argument("--config", default="config.toml", help="the site's config file")
     run.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     run.add_argument(
         "--signals", type=_readable_file, default=None,
@@ -401,32 +528,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
     events = sub.add_parser("events", help="list grid events and their M&V reports from the agent's state file")
-    events.add_argument("--config", default="config.toml")
+    events.add_argument("--config", default="config.toml", help="the site's config file")
     events.add_argument("--json", action="store_true", help="print JSON instead of a table")
     events.set_defaults(func=_cmd_events)
     demo = sub.add_parser("demo", help="start the simulated site of the config and the agent, with a live table")
-    demo.add_argument("--config", default="config.toml")
+    demo.add_argument("--config", default="config.toml", help="the site's config file")
     demo.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     demo.add_argument("--speed", type=_positive_seconds, default=None, help="simulated seconds per wall second")
     demo.add_argument("--quiet", action="store_true", help="log warnings only")
     demo.set_defaults(func=_cmd_demo)
     sim = sub.add_parser("simulate", help="evaluate dispatch strategies in closed loop on simulated physics")
-    sim.add_argument("--days", type=int, default=7)
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--fleet", choices=("tiny", "small", "default", "large"), default="small")
+    sim.add_argument("--days", type=_positive_int, default=7, help="simulated days")
+    sim.add_argument("--seed", type=int, default=1, help="seed of the scenario (prices, EV sessions, events)")
+    sim.add_argument("--fleet", choices=("tiny", "small", "default", "large"), default="small", help="fleet size")
     sim.add_argument("--strategies", default="aware,blind,oracle", help="comma-separated: aware, blind, oracle")
-    sim.add_argument("--step-s", type=float, default=900.0, help="planning step, s (divides 1800 or a multiple of it)")
+    sim.add_argument(
+        "--step-s", type=_positive_seconds, default=900.0, help="planning step, s (divides 1800 or a multiple of it)"
+    )
     sim.add_argument("--area", default="Kyushu", help="JEPX area whose price the site pays")
-    sim.add_argument("--jobs", type=int, default=1, help="strategies run in this many processes")
+    sim.add_argument("--jobs", type=_positive_int, default=1, help="strategies run in this many processes")
     sim.add_argument("--no-blast", action="store_true", help="skip BLAST-Lite scoring even if installed")
     sim.add_argument(
         "--regulation-price", type=float, default=1.5,
         help="median capacity price of the RegD-like regulation product, JPY per kW·h of each side (0: not offered)",
     )
     sim.add_argument(
-        "--progress-days", type=int, default=30, help="progress line on stderr every N simulated days (0: none)"
+        "--progress-days", type=_non_negative_int, default=30,
+        help="when stderr is not a terminal, a progress line every N simulated days (0: none)",
     )
-    sim.add_argument("--out", default=None, help="write all figures as JSON to this file")
+    sim.add_argument("--out", type=_writable_file, default=None, help="write all figures as JSON to this file")
     sim.set_defaults(func=_cmd_simulate)
     keys = sub.add_parser("keys", help="make Ed25519 keys for signed commands (docs/security.md)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

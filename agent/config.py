@@ -491,20 +491,105 @@ class AppConfig(Strict):
         return self.mqtt.enabled
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
+def format_validation_error(source: str, exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Every error of `exc` at once, one line each, in the words of the file: the key path as written, the value it
+    got, and for a key no table knows, the table it is in and the nearest known key ("unknown key `poll_perod_s` in
+    [agent]; did you mean `poll_period_s`?"). `model` is the model validated (AppConfig by default)."""
+    model = model or AppConfig
     lines = [f"{source}: {exc.error_count()} error(s)"]
     for err in exc.errors():
-        path = ""
-        for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        loc = err["loc"]
+        if err["type"] == "extra_forbidden" and loc:
+            lines.append(f"  {_unknown_key(model, loc, err.get('input'))}")
+            continue
+        path = _key_path(loc)
         message = err["msg"].removeprefix("Value error, ")
         if not path:  # a check across tables: its message names the keys itself
             lines.append(f"  {message}")
             continue
+        if err["type"] == "missing":
+            lines.append(f"  {path}: required key missing{_in_table(loc[:-1])}")
+            continue
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {_bounded(got)})"
+        shown = "" if isinstance(got, dict) else f" (got {_bounded(got)})"
         lines.append(f"  {path}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _table_name(loc: tuple[int | str, ...]) -> str:
+    """How the file writes the table at `loc`: [agent], [[assets]] #2 (the second), [[trust.keys]] #1."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    if loc and isinstance(loc[-1], int):
+        return f"[[{'.'.join(names)}]] #{loc[-1] + 1}"
+    return f"[{'.'.join(names)}]"
+
+
+def _in_table(loc: tuple[int | str, ...]) -> str:
+    return f" in {_table_name(loc)}" if loc else ""
+
+
+def _unknown_key(model: type[BaseModel], loc: tuple[int | str, ...], got: object) -> str:
+    import difflib
+
+    key, parent = str(loc[-1]), loc[:-1]
+    what = "table" if isinstance(got, dict) else "key"
+    where = f" in {_table_name(parent)}" if parent else " at the top level"
+    known = _known_keys(model, parent)
+    if not known:
+        return f"unknown {what} `{key}`{where}"
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean `{close[0]}`?" if close else "known: " + ", ".join(f"`{k}`" for k in sorted(known))
+    return f"unknown {what} `{key}`{where}; {hint}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at `loc` may hold, found by walking the models' fields (lists, dicts and optional
+    tables included); empty when the walk cannot tell."""
+    import types
+    import typing
+
+    def models(annotation: object) -> list[type[BaseModel]]:
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        if origin in (typing.Union, types.UnionType, typing.Annotated):
+            return [m for arg in typing.get_args(annotation) for m in models(arg)]
+        return []
+
+    def inner(annotation: object) -> object:
+        """What a list's item or a dict's value is, through Optional."""
+        for candidate in (annotation, *typing.get_args(annotation)):
+            if typing.get_origin(candidate) in (list, dict, tuple):
+                return typing.get_args(candidate)[-1]
+        return None
+
+    current: list[object] = [model]
+    for part in loc:
+        following: list[object] = []
+        for node in current:
+            if isinstance(part, int) or not (isinstance(node, type) and issubclass(node, BaseModel)):
+                item = inner(node)
+                if item is not None:
+                    following += models(item) if models(item) else [item]
+                continue
+            field = node.model_fields.get(part)
+            if field is not None:
+                found = models(field.annotation)
+                following += found if found else [field.annotation]
+        current = following
+    keys: set[str] = set()
+    for node in current:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            for name, field in node.model_fields.items():
+                keys.add(field.alias or name)
+    return sorted(keys)
 
 
 def _bounded(value: object, limit: int = 80) -> str:

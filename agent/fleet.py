@@ -145,13 +145,15 @@ class Fleet:
         return came_back
 
     def record_failure(self, asset_id: str, error: str, now_monotonic: float, period_s: float) -> bool:
-        """Count a failed poll; returns True when the asset just became unavailable."""
+        """Count a failed poll; returns True when the asset just became unavailable: it was available, or it has
+        not answered since the agent started and has now failed `unavailable_after` polls (dead from boot)."""
         state = self.assets[asset_id]
         state.freeze_check.interrupt()
         state.consecutive_failures += 1
         state.polls_failed += 1
         state.last_error = error
-        went_out = state.available and state.consecutive_failures >= self.unavailable_after
+        never_answered = state.polls_ok == 0 and state.consecutive_failures == self.unavailable_after
+        went_out = (state.available or never_answered) and state.consecutive_failures >= self.unavailable_after
         if state.consecutive_failures >= self.unavailable_after:
             state.available = False
             extra = state.consecutive_failures - self.unavailable_after

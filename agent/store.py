@@ -87,13 +87,60 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS audit_append_only BEFORE UPDATE ON audit
         BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END""",
 ]
-# columns added after the first release: (table, column, declaration)
-MIGRATIONS = [
+# Columns added by releases before the state file carried a schema version (user_version 0): a file of that age
+# has some, all or none of them, so migration 1 adds each one it lacks. (table, column, declaration)
+_UNVERSIONED_COLUMNS = [
     ("signals", "ends_ts", "REAL"),  # when the signal ended (NULL: until replaced); drives retention
     ("events", "ends_ts", "REAL"),
     ("activations", "expires_ts", "REAL"),  # when the signed command that carried it expires (NULL: unsigned)
     ("signals", "issued_ts", "REAL"),  # when its signed command was issued (NULL: unsigned): orders site targets
 ]
+
+
+def _baseline(db: sqlite3.Connection) -> None:
+    """Migration 1: the schema of the first versioned release, from nothing or from any unversioned file."""
+    for statement in SCHEMA:
+        db.execute(statement)
+    for table, column, declaration in _UNVERSIONED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+# Numbered migrations: the file's `PRAGMA user_version` is the number of the last one applied. Each runs once, in
+# its own transaction with the version bump, so a crash leaves the file at one version or the next. A schema change
+# appends one entry here (never edits a released one): e.g. (2, "signals.source", lambda db: db.execute(...)).
+# SCHEMA (CREATE ... IF NOT EXISTS) is also run on every open after them, so what it creates stays: a migration that
+# drops a table, index or trigger must take it out of SCHEMA too.
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], object]]] = [
+    (1, "baseline: tables of the first versioned release; columns added before versions", _baseline),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(db: sqlite3.Connection, path: str) -> int:
+    """Bring the file to SCHEMA_VERSION; returns the version it had. A file from a newer agent is refused (a
+    downgrade would write rows its schema does not expect): StoreError naming both versions."""
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"state file {path}: schema version {found} was written by a newer vpp-agent (this one knows up to "
+            f"{SCHEMA_VERSION}); run that version, or restore a backup of the file"
+        )
+    for number, _, step in MIGRATIONS:
+        if number <= found:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            db.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    for statement in SCHEMA:  # on every open: puts back an index or the append-only trigger dropped by hand
+        db.execute(statement)
+    return found
+
 OPEN_EVENT_STATES = ("received", "accepted", "scheduled", "active")
 
 AddResult = Literal["new", "duplicate", "conflict"]
@@ -124,12 +171,11 @@ class Store:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            for statement in SCHEMA:
-                self._db.execute(statement)
-            for table, column, declaration in MIGRATIONS:
-                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            try:
+                self.schema_found = migrate(self._db, self.path)  # the version the file had when opened
+            except StoreError:
+                self._db.close()
+                raise
         except sqlite3.Error as exc:
             raise StoreError(f"state file {self.path}: cannot open: {exc}") from exc
 

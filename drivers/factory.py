@@ -16,8 +16,9 @@ from drivers.registermap import RegisterMap, load_map
 def build_link(
     settings: MqttSettings, now: Callable[[], datetime], seal: Callable[[str, bytes], bytes] | None = None
 ) -> MqttLink:
-    """The agent's MQTT connection, with its retained birth, Will and shutdown status messages (sealed with the
-    agent's key by `seal` when it has one: the Will is signed now, at start, since the broker sends it later)."""
+    """The agent's MQTT connection, with its retained birth and Will status messages (sealed with the agent's key by
+    `seal` when it has one: the Will is signed now, at start, since the broker sends it later). The shutdown status
+    is not built here: the agent publishes it when it stops, with that time (AgentApp.run)."""
     status_topic = f"{settings.topic_prefix}/agent/status"
 
     def status(payload: bytes) -> bytes:
@@ -34,7 +35,6 @@ def build_link(
             keepalive_s=settings.keepalive_s,
             birth=Retained(status_topic, status(status_payload("online", now()))),
             will=Retained(status_topic, status(status_payload("offline", now(), reason="connection lost"))),
-            closing=Retained(status_topic, status(status_payload("offline", now(), reason="shutdown"))),
             buffer_limit=settings.buffer_limit,
         )
     )

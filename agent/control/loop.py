@@ -267,8 +267,10 @@ class ControlLoop:
         for state in due:
             result = results[state.id]
             if isinstance(result, Measurement):
+                before = state.measurement
                 if self.fleet.record_ok(state.id, result, done):
                     log.info("asset.available", asset_id=state.id)
+                _log_trip(state.id, before, result)
             else:
                 first = state.consecutive_failures == 0
                 if self.fleet.record_failure(state.id, result, done, self.period_s):
@@ -277,6 +279,7 @@ class ControlLoop:
                         asset_id=state.id,
                         error=result,
                         failures=state.consecutive_failures,
+                        since_start=state.polls_ok == 0,  # never answered since the agent started
                     )
                 elif first:
                     log.info("poll.failed", asset_id=state.id, error=result)
@@ -454,3 +457,14 @@ class ControlLoop:
         self.writes += 1
         state.written_setpoint_w = setpoint.power_w
         state.written_at_monotonic = self.monotonic()
+
+
+def _log_trip(asset_id: str, before: Measurement | None, now: Measurement) -> None:
+    """A device that reports a fault (status 3) tripped: say so once, with its code, and again if the code changes
+    while it stays tripped; say when it clears."""
+    tripped = now.status is DeviceStatus.FAULT
+    was = before is not None and before.status is DeviceStatus.FAULT
+    if tripped and (not was or before is None or before.fault_code != now.fault_code):
+        log.warning("asset.fault", asset_id=asset_id, fault_code=now.fault_code, power_w=now.power_w)
+    elif was and not tripped:
+        log.info("asset.fault_cleared", asset_id=asset_id, status=now.status.name.lower())

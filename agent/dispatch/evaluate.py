@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +27,8 @@ from agent.dispatch.evaluation.scenario import Scenario, make_fleet, make_scenar
 
 STRATEGIES = ("aware", "blind", "oracle")
 REFERENCE = "uncontrolled"
+
+Progress = Callable[[str, int, int], None]  # (strategy, steps done, steps in all): called as a strategy advances
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,10 @@ def _policy(name: str, scenario: Scenario, config: EvalConfig) -> UncontrolledPo
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join((*STRATEGIES, 'aggregated', REFERENCE))}")
 
 
-def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None) -> StrategyResult:
-    """Run one strategy over the whole scenario in closed loop and score it."""
+def run_strategy(
+    scenario: Scenario, name: str, config: EvalConfig | None = None, progress: Progress | None = None
+) -> StrategyResult:
+    """Run one strategy over the whole scenario in closed loop and score it; `progress` hears about every step."""
     config = config or EvalConfig()
     policy = _policy(name, scenario, config)
     plant = Plant(scenario)
@@ -107,6 +112,8 @@ def run_strategy(scenario: Scenario, name: str, config: EvalConfig | None = None
             decision = policy.decide(plant)
             record = plant.step(decision.power_w, decision.reserve_up_w, decision.reserve_down_w)
             ledger.book(k, record, plant)
+            if progress is not None:
+                progress(name, k + 1, scenario.steps)
             if config.progress_days and (k + 1) % (per_day * config.progress_days) == 0:
                 _progress(name, (k + 1) // per_day, scenario.days, time.perf_counter() - started)
     ledger.settle()  # the last hour's regulation
@@ -222,12 +229,24 @@ def _progress(name: str, day: int, days: int, elapsed_s: float) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _run_named(args: tuple[Scenario, str, EvalConfig]) -> StrategyResult:
+class _Relay:
+    """A worker's progress, sent to the parent through a queue about 200 times per strategy (not every step)."""
+
+    def __init__(self, queue: object) -> None:
+        self.queue = queue
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if done == total or done % max(1, total // 200) == 0:
+            self.queue.put((name, done, total))  # type: ignore[attr-defined]
+
+
+def _run_named(args: tuple[Scenario, str, EvalConfig, Progress | None]) -> StrategyResult:
     return run_strategy(*args)
 
 
-def evaluate(config: EvalConfig) -> Evaluation:
-    """Build the scenario, run the reference and every requested strategy on it, and score them."""
+def evaluate(config: EvalConfig, progress: Progress | None = None) -> Evaluation:
+    """Build the scenario, run the reference and every requested strategy on it, and score them. `progress` is
+    called in this process (from a relay thread when strategies run in worker processes)."""
     started = time.perf_counter()
     scenario = make_scenario(
         config.days, config.seed, make_fleet(config.fleet), step_s=config.step_s, area=config.area,
@@ -236,16 +255,40 @@ def evaluate(config: EvalConfig) -> Evaluation:
     names = [REFERENCE, *(n for n in config.strategies if n != REFERENCE)]
     for n in names:
         _policy(n, scenario, config)  # unknown names fail before any long run
-    jobs = [(scenario, n, config) for n in names]
     if config.jobs > 1:
-        with ProcessPoolExecutor(max_workers=config.jobs) as pool:
-            done = list(pool.map(_run_named, jobs))
+        done = _run_in_workers(scenario, names, config, progress)
     else:
-        done = [_run_named(j) for j in jobs]
+        done = [run_strategy(scenario, n, config, progress) for n in names]
     reference = done[0].net_value
     results = {r.name: _with_gain(r, reference) for r in done}
     return Evaluation(config, results, config.use_blast and blast_score.available(), time.perf_counter() - started,
                       goals_of(results))
+
+
+def _run_in_workers(
+    scenario: Scenario, names: list[str], config: EvalConfig, progress: Progress | None
+) -> list[StrategyResult]:
+    if progress is None:
+        with ProcessPoolExecutor(max_workers=config.jobs) as pool:
+            return list(pool.map(_run_named, [(scenario, n, config, None) for n in names]))
+    import multiprocessing
+    import threading
+
+    with multiprocessing.Manager() as manager:
+        queue = manager.Queue()
+
+        def relay() -> None:
+            while (item := queue.get()) is not None:
+                progress(*item)
+
+        thread = threading.Thread(target=relay, name="simulate-progress", daemon=True)
+        thread.start()
+        try:
+            with ProcessPoolExecutor(max_workers=config.jobs) as pool:
+                return list(pool.map(_run_named, [(scenario, n, config, _Relay(queue)) for n in names]))
+        finally:
+            queue.put(None)
+            thread.join(timeout=5)
 
 
 def _with_gain(r: StrategyResult, reference: float) -> StrategyResult:

@@ -178,54 +178,60 @@ async def flood(forged: int, baseline_s: float, shipped_broker: bool, in_flight:
             agent = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--run-agent", str(config), "--timings", str(timings), cwd=ROOT,
             )  # fmt: skip
-            observer = aiomqtt.Client("127.0.0.1", broker.port, identifier="bench-observer", timeout=600)
-            async with observer as client:
-                await client.subscribe(f"{PREFIX}/agent/status", qos=1)
-                async with asyncio.timeout(120):
-                    async for message in client.messages:
-                        if json.loads(message.payload).get("state") in ("online", "degraded"):
-                            break
-                await client.subscribe(f"{PREFIX}/ack", qos=1)
-                acks: list[dict[str, Any]] = []
-                all_answered = asyncio.Event()
+            try:
+                observer = aiomqtt.Client("127.0.0.1", broker.port, identifier="bench-observer", timeout=600)
+                async with observer as client:
+                    await client.subscribe(f"{PREFIX}/agent/status", qos=1)
+                    async with asyncio.timeout(120):
+                        async for message in client.messages:
+                            if json.loads(message.payload).get("state") in ("online", "degraded"):
+                                break
+                    await client.subscribe(f"{PREFIX}/ack", qos=1)
+                    acks: list[dict[str, Any]] = []
+                    all_answered = asyncio.Event()
 
-                async def collect() -> None:
-                    async for message in client.messages:
-                        if message.topic.matches(f"{PREFIX}/ack"):
-                            acks.append(json.loads(message.payload))
-                            if len(acks) >= forged:
-                                all_answered.set()
+                    async def collect() -> None:
+                        async for message in client.messages:
+                            if message.topic.matches(f"{PREFIX}/ack"):
+                                acks.append(json.loads(message.payload))
+                                if len(acks) >= forged:
+                                    all_answered.set()
 
-                collector = asyncio.create_task(collect())
-                await asyncio.sleep(baseline_s)  # the baseline window: the site runs, nobody attacks
-                base_start, base_end = time.monotonic() - baseline_s, time.monotonic()
-                started_s = site.clock.seconds()
-                flood_start = time.monotonic()
-                now = datetime.now(UTC)
-                tokens = [
-                    sign_command(attacker, SITE_ID, "as_activation", activation(n, now), now.timestamp(), 600, n)
-                    for n in range(1, forged + 1)
-                ]
-                # the attacker is its own process (Debian's mosquitto_pub, a line per message), so its publishing
-                # cannot slow the simulated devices that share this process with the ack collector
-                tokens_file = work / "forged.txt"
-                tokens_file.write_text("\n".join(tokens) + "\n")
-                with tokens_file.open("rb") as lines:
-                    attacker_pub = await asyncio.create_subprocess_exec(
-                        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-i", "bench-attacker-pub",
-                        "-q", "1", "-M", str(in_flight), "-t", f"{PREFIX}/signals/as_activation", "-l", stdin=lines,
-                    )  # fmt: skip
-                    await attacker_pub.wait()
-                published = time.monotonic()
-                await asyncio.wait_for(all_answered.wait(), 1200)
-                flood_end = time.monotonic()
-                collector.cancel()
-                discharges = [
-                    w.setpoint_w for d in site.devices.values() if isinstance(d, ControllableDevice)
-                    for w in d.write_log if w.t_s >= started_s and w.setpoint_w < -1.0
-                ]  # fmt: skip
-            agent.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(agent.wait(), 60)
+                    collector = asyncio.create_task(collect())
+                    await asyncio.sleep(baseline_s)  # the baseline window: the site runs, nobody attacks
+                    base_start, base_end = time.monotonic() - baseline_s, time.monotonic()
+                    started_s = site.clock.seconds()
+                    flood_start = time.monotonic()
+                    now = datetime.now(UTC)
+                    tokens = [
+                        sign_command(attacker, SITE_ID, "as_activation", activation(n, now), now.timestamp(), 600, n)
+                        for n in range(1, forged + 1)
+                    ]
+                    # the attacker is its own process (Debian's mosquitto_pub, a line per message), so its publishing
+                    # cannot slow the simulated devices that share this process with the ack collector
+                    tokens_file = work / "forged.txt"
+                    tokens_file.write_text("\n".join(tokens) + "\n")
+                    with tokens_file.open("rb") as lines:
+                        attacker_pub = await asyncio.create_subprocess_exec(
+                            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-i", "bench-attacker-pub",
+                            "-q", "1", "-M", str(in_flight), "-t", f"{PREFIX}/signals/as_activation", "-l", stdin=lines,
+                        )  # fmt: skip
+                        await attacker_pub.wait()
+                    published = time.monotonic()
+                    await asyncio.wait_for(all_answered.wait(), 1200)
+                    flood_end = time.monotonic()
+                    collector.cancel()
+                    discharges = [
+                        w.setpoint_w for d in site.devices.values() if isinstance(d, ControllableDevice)
+                        for w in d.write_log if w.t_s >= started_s and w.setpoint_w < -1.0
+                    ]  # fmt: skip
+            finally:  # a failed run must not leave the agent (and its solver worker) running
+                agent.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(agent.wait(), 60)
+                except TimeoutError:
+                    agent.kill()
+                    await agent.wait()
     finally:
         broker.stop()
     cycles = json.loads(timings.read_text())

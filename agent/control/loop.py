@@ -102,6 +102,7 @@ class ControlLoop:
         self.uncontrolled_w = self.meter_check.uncontrolled.value_w  # the estimate the controller steers by
         self.last_bounds: dict[str, Bounds] = {}
         self.cycles = 0
+        self.overruns = 0  # cycles longer than the period (each also logged as cycle.overrun)
         self.cycle_failures = 0
         self.after_cycle: list[Callable[[], None]] = []  # hooks run after every cycle (telemetry), never block it
         self._wake = asyncio.Event()  # set by wake(); _woken says what kind of cycle is pending (at most one)
@@ -240,6 +241,7 @@ class ControlLoop:
         self.timings.append(timing)
         self.cycles += 1
         if timing.total_s > self.period_s:
+            self.overruns += 1
             log.warning(
                 "cycle.overrun",
                 period_s=self.period_s,

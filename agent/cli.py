@@ -417,17 +417,21 @@ def _cmd_keys_public(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_text(name: str) -> str:
+    """The text of an input file, or of stdin for "-"; ConfigError (one line, exit 2) when it cannot be read."""
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read: {exc}") from exc
+
+
 def _cmd_sign(args: argparse.Namespace) -> int:
     from agent.trust.keys import Signer
     from agent.trust.tool import SignInputError, read_entries, sign_entries
 
     key_path = Path(args.key)
     signer = Signer.from_file(args.kid or key_path.stem, key_path)
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"error: {args.file}: cannot read: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    text = _input_text(args.file)
     try:
         entries = list(read_entries(text.splitlines(), args.kind))
     except SignInputError as exc:
@@ -442,11 +446,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     """Check messages the agent published (as `mosquitto_sub -v` prints them: "topic token", or bare tokens)."""
     from agent.trust.seal import NotSealed, open_sealed
 
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"error: {args.file}: cannot read: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    text = _input_text(args.file)
     forged = 0
     for line in text.splitlines():
         if not line.strip():

@@ -110,10 +110,10 @@ def verification_cost(work: Path, tso: Signer, desk: Signer) -> dict[str, float]
             gate.open("as_activation", token, now)
 
     def verified_and_parsed() -> None:
-        parse_signal("as_activation", gate.open("as_activation", good, now).signal, 65536)
+        parse_signal("as_activation", gate.open("as_activation", good, now).signal)
 
     rounds = 2000
-    parse = per_call_us(lambda: parse_signal("as_activation", plain, 65536), rounds)
+    parse = per_call_us(lambda: parse_signal("as_activation", plain), rounds)
     return {
         "parse_us": parse,
         "good_us": per_call_us(verified_and_parsed, rounds),

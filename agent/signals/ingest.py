@@ -141,10 +141,10 @@ class SignalIngest:
         try:
             if kind not in SIGNAL_TYPES:
                 raise SignalRejected(f"unknown signal kind {shown(kind)}; known: {', '.join(SIGNAL_TYPES)}")
-            if len(payload) > self.max_payload_bytes:
+            if len(payload) > self.max_payload_bytes:  # before any work: a signed token is checked at this size too
                 raise SignalRejected(f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
             opened = self.gate.open(kind, payload, received_at) if self.gate is not None else Opened(payload)
-            signal = parse_signal(kind, opened.signal, self.max_payload_bytes)
+            signal = parse_signal(kind, opened.signal)
             signal_id = signal.id
             if opened.redelivered:
                 status = "duplicate"

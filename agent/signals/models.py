@@ -209,13 +209,11 @@ def safe_id(value: object) -> str | None:
     return None
 
 
-def parse_signal(kind: str, payload: bytes, max_bytes: int) -> SignalModel:
+def parse_signal(kind: str, payload: bytes) -> SignalModel:
     """Validate one payload strictly; raises SignalRejected with a bounded reason naming the key and value.
 
     pydantic's own JSON parser is used rather than `json`: it refuses what `json` raises unexpected errors on (numbers
     of thousands of digits, nesting thousands deep, lone surrogates, invalid UTF-8) as plain invalid JSON."""
-    if len(payload) > max_bytes:
-        raise SignalRejected(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
         data = pydantic_core.from_json(payload)
     except ValueError as exc:

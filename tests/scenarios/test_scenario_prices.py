@@ -148,7 +148,7 @@ def test_csv_in_shift_jis(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def test_day_as_price_signal() -> None:
     prices = generate_prices(date(2025, 4, 1), 2, seed=10)
     payload = prices.to_signal_json("Kyushu", date(2025, 4, 2))
-    signal = parse_signal("prices", payload.encode(), 65536)
+    signal = parse_signal("prices", payload.encode())
     assert isinstance(signal, PriceSeries)
     assert signal.start == datetime(2025, 4, 2, tzinfo=JST) and len(signal.prices_per_kwh) == 48
     assert signal.prices_per_kwh == list(prices.areas["Kyushu"][48:])

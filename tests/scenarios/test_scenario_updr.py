@@ -40,7 +40,7 @@ def test_kyushu_has_events_and_tokyo_none() -> None:
 def test_json_validates_as_agent_signal() -> None:
     events = generate_updr_events(PRICES, "Kyushu", 50_000.0, seed=3)
     for spec in events:
-        signal = parse_signal("up_dr", spec.to_signal_json().encode(), 4096)
+        signal = parse_signal("up_dr", spec.to_signal_json().encode())
         assert isinstance(signal, UpDrEvent)
         assert signal.id == spec.id and signal.start == spec.start and signal.end == spec.end
         assert signal.requested_increase_w == spec.requested_increase_w

@@ -72,7 +72,6 @@ class LinkSettings:
     persistent_session: bool = True
     birth: Retained | None = None
     will: Retained | None = None
-    closing: Retained | None = None  # published before a clean disconnect (the broker sends no Will then)
     buffer_limit: int = 10_000
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 30.0
@@ -179,9 +178,6 @@ class MqttLink:
                     delay = self.settings.reconnect_min_s
                     await self._on_connect(client)
                     await self._serve(client, stop)
-                    if self.settings.closing is not None:
-                        c = self.settings.closing
-                        await client.publish(c.topic, c.payload, qos=c.qos, retain=c.retain)
             except aiomqtt.MqttError as exc:
                 self.stats.connect_failures += 1
                 self.stats.last_error = str(exc)

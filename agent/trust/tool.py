@@ -15,6 +15,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from agent.config import TrustedKey, TrustSettings, format_validation_error
 from agent.signals.models import SIGNAL_TYPES
 from agent.trust.commands import sign_command
 from agent.trust.keys import KeyFileError, Signer, new_private_key, public_key_text, write_private_key
@@ -27,10 +30,15 @@ class SignInputError(ValueError):
 def new_key(out_dir: Path, kid: str, kinds: list[str], issuer: str) -> tuple[Path, str]:
     """Write `<out_dir>/<kid>.pem` (mode 600, never over an existing file); returns its path and the `[[trust.keys]]`
     entry a site adds to trust it (only its public key when it may send no kind)."""
-    unknown = [k for k in kinds if k not in SIGNAL_TYPES]
-    if unknown:
-        raise KeyFileError(f"unknown signal kind(s) {unknown}; known: {', '.join(SIGNAL_TYPES)}")
     key = new_private_key()
+    # the rules of the config the entry goes into (agent/config.py), checked before any file is written
+    try:
+        if kinds:
+            TrustedKey(kid=kid, public_key=public_key_text(key), kinds=kinds, issuer=issuer)
+        else:
+            TrustSettings(agent_kid=kid, agent_key_file=str(out_dir / f"{kid}.pem"))
+    except ValidationError as exc:
+        raise KeyFileError(format_validation_error("key", exc)) from None
     path = out_dir / f"{kid}.pem"
     try:
         write_private_key(path, key)

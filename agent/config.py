@@ -116,6 +116,9 @@ class SiteSettings(Strict):
         None, gt=0, description="most load of the site besides its controlled assets; None: no meter plausibility check"
     )
     pv_max_w: float = Field(0.0, ge=0, description="most PV (or other generation) behind the site meter")
+    currency: str = Field(
+        "JPY", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of every price in config and signals (per kWh)"
+    )
     meter_tolerance_w: float = Field(
         2000.0, ge=0, description="meter vs. assets + base-load range disagreement tolerated (timing, meter error)"
     )
@@ -327,6 +330,54 @@ class MetricsSettings(Strict):
     port: int = Field(9108, ge=1, le=65535)
 
 
+class WebSettings(Strict):
+    """The read-only local status page (agent/web/). On this host it needs nothing else; beyond it, TLS and a login,
+    so neither the site's state nor a future write action crosses a network in the clear or without a password."""
+
+    enabled: bool = Field(False, description="serve the status page over HTTP(S)")
+    host: Host = Field("127.0.0.1", description="address to listen on; beyond this host TLS and a login are required")
+    port: int = Field(8088, ge=1, le=65535)
+    cert_file: FilePath | None = Field(None, description="server certificate (PEM); setting it turns TLS on")
+    key_file: FilePath | None = Field(None, description="private key (PEM) of cert_file")
+    username: str | None = Field(None, min_length=1, description="login name; with a password, every page needs it")
+    password_env: str | None = Field(
+        None, min_length=1, description="name of the environment variable holding the password"
+    )
+    password_file: FilePath | None = Field(None, description="path of a file holding the password")
+    refresh_s: float = Field(2.0, ge=0.5, le=3600, description="how often the page fetches the agent's state")
+
+    @model_validator(mode="after")
+    def _check(self) -> WebSettings:
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        has_password = bool(self.password_env or self.password_file)
+        if (self.username is None) == has_password:
+            raise ValueError("username and a password (password_env or password_file) go together")
+        if self.enabled and not is_loopback(self.host) and (self.cert_file is None or self.username is None):
+            raise ValueError(
+                f"host = {self.host!r} is beyond this host: set cert_file/key_file (TLS) and username with "
+                "password_env or password_file, so the site's state never crosses a network in the clear or "
+                "without a login"
+            )
+        return self
+
+
+class HomeAssistantSettings(Strict):
+    """MQTT discovery for Home Assistant (agent/homeassistant.py): a sensor per asset's power, SoC and status and
+    for the VPP envelope, so a Home Assistant user sees the site without writing YAML. Needs [mqtt] enabled."""
+
+    enabled: bool = Field(False, description="publish discovery messages and plain state topics for Home Assistant")
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix")
+    every_s: float = Field(10.0, ge=1, le=3600, description="how often the plain state topics are refreshed")
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return plain_topic(value)
+
+
 KEY_ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,64}$"
 
 
@@ -460,6 +511,8 @@ class AppConfig(Strict):
     signals: SignalSettings = SignalSettings()
     trust: TrustSettings = TrustSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 
@@ -472,6 +525,8 @@ class AppConfig(Strict):
         )
         if any(a.transport == "mqtt" for a in self.assets) and not self.mqtt.enabled:
             raise ValueError("assets use transport = 'mqtt' but mqtt.enabled is false")
+        if self.homeassistant.enabled and not self.mqtt.enabled:
+            raise ValueError("homeassistant.enabled needs mqtt.enabled: discovery goes over the broker")
         if self.site.meter is not None and self.site.meter not in seen:
             raise ValueError(f"site.meter: {self.site.meter!r} is not an asset id")
         if self.signatures_required and self.trust.site_id is None:

@@ -52,7 +52,7 @@ PUBLISHERS = {
 }
 SITES = ("site1", "site2")
 # every credential of deploy/mosquitto.acl that is not a site's agent
-ROLES = ["telemetry-reader", "bridge-site1", *PUBLISHERS]
+ROLES = ["telemetry-reader", "homeassistant", "bridge-site1", *PUBLISHERS]
 USERS = [*SITES, *ROLES]
 _ids = itertools.count()
 
@@ -291,7 +291,8 @@ def discovery(node: str) -> list[str]:
 
 def agent_tree(prefix: str) -> list[str]:
     """What a site's agent writes under its prefix (its devices' commands too)."""
-    tails = ["agent/status", "assets/bat-1/measurement", "envelope", "ack", "audit/head", "devices/bat-1/set"]
+    tails = ["agent/status", "assets/bat-1/measurement", "envelope", "ack", "audit/head", "devices/bat-1/set",
+             "ha/assets/bat-1", "ha/availability"]
     return [f"{prefix}/{tail}" for tail in tails]
 
 
@@ -306,6 +307,21 @@ async def test_a_role_cannot_announce_entities_nor_write_a_tree_of_its_own(site:
     # and nothing it sends there reaches a reader (the reader may read every vpp/+/agent, assets, envelope, ack, audit)
     async with listening(site, "telemetry-reader", f"vpp/{role}/#", "vpp/site1/envelope") as reader:
         await assert_not_delivered(site, role, agent_tree(f"vpp/{role}"), reader, "site1", "vpp/site1/envelope")
+
+
+async def test_home_assistant_sees_what_a_site_announces_and_cannot_command_it(site: Site) -> None:
+    """Home Assistant's credential reads the discovery configs and the plain states a site's agent publishes, and may
+    send its own birth message; it can neither write a site's tree nor send a signal."""
+    async with listening(site, "homeassistant", "homeassistant/#", "vpp/+/ha/#") as ha:
+        config, state = token("config"), token("state")
+        async with site.client("site1") as agent:
+            await agent.publish("homeassistant/sensor/site1/bat_1_power/config", config, qos=1)
+            await agent.publish("vpp/site1/ha/assets/bat-1", state, qos=1)
+        before = await ha.until(state)  # one publisher, one QoS: the config arrives before the state
+        assert ("homeassistant/sensor/site1/bat_1_power/config", config) in before
+    answered = await verdicts(site, "homeassistant", ["homeassistant/status", "vpp/site1/signals/site_target"])
+    assert answered["homeassistant/status"] != NOT_AUTHORIZED
+    assert answered["vpp/site1/signals/site_target"] == NOT_AUTHORIZED
 
 
 async def test_a_sites_agent_announces_its_own_entities_only(site: Site) -> None:

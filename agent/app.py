@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -44,6 +45,10 @@ from agent.telemetry import TelemetryPublisher
 from agent.trust.gate import CommandGate
 from agent.trust.keys import Signer
 from agent.trust.seal import SealedBus, Sealer
+
+if TYPE_CHECKING:
+    from agent.homeassistant import HomeAssistant
+    from drivers.mqtt_link import MqttLink
 
 log = structlog.get_logger("agent.app")
 
@@ -95,6 +100,9 @@ class AgentApp:
         if self.link is not None:
             self.telemetry = TelemetryPublisher(self.out, prefix)
             self.loop.after_cycle.append(self._publish_telemetry)
+        self.homeassistant: HomeAssistant | None = None
+        if self.link is not None and config.homeassistant.enabled:
+            self.homeassistant = _home_assistant(config, self.link)
         self.dispatcher: Dispatcher | None = None
         if config.control.mode == "dispatch":
             self.dispatcher = Dispatcher(config, now, self.ingest.book)
@@ -273,6 +281,9 @@ class AgentApp:
             state=self.health.state,
         )
 
+    def _setpoints_w(self) -> dict[str, float]:
+        return {asset: setpoint.power_w for asset, setpoint in self.loop.last_setpoints.items()}
+
     async def feed_signals(self, path: Path) -> int:
         """Signals from a JSON-lines file, as if they came over MQTT (the same gate and checks): per line
         {"kind": ..., "jws": "<signed command>"} as `vpp-agent sign` writes it, or {"kind": ..., "payload": {...}}
@@ -313,6 +324,13 @@ class AgentApp:
             else None
         )
         metrics = start_metrics(self, self.config.metrics)
+        ha_task = (
+            asyncio.create_task(
+                self.homeassistant.run(self.loop.fleet, self._setpoints_w, self.loop.site_meter_w, stop)
+            )
+            if self.homeassistant is not None
+            else None
+        )
         try:
             await self.loop.run(stop)
         finally:
@@ -330,6 +348,11 @@ class AgentApp:
                 await _logged(self.audit.close(publish_head), "audit.close_failed")  # counts, `stop`, flush, head
             finally:
                 await _logged(self._publish_offline(), "agent.offline_status_failed")
+                if ha_task is not None and self.homeassistant is not None:
+                    ha_task.cancel()  # it may be waiting on a broker that is gone: never hold the shutdown
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await _logged(ha_task, "homeassistant.failed")
+                    await _logged(self.homeassistant.offline(), "homeassistant.offline_failed")
                 link_stop.set()
             if link_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -346,6 +369,26 @@ class AgentApp:
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
             self.notifier.close()
+
+
+def _home_assistant(config: AppConfig, link: MqttLink) -> HomeAssistant:
+    """Discovery for Home Assistant over the plain link (its state topics are never sealed: agent/homeassistant.py);
+    imported only when `[homeassistant]` is on. The site id names the entities: [trust] site_id, else the last level
+    of the topic prefix (the shipped ACL's user name and prefix, deploy/mosquitto.acl)."""
+    from agent import installed_version
+    from agent.homeassistant import HomeAssistant
+
+    ha = config.homeassistant
+    site = config.trust.site_id or config.mqtt.topic_prefix.rsplit("/", 1)[-1]
+    return HomeAssistant(
+        link,
+        config.mqtt.topic_prefix,
+        site,
+        ha.discovery_prefix,
+        ha.every_s,
+        lambda: link.stats.connects,
+        installed_version(),
+    )
 
 
 def _sealer(config: AppConfig, now: Callable[[], datetime]) -> Sealer | None:

@@ -7,5 +7,5 @@ def installed_version() -> str:
 
     try:
         return version("vpp-agent")
-    except PackageNotFoundError:
-        return "unknown"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"

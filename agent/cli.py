@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 
+from agent import installed_version
 from agent.audit.cli import add_parser as add_audit_parser
 from agent.config import AppConfig, ConfigError, load_config
 from agent.logs import configure_logging
@@ -467,15 +468,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if forged else 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vpp-agent")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Every option's help says its default (unless it says one itself, or there is none worth saying)."""
 
@@ -512,7 +504,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vpp-agent", description="Virtual power plant control agent")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and the register maps it names")
     check.add_argument("config", help="path to config.toml")

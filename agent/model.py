@@ -93,6 +93,9 @@ class Measurement:
     current_a: float | None = None
     energy_import_wh: float | None = None
     energy_export_wh: float | None = None
+    # The device's own state code when its map does not know it: status is then FAULT (not operable: no setpoints,
+    # still polled, not a failed poll), and this says which code to add to the map.
+    unmapped_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

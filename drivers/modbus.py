@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -28,7 +29,7 @@ from pymodbus.pdu import ModbusPDU
 from agent.model import AssetKind, Measurement
 from agent.ports import DriverError
 from drivers.measure import to_measurement
-from drivers.registermap import RegisterMap
+from drivers.registermap import Reading, RegisterMap, Write
 
 
 class ModbusGateway:
@@ -103,6 +104,7 @@ class ModbusDriver:
         gateway: ModbusGateway,
         unit_id: int,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.asset_id = asset_id
         self.map = register_map
@@ -111,6 +113,10 @@ class ModbusDriver:
         self.channel = (gateway.host, gateway.port)  # devices on one connection are polled in turn (agent.control.loop)
         self.unit_id = unit_id
         self._now = now
+        self._sleep = sleep  # the pause a device needs after some writes ([control] delay_s)
+        self.last_reading: Reading | None = None  # scale factors and percent-of references for writes
+        self.lease_s: float | None = None
+        self._prepared = False  # [control] on_connect written since the device last came (back)
 
     def __repr__(self) -> str:
         return f"ModbusDriver({self.asset_id} {self.map.id} @ {self.gateway.host}:{self.gateway.port}/{self.unit_id})"
@@ -131,10 +137,10 @@ class ModbusDriver:
         span_registers: list[list[int]] = []
         for span in self.map.spans:
             response = await self._call(
-                f"read {span.count} registers at {span.address}",
-                lambda client, span=span: client.read_holding_registers(
-                    span.address, count=span.count, device_id=self.unit_id
-                ),
+                f"read {span.count} registers at {span.address} (function {span.function})",
+                lambda client, span=span: (
+                    client.read_input_registers if span.function == 4 else client.read_holding_registers
+                )(span.address, count=span.count, device_id=self.unit_id),
             )
             registers = response.registers
             if len(registers) != span.count:
@@ -143,14 +149,41 @@ class ModbusDriver:
                     f"read at {span.address} returned {len(registers)} registers, asked {span.count}",
                 )
             span_registers.append(registers)
-        return self.to_measurement(self.map.decode(span_registers))
+        reading = self.map.read(span_registers)
+        if "power_w" not in reading.values:
+            self._bad("power_w", float("nan"), "reads as 'not implemented'")
+        measurement = self.to_measurement(reading.values)
+        self.last_reading = reading
+        if reading.unmapped_status is not None:
+            measurement = dataclasses.replace(measurement, unmapped_status=reading.unmapped_status)
+        return measurement
 
     async def write_setpoint(self, power_w: float) -> None:
-        await self._write("setpoint_w", power_w)
+        """Write the setpoint as the map's command sequence (by default its setpoint_w row), in order, pausing where
+        the device needs it; the device's remote-control writes go first when they have not been made yet."""
+        if not self._prepared:
+            await self._prepare()
+        try:
+            _, writes = self.map.setpoint_writes(power_w, self.lease_s, self.last_reading)
+        except ValueError as exc:
+            raise DriverError(self.asset_id, f"cannot encode setpoint {power_w} W: {exc}") from exc
+        await self._run(writes)
 
     async def write_lease_timeout(self, seconds: float) -> None:
-        if self.map.has("lease_timeout_s"):
+        """Called when the lease must be (re)established: at start and after the device comes back, so the
+        remote-control writes of [control] on_connect are made again too (a restarted device forgot them)."""
+        self.lease_s = seconds
+        await self._prepare()
+        if self.map.has("lease_timeout_s") and self.map.codec("lease_timeout_s").row.access != "r":
             await self._write("lease_timeout_s", seconds)
+
+    async def _prepare(self) -> None:
+        try:
+            writes = self.map.connect_writes(self.lease_s)
+        except ValueError as exc:
+            raise DriverError(self.asset_id, f"cannot encode the connect writes: {exc}") from exc
+        await self._run(writes)
+        self._prepared = True
 
     async def close(self) -> None:
         """Gateways are shared; the pool that made them closes them."""
@@ -158,15 +191,24 @@ class ModbusDriver:
     async def _write(self, field: str, value: float) -> None:
         if not self.map.has(field):
             raise DriverError(self.asset_id, f"map {self.map.id} has no {field}")
-        codec = self.map.codec(field)
         try:
-            registers = self.map.encode(field, value, toward_zero=field == "setpoint_w")
+            registers = self.map.encode(field, value, toward_zero=field == "setpoint_w", context=self.last_reading)
         except ValueError as exc:
             raise DriverError(self.asset_id, f"cannot encode {field}: {exc}") from exc
-        await self._call(
-            f"write {field} at {codec.row.address}",
-            lambda client: client.write_registers(codec.row.address, registers, device_id=self.unit_id),
-        )
+        await self._run([self.map.write(field, registers)])
+
+    async def _run(self, writes: list[Write]) -> None:
+        """Send writes one after another, each answered before the next (a command sequence is ordered)."""
+        for write in writes:
+            await self._call(f"write {write.label} at {write.address} (function {write.function})",
+                             lambda client, w=write: self._send(client, w))
+            if write.delay_s > 0:
+                await self._sleep(write.delay_s)
+
+    def _send(self, client: AsyncModbusTcpClient, write: Write) -> Awaitable[ModbusPDU]:
+        if write.function == 6:
+            return client.write_register(write.address, write.registers[0], device_id=self.unit_id)
+        return client.write_registers(write.address, write.registers, device_id=self.unit_id)
 
     async def _call(self, what: str, request: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]) -> ModbusPDU:
         """Run one request; every transport failure becomes a DriverError naming the asset and the request.

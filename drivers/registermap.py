@@ -1,12 +1,21 @@
-"""Register maps: the data file of a device model, validated and compiled into a fast decoder.
+"""Register maps: the data file of a device model, validated and compiled into a decoder and a write planner.
 
 A map row says where a value lives and how to turn raw registers into the agent's SI units and sign. The file is
 data (drivers/maps/*.toml) so an integrator adds a device model without code; this module is the one place that
 understands the format on the agent's side. The simulator reads the same files with its own code on purpose
-(DESIGN.md §2), and an independent client checks documented addresses, so a wrong map cannot pass on both ends.
+(DESIGN.md §2), and golden tests check each real product's map against words worked by hand from its documentation,
+so a wrong map cannot pass on both ends.
 
-Decoding uses precompiled `struct` formats over whole register spans rather than one pymodbus conversion call per
-value: one poll of a 1000-device site decodes ~15 000 values a second and the per-call overhead dominated.
+Format v1 (`schema = 1`) is holding registers, 16-bit big-endian words, u16..f32 types, scale / scale-factor register
+/ invert, one `setpoint_w` row. Format v2 (`schema = 2`) adds what real products need (docs/devices.md lists every
+key with an example): function 04 reads, 06/16 writes per row or map, 1-based addresses, u64/s64, strings,
+bitfields, byte order, enum maps from device codes to DeviceStatus with a derived `ev_connected`, "not implemented"
+sentinels, percent-of and offsets, scale factors on writable rows, command sequences (writes at connect, an ordered
+setpoint sequence with delays, split charge/discharge registers, a minimum power), and request planning (registers
+per request, device blocks that a request may not cross, gaps inside a block read through).
+
+Decoding packs each span's words into bytes once and unpacks every row with a precompiled `struct.Struct`: one poll
+of a 1000-device site decodes ~15 000 values a second and a per-value library call dominated that cost.
 """
 
 from __future__ import annotations
@@ -14,21 +23,32 @@ from __future__ import annotations
 import math
 import struct
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind
+from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind, DeviceStatus
 
-RegisterType = Literal["u16", "s16", "u32", "s32", "f32"]
+RegisterType = Literal["u16", "s16", "u32", "s32", "f32", "u64", "s64", "string"]
 WordOrder = Literal["big", "little"]
+ByteOrder = Literal["big", "little"]
 
-# How many 16-bit registers each type occupies and its struct code (big-endian bytes within each register).
-TYPE_WIDTH: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2}
-TYPE_CODE: dict[str, str] = {"u16": "H", "s16": "h", "u32": "I", "s32": "i", "f32": "f"}
+# How many 16-bit registers each type occupies and its struct code (a string's width is its row's `length`).
+TYPE_WIDTH: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4}
+TYPE_CODE: dict[str, str] = {"u16": "H", "s16": "h", "u32": "I", "s32": "i", "f32": "f", "u64": "Q", "s64": "q"}
+# SunSpec's "not implemented" values per type (`sentinels = "sunspec"`); f32 NaN is always missing in schema 2.
+SUNSPEC_SENTINELS: dict[str, int] = {
+    "u16": 0xFFFF,
+    "s16": -0x8000,
+    "u32": 0xFFFF_FFFF,
+    "s32": -0x8000_0000,
+    "u64": 0xFFFF_FFFF_FFFF_FFFF,
+    "s64": -0x8000_0000_0000_0000,
+}
 
 # Device unit -> factor to the SI unit the domain field is held in (DESIGN.md §4: convert once, at the boundary).
 UNIT_FACTOR: dict[str, float] = {
@@ -58,8 +78,16 @@ UNIT_FAMILY: dict[str, set[str]] = {
     "bool": {"bool", "code"},
 }
 M = TypeVar("M", bound=BaseModel)
-MAX_READ_REGISTERS = 125  # Modbus limit for one read-holding-registers request
+MAX_READ_REGISTERS = 125  # Modbus limit for one read-registers request
 MAX_SCALE_FACTOR = 10  # SunSpec allows -10..10; anything else is a broken device, not a value
+MAX_STEP_DELAY_S = 30.0  # a longer pause would hold the gateway's other devices for a whole lease
+STATUS_NAMES = {s.name.lower(): s for s in DeviceStatus}
+# Keys a schema-1 file may use; anything else needs `schema = 2`, so a v1 reader is never handed a file it misreads.
+V1_ROW_KEYS = frozenset(
+    {"field", "name", "address", "type", "unit", "scale", "scale_factor", "invert", "access", "word_order",
+     "description"}
+)
+V1_MODEL_KEYS = frozenset({"id", "manufacturer", "name", "kind", "word_order"})
 
 
 class MapError(ValueError):
@@ -72,47 +100,86 @@ class MapError(ValueError):
 MAP_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 # the device kind is spelt as its value in the file ("battery"); strict mode would want the enum object
 KindField = Annotated[AssetKind, Strict(False)]
+# TOML has arrays, not tuples: lists fill these
+Pair = Annotated[tuple[int, int], Strict(False)]
+Codes = Annotated[tuple[int, ...], Strict(False)]
 
 
 class RegisterRow(BaseModel):
+    """One `[[registers]]` row: a domain `field` or a helper `name` (scale factor, control register, car id ...)."""
+
     model_config = MAP_MODEL_CONFIG
 
     field: str | None = None
     name: str | None = None
     address: int = Field(ge=0, le=65535)
     type: RegisterType
+    length: int | None = Field(default=None, ge=1, le=MAX_READ_REGISTERS)  # registers of a string
+    bits: Pair | None = None  # lowest and highest bit (inclusive) of a bitfield, bit 0 = LSB
     unit: str = "code"
     scale: float = 1.0
+    offset: float = 0.0  # added after scaling, in the device unit
     scale_factor: int | None = Field(default=None, ge=0, le=65535)
+    percent_of: str | None = None  # value is a percentage of this row's (SI) value
+    negate_if: str | None = None  # sign from a flag row: negated while that row reads non-zero
+    minimum: float | None = None  # SI floor after conversion (a device's "-1 W = not offered" reads as 0)
     invert: bool = False
-    access: Literal["r", "rw"] = "r"
+    access: Literal["r", "rw", "w"] = "r"
+    function: Literal[3, 4] | None = None  # read function; default [model].read_function
+    write_function: Literal[6, 16] | None = None  # default [model].write_function
     word_order: WordOrder | None = None
+    byte_order: ByteOrder | None = None
+    missing: Codes = ()  # raw values meaning "not implemented / no value"
+    enum: dict[str, str] | None = None  # status rows: device code -> DeviceStatus name
+    ev_connected_codes: Codes | None = None  # status rows: codes with an EV plugged in
     description: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> RegisterRow:
-        if self.field is None and self.name is None:
-            raise ValueError("a row needs a 'field' (domain value) or a 'name' (helper register)")
+        if (self.field is None) == (self.name is None):
+            raise ValueError("a row needs exactly one of 'field' (domain value) or 'name' (helper register)")
+        if self.type == "string":
+            if self.length is None:
+                raise ValueError("a string row needs 'length' (registers, two characters each)")
+            if self.field is not None:
+                raise ValueError("no domain field is a string; give the row a 'name'")
+        elif self.length is not None:
+            raise ValueError("'length' is only for type = \"string\"")
         if self.field is not None:
             if self.field not in MEASUREMENT_FIELDS:
                 raise ValueError(f"field {self.field!r} is not a domain field ({', '.join(MEASUREMENT_FIELDS)})")
             domain_unit = MEASUREMENT_FIELDS[self.field]
-            if self.unit not in UNIT_FAMILY[domain_unit]:
+            if self.percent_of is None and self.unit not in UNIT_FAMILY[domain_unit]:
                 raise ValueError(
                     f"unit {self.unit!r} cannot feed {self.field} (held in {domain_unit}); "
                     f"use one of {sorted(UNIT_FAMILY[domain_unit])}"
                 )
-            if self.access == "rw" and self.field not in WRITABLE_FIELDS:
+            if self.access != "r" and self.field not in WRITABLE_FIELDS:
                 raise ValueError(f"field {self.field} cannot be writable; writable: {sorted(WRITABLE_FIELDS)}")
-            if self.access == "rw" and self.scale_factor is not None:
-                raise ValueError("writable rows with a scale_factor register are not supported yet; use scale")
+        elif self.unit not in UNIT_FACTOR:
+            raise ValueError(f"unit {self.unit!r} is not one of {sorted(UNIT_FACTOR)}")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
+        if self.bits is not None:
+            low, high = self.bits
+            if self.type not in ("u16", "u32") or not 0 <= low <= high < 16 * TYPE_WIDTH[self.type]:
+                raise ValueError(f"bits {list(self.bits)} must lie inside a u16 or u32 register (bit 0 = LSB)")
+        if (self.enum is not None or self.ev_connected_codes is not None) and self.field != "status":
+            raise ValueError("'enum' and 'ev_connected_codes' belong on the status row")
+        for code, status in (self.enum or {}).items():
+            if not code.lstrip("-").isdigit():
+                raise ValueError(f"enum key {code!r} is not an integer device code")
+            if status not in STATUS_NAMES:
+                raise ValueError(f"enum {code} = {status!r} is not a status ({', '.join(STATUS_NAMES)})")
+        if self.missing and self.type in ("f32", "string"):
+            raise ValueError("'missing' lists raw integers; f32 NaN is always missing")
+        if self.write_function == 6 and self.width != 1:
+            raise ValueError(f"write_function 6 writes one register; a {self.type} needs 16")
         return self
 
     @property
     def width(self) -> int:
-        return TYPE_WIDTH[self.type]
+        return self.length if self.type == "string" and self.length else TYPE_WIDTH.get(self.type, 1)
 
     @property
     def label(self) -> str:
@@ -127,6 +194,52 @@ class ModelInfo(BaseModel):
     name: str
     kind: KindField
     word_order: WordOrder = "big"
+    byte_order: ByteOrder = "big"
+    address_base: Literal[0, 1] = 0  # 1: addresses are the documentation's 1-based register numbers
+    read_function: Literal[3, 4] = 3
+    write_function: Literal[6, 16] = 16
+    max_registers: int = Field(default=MAX_READ_REGISTERS, ge=1, le=MAX_READ_REGISTERS)
+    blocks: Annotated[tuple[Pair, ...], Strict(False)] = ()  # [first, last] address ranges; requests stay inside one
+    sentinels: Literal["none", "sunspec"] = "none"
+    source: str = ""  # the document the map was written from, with its version or commit
+    product: str = ""  # products and firmware the map was checked against
+
+
+StepValue = int | Literal["setpoint", "magnitude", "charge", "discharge", "lease"]
+
+
+class ByDirection(BaseModel):
+    """A raw value chosen by the setpoint's direction (Sungrow 0xAA/0xBB/0xCC, Quasar start/stop)."""
+
+    model_config = MAP_MODEL_CONFIG
+
+    charge: int
+    discharge: int
+    idle: int
+
+
+class Step(BaseModel):
+    """One write of a command sequence: a raw constant, or the setpoint (or a part of it) through the row's codec."""
+
+    model_config = MAP_MODEL_CONFIG
+
+    row: str
+    value: StepValue | ByDirection
+    delay_s: float = Field(default=0.0, ge=0.0, le=MAX_STEP_DELAY_S)  # pause after this write
+
+
+class Control(BaseModel):
+    """How a setpoint reaches the device beyond one `setpoint_w` register."""
+
+    model_config = MAP_MODEL_CONFIG
+
+    # written before the first setpoint and again after the device comes back
+    on_connect: Annotated[tuple[Step, ...], Strict(False)] = ()
+    # in order, every setpoint write; default: the setpoint_w row alone
+    setpoint: Annotated[tuple[Step, ...], Strict(False)] = ()
+    min_charge_w: float = Field(default=0.0, ge=0.0)  # below this a request is written as 0 (the device refuses it)
+    min_discharge_w: float = Field(default=0.0, ge=0.0)
+    min_charge_row: str | None = None  # a live minimum read from the device, in W
 
 
 class MapFileHeader(BaseModel):
@@ -146,86 +259,265 @@ class MapFileHeader(BaseModel):
 class RegisterMapFile(MapFileHeader):
     model: ModelInfo
     registers: list[RegisterRow]
+    control: Control = Control()
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> RegisterMapFile:  # overrides the header's: register maps read schema 1 and 2
+        if self.schema_ not in (1, 2):
+            raise ValueError(f"schema {self.schema_} is not supported (this agent reads register maps of schema 1, 2)")
+        if self.schema_ == 1:
+            extra = sorted(self.model.model_fields_set - V1_MODEL_KEYS)
+            if extra:
+                raise ValueError(f"[model] keys {extra} need schema = 2")
+            for row in self.registers:
+                extra = sorted(row.model_fields_set - V1_ROW_KEYS)
+                if extra:
+                    raise ValueError(f"row {row.label}: keys {extra} need schema = 2")
+            if "control" in self.model_fields_set:
+                raise ValueError("[control] needs schema = 2")
+        return self
 
     @model_validator(mode="after")
     def _check_layout(self) -> RegisterMapFile:
+        base = self.model.address_base
         taken: dict[int, str] = {}
-        fields: set[str] = set()
+        bit_rows: dict[int, list[RegisterRow]] = {}
+        labels: dict[str, RegisterRow] = {}
         for row in self.registers:
+            where = f"row {row.label}"
+            if row.address - base < 0 or row.address - base + row.width > 65536:
+                raise ValueError(f"{where}: address {row.address} is outside the register space (address_base {base})")
+            if row.label in labels:
+                raise ValueError(f"{where}: {'field' if row.field else 'name'} {row.label} is mapped twice")
+            labels[row.label] = row
+            shared = bit_rows.get(row.address, [])
+            if row.bits is not None and shared and all(o.type == row.type for o in shared):
+                for other in shared:
+                    if other.bits and not (row.bits[1] < other.bits[0] or other.bits[1] < row.bits[0]):
+                        raise ValueError(f"{where}: bits {list(row.bits)} overlap {other.label}")
+                shared.append(row)
+                continue
             for addr in range(row.address, row.address + row.width):
                 if addr in taken:
                     raise ValueError(f"{row.label} at {row.address} overlaps {taken[addr]}")
                 taken[addr] = row.label
-            if row.field:
-                if row.field in fields:
-                    raise ValueError(f"field {row.field} is mapped twice")
-                fields.add(row.field)
+            if row.bits is not None:
+                bit_rows[row.address] = [row]
         by_address = {row.address: row for row in self.registers}
         for row in self.registers:
+            where = f"row {row.label}"
             if row.scale_factor is not None:
                 sf_row = by_address.get(row.scale_factor)
                 if sf_row is None or sf_row.type != "s16":
                     raise ValueError(f"{row.label}: scale_factor {row.scale_factor} is not an s16 register of the map")
+            for key, ref in (("percent_of", row.percent_of), ("negate_if", row.negate_if)):
+                if ref is not None and ref not in labels:
+                    raise ValueError(f"{where}: {key} {ref!r} is no field or name of the map")
+            if row.percent_of is not None:
+                target = labels[row.percent_of]
+                if row.unit != "%" or target.percent_of is not None or target.type == "string":
+                    raise ValueError(f"{where}: percent_of needs unit \"%\" and a numeric row that is no percentage")
+            if row.access != "r" and (row.type == "string" or row.bits or row.negate_if or row.minimum is not None):
+                raise ValueError(f"{where}: a writable row cannot be a string, bitfield, negate_if or minimum row")
+        fields = {row.field for row in self.registers if row.field}
+        status = next((r for r in self.registers if r.field == "status"), None)
+        if status is not None and status.ev_connected_codes is not None and "ev_connected" in fields:
+            raise ValueError("row status: ev_connected_codes and an ev_connected row both feed ev_connected")
+        self._check_blocks(base)
+        self._check_control(labels)
         if "power_w" not in fields:
             raise ValueError("every map must feed power_w")
-        if self.model.kind.controllable and "setpoint_w" not in fields:
-            raise ValueError(f"a {self.model.kind} map must have a writable setpoint_w")
+        setpoint = labels.get("setpoint_w")
+        if self.model.kind.controllable and (setpoint is None or setpoint.access == "r") and not self.control.setpoint:
+            raise ValueError(f"a {self.model.kind} map must have a writable setpoint_w or a [control] setpoint")
         return self
+
+    def _check_blocks(self, base: int) -> None:
+        blocks = self.model.blocks
+        for first, last in blocks:
+            if not base <= first <= last or last - first >= 65536:
+                raise ValueError(f"[model] blocks: [{first}, {last}] is not an address range")
+        if not blocks:
+            return
+        for row in self.registers:
+            if row.access == "w":
+                continue
+            if not any(first <= row.address and row.address + row.width - 1 <= last for first, last in blocks):
+                raise ValueError(f"row {row.label}: address {row.address} (+{row.width}) lies in no [model] block")
+
+    def _check_control(self, labels: dict[str, RegisterRow]) -> None:
+        control = self.control
+        for part, steps in (("on_connect", control.on_connect), ("setpoint", control.setpoint)):
+            for i, step in enumerate(steps):
+                where = f"[control] {part}[{i}]"
+                row = labels.get(step.row)
+                if row is None or row.access == "r":
+                    raise ValueError(f"{where}: row {step.row!r} is no writable row of the map")
+                if isinstance(step.value, str):
+                    if part == "on_connect" and step.value != "lease":
+                        raise ValueError(f"{where}: value {step.value!r} needs a setpoint; on_connect writes constants")
+                    want = "s" if step.value == "lease" else "W"
+                    if row.unit not in UNIT_FAMILY[want] and row.percent_of is None:
+                        raise ValueError(f"{where}: value {step.value!r} needs a row in {want}, not {row.unit!r}")
+        if control.min_charge_row is not None and control.min_charge_row not in labels:
+            raise ValueError(f"[control] min_charge_row {control.min_charge_row!r} is no field or name of the map")
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A contiguous run of registers read with one request."""
+    """A run of registers read with one request (gaps inside a device block are read through and ignored)."""
 
-    address: int
+    address: int  # PDU address
     count: int
+    function: int = 3
 
 
 @dataclass(frozen=True, slots=True)
-class FieldCodec:
-    """How to turn one row's raw value into its domain value and back."""
+class RowCodec:
+    """How to cut one row's raw value out of its span and turn it into its SI value, and back."""
 
-    field: str
     row: RegisterRow
-    swap_words: bool
-    factor: float  # raw * factor (* 10**sf) = SI value, sign included
-    sf_address: int | None
+    label: str
+    address: int  # PDU address
+    span: int  # index into RegisterMap.spans; -1 for write-only rows
+    start: int  # byte offset in the span
+    unpacker: struct.Struct | None  # None for strings
+    byte_swap: bool
+    word_reverse: bool
+    mask: int | None
+    shift: int
+    missing: frozenset[int]
+    nan_missing: bool
+    factor: float  # SI = ((raw * scale * 10**sf) + offset) * factor [* SI of percent_of]
+    sf_label: str | None
+    write_function: int
+
+    @property
+    def field(self) -> str:  # kept for callers of the v1 API
+        return self.label
+
+    def raw(self, data: bytes) -> int | float | str | None:
+        chunk = data[self.start : self.start + 2 * self.row.width]
+        if self.byte_swap or self.word_reverse:
+            chunk = _reorder(chunk, self.byte_swap, self.word_reverse)
+        if self.unpacker is None:
+            text = chunk.decode("ascii", errors="replace").replace("\x00", " ").strip()
+            return text or None
+        value = self.unpacker.unpack(chunk)[0]
+        if self.mask is not None:
+            value = (value >> self.shift) & self.mask
+        if value in self.missing or (self.nan_missing and value != value):
+            return None
+        return value
+
+    def pack(self, raw: int | float) -> list[int]:
+        data = self.unpacker.pack(raw) if self.unpacker is not None else b""
+        if self.byte_swap or self.word_reverse:
+            data = _reorder(data, self.byte_swap, self.word_reverse)
+        return list(struct.unpack(f">{len(data) // 2}H", data))
+
+
+def _reorder(data: bytes, byte_swap: bool, word_reverse: bool) -> bytes:
+    out = bytearray(data)
+    if byte_swap:
+        out[0::2], out[1::2] = data[1::2], data[0::2]
+    if word_reverse:
+        words = [out[i : i + 2] for i in range(0, len(out), 2)]
+        out = bytearray(b"".join(reversed(words)))
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
-class SpanLayout:
-    """One precompiled struct per span: a single unpack yields every raw value in it, by address."""
+class Reading:
+    """One decoded poll: domain values (SI, agent sign; a missing value is absent), helper values by name, and the
+    status code the map does not know (None when it knows it)."""
 
-    pack_format: str
-    unpacker: struct.Struct
-    addresses: tuple[int, ...]
-    swap_offsets: tuple[int, ...]  # register offsets of 32-bit values sent low word first
+    values: dict[str, Any]
+    extras: dict[str, Any]
+    unmapped_status: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict)  # raw register values by label (scale factors for writes)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write request of a command: PDU address, words, function code, and the pause the device needs after."""
+
+    label: str
+    address: int
+    registers: list[int]
+    function: int
+    delay_s: float = 0.0
+
+
+@dataclass
+class _Packers:
+    cache: dict[int, struct.Struct] = field(default_factory=dict)
+
+    def get(self, count: int) -> struct.Struct:
+        packer = self.cache.get(count)
+        if packer is None:
+            packer = self.cache[count] = struct.Struct(f">{count}H")
+        return packer
 
 
 class RegisterMap:
-    """A validated, compiled register map."""
+    """A validated, compiled register map: the requests that read it, a decoder, and the writes a setpoint needs."""
 
     def __init__(self, spec: RegisterMapFile, source: str) -> None:
         self.spec = spec
         self.source = source
         self.model = spec.model
-        rows = sorted(spec.registers, key=lambda r: r.address)
-        self.spans = _spans(rows)
-        self._codecs: dict[str, FieldCodec] = {}
-        for row in rows:
-            if row.field is not None:
-                order = row.word_order or spec.model.word_order
-                factor = row.scale * UNIT_FACTOR[row.unit] * (-1.0 if row.invert else 1.0)
-                swap = row.width == 2 and order == "little"
-                self._codecs[row.field] = FieldCodec(row.field, row, swap, factor, row.scale_factor)
-        self._layouts = [self._layout(span, rows) for span in self.spans]
+        self.control = spec.control
+        self.base = spec.model.address_base
+        readable = sorted((r for r in spec.registers if r.access != "w"), key=lambda r: (self._function(r), r.address))
+        self.spans, placement = _plan(readable, self)
+        self._codecs: dict[str, RowCodec] = {}
+        by_address = {r.address: r for r in spec.registers}
+        for row in spec.registers:
+            span_index, start = placement.get(id(row), (-1, 0))
+            self._codecs[row.label] = self._codec(row, span_index, start, by_address)
+        self._by_span: list[list[RowCodec]] = [[] for _ in self.spans]
+        for codec in self._codecs.values():
+            if codec.span >= 0:
+                self._by_span[codec.span].append(codec)
+        # percentages need the SI value of their reference first
+        self._order = sorted(self._codecs.values(), key=lambda c: c.row.percent_of is not None)
+        self._status_enum: dict[int, DeviceStatus] | None = None
+        status = self._codecs.get("status")
+        if status is not None and status.row.enum is not None:
+            self._status_enum = {int(k): STATUS_NAMES[v] for k, v in status.row.enum.items()}
+        self._packers = _Packers()
 
-    def _layout(self, span: Span, rows: list[RegisterRow]) -> SpanLayout:
-        inside = [r for r in rows if span.address <= r.address < span.address + span.count]
-        order = self.model.word_order
-        swaps = tuple(r.address - span.address for r in inside if r.width == 2 and (r.word_order or order) == "little")
-        codes = ">" + "".join(TYPE_CODE[r.type] for r in inside)  # spans are contiguous: no padding needed
-        return SpanLayout(f">{span.count}H", struct.Struct(codes), tuple(r.address for r in inside), swaps)
+    def _function(self, row: RegisterRow) -> int:
+        return row.function or self.model.read_function
+
+    def _codec(self, row: RegisterRow, span: int, start: int, by_address: dict[int, RegisterRow]) -> RowCodec:
+        model = self.model
+        v2 = self.spec.schema_ == 2
+        missing = set(row.missing)
+        if model.sentinels == "sunspec" and row.type in SUNSPEC_SENTINELS and row.bits is None:
+            missing.add(SUNSPEC_SENTINELS[row.type])
+        unit = 1.0 if row.percent_of is not None else UNIT_FACTOR[row.unit]
+        sign = -1.0 if row.invert else 1.0
+        factor = unit * sign * (0.01 if row.percent_of is not None else 1.0)
+        bits = row.bits
+        return RowCodec(
+            row=row,
+            label=row.label,
+            address=row.address - self.base,
+            span=span,
+            start=start,
+            unpacker=None if row.type == "string" else struct.Struct(">" + TYPE_CODE[row.type]),
+            byte_swap=(row.byte_order or model.byte_order) == "little",
+            word_reverse=row.width > 1 and row.type != "string" and (row.word_order or model.word_order) == "little",
+            mask=None if bits is None else (1 << (bits[1] - bits[0] + 1)) - 1,
+            shift=0 if bits is None else bits[0],
+            missing=frozenset(missing),
+            nan_missing=v2 and row.type == "f32",
+            factor=factor,
+            sf_label=None if row.scale_factor is None else by_address[row.scale_factor].label,
+            write_function=row.write_function or model.write_function,
+        )
 
     @property
     def id(self) -> str:
@@ -235,81 +527,223 @@ class RegisterMap:
     def kind(self) -> AssetKind:
         return self.model.kind
 
-    def codec(self, field: str) -> FieldCodec:
-        return self._codecs[field]
+    def codec(self, label: str) -> RowCodec:
+        return self._codecs[label]
 
     def has(self, field: str) -> bool:
-        return field in self._codecs
+        return field in self._codecs and self._codecs[field].row.field is not None
 
-    def decode(self, span_registers: list[list[int]]) -> dict[str, float]:
-        """Turn the registers of every span (in span order) into SI domain values."""
-        raw: dict[int, float] = {}
-        for layout, registers in zip(self._layouts, span_registers, strict=True):
-            if layout.swap_offsets:
-                registers = list(registers)
-                for i in layout.swap_offsets:
-                    registers[i], registers[i + 1] = registers[i + 1], registers[i]
-            unpacked = layout.unpacker.unpack(struct.pack(layout.pack_format, *registers))
-            raw.update(zip(layout.addresses, unpacked, strict=True))
-        values: dict[str, float] = {}
-        for codec in self._codecs.values():
-            value = raw[codec.row.address] * codec.factor
-            if codec.sf_address is not None:
-                sf = raw[codec.sf_address]
-                if not -MAX_SCALE_FACTOR <= sf <= MAX_SCALE_FACTOR:
-                    raise ValueError(f"scale factor at {codec.sf_address} is {sf}, outside ±{MAX_SCALE_FACTOR}")
-                value *= 10.0**sf
-            values[codec.field] = value
-        return values
+    def pdu_address(self, label: str) -> int:
+        return self._codecs[label].address
 
-    def encode(self, field: str, value: float, toward_zero: bool = False) -> list[int]:
-        """Registers that write `value` (SI) into `field`; raises ValueError when the raw value does not fit.
+    # -- reading -------------------------------------------------------------------------------------------------
+    def read(self, span_registers: list[list[int]]) -> Reading:
+        """Decode the registers of every span (in span order) into SI domain values, helper values and status."""
+        raw: dict[str, Any] = {}
+        for codecs, registers in zip(self._by_span, span_registers, strict=True):
+            data = self._packers.get(len(registers)).pack(*registers)
+            for codec in codecs:
+                raw[codec.label] = codec.raw(data)
+        si: dict[str, Any] = {}
+        for codec in self._order:
+            if codec.span >= 0:
+                si[codec.label] = self._to_si(codec, raw, si)
+        values: dict[str, Any] = {}
+        extras: dict[str, Any] = {}
+        unmapped: int | None = None
+        for label, value in si.items():
+            codec = self._codecs[label]
+            if codec.row.field is None:
+                extras[label] = value
+                continue
+            if label == "status":
+                code = raw[label]
+                status = self._status(code)
+                if status is None:
+                    unmapped = int(code) if code is not None else -1
+                    status = DeviceStatus.FAULT  # not operable: no setpoints, still polled, no failed poll
+                values["status"] = status.value
+                if codec.row.ev_connected_codes is not None and code is not None:
+                    values["ev_connected"] = 1 if code in codec.row.ev_connected_codes else 0
+            elif value is not None:
+                values[label] = value
+        return Reading(values, extras, unmapped, raw)
+
+    def decode(self, span_registers: list[list[int]]) -> dict[str, Any]:
+        """The domain values of one poll (see `read` for helper values and the unmapped status)."""
+        return self.read(span_registers).values
+
+    def _status(self, code: Any) -> DeviceStatus | None:
+        if code is None or isinstance(code, str):
+            return None
+        if self._status_enum is not None:
+            return self._status_enum.get(int(code))
+        try:
+            return DeviceStatus(int(code))  # v1: the map carries the agent's codes as-is
+        except ValueError:
+            return None
+
+    def _to_si(self, codec: RowCodec, raw: Mapping[str, Any], si: Mapping[str, Any]) -> Any:
+        value = raw[codec.label]
+        row = codec.row
+        if value is None or isinstance(value, str) or row.field == "status":
+            return value
+        if row.unit == "bool":
+            return 1 if value else 0
+        exact = (
+            isinstance(value, int) and codec.factor == 1.0 and row.scale == 1.0 and row.offset == 0.0
+            and codec.sf_label is None and row.percent_of is None and row.negate_if is None
+        )
+        if exact:  # keep integers whole: a u64 error bitmask does not fit a float
+            return value if row.minimum is None else max(value, row.minimum)
+        device = value * row.scale
+        if codec.sf_label is not None:
+            sf = raw[codec.sf_label]
+            if sf is None:
+                return None
+            if not -MAX_SCALE_FACTOR <= sf <= MAX_SCALE_FACTOR:
+                raise ValueError(f"scale factor at {self._codecs[codec.sf_label].row.address} is {sf}, "
+                                 f"outside ±{MAX_SCALE_FACTOR}")
+            device *= 10.0**sf
+        result = (device + row.offset) * codec.factor
+        if row.percent_of is not None:
+            reference = si.get(row.percent_of)
+            if reference is None:
+                return None
+            result *= reference
+        if row.negate_if is not None and raw.get(row.negate_if):
+            result = -result
+        if row.minimum is not None:
+            result = max(result, row.minimum)
+        return result
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def encode(self, label: str, value: float, toward_zero: bool = False, context: Reading | None = None) -> list[int]:
+        """Registers that write `value` (SI, agent sign) into a row; raises ValueError when it does not fit.
 
         `toward_zero` truncates instead of rounding, for setpoints: a value the envelope clamped to a limit must not
-        be rounded past it by a coarse register (10.6 kW into a whole-kW register is 10, never 11).
+        be rounded past it by a coarse register (10.6 kW into a whole-kW register is 10, never 11). Rows scaled by a
+        scale-factor register or a percentage of another row need the last reading (`context`).
         """
         if not math.isfinite(value):
-            raise ValueError(f"{field}={value!r} is not a finite number")
-        codec = self._codecs[field]
-        raw = value / codec.factor
+            raise ValueError(f"{label}={value!r} is not a finite number")
+        codec = self._codecs[label]
+        row = codec.row
+        k = codec.factor
+        power_of_ten = 1.0
+        if codec.sf_label is not None:
+            sf = None if context is None else context.raw.get(codec.sf_label)
+            if sf is None:
+                raise ValueError(f"{label}: scale factor {codec.sf_label} not read yet")
+            power_of_ten = 10.0**sf
+        if row.percent_of is not None:
+            reference = None if context is None else {**context.values, **context.extras}.get(row.percent_of)
+            if not reference:
+                raise ValueError(f"{label}: {row.percent_of} (the 100 % of this row) is not known or 0")
+            k *= reference
+        raw = (value / k - row.offset) / (row.scale * power_of_ten)
+        return self.encode_raw(label, raw, toward_zero)
+
+    def encode_raw(self, label: str, raw: float, toward_zero: bool = False) -> list[int]:
+        """Registers holding the raw device value `raw` (a constant of a command, or a converted setpoint)."""
+        codec = self._codecs[label]
         kind = codec.row.type
         if kind != "f32":
             raw = math.trunc(raw) if toward_zero else round(raw)
             lo, hi = _int_range(kind)
             if not lo <= raw <= hi:
-                raise ValueError(f"{field}={value} needs raw {raw}, outside {kind} range {lo}..{hi}")
-        data = struct.pack(">" + TYPE_CODE[kind], raw)
-        if codec.swap_words:
-            data = data[2:4] + data[0:2]
-        return list(struct.unpack(f">{len(data) // 2}H", data))
+                raise ValueError(f"{label}={raw} needs raw {raw}, outside {kind} range {lo}..{hi}")
+        return codec.pack(raw)
+
+    def write(self, label: str, registers: list[int], delay_s: float = 0.0) -> Write:
+        codec = self._codecs[label]
+        return Write(label, codec.address, registers, codec.write_function, delay_s)
+
+    def connect_writes(self, lease_s: float | None) -> list[Write]:
+        """The writes that put the device under remote control, in order (Quasar: 81, 82, 83)."""
+        return [self._step(step, 0.0, lease_s, None) for step in self.control.on_connect]
+
+    def setpoint_writes(
+        self, power_w: float, lease_s: float | None, context: Reading | None
+    ) -> tuple[float, list[Write]]:
+        """The power actually commanded (after the device's minimum power) and the writes that command it."""
+        power_w = self.apply_minimum(power_w, context)
+        steps = self.control.setpoint or (Step(row="setpoint_w", value="setpoint"),)
+        return power_w, [self._step(step, power_w, lease_s, context) for step in steps]
+
+    def apply_minimum(self, power_w: float, context: Reading | None) -> float:
+        """A request below the device's minimum charge or discharge power is written as 0 (the device would refuse
+        it or run at its minimum, more than was asked): toward zero is always inside the envelope."""
+        control = self.control
+        min_charge = control.min_charge_w
+        if control.min_charge_row is not None and context is not None:
+            live = {**context.values, **context.extras}.get(control.min_charge_row)
+            if isinstance(live, int | float) and math.isfinite(live):
+                min_charge = max(min_charge, live)
+        if 0 < power_w < min_charge or 0 < -power_w < control.min_discharge_w:
+            return 0.0
+        return power_w
+
+    def _step(self, step: Step, power_w: float, lease_s: float | None, context: Reading | None) -> Write:
+        value = step.value
+        if isinstance(value, ByDirection):
+            raw = value.charge if power_w > 0 else value.discharge if power_w < 0 else value.idle
+            return self.write(step.row, self.encode_raw(step.row, raw), step.delay_s)
+        if isinstance(value, int):
+            return self.write(step.row, self.encode_raw(step.row, value), step.delay_s)
+        if value == "lease":
+            if lease_s is None:
+                raise ValueError(f"{step.row}: the lease has not been set yet")
+            si = lease_s
+        else:
+            si = {"setpoint": power_w, "magnitude": abs(power_w), "charge": max(power_w, 0.0),
+                  "discharge": max(-power_w, 0.0)}[value]
+        registers = self.encode(step.row, si, toward_zero=value != "lease", context=context)
+        return self.write(step.row, registers, step.delay_s)
 
 
 def _int_range(kind: str) -> tuple[int, int]:
-    bits = 16 if kind.endswith("16") else 32
+    bits = 16 * TYPE_WIDTH[kind]
     if kind.startswith("u"):
         return 0, 2**bits - 1
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def _spans(rows: list[RegisterRow]) -> list[Span]:
-    """Group rows into contiguous spans of at most 125 registers; gaps start a new span (devices reject them)."""
+def _plan(rows: list[RegisterRow], register_map: RegisterMap) -> tuple[list[Span], dict[int, tuple[int, int]]]:
+    """Group readable rows into as few requests as the device allows: one function code per request, at most
+    `max_registers` registers, never across a device block; gaps are read through only inside a declared block
+    (a device without declared blocks may refuse an unmapped register, so there a gap starts a new request)."""
+    model = register_map.model
+    base = register_map.base
+    blocks = [(first - base, last - base) for first, last in model.blocks]
+
+    def block_of(pdu: int) -> int:
+        return next((i for i, (first, last) in enumerate(blocks) if first <= pdu <= last), -1)
+
     spans: list[Span] = []
-    start = end = None
+    placement: dict[int, tuple[int, int]] = {}
+    members: list[RegisterRow] = []
+    start = end = function = block = -1
     for row in rows:
-        if (
-            start is not None
-            and end is not None
-            and row.address == end
-            and row.address + row.width - start <= (MAX_READ_REGISTERS)
-        ):
-            end = row.address + row.width
-            continue
-        if start is not None and end is not None:
-            spans.append(Span(start, end - start))
-        start, end = row.address, row.address + row.width
-    if start is not None and end is not None:
-        spans.append(Span(start, end - start))
-    return spans
+        pdu = row.address - base
+        fn = register_map._function(row)
+        blk = block_of(pdu)
+        joins = (
+            members
+            and fn == function
+            and pdu + row.width - start <= model.max_registers
+            and (blk == block if blocks else pdu <= end)
+        )
+        if not joins:
+            if members:
+                spans.append(Span(start, end - start, function))
+            members, start, end, function, block = [], pdu, pdu, fn, blk
+        members.append(row)
+        end = max(end, pdu + row.width)
+        placement[id(row)] = (len(spans), 2 * (pdu - start))
+    if members:
+        spans.append(Span(start, end - start, function))
+    return spans, placement
 
 
 def maps_dir() -> Path:

@@ -94,6 +94,15 @@ def available_models() -> list[str]:
     return sorted(p.stem for p in maps_dir().glob("*.toml"))
 
 
+def unservable(model_id: str) -> str | None:
+    """Why the simulator cannot serve a map (a format-v2 construct it does not decode yet, issue 12), or None."""
+    try:
+        load_map(model_id)
+    except MapError as exc:
+        return str(exc)
+    return None
+
+
 def _row(raw: dict[str, Any], index: int, default_order: str, where: str) -> MapRow:
     ctx = f"{where} registers[{index}]"
     allowed = {"field", "name", "address", "type", "unit", "scale", "scale_factor", "invert", "access",
@@ -163,6 +172,8 @@ def parse_map(path: Path) -> RegisterMap:
     """Parse and check one map file (overlaps, scale-factor references, model id = file name)."""
     where = path.name
     data, model, model_id, kind = read_map_file(path)
+    if model.get("address_base", 0) != 0 or model.get("byte_order", "big") != "big":
+        raise MapError(f"{where}: [model] address_base / byte_order other than 0 / big is not served yet")
     order = model.get("word_order", "big")
     rows = sorted(
         (_row(r, i, order, where) for i, r in enumerate(data.get("registers", []))), key=lambda r: r.address

@@ -467,6 +467,8 @@ def _log_trip(asset_id: str, before: Measurement | None, now: Measurement) -> No
     tripped = now.status is DeviceStatus.FAULT
     was = before is not None and before.status is DeviceStatus.FAULT
     if tripped and (not was or before is None or before.fault_code != now.fault_code):
-        log.warning("asset.fault", asset_id=asset_id, fault_code=now.fault_code, power_w=now.power_w)
+        # unmapped_status: a state code the device's map does not know (not operable until the map says what it is)
+        log.warning("asset.fault", asset_id=asset_id, fault_code=now.fault_code, power_w=now.power_w,
+                    unmapped_status=now.unmapped_status)
     elif was and not tripped:
         log.info("asset.fault_cleared", asset_id=asset_id, status=now.status.name.lower())

@@ -9,8 +9,9 @@ import pytest
 from sitekit import running_site
 
 from agent.model import MEASUREMENT_FIELDS
-from drivers.registermap import available_maps, load_map
+from drivers.registermap import UNIT_FACTOR, available_maps, load_map
 from sim_devices.clock import ManualClock
+from sim_devices.maps import unservable
 
 TEMPLATE = """
 [[assets]]
@@ -26,7 +27,15 @@ port = {port}
 """
 
 
-@pytest.mark.parametrize("model", available_maps())
+def _served(model: str) -> pytest.param:  # type: ignore[valid-type]
+    """Maps whose v2 constructs the simulator cannot serve yet are listed as skipped, with the simulator's reason
+    (issue 12: the simulator serving native codes); their golden tests (tests/golden) still check them."""
+    reason = unservable(model)
+    return pytest.param(model, marks=pytest.mark.skip(reason=f"simulator cannot serve it yet: {reason}")) if reason \
+        else pytest.param(model)
+
+
+@pytest.mark.parametrize("model", [_served(m) for m in available_maps()])
 async def test_map_round_trip_through_simulator(model: str) -> None:
     register_map = load_map(model)
     clock = ManualClock(datetime(2026, 11, 23, tzinfo=UTC))
@@ -54,7 +63,9 @@ async def test_map_round_trip_through_simulator(model: str) -> None:
                 got, want = int(got), int(want)
             elif field == "ev_connected":
                 got, want = bool(got), bool(want)
-            assert got == pytest.approx(want, rel=2e-3, abs=1.0), field
+            row = register_map.codec(field).row
+            step = abs(row.scale * UNIT_FACTOR.get(row.unit, 1.0))  # one count of the register: 10 Wh at 0.01 kWh
+            assert got == pytest.approx(want, rel=2e-3, abs=max(1.0, step)), field
             checked += 1
         mapped = [f for f in MEASUREMENT_FIELDS if register_map.has(f)]
         assert checked == len(mapped), f"physics does not report {set(mapped) - set(truth)}"

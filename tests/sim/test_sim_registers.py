@@ -7,7 +7,7 @@ import math
 import pytest
 from simhelpers import decode_all, span
 
-from sim_devices.maps import available_models, load_map
+from sim_devices.maps import available_models, load_map, unservable
 from sim_devices.meter import DCMeter
 from sim_devices.registers import DeviceCodec, choose_scale_factor, decode, encode
 
@@ -35,7 +35,15 @@ SAMPLE = {
 }
 
 
-@pytest.mark.parametrize("model", available_models())
+# maps the simulator cannot serve yet (issue 12) are skipped with its reason; tests/golden checks them without it
+SERVED = [
+    pytest.param(m, marks=pytest.mark.skip(reason=f"simulator cannot serve it yet: {unservable(m)}"))
+    if unservable(m) else m
+    for m in available_models()
+]
+
+
+@pytest.mark.parametrize("model", SERVED)
 def test_every_map_round_trips_through_an_independent_decoder(model: str) -> None:
     regmap = load_map(model)
     codec = DeviceCodec(regmap, DCMeter().field_maxima())

@@ -14,8 +14,11 @@ from drivers.registermap import MapError, available_maps, load_map
 def test_every_map_loads_and_reads_in_few_requests(map_id: str) -> None:
     register_map = load_map(map_id)
     assert register_map.has("power_w")
-    assert sum(span.count for span in register_map.spans) <= 125 * len(register_map.spans)
-    assert len(register_map.spans) == 1, "shipped maps are laid out so one request reads a whole device"
+    assert all(span.count <= register_map.model.max_registers for span in register_map.spans)
+    if map_id.startswith("vppsim_"):  # the simulator's own layout is our choice; a vendor's is not
+        assert len(register_map.spans) == 1, "simulator maps are laid out so one request reads a whole device"
+    else:
+        assert register_map.model.source, "a real product's map names its source document and version"
 
 
 def test_battery_float_is_low_word_first_and_inverted() -> None:

@@ -1,0 +1,90 @@
+"""Format v2 constructs decode and encode as documented, and each mistake is refused naming file, row and key."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from drivers.registermap import MapError, load_map
+
+HEAD = 'schema = {schema}\n[model]\nid = "t"\nmanufacturer = "x"\nname = "x"\nkind = "{kind}"\n{model}\n'
+
+
+def _map(tmp_path: Path, body: str, kind: str = "meter", model: str = "", schema: int = 2) -> Path:
+    path = tmp_path / "t.toml"
+    path.write_text(HEAD.format(schema=schema, kind=kind, model=model) + body)
+    return path
+
+
+POWER = '[[registers]]\nfield = "power_w"\naddress = 0\ntype = "s16"\nunit = "W"\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "model", "schema", "expected"),
+    [
+        (POWER.replace('unit = "W"', 'unit = "W"\nmissing = [0]'), "", 1,
+         r"t.toml: .*row power_w: keys \['missing'\] need schema = 2"),
+        (POWER + '[[registers]]\nfield = "status"\naddress = 1\ntype = "u16"\nenum = { "3" = "charing" }\n',
+         "", 2, r"t.toml: registers.1: enum 3 = 'charing' is not a status.*\[row status\]"),
+        (POWER, "blocks = [[10, 20]]", 2, r"t.toml: .*row power_w: address 0 \(\+1\) lies in no \[model\] block"),
+        (POWER + '[control]\nsetpoint = [{ row = "nope", value = "setpoint" }]\n', "", 2,
+         r"t.toml: .*\[control\] setpoint\[0\]: row 'nope' is no writable row"),
+        (POWER + '[[registers]]\nname = "a"\naddress = 1\ntype = "u16"\nbits = [0, 3]\n'
+         '[[registers]]\nname = "b"\naddress = 1\ntype = "u16"\nbits = [3, 4]\n', "", 2,
+         r"row b: bits \[3, 4\] overlap a"),
+        (POWER.replace('type = "s16"', 'type = "s32"\nwrite_function = 6'), "", 2,
+         r"registers.0: write_function 6 writes one register; a s32 needs 16 \[row power_w\]"),
+    ],
+)
+def test_mistakes_name_file_row_and_key(tmp_path: Path, body: str, model: str, schema: int, expected: str) -> None:
+    with pytest.raises(MapError, match=expected):
+        load_map(_map(tmp_path, body, model=model, schema=schema))
+
+
+def test_byte_order_sentinels_offset_and_nan(tmp_path: Path) -> None:
+    body = (
+        '[[registers]]\nfield = "power_w"\naddress = 0\ntype = "s16"\nunit = "W"\nbyte_order = "little"\n'
+        '[[registers]]\nfield = "voltage_v"\naddress = 1\ntype = "u16"\nunit = "V"\noffset = -40.0\n'
+        '[[registers]]\nfield = "current_a"\naddress = 2\ntype = "f32"\nunit = "A"\n'
+    )
+    m = load_map(_map(tmp_path, body, model='sentinels = "sunspec"'))
+    nan_hi, nan_lo = struct.unpack(">HH", struct.pack(">f", float("nan")))
+    values = m.decode([[0x3412, 440, nan_hi, nan_lo]])
+    assert values == {"power_w": 0x1234, "voltage_v": 400.0}  # bytes swapped; offset; NaN is missing
+    assert m.decode([[0x3412, 0xFFFF, 0, 0]]).get("voltage_v") is None  # SunSpec's u16 "not implemented"
+
+
+def test_scale_factor_and_percent_on_writable_rows(tmp_path: Path) -> None:
+    body = (
+        POWER
+        + '[[registers]]\nname = "WMax"\naddress = 1\ntype = "u16"\nunit = "W"\nscale_factor = 2\n'
+        '[[registers]]\nname = "WMax_SF"\naddress = 2\ntype = "s16"\n'
+        '[[registers]]\nfield = "setpoint_w"\naddress = 3\ntype = "s16"\nunit = "%"\npercent_of = "WMax"\n'
+        'access = "rw"\n'
+    )
+    m = load_map(_map(tmp_path, body, kind="battery"))
+    reading = m.read([[0, 500, 1, 25]])  # WMax = 500 × 10^1 W; setpoint 25 % of it
+    assert reading.extras["WMax"] == 5000.0 and reading.values["setpoint_w"] == 1250.0
+    assert m.encode("setpoint_w", -2500.0, toward_zero=True, context=reading) == [(-50) & 0xFFFF]
+    with pytest.raises(ValueError, match="WMax"):
+        m.encode("setpoint_w", 100.0)  # without a reading the 100 % is unknown
+
+
+def test_unlisted_status_code_is_not_operable_and_reported(tmp_path: Path) -> None:
+    body = POWER + '[[registers]]\nfield = "status"\naddress = 1\ntype = "u16"\nenum = { "7" = "charging" }\n'
+    m = load_map(_map(tmp_path, body))
+    assert m.read([[0, 7]]).values["status"] == 1 and m.read([[0, 7]]).unmapped_status is None
+    reading = m.read([[0, 9]])
+    assert reading.values["status"] == 3 and reading.unmapped_status == 9  # FAULT: no setpoints, still polled
+
+
+def test_requests_respect_limit_blocks_and_functions(tmp_path: Path) -> None:
+    rows = "".join(
+        f'[[registers]]\nname = "r{a}"\naddress = {a}\ntype = "u16"\n' + ("function = 4\n" if a >= 300 else "")
+        for a in (0, 5, 60, 99, 100, 300, 301)
+    )
+    m = load_map(_map(tmp_path, POWER.replace("address = 0", "address = 1") + rows,
+                      model="max_registers = 50\nblocks = [[0, 99], [100, 199], [300, 399]]"))
+    assert [(s.address, s.count, s.function) for s in m.spans] == [(0, 6, 3), (60, 40, 3), (100, 1, 3), (300, 2, 4)]

@@ -21,7 +21,6 @@ from agent.audit.chain import Head, timestamp
 from agent.audit.trail import AuditTrail
 from agent.config import AppConfig
 from agent.control.loop import ControlLoop
-from agent.dispatch.runner import Dispatcher
 from agent.events.lifecycle import EventManager
 from agent.metrics import start_metrics
 from agent.notify import Notifier, health_status
@@ -47,6 +46,7 @@ from agent.trust.keys import Signer
 from agent.trust.seal import SealedBus, Sealer
 
 if TYPE_CHECKING:
+    from agent.dispatch.runner import Dispatcher
     from agent.homeassistant import HomeAssistant
     from drivers.mqtt_link import MqttLink
 
@@ -105,7 +105,9 @@ class AgentApp:
             self.homeassistant = _home_assistant(config, self.link)
         self.dispatcher: Dispatcher | None = None
         if config.control.mode == "dispatch":
-            self.dispatcher = Dispatcher(config, now, self.ingest.book)
+            from agent.dispatch.runner import Dispatcher  # deferred: its plan inputs need numpy (~10 MB of RSS)
+
+            self.dispatcher = Dispatcher(config, now, self.ingest.book, time_scale=time_scale)
             self.loop.schedule = self.dispatcher.requests
             self.loop.reserve_source = self.dispatcher.reserves
             self.dispatcher.adopted.append(self.audit.plan)
@@ -324,6 +326,16 @@ class AgentApp:
             else None
         )
         metrics = start_metrics(self, self.config.metrics)
+        from drivers.factory import build_csms  # the OCPP CSMS (docs/ocpp.md); ocpp is imported only when on
+
+        csms = build_csms(self.config, self.drivers, self.now)
+        if csms is not None:
+            await csms.start()
+        web = None
+        if self.config.web.enabled:  # the status page (docs/web.md); it and microdot are imported only when on
+            from agent.web.server import start_web
+
+            web = await start_web(self, self.config.web)
         ha_task = (
             asyncio.create_task(
                 self.homeassistant.run(self.loop.fleet, self._setpoints_w, self.loop.site_meter_w, stop)
@@ -337,6 +349,10 @@ class AgentApp:
             stop.set()
             self.notifier.stopping()
             metrics.close()
+            if csms is not None:
+                await csms.close()  # stations see the CSMS go: each falls back after its maxOfflineDuration
+            if web is not None:
+                await web.close()
             if self._telemetry_task is not None:
                 self._telemetry_task.cancel()
             if dispatch_task is not None:

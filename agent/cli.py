@@ -1,4 +1,4 @@
-"""`vpp-agent` command line: check-config, run, demo, simulate, events, keys, sign, verify, audit.
+"""`vpp-agent` command line: check-config, run, demo, init, simulate, events, keys, sign, verify, audit.
 
 This module is the composition root: the one place in `agent` that wires in drivers (and, for the demo, the
 simulator). Everything below it sees devices only through the Driver interface.
@@ -49,6 +49,8 @@ def _load_checked(path: str) -> AppConfig:
     config = load_config(path)
     problems: list[str] = []
     for index, asset in enumerate(config.assets):
+        if asset.map is None:  # an OCPP EVSE: the protocol defines its fields
+            continue
         loader = load_mqtt_map if asset.transport == "mqtt" else load_map  # as drivers/factory.py picks them
         try:
             loader(asset.map)
@@ -131,12 +133,18 @@ async def _reload_trust(app: AgentApp, path: str) -> None:
     app.reload_trust(config)
 
 
-async def _demo(config: AppConfig, duration_s: float | None, speed: float | None) -> None:
+async def _demo(
+    config: AppConfig, duration_s: float | None, speed: float | None, log_file: Path | None, opening_event: bool
+) -> None:
+    import logging
+
     from rich.console import Console
     from rich.live import Live
 
     from agent.app import AgentApp
-    from agent.ui import render
+    from agent.demo import WarningTap, plan_context, send_opening_event, status_url
+    from agent.dispatch.plan import Plan
+    from agent.ui import Screen, render, summary
     from sim_devices.config import parse_simulation
     from sim_devices.runner import SimSite
 
@@ -149,31 +157,58 @@ async def _demo(config: AppConfig, duration_s: float | None, speed: float | None
     stop = asyncio.Event()
     _install_stop(stop)
     console = Console()
-    if not console.is_terminal:
+    live = console.is_terminal
+    if not live:
         console = Console(width=160)  # logs and pipes: wide enough that ids and totals are not cut
+    tap = WarningTap()
+    logging.getLogger().addHandler(tap)
     async with SimSite.from_config(sim_config) as site:
         app = AgentApp(config, site.clock.now, time_scale=sim_config.speed)
         loop = app.loop
+        screen = Screen(app, site.clock.now, sim_config.speed, log_file, status_url(config), warnings=tap)
+
+        def adopted(plan: Plan, start: datetime, _method: str) -> None:
+            """The table's reasons quote the prices the plan was made with. Runs inside the dispatcher's re-plan:
+            a failure here must cost the screen its reasons, never the agent its plans."""
+            try:
+                screen.plan = plan_context(app, plan, start)
+            except Exception:
+                screen.plan = None
+                log.exception("demo.plan_context_failed")
+
+        async def opening() -> None:
+            screen.event = await send_opening_event(app, site.clock.now, sim_config.speed)
+
+        if app.dispatcher is not None:
+            app.dispatcher.adopted.append(adopted)
+        if not live and screen.url:
+            console.print(f"status page {screen.url}")
         runner = asyncio.create_task(app.run(stop))
         runner.add_done_callback(lambda _: stop.set())  # if the agent ever dies, the demo must not show a frozen table
         timer = asyncio.create_task(_stop_after(stop, duration_s))
+        event = asyncio.create_task(opening()) if opening_event else None
         try:
-            if console.is_terminal:
-                with Live(render(loop, app.dispatcher), console=console, refresh_per_second=2) as live:
+            if live:
+                with Live(render(screen), console=console, refresh_per_second=2, redirect_stderr=False) as view:
                     while not await _wait(stop, 0.5):
-                        live.update(render(loop, app.dispatcher))
-            else:  # no screen to redraw: one totals line per period, the full table at the end
+                        view.update(render(screen))
+            else:  # no screen to redraw: one summary line per period, the full screen at the end
                 while not await _wait(stop, config.agent.poll_period_s):
-                    console.print(render(loop, app.dispatcher).renderables[-1])
+                    console.print(summary(screen), soft_wrap=True)  # one line, however long
         finally:
             stop.set()
-            await asyncio.gather(runner, return_exceptions=True)
+            if event is not None:
+                event.cancel()
+            await asyncio.gather(runner, *([event] if event else []), return_exceptions=True)
             timer.cancel()
+            logging.getLogger().removeHandler(tap)
         if runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
-        if not console.is_terminal:
-            console.print(render(loop, app.dispatcher))
+        if not live:
+            console.print(render(screen, live=False))
     console.print(f"demo stopped after {loop.cycles} cycles, {loop.writes} setpoint writes")
+    if log_file is not None:
+        console.print(f"log: {log_file}")
 
 
 def _fit_lease_to_speed(config: AppConfig, speed: float) -> AppConfig:
@@ -259,11 +294,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    config = _load_checked(args.config)
-    configure_logging("warning" if args.quiet else config.agent.log_level, config.agent.log_format)
-    started = time.monotonic()
-    asyncio.run(_demo(config, args.duration, args.speed))
-    log.info("demo.done", wall_s=round(time.monotonic() - started, 2))
+    """The demo on the config of --config, ./config.toml or the packaged default. While the live table owns the
+    terminal the log goes to a file (agent.demo.log_path); otherwise to stderr, or to --log when given."""
+    from rich.console import Console
+
+    from agent.demo import choose_config, log_path, stderr_to
+
+    path, origin = choose_config(args.config)
+    config = _load_checked(str(path))
+    log_file = log_path(config, args.log) if args.log or Console().is_terminal else None
+    if origin != "--config":
+        print(f"config: {origin}")
+    with stderr_to(log_file) if log_file is not None else contextlib.nullcontext():
+        configure_logging("warning" if args.quiet else config.agent.log_level, config.agent.log_format)
+        started = time.monotonic()
+        asyncio.run(_demo(config, args.duration, args.speed, log_file, not args.no_event))
+        log.info("demo.done", wall_s=round(time.monotonic() - started, 2))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Write the packaged default config (the demo site) for a user to edit; never over an existing file."""
+    from agent import defaults
+
+    path = Path(args.path)
+    if path.is_dir():
+        path = path / defaults.NAME
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(defaults.config_text())
+    except FileExistsError:
+        raise ConfigError(f"{path}: already exists; not overwritten (remove it or name another file)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
+    print(f"wrote {path}: the demo site; `vpp-agent demo --config {path}` runs it, `check-config` checks edits")
     return 0
 
 
@@ -362,6 +426,19 @@ def _cmd_events(args: argparse.Namespace) -> int:
         store.close()
     except StoreError as exc:
         raise ConfigError(str(exc)) from exc
+    if args.plot is not None:  # the chart code of the status page (agent/web/svg.py), without its server
+        from zoneinfo import ZoneInfo
+
+        from agent.web.delivery import NoDelivery, plot_to_file
+
+        try:
+            zone = ZoneInfo(config.events.timezone)
+            written = plot_to_file(rows, args.plot, args.out, zone, config.agent.state_file)
+        except NoDelivery as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"wrote {written}: {args.plot}'s baseline vs delivered per M&V interval")
+        return 0
     if args.json:
         print(json.dumps([{"id": i, "kind": k, "state": st, **d} for i, k, st, d in rows], indent=2, default=str))
         return 0
@@ -520,13 +597,28 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="list grid events and their M&V reports from the agent's state file")
     events.add_argument("--config", default="config.toml", help="the site's config file")
     events.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    events.add_argument("--plot", metavar="ID", default=None, help="write event ID's baseline vs delivered as SVG")
+    events.add_argument("--out", type=_writable_file, default=None, help="with --plot: the SVG file (default ID.svg)")
     events.set_defaults(func=_cmd_events)
     demo = sub.add_parser("demo", help="start the simulated site of the config and the agent, with a live table")
-    demo.add_argument("--config", default="config.toml", help="the site's config file")
+    demo.add_argument(
+        "--config", default=None, help="the site's config file (default: ./config.toml, else the packaged demo site)"
+    )
     demo.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
-    demo.add_argument("--speed", type=_positive_seconds, default=None, help="simulated seconds per wall second")
+    demo.add_argument(
+        "--speed", type=_positive_seconds, default=None,
+        help="simulated seconds per wall second (default: the config's [simulation] speed)",
+    )  # fmt: skip
     demo.add_argument("--quiet", action="store_true", help="log warnings only")
+    demo.add_argument(
+        "--log", default=None,
+        help="log file (default: vpp-demo.log beside the state file while the live table runs, else stderr)",
+    )  # fmt: skip
+    demo.add_argument("--no-event", action="store_true", help="do not send the opening up-DR event")
     demo.set_defaults(func=_cmd_demo)
+    init = sub.add_parser("init", help="write the packaged default config (the demo site) to edit")
+    init.add_argument("path", nargs="?", default="config.toml", help="file or directory to write")
+    init.set_defaults(func=_cmd_init)
     sim = sub.add_parser("simulate", help="evaluate dispatch strategies in closed loop on simulated physics")
     sim.add_argument("--days", type=_positive_int, default=7, help="simulated days")
     sim.add_argument("--seed", type=int, default=1, help="seed of the scenario (prices, EV sessions, events)")

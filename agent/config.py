@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import holidays
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.addressing import Placement, expand_group, index_placements
@@ -61,6 +60,42 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def server_tls_context(cert_file: str | None, key_file: str | None, client_ca_file: str | None = None) -> (
+    ssl.SSLContext | None
+):
+    """The TLS context of a server the agent runs (the status page, the CSMS): TLS 1.2 at least, client certificates
+    required when a CA for them is given; None without a certificate. OSError or ssl.SSLError for a file that cannot
+    be loaded (agent/preflight.py reports it with its key path)."""
+    if cert_file is None or key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca_file)
+    return context
+
+
+def read_secret(table: str, env: str | None, file: str | None) -> str | None:
+    """A password from the environment variable named `env` or the file named `file` (e.g. a systemd credential;
+    surrounding whitespace dropped), None when neither is set; ConfigError naming `table`'s key otherwise. The one
+    rule for every secret the config points at, so `[mqtt]` and `[web]` cannot come to read them differently."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{table}.password_env: environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{table}.password_file: cannot read {file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{table}.password_file: {file} is not UTF-8 text ({exc.reason})") from exc
+    return None
 
 
 def plain_topic(value: str) -> str:
@@ -221,7 +256,11 @@ class EventSettings(Strict):
     @field_validator("holiday_country")
     @classmethod
     def _country(cls, value: str | None) -> str | None:
-        if value is not None and value not in holidays.list_supported_countries():
+        # the registry's code list, not holidays.list_supported_countries(): that imports every calendar (~6 MB of
+        # the gateway's RSS); the same codes (checked on 0.109), and the call exists since 0.50, the lower bound
+        from holidays.registry import EntityLoader
+
+        if value is not None and value not in EntityLoader.get_country_codes():
             raise ValueError(f"no public-holiday calendar for {value!r} (an ISO 3166 code such as 'JP')")
         return value
 
@@ -307,19 +346,7 @@ class MqttSettings(Strict):
 
     def password(self) -> str | None:
         """Read the secret now (at start-up), so a missing one fails before anything connects."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(f"mqtt.password_env: environment variable {self.password_env} is not set")
-            return value
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}") from exc
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"mqtt.password_file: {self.password_file} is not UTF-8 text ({exc.reason})") from exc
-        return None
+        return read_secret("mqtt", self.password_env, self.password_file)
 
 
 class MetricsSettings(Strict):
@@ -331,15 +358,20 @@ class MetricsSettings(Strict):
 
 
 class WebSettings(Strict):
-    """The read-only local status page (agent/web/). On this host it needs nothing else; beyond it, TLS and a login,
-    so neither the site's state nor a future write action crosses a network in the clear or without a password."""
+    """The read-only local status page (agent/web/, docs/web.md). On this host it needs nothing else; beyond it, TLS
+    and a login, so neither the site's state nor a future write action crosses a network in the clear or without a
+    password. The page has no write action: one added later must take a signed command through the same gate as
+    signals (agent/trust), not this login."""
 
     enabled: bool = Field(False, description="serve the status page over HTTP(S)")
     host: Host = Field("127.0.0.1", description="address to listen on; beyond this host TLS and a login are required")
     port: int = Field(8088, ge=1, le=65535)
     cert_file: FilePath | None = Field(None, description="server certificate (PEM); setting it turns TLS on")
     key_file: FilePath | None = Field(None, description="private key (PEM) of cert_file")
-    username: str | None = Field(None, min_length=1, description="login name; with a password, every page needs it")
+    # HTTP Basic (RFC 7617): the name ends at the first colon, so a name holding one could never log in
+    username: str | None = Field(
+        None, min_length=1, pattern=r"^[^:\x00-\x1f]+$", description="login name; with a password, every page needs it"
+    )
     password_env: str | None = Field(
         None, min_length=1, description="name of the environment variable holding the password"
     )
@@ -362,6 +394,20 @@ class WebSettings(Strict):
                 "without a login"
             )
         return self
+
+    def password(self) -> str | None:
+        """The login's password, read now (at start-up); ConfigError when it cannot be read or is empty (an empty
+        password would let anyone who knows the name in)."""
+        value = read_secret("web", self.password_env, self.password_file)
+        if value == "":
+            key = f"password_env: {self.password_env}" if self.password_env else ""
+            where = key or f"password_file: {self.password_file}"
+            raise ConfigError(f"web.{where} is empty")
+        return value
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (None: plain HTTP); OSError or ssl.SSLError for a file that cannot be loaded."""
+        return server_tls_context(self.cert_file, self.key_file)
 
 
 class HomeAssistantSettings(Strict):
@@ -459,12 +505,91 @@ class TrustSettings(Strict):
         return self
 
 
+# OCPP's identifierString, the set a charging station identity is drawn from (it ends the station's URL)
+OCPP_IDENTITY_PATTERN = r"^[A-Za-z0-9*\-_=:+|@.]{1,48}$"
+
+
+class OcppSettings(Strict):
+    """The CSMS inside the agent (drivers/ocpp, docs/ocpp.md): OCPP 2.1 charging stations dial in over WebSocket.
+
+    Security profile 2 (TLS + HTTP Basic per station) by default, profile 3 (client certificates) with
+    client_ca_file; profile 1 (Basic over plain WebSocket) only with `insecure = true`, which warns at every start.
+    Passwords never sit in this file: a JSON object {"<station id>": "<password>"} in password_file or in the
+    environment variable password_env."""
+
+    enabled: bool = Field(False, description="run the CSMS: accept OCPP 2.1 charging stations")
+    host: Host = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(9000, ge=1, le=65535)
+    path: str = Field("/ocpp", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="URL path before /<station id>")
+    cert_file: FilePath | None = Field(None, description="server certificate (PEM); with key_file turns TLS on")
+    key_file: FilePath | None = Field(None, description="private key (PEM) of cert_file")
+    client_ca_file: FilePath | None = Field(
+        None, description="CA (PEM) of station client certificates: set, every station must present one (profile 3)"
+    )
+    password_file: FilePath | None = Field(None, description='JSON file {"<station id>": "<password>"}')
+    password_env: str | None = Field(None, min_length=1, description="environment variable holding that JSON")
+    insecure: bool = Field(False, description="allow plain ws:// (security profile 1): for a lab only")
+    heartbeat_interval_s: int = Field(60, ge=1, le=86400, description="Heartbeat interval given at BootNotification")
+    meter_stale_after_s: float = Field(
+        60.0, gt=0, le=3600, description="during a transaction, meter values older than this fail the asset's read"
+    )
+    response_timeout_s: float = Field(5.0, gt=0, le=120, description="wait for a station's answer to a CSMS call")
+    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="larger frames close the link")
+
+    @model_validator(mode="after")
+    def _security(self) -> OcppSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("ocpp.cert_file and ocpp.key_file go together: set both or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("ocpp.client_ca_file needs TLS: set ocpp.cert_file and ocpp.key_file")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("ocpp.password_file and ocpp.password_env: set one, not both")
+        if not self.enabled:
+            return self
+        if self.cert_file is None and not self.insecure:
+            raise ValueError(
+                "ocpp.enabled needs TLS (ocpp.cert_file, ocpp.key_file), or ocpp.insecure = true for a lab"
+            )
+        if self.client_ca_file is None and self.password_file is None and self.password_env is None:
+            raise ValueError("ocpp.enabled needs station passwords (ocpp.password_file or ocpp.password_env) "
+                             "or client certificates (ocpp.client_ca_file)")
+        return self
+
+    def passwords(self) -> dict[str, str]:
+        """Station id -> password, read now (at start-up) so a missing or malformed file fails before anything
+        listens."""
+        import json
+
+        text = read_secret("ocpp", self.password_env, self.password_file)
+        if text is None:
+            return {}
+        where = f"ocpp.password_env ({self.password_env})" if self.password_env else "ocpp.password_file"
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: not a JSON object of station id to password: {exc}") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, str) and v for v in data.values()):
+            raise ConfigError(f"{where}: must be a JSON object of station id to non-empty password string")
+        return data
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (client certificates required when client_ca_file is set); None without TLS.
+        Raises OSError/ssl.SSLError for a file that cannot be loaded."""
+        return server_tls_context(self.cert_file, self.key_file, self.client_ca_file)
+
+
 class AssetConfig(Strict):
     """One device, or a group of identical devices when `count` is set (see agent.addressing)."""
 
     id: str = Field(min_length=1)
-    map: str = Field(min_length=1, description="device map id (drivers/maps or drivers/mqtt_maps) or a path")
-    transport: Literal["modbus", "mqtt"] = "modbus"
+    map: str | None = Field(
+        None, min_length=1, description="device map id (drivers/maps or drivers/mqtt_maps) or a path; not for OCPP"
+    )
+    transport: Literal["modbus", "mqtt", "ocpp"] = "modbus"
+    station: str | None = Field(
+        None, min_length=1, description="OCPP: charging station identity ({i} with count), e.g. \"CP{i:03d}\""
+    )
+    evse: int = Field(1, ge=1, le=1000, description="OCPP: the EVSE of the station this asset is")
     topic: str = Field("devices/{id}", description="MQTT devices: base topic, {id} is the asset id")
     host: Host = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
@@ -500,6 +625,41 @@ class AssetConfig(Strict):
     def placements(self) -> list[Placement]:
         return expand_group(self.id, self.count, self.port, self.unit_id, self.units_per_port)
 
+    @model_validator(mode="after")
+    def _transport_keys(self) -> AssetConfig:
+        if self.transport == "ocpp":
+            if self.station is None:
+                raise ValueError("transport = 'ocpp' needs station (the charging station identity)")
+            if self.map is not None:
+                raise ValueError("transport = 'ocpp' takes no map: the protocol defines the fields")
+            self.ocpp_targets()  # a bad station pattern fails here, with the config
+        else:
+            if self.map is None:
+                raise ValueError(f"transport = '{self.transport}' needs map")
+            if self.station is not None or "evse" in self.model_fields_set:
+                raise ValueError("station and evse are only for transport = 'ocpp'")
+        return self
+
+    def ocpp_targets(self) -> list[tuple[str, str, int]]:
+        """(asset id, station identity, EVSE id) of each OCPP asset of this entry; station ids follow the asset ids'
+        numbering when `count` is set."""
+        import re
+
+        assert self.station is not None
+        ids = [p.id for p in self.placements()]
+        targets = []
+        for n, asset_id in enumerate(ids, start=1):
+            try:
+                station = self.station.format(i=n) if self.count is not None else self.station
+            except (LookupError, AttributeError, TypeError, ValueError) as exc:
+                raise ValueError(f"station {self.station!r} is not a str.format pattern of {{i}} ({exc})") from exc
+            if not re.match(OCPP_IDENTITY_PATTERN, station):
+                raise ValueError(f"station {station!r} is not an OCPP identity (1-48 of A-Z a-z 0-9 *-_=:+|@.)")
+            targets.append((asset_id, station, self.evse))
+        if self.count is not None and len({t[1] for t in targets}) == 1 and len(targets) > 1:
+            raise ValueError(f"station {self.station!r} needs an {{i}} placeholder when count is set")
+        return targets
+
 
 class AppConfig(Strict):
     agent: AgentSettings = AgentSettings()
@@ -513,6 +673,7 @@ class AppConfig(Strict):
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    ocpp: OcppSettings = OcppSettings()
     assets: list[AssetConfig] = Field(default_factory=list)
     simulation: dict[str, Any] | None = None
 
@@ -523,6 +684,7 @@ class AppConfig(Strict):
             [a.placements for a in self.assets],
             [a.host if a.transport == "modbus" else None for a in self.assets],
         )
+        self._check_ocpp_assets()
         if any(a.transport == "mqtt" for a in self.assets) and not self.mqtt.enabled:
             raise ValueError("assets use transport = 'mqtt' but mqtt.enabled is false")
         if self.homeassistant.enabled and not self.mqtt.enabled:
@@ -535,6 +697,18 @@ class AppConfig(Strict):
                 "trust.keys (docs/security.md), or trust.require_signatures = false for a lab"
             )
         return self
+
+    def _check_ocpp_assets(self) -> None:
+        """OCPP assets need the CSMS on, and each (station, EVSE) may be one asset only."""
+        targets = [t for a in self.assets if a.transport == "ocpp" for t in a.ocpp_targets()]
+        if targets and not self.ocpp.enabled:
+            raise ValueError("assets use transport = 'ocpp' but ocpp.enabled is false")
+        seen: dict[tuple[str, int], str] = {}
+        for asset_id, station, evse in targets:
+            if (station, evse) in seen:
+                raise ValueError(f"assets: {asset_id!r} and {seen[station, evse]!r} are both station {station!r} "
+                                 f"EVSE {evse}")
+            seen[station, evse] = asset_id
 
     @property
     def signatures_required(self) -> bool:

@@ -73,6 +73,12 @@ def sensors_of(kind: AssetKind) -> tuple[Sensor, ...]:
     return (POWER, SETPOINT, SOC, STATUS)
 
 
+def _model(state: AssetState) -> str:
+    """What Home Assistant shows as the device's model: the kind, and the map or protocol it is read through."""
+    through = state.config.map or state.config.transport
+    return f"{state.kind.value} ({through})"
+
+
 def object_id(text: str) -> str:
     """An id Home Assistant accepts in a discovery topic and an entity id: letters, digits, `_`, `-`."""
     return OBJECT_ID.sub("_", text).strip("_") or "x"
@@ -164,7 +170,7 @@ class HomeAssistant:
                 "identifiers": [f"vpp_agent_{self.site}_{object_id(state.id)}"],
                 "name": state.id,
                 "manufacturer": "vpp-agent",
-                "model": f"{state.kind.value} ({state.config.map})",
+                "model": _model(state),
                 "via_device": f"vpp_agent_{self.site}",
             }
             topic = self.asset_topic(state.id)

@@ -20,18 +20,39 @@ import sqlite3
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
-from agent.config import AppConfig, ConfigError, MqttSettings, is_loopback
+from agent.config import AppConfig, ConfigError, MqttSettings, OcppSettings, WebSettings, is_loopback
 
 MEMORY = ":memory:"
 
 
 def preflight(config: AppConfig) -> list[str]:
     """Every start-up problem of `config`, each naming its key path and value; empty when `run` can start."""
-    return [*_mqtt_problems(config.mqtt), *_agent_key_problems(config), *state_file_problems(config.agent.state_file)]
+    return [
+        *_mqtt_problems(config.mqtt),
+        *_agent_key_problems(config),
+        *_server_problems("web", config.web if config.web.enabled else None),
+        *_server_problems("ocpp", config.ocpp if config.ocpp.enabled else None),
+        *state_file_problems(config.agent.state_file),
+    ]
+
+
+def _server_problems(table: str, server: WebSettings | OcppSettings | None) -> list[str]:
+    """A server the agent runs (the status page, the CSMS): its secrets and TLS files, loaded by the same calls it
+    makes at start-up; nothing when it is off."""
+    if server is None:
+        return []
+    problems = []
+    try:
+        server.password() if isinstance(server, WebSettings) else server.passwords()
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        server.tls_context()
+    except ssl.SSLError as exc:  # an OSError too: caught first
+        problems.append(f"{table}.cert_file/key_file: not a PEM certificate and key ssl can load ({exc.reason or exc})")
+    except OSError as exc:
+        problems.append(f"{table}.cert_file/key_file: cannot read {exc.filename or ''}: {exc.strerror}")
+    return problems
 
 
 def _agent_key_problems(config: AppConfig) -> list[str]:
@@ -69,6 +90,11 @@ def _tls_problem(mqtt: MqttSettings, failure: OSError) -> str:
     ssl's own message does not say which file it was loading (a key that does not parse and a certificate that does
     not parse both read "[SSL] PEM lib"), so the files are tried one at a time, in the order tls_context loads them.
     """
+    # deferred: cryptography (~7 MB of RSS); only a client certificate that ssl refused is looked at with it
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         ssl.create_default_context(cafile=mqtt.ca_file)
     except ssl.SSLError as exc:  # an OSError too: caught first

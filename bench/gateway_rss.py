@@ -6,7 +6,8 @@ For each fleet size (8, 100, 1000 devices by default) and each mode (`site_targe
     fall behind at 1000 devices) nor the agent's; nothing here needs the devices' internals;
   * the agent as deployed: `python -m agent.cli run --config FILE` in its own process, cwd a temp dir, state file in
     it, MQTT off (`[mqtt] enabled = false`, as shipped: no broker is part of this figure) and no `[metrics]`
-    endpoint; its config holds no `[simulation]` table (a gateway's does not, and the CLI would import the
+    endpoint; the `[web]` status page on, as shipped, on a free port (`--web off` leaves it out, to show what it
+    costs); its config holds no `[simulation]` table (a gateway's does not, and the CLI would import the
     simulator's config code to check one).
 The config is the shipped config.toml: at 8 devices its own assets (4 V2G chargers, 2 batteries, 2 meters) on free
 ports; above that bench/soak.py's large site (80 % V2G chargers, 20 % batteries behind gateways of 50 unit ids, one
@@ -24,11 +25,13 @@ Printed per run: control-process RSS (median over the steady window; peak = VmHW
 included), the solver worker's peak (VmHWM, max over every worker the agent started), CPU seconds per wall second of
 each over the steady window, cycle p50/p99 from the last `agent.stats` line; the issue's goals where it sets one.
 Baselines measured in the same run: a bare interpreter, `import agent.app`, `import agent.cli` with the drivers
-(what `run` holds before its first poll), `import cvxpy` (the worker's floor); then what the control process's RSS
-is made of: its mappings (anonymous vs files, from /proc/PID/smaps) and the RSS each third-party package the agent
-imports costs alone in a fresh interpreter (over a bare one; packages share dependencies, so these overlap).
+(what `run` imports before it reads its config), the same after loading the shipped config.toml (what validating it
+imports: holidays' calendars, for `[events] holiday_country`), `import cvxpy` (the worker's floor); then what the
+control process's RSS is made of: its mappings (anonymous vs files, from /proc/PID/smaps) and the RSS each
+third-party package the agent imports costs alone in a fresh interpreter (over a bare one; packages share
+dependencies, so these overlap).
 
-Usage: python bench/gateway_rss.py [--devices 8 100 1000] [--modes site_target dispatch] [--plans 3]
+Usage: python bench/gateway_rss.py [--devices 8 100 1000] [--modes site_target dispatch] [--plans 3] [--web off]
 """
 
 from __future__ import annotations
@@ -75,14 +78,23 @@ def _split_shipped() -> tuple[str, str, str]:
     return head + "\n", assets, "[simulation]" + simulation
 
 
-def configs(devices: int, mode: str, first_port: int, state: Path, step_s: float) -> tuple[str, str, int]:
-    """(agent config, simulator config, ports used from first_port)."""
+def configs(
+    devices: int, mode: str, first_port: int, state: Path, step_s: float, web_port: int | None
+) -> tuple[str, str, int]:
+    """(agent config, simulator config, ports used from first_port); the status page on `web_port` (None: off)."""
     head, assets, simulation = _split_shipped()
     head = head.replace('mode = "dispatch"', f'mode = "{mode}"', 1)
     head = head.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{state}"', 1)
     if mode == "dispatch":
         head = head.replace("step_s = 900.0", f"step_s = {step_s}", 1)
     assert "[mqtt]\nenabled = false" in head and "[metrics]" not in head, "the shipped config changed: check MQTT"
+    assert "[web]\nenabled = true" in head, "the shipped config changed: check [web]"
+    if web_port is None:
+        head = head.replace("[web]\nenabled = true", "[web]\nenabled = false", 1)
+    else:  # the shipped page, on a free port
+        head = re.sub(
+            r"^(\[web\]\n(?:[^\[\n].*\n|\n)*?)port = \d+", rf"\g<1>port = {web_port}", head, count=1, flags=re.M
+        )
     if devices == 8:  # the shipped site itself, moved onto free ports
         shift = first_port - SHIPPED_FIRST_PORT
 
@@ -262,14 +274,17 @@ async def until(watch: Watch, agent: asyncio.subprocess.Process, done: Any, what
             raise RuntimeError(f"timed out waiting for {what}; log tail:\n" + "\n".join(watch.tail)) from None
 
 
-async def run_one(devices: int, mode: str, plans_wanted: int, step_s: float, timeout_s: float) -> dict[str, Any]:
+async def run_one(
+    devices: int, mode: str, plans_wanted: int, step_s: float, timeout_s: float, web: bool
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vpp-gwrss-"))
     sim = agent = None
     tasks: list[asyncio.Task[None]] = []
     try:
         probe_ports = SHIPPED_PORTS if devices == 8 else devices // UNITS_PER_GATEWAY + 4
-        first = free_port_block(probe_ports)
-        agent_text, sim_text, _ = configs(devices, mode, first, work / "state.sqlite3", step_s)
+        first = free_port_block(probe_ports + 1)  # the last one for the status page
+        web_port = first + probe_ports if web else None
+        agent_text, sim_text, _ = configs(devices, mode, first, work / "state.sqlite3", step_s, web_port)
         (work / "agent.toml").write_text(agent_text)
         (work / "sim.toml").write_text(sim_text)
         sim = await asyncio.create_subprocess_exec(
@@ -362,6 +377,7 @@ def baselines() -> tuple[dict[str, float | None], list[tuple[str, float]]]:
         "bare interpreter": import_rss_mb("pass"),
         "import agent.app": import_rss_mb("import agent.app"),
         "import agent.cli + app + drivers": import_rss_mb(RUN_IMPORTS),
+        "  + load config.toml": import_rss_mb(RUN_IMPORTS + "\nagent.config.load_config('config.toml')"),
         "import cvxpy": import_rss_mb("import cvxpy"),
     }
     listing = "import sys\nbase = {m.split('.')[0] for m in sys.modules}\n" + RUN_IMPORTS
@@ -383,9 +399,9 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def report(rows: list[dict[str, Any]], base: dict[str, float | None], costs: list[tuple[str, float]]) -> None:
-    print("\nvpp-agent run (shipped CLI, own process; vpp-sim in its own process; MQTT off, no metrics endpoint), "
-          f"{os.cpu_count()} cores")  # fmt: skip
+def report(rows: list[dict[str, Any]], base: dict[str, float | None], costs: list[tuple[str, float]], web: str) -> None:
+    print("\nvpp-agent run (shipped CLI, own process; vpp-sim in its own process; MQTT off, no metrics endpoint, "
+          f"status page {web}), {os.cpu_count()} cores")  # fmt: skip
     head = ("devices", "mode", "ctl RSS steady", "ctl RSS peak", "worker peak", "ctl CPU s/s", "wkr CPU s/s",
             "cycle p50", "cycle p99", "plans", "goal")  # fmt: skip
     print("| " + " | ".join(head) + " |")
@@ -431,7 +447,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for mode in args.modes:
             t0 = time.monotonic()
             try:
-                row = await run_one(devices, mode, args.plans, args.step_s, args.timeout)
+                row = await run_one(devices, mode, args.plans, args.step_s, args.timeout, args.web == "on")
             except RuntimeError as exc:  # one run's failure must not cost the others' figures
                 print(f"{devices} {mode}: FAILED: {exc}", file=sys.stderr, flush=True)
                 failures.append(f"{devices} {mode}: {str(exc).splitlines()[0]}")
@@ -440,7 +456,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"{devices} {mode}: steady {row['rss_steady_mb']:.1f} MB, peak {row['rss_peak_mb']:.1f} MB, "
                   f"worker {fmt(row['worker_peak_mb'])} MB ({time.monotonic() - t0:.0f} s)",
                   file=sys.stderr, flush=True)  # fmt: skip
-    report(rows, base, costs)
+    report(rows, base, costs, args.web)
     for failure in failures:
         print(f"FAILED run: {failure}")
 
@@ -452,6 +468,7 @@ def main() -> None:
     parser.add_argument("--plans", type=int, default=3, help="plans solved before a dispatch run may end")
     parser.add_argument("--step-s", type=float, default=60.0, help="[dispatch] step_s (shipped: 900; minimum 60)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take before it fails")
+    parser.add_argument("--web", choices=["on", "off"], default="on", help="the [web] status page (shipped: on)")
     args = parser.parse_args()
     if any(d < 8 for d in args.devices):
         parser.error("--devices: at least 8")

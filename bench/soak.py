@@ -77,6 +77,7 @@ def config_text(devices: int, port: int, broker_port: int, state: Path) -> str:
     text = text.replace('topic_prefix = "vpp/demo"', f'topic_prefix = "{PREFIX}"')
     text = text.replace('client_id = "vpp-agent-demo"', 'client_id = "vpp-agent-soak"')
     text = text.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{state}"')
+    text = text.replace("[web]\nenabled = true", "[web]\nenabled = false", 1)  # the demo's status page: not measured
     groups = [("ev{i:04d}", chargers, "vppsim_v2g_dc", port), ("bess{i:04d}", batteries, "vppsim_battery", bess_port)]
     for header, key in (("[[assets]]", "map"), ("[[simulation.devices]]", "model")):
         if header == "[[simulation.devices]]":

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from agent.config import AppConfig, MqttSettings
 from agent.ports import Driver
 from agent.status import status_payload
 from drivers.modbus import GatewayPool, ModbusDriver
-from drivers.mqtt_link import LinkSettings, MqttLink, Retained
 from drivers.registermap import RegisterMap, load_map
+
+if TYPE_CHECKING:
+    from drivers.mqtt_link import MqttLink
+    from drivers.ocpp.csms import Csms
 
 
 def build_link(
@@ -19,6 +23,9 @@ def build_link(
     """The agent's MQTT connection, with its retained birth and Will status messages (sealed with the agent's key by
     `seal` when it has one: the Will is signed now, at start, since the broker sends it later). The shutdown status
     is not built here: the agent publishes it when it stops, with that time (AgentApp.run)."""
+    # deferred: aiomqtt and paho (~1 MB of RSS); an agent with MQTT off never builds a link
+    from drivers.mqtt_link import LinkSettings, MqttLink, Retained
+
     status_topic = f"{settings.topic_prefix}/agent/status"
 
     def status(payload: bytes) -> bytes:
@@ -48,6 +55,12 @@ def build_drivers(
     maps: dict[str, RegisterMap] = {}
     drivers: dict[str, Driver] = {}
     for asset in config.assets:
+        if asset.transport == "ocpp":  # no ocpp/websockets import here: the CSMS (build_csms) needs them
+            from drivers.ocpp.evse import OcppEvseDriver
+
+            for asset_id, station, evse in asset.ocpp_targets():
+                drivers[asset_id] = OcppEvseDriver(asset_id, station, evse, now, config.ocpp.meter_stale_after_s)
+            continue
         if asset.transport == "mqtt":
             from drivers.mqtt_driver import MqttDriver
             from drivers.mqtt_map import load_mqtt_map
@@ -65,3 +78,19 @@ def build_drivers(
             gateway = pool.get(asset.host, placement.port)
             drivers[placement.id] = ModbusDriver(placement.id, maps[asset.map], gateway, placement.unit_id, now)
     return drivers, pool
+
+
+def build_csms(config: AppConfig, drivers: dict[str, Driver], now: Callable[[], datetime]) -> Csms | None:
+    """The CSMS serving the OCPP EVSE drivers among `drivers` when `[ocpp] enabled` (None otherwise); ocpp and
+    websockets are imported only then. Reads the station passwords and TLS files now (ConfigError naming them)."""
+    if not config.ocpp.enabled:
+        return None
+    from agent.config import ConfigError
+
+    try:
+        from drivers.ocpp.csms import Csms
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"[ocpp] enabled needs the ocpp extra (pip install 'vpp-agent[ocpp]'): {exc}") from exc
+    from drivers.ocpp.evse import OcppEvseDriver
+
+    return Csms(config.ocpp, [d for d in drivers.values() if isinstance(d, OcppEvseDriver)], now)

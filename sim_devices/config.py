@@ -33,11 +33,18 @@ from agent.config import Host
 from sim_devices.maps import MapError, load_map
 from sim_devices.mqtt_codec import load_mqtt_model
 
-Transport = Literal["modbus", "mqtt"]
+Transport = Literal["modbus", "mqtt", "ocpp"]
+# OCPP station models (sim_devices/ocpp_station.py) and their device kind: the protocol defines the fields, no map
+OCPP_MODELS: dict[str, str] = {"ocpp21_dc_bpt": "ev_charger"}
 
 
 def model_kind(transport: str, model: str) -> str:
-    """Device kind of a model id: a register map for Modbus groups, an MQTT map for MQTT groups (MapError if none)."""
+    """Device kind of a model id: a register map for Modbus groups, an MQTT map for MQTT groups, an OCPP station
+    model for OCPP groups (MapError if none)."""
+    if transport == "ocpp":
+        if model not in OCPP_MODELS:
+            raise MapError(f"unknown OCPP station model {model!r}; known: {', '.join(OCPP_MODELS)}")
+        return OCPP_MODELS[model]
     return load_mqtt_model(model).kind if transport == "mqtt" else load_map(model).kind
 
 
@@ -150,6 +157,25 @@ class MqttSimConfig(_Strict):
         return os.environ[self.password_env] if self.password_env is not None else self.password
 
 
+class OcppSimConfig(_Strict):
+    """The `[simulation.ocpp]` table: the CSMS the simulated OCPP 2.1 stations dial (docs/ocpp.md). Each station
+    connects to `<url>/<station id>` with HTTP Basic, its password from the same JSON object
+    {"<station id>": "<password>"} the agent's `[ocpp]` reads (password_file, or the variable password_env)."""
+
+    url: str = Field(default="ws://127.0.0.1:9000/ocpp", pattern=r"^wss?://[^\s/]+(/[^\s]*)?$")
+    ca_file: str | None = Field(default=None, description="CA (PEM) the CSMS's certificate is checked against")
+    password_file: str | None = None
+    password_env: str | None = None
+    meter_period_s: float = Field(default=1.0, gt=0, le=3600, description="TransactionEvent meter values, wall s")
+    fallback_w: float = Field(default=0.0, description="power after a profile lapses offline (no TxDefaultProfile)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OcppSimConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+
 MODBUS_ONLY_KEYS = ("port", "unit_id", "units_per_port")
 
 
@@ -195,6 +221,10 @@ class DeviceGroupConfig(_Strict):
                 raise ValueError("port is required for a Modbus device group")
             if self.topic is not None:
                 raise ValueError("topic is only for transport = 'mqtt'")
+        elif self.transport == "ocpp":
+            given = [k for k in (*MODBUS_ONLY_KEYS, "topic") if k in self.model_fields_set]
+            if given:
+                raise ValueError(f"transport = 'ocpp' takes no {', '.join(given)} (stations dial [simulation.ocpp])")
         else:
             if self.topic is None:
                 raise ValueError("topic is required for transport = 'mqtt' (e.g. \"devices/{id}\")")
@@ -214,8 +244,8 @@ class DeviceGroupConfig(_Strict):
         return PARAMS_BY_KIND[self.kind].model_validate(self.params)  # type: ignore[return-value]
 
     def placements(self) -> list[Placement]:
-        """Device ids with their Modbus address; MQTT devices have none (port and unit 0)."""
-        if self.transport == "mqtt":
+        """Device ids with their Modbus address; MQTT devices and OCPP stations have none (port and unit 0)."""
+        if self.transport in ("mqtt", "ocpp"):
             return [Placement(p.id, 0, 0) for p in expand_group(self.id, self.count, 1)]
         assert self.port is not None
         return expand_group(self.id, self.count, self.port, self.unit_id, self.units_per_port)
@@ -226,8 +256,9 @@ class DeviceGroupConfig(_Strict):
         return self.topic.format(id=device_id)
 
     def _address_check(self) -> list[Placement]:
-        """What index_placements checks: MQTT devices get distinct pseudo ports so only their ids are compared."""
-        if self.transport == "mqtt":
+        """What index_placements checks: MQTT and OCPP devices get distinct pseudo ports so only their ids are
+        compared."""
+        if self.transport in ("mqtt", "ocpp"):
             return expand_group(self.id, self.count, 1)
         return self.placements()
 
@@ -244,6 +275,7 @@ class SimulationConfig(_Strict):
     pv_peak_w: float = Field(default=0.0, ge=0)
     utc_offset_h: float = Field(default=9.0, ge=-12, le=14)
     mqtt: MqttSimConfig | None = None
+    ocpp: OcppSimConfig | None = None
     devices: list[DeviceGroupConfig] = Field(min_length=1)
 
     @field_validator("start")

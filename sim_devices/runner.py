@@ -17,13 +17,14 @@ import resource
 from collections import defaultdict
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent.addressing import Placement
 from sim_devices.build import build_site
 from sim_devices.clock import Clock, ManualClock, SimClock
-from sim_devices.config import SimulationConfig, SimulationError
+from sim_devices.config import OcppSimConfig, SimulationConfig, SimulationError
 from sim_devices.faults import DeviceFaults
 from sim_devices.maps import load_map
 from sim_devices.meter import DCMeter
@@ -32,6 +33,9 @@ from sim_devices.mqtt_server import MqttDeviceServer, MqttEndpoint
 from sim_devices.registers import DeviceCodec
 from sim_devices.server import DeviceEndpoint, PortServer
 from sim_devices.site import Site
+
+if TYPE_CHECKING:
+    from sim_devices.ocpp_station import OcppStations
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +74,14 @@ class SimSite:
         self.mqtt_endpoints: dict[str, MqttEndpoint] = {}
         self._faults: dict[str, DeviceFaults] = {}
         by_port: dict[int, list[DeviceEndpoint]] = defaultdict(list)
+        ocpp_devices: list[tuple[str, Any, DeviceFaults]] = []
         for group, placement in config.placements():
             physics = self.devices[placement.id]
+            if group.transport == "ocpp":  # a station dials the CSMS: offline = link dropped and kept down
+                faults = DeviceFaults(placement.id, physics)
+                self._faults[placement.id] = faults
+                ocpp_devices.append((placement.id, physics, faults))
+                continue
             if group.transport == "mqtt":
                 faults = DeviceFaults(placement.id, physics)  # offline = silent on the broker, no listener
                 self._faults[placement.id] = faults
@@ -92,6 +102,11 @@ class SimSite:
         self.mqtt: MqttDeviceServer | None = (
             MqttDeviceServer(config.mqtt_settings, list(self.mqtt_endpoints.values())) if self.mqtt_endpoints else None
         )
+        self.ocpp: OcppStations | None = None
+        if ocpp_devices:  # ocpp and websockets are imported only for a site with OCPP stations
+            from sim_devices.ocpp_station import OcppStations
+
+            self.ocpp = OcppStations(config.ocpp or OcppSimConfig(), ocpp_devices, self.clock)
         self._ticker: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.manual = isinstance(self.clock, ManualClock)
@@ -127,6 +142,8 @@ class SimSite:
             raise
         for port, ids in self.ports.items():
             log.info("sim.listening", host=self.config.host, port=port, devices=len(ids), first=ids[0])
+        if self.ocpp is not None:
+            self.ocpp.start()
         if self.mqtt is not None:
             self.mqtt.start()  # connects in the background and keeps reconnecting: a broker may come up later
         if not self.manual:
@@ -145,6 +162,8 @@ class SimSite:
         # The MQTT client bounds its own stop (clean disconnect, else cancel), so it runs beside the listeners
         # rather than under their timeout, which would cancel it half-way through a disconnect.
         mqtt_stop = asyncio.create_task(self.mqtt.stop(timeout_s=STOP_TIMEOUT_S / 2)) if self.mqtt else None
+        if self.ocpp is not None:
+            await self.ocpp.stop()
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True),

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # a Plan holds arrays, but reading this module must not import numpy (tests/deploy/test_imports.py)
+    import numpy as np
 
 # breakdown terms that are earned, not paid (terminal_value: the worth of energy left at the horizon end, not cash)
 REVENUE_TERMS = frozenset({"updr_revenue", "reserve_revenue", "terminal_value"})

@@ -38,9 +38,11 @@ class Dispatcher:
         clock: Callable[[], datetime],
         book: Mapping[str, Mapping[str, SignalModel]] | None = None,
         worker: SolverWorker | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.time_scale = time_scale  # clock seconds per wall second (the demo's --speed): waits are in wall time
         self.book: Mapping[str, Mapping[str, SignalModel]] = book or {}
         self.plan: Plan | None = None
         self.plan_start: datetime | None = None
@@ -160,7 +162,7 @@ class Dispatcher:
             if planned is None:  # nothing to plan yet (fleet not polled) or the solver failed: try again soon
                 wait_s = 2 * self.config.agent.poll_period_s
             else:
-                wait_s = max(0.1, ((self.plan_start or now) + step - now).total_seconds())
+                wait_s = max(0.1, ((self.plan_start or now) + step - now).total_seconds() / self.time_scale)
             waker = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({waker, stopper}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)

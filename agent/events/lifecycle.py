@@ -22,29 +22,31 @@ event is computed from it (with the pre-event average as the fallback when there
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 from collections import deque
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import holidays
-import numpy as np
 import structlog
 from pydantic import ValidationError
 
 from agent.config import EventSettings
 from agent.events.capability import capability_shortfall
 from agent.events.droop import Droop
-from agent.events.mv.baseline import BaselineError, event_baseline
 from agent.events.mv.intervals import Interval, IntervalMeter, interval_start
-from agent.events.mv.report import Report, award_report, updr_report
 from agent.fleet import Fleet
 from agent.products import PRODUCTS
 from agent.signals.models import AsActivation, AsAward, GridFrequency, SignalModel, UpDrEvent
 from agent.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from agent.events.mv.report import Report
 
 log = structlog.get_logger("agent.events")
 
@@ -136,8 +138,6 @@ class EventManager:
         self.fleet = fleet
         self.settings = settings or EventSettings()
         self.zone = ZoneInfo(self.settings.timezone)
-        country = self.settings.holiday_country
-        self.holidays: Container[date] = holidays.country_holidays(country) if country else frozenset()
         self.max_hold_s = max_hold_s
         self.events: dict[str, Event] = {}
         self.activation: dict[str, float] = {}  # award id -> latest normalised activation
@@ -154,6 +154,15 @@ class EventManager:
         self._pending_intervals: list[Interval] = []  # closed but not yet stored (the Store failed): retried
         self.store_failures = 0
         self._load()
+
+    @cached_property
+    def holidays(self) -> Container[date]:
+        """The public holidays of `[events] holiday_country` (like-days of weekends), built when a High 4 of 5
+        baseline first needs them."""
+        import holidays  # deferred: see _import_mv
+
+        country = self.settings.holiday_country
+        return holidays.country_holidays(country) if country else frozenset()
 
     def _load(self) -> None:
         """Open events from the Store, with their samples and the activation in force; an event that no longer
@@ -483,6 +492,11 @@ class EventManager:
     async def _set_baseline(self, event: Event) -> None:
         """High 4 of 5 (+ same-day adjustment) from the interval history when asked for and possible; else the
         pre-event average, with the reason kept in `baseline_note` and the report."""
+        await asyncio.to_thread(_import_mv)  # off the event loop: the first event's start must not stall a cycle
+        import numpy as np  # deferred: see _import_mv
+
+        from agent.events.mv.baseline import BaselineError, event_baseline
+
         pre_event = self._pre_event_baseline()
         signal = event.signal
         if isinstance(signal, UpDrEvent) and signal.baseline_method == "high4of5":
@@ -521,6 +535,8 @@ class EventManager:
         return days
 
     def _pre_event_baseline(self) -> float | None:
+        import numpy as np  # deferred: see _import_mv
+
         if not self._recent_site:
             return None
         return float(np.mean([w for _, w in self._recent_site]))
@@ -529,6 +545,8 @@ class EventManager:
         self, event: Event, samples: list[tuple[float, float]], activations: list[tuple[float, float]]
     ) -> Report:
         """M&V from the meter samples taken while the event was active (agent.events.mv.report)."""
+        from agent.events.mv.report import award_report, updr_report  # deferred: see _import_mv
+
         signal = event.signal
         if event.baseline_w is None:
             return {"samples": len(samples), "note": "no site meter reading before the event: no baseline"}
@@ -585,6 +603,14 @@ class EventManager:
     def _store_failed(self, exc: StoreError) -> None:
         self.store_failures += 1
         log.error("store.failed", error=str(exc))
+
+
+def _import_mv() -> None:
+    """Import what M&V computes with: numpy, the baseline and report arithmetic, the holiday calendars. They are
+    imported when an event first needs them, not with this module: a site without events never pays their ~18 MB of
+    RSS (docs/deploy.md, Sizing; tests/deploy/test_imports.py keeps them out of a plain start)."""
+    for name in ("numpy", "agent.events.mv.baseline", "agent.events.mv.report", "holidays"):
+        importlib.import_module(name)
 
 
 def _short(exc: BaseException) -> str:

@@ -21,11 +21,9 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
-from joserfc.errors import JoseError
-from joserfc.jwk import OKPKey
 
 from agent.config import TrustedKey, TrustSettings
 from agent.signals.models import EARLIEST, LATEST, safe_id, shown
@@ -35,6 +33,9 @@ COMMAND_TYPE = "vpp-command+jws"
 CLAIMS = ("site", "kind", "iat", "exp", "seq", "signal")
 _COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+")
 MAX_SEQ = 2**53  # JSON numbers beyond this lose integer precision in many senders' languages
+
+if TYPE_CHECKING:
+    from joserfc.jwk import OKPKey
 
 
 class Refusal(ValueError):
@@ -96,6 +97,9 @@ class TrustedKeys:
         self.settings = settings
         self._keys: dict[str, tuple[TrustedKey, OKPKey]] = {}
         for entry in settings.keys:
+            # deferred to the first key: joserfc only where signatures are checked (agent/trust/keys.py's docstring)
+            from joserfc.errors import JoseError
+
             try:
                 self._keys[entry.kid] = (entry, jwk_public(entry.public_key))
             except (KeyFileError, ValueError, JoseError) as exc:
@@ -125,6 +129,8 @@ class TrustedKeys:
             raise Refusal("revoked_key", f"key {kid!r} is revoked")
         if kind not in entry.kinds:
             raise Refusal("kind_not_allowed", f"key {kid!r} may not send {kind} (it may send {', '.join(entry.kinds)})")
+        from joserfc.errors import JoseError  # deferred (agent/trust/keys.py's docstring)
+
         try:
             payload = verify_compact(text, public)
         except JoseError as exc:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from joserfc.errors import JoseError
-
 from agent.ports import Bus, Handler
 from agent.trust.keys import Signer, jwk_public, verify_compact
 
@@ -54,6 +52,8 @@ class Sealed:
 
 def open_sealed(token: bytes | str, public_key: str, topic: str | None = None) -> Sealed:
     """The message inside a sealed token if the agent's key (config form) signed it, and for `topic` when given."""
+    from joserfc.errors import JoseError  # deferred (agent/trust/keys.py's docstring)
+
     text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
     try:
         claims = json.loads(verify_compact(text.strip(), jwk_public(public_key)))

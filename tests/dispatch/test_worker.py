@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -391,3 +391,26 @@ def test_the_agent_plans_without_loading_the_solver_stack_and_leaves_no_child_pr
     assert result["loaded"] == [], "the control process imported the solver stack"
     assert result["worker"] in result["during"], "the plan came from a child process"
     assert result["after"] == []
+
+
+async def test_re_plans_come_every_step_of_the_given_clock_not_of_the_wall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the demo's --speed the site's clock runs fast: a 15-min step is 15 s of wall time at x60, so the
+    dispatcher must wait steps in wall time (step / time_scale), or a sped-up site is steered by stale plans."""
+    scale = 600.0  # a 900 s step every 1.5 wall seconds
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def clock() -> datetime:
+        return START + timedelta(seconds=(loop.time() - started) * scale)
+
+    inputs = fixed_fleet(3)
+    monkeypatch.setattr(runner, "plan_inputs", lambda *args: (inputs, clock()))
+    config = parse_config("[control]\nmode = 'dispatch'\n[dispatch]\ntime_budget_s = 30\n")
+    dispatcher = Dispatcher(config, clock, time_scale=scale)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(None, lambda: 0.0, stop))  # type: ignore[arg-type]
+    try:
+        await until(lambda: dispatcher.solves >= 3, "three plans, one per step of the fast clock")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

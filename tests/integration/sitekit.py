@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ def shipped_config_on_free_ports(tmp_path: Path) -> Path:
     # the shipped state file is relative and the commands run in the repo: keep each test's state in its tmp_path,
     # or a stored event leaks into later runs
     text = text.replace('state_file = "vpp-state.sqlite3"', f'state_file = "{tmp_path / "state.db"}"')
+    # the status page is on in the shipped config: on its own free port, or two tests (or a test and a running
+    # demo) would both want 8088
+    text, moved = re.subn(r"^(\[web\]\n(?:[^\[\n].*\n|\n)*?)port = \d+", rf"\g<1>port = {base + 29}", text, flags=re.M)
+    assert moved == 1 or "[web]" not in text, "config.toml has a [web] table without a port line: update sitekit"
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path

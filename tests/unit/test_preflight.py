@@ -219,3 +219,27 @@ def test_every_start_up_problem_is_reported_at_once(
         capsys, config, "assets[0].map", "mqtt.password_env", "mqtt.ca_file", "agent.state_file"
     )
     assert f"{config}: 4 problem(s):" in message
+
+
+def test_the_servers_secrets_and_certificates_are_checked_before_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The status page's and the CSMS's passwords and TLS files fail check-config (and run) with their key paths,
+    all at once, instead of leaving a server that never listens behind a running agent."""
+    empty, garbage, stations = tmp_path / "web-password", tmp_path / "cert.pem", tmp_path / "stations.json"
+    empty.write_text("")
+    garbage.write_text(PEM_GARBAGE)
+    stations.write_text("not json")
+    config = site(tmp_path)
+    config.write_text(
+        config.read_text()
+        + f'[web]\nenabled = true\nport = {free_port_block(1)}\nusername = "op"\npassword_file = "{empty}"\n'
+        + f'cert_file = "{garbage}"\nkey_file = "{garbage}"\n'
+        + f'[ocpp]\nenabled = true\nport = {free_port_block(1)}\npassword_file = "{stations}"\n'
+        + f'cert_file = "{garbage}"\nkey_file = "{garbage}"\n'
+    )
+    message = assert_refused_by_check_and_run(
+        capsys, config, "web.password_file", "is empty", "web.cert_file/key_file", "ocpp.password_file",
+        "ocpp.cert_file/key_file",
+    )  # fmt: skip
+    assert "4 problem(s)" in message

@@ -15,9 +15,11 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def interval_start(ts: float, interval_s: float) -> float:
@@ -93,6 +95,8 @@ def day_profiles(
     may serve as baseline like-days (a day with holes would bias the average). Days whose length is not a whole
     number of intervals (DST changes) are left out of the complete set.
     """
+    import numpy as np  # deferred: the control process imports this module for Interval, numpy only for baselines
+
     per_day = round(86400 / interval_s)
     every: dict[date, np.ndarray] = {}
     covered: dict[date, np.ndarray] = {}

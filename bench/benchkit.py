@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import statistics
+import sys
 import time
+from pathlib import Path
 
 
 def wait_for_ports(first: int, count: int, deadline_s: float = 60.0) -> None:
@@ -33,3 +36,25 @@ async def raw_write_p50_ms(port: int, count: int = 200) -> float:
         times.append(time.perf_counter() - t0)
     client.close()
     return statistics.median(times) * 1000
+
+
+async def start_vpp_sim(sim_text: str, work: Path) -> asyncio.subprocess.Process:
+    """`vpp-sim` serving `sim_text` (written to work/sim.toml) in its own process, returned once its `sim.ready` line
+    says every port listens; its stderr is left for the caller to drain (a full pipe would stall the simulator)."""
+    (work / "sim.toml").write_text(sim_text)
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sim_devices.cli", "--config", str(work / "sim.toml"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=work,
+    )  # fmt: skip
+    assert sim.stderr is not None
+    try:
+        async with asyncio.timeout(120):
+            while b'"sim.ready"' not in (line := await sim.stderr.readline()):
+                if not line:
+                    raise RuntimeError(f"vpp-sim exited ({await sim.wait()}) before it was ready")
+    except BaseException:
+        if sim.returncode is None:
+            sim.kill()
+            await sim.wait()
+        raise
+    return sim

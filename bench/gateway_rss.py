@@ -57,6 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from benchkit import start_vpp_sim  # noqa: E402
+
 from sim_devices.ports import free_port_block  # noqa: E402
 
 UNITS_PER_GATEWAY = 50
@@ -286,16 +288,8 @@ async def run_one(
         web_port = first + probe_ports if web else None
         agent_text, sim_text, _ = configs(devices, mode, first, work / "state.sqlite3", step_s, web_port)
         (work / "agent.toml").write_text(agent_text)
-        (work / "sim.toml").write_text(sim_text)
-        sim = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sim_devices.cli", "--config", str(work / "sim.toml"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=work,
-        )  # fmt: skip
+        sim = await start_vpp_sim(sim_text, work)
         assert sim.stderr is not None
-        async with asyncio.timeout(120):  # its `sim.ready` line: every port listens
-            while b'"sim.ready"' not in (line := await sim.stderr.readline()):
-                if not line:
-                    raise RuntimeError(f"vpp-sim exited ({await sim.wait()}) before it was ready")
         tasks.append(asyncio.create_task(drain(sim.stderr)))
         started = time.monotonic()
         deadline = started + timeout_s

@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from benchkit import start_vpp_sim  # noqa: E402
 from gateway_rss import SHIPPED_PORTS, UNITS_PER_GATEWAY, configs  # noqa: E402
 
 from sim_devices.ports import free_port_block  # noqa: E402
@@ -98,17 +99,9 @@ async def run_site(devices: int, loads: int) -> dict[str, Any]:
         # the shipped config's [web] table, on a free port
         agent_text, sim_text, _ = configs(devices, "dispatch", first, work / "state.sqlite3", 60.0, web_port)
         (work / "agent.toml").write_text(agent_text)
-        (work / "sim.toml").write_text(sim_text)
-        sim = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sim_devices.cli", "--config", str(work / "sim.toml"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=work,
-        )  # fmt: skip
+        sim = await start_vpp_sim(sim_text, work)
         processes.append(sim)
         assert sim.stderr is not None
-        async with asyncio.timeout(120):
-            while b'"sim.ready"' not in (line := await sim.stderr.readline()):
-                if not line:
-                    raise RuntimeError(f"vpp-sim exited ({await sim.wait()}) before it was ready")
         drain = asyncio.create_task(_drain(sim.stderr))
         agent = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "agent.cli", "run", "--config", str(work / "agent.toml"),

@@ -46,6 +46,16 @@ class DeliveryRow:
     requested_kwh: float
 
 
+def _kw_gridlines(ticks_kw: list[float], y: _Axis) -> list[str]:
+    """A horizontal grid line and its label in kW at each tick of a W axis (every chart's power axis)."""
+    lines = []
+    for tick in ticks_kw:
+        py = y(tick * 1000)
+        lines.append(f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="{GRID}"/>')
+        lines.append(_text(LEFT - 6, py + 4, f"{tick:g}", "end"))
+    return lines
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """About `count` round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^n steps)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -147,10 +157,7 @@ def plan_chart(
     kw_ticks = nice_ticks(min(0.0, min(values)) / 1000, max(0.0, max(values)) / 1000)
     y = _Axis(kw_ticks[0] * 1000, kw_ticks[-1] * 1000, top, bottom)
     body: list[str] = []
-    for tick in kw_ticks:
-        py = y(tick * 1000)
-        body.append(f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="{GRID}"/>')
-        body.append(_text(LEFT - 6, py + 4, f"{tick:g}", "end"))
+    body += _kw_gridlines(kw_ticks, y)
     body.append(_text(12, top - 8, "kW (+ charge, − discharge)"))
     xs = [x(k * step_s) for k in range(steps + 1)]
     legend: list[tuple[str, str, str]] = []
@@ -220,10 +227,7 @@ def delivery_chart(title: str, rows: Sequence[DeliveryRow], requested_w: float, 
     ticks = nice_ticks(min(0.0, min(values)) / 1000, max(values) / 1000)
     y = _Axis(ticks[0] * 1000, ticks[-1] * 1000, top, bottom)
     body: list[str] = []
-    for tick in ticks:
-        py = y(tick * 1000)
-        body.append(f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="{GRID}"/>')
-        body.append(_text(LEFT - 6, py + 4, f"{tick:g}", "end"))
+    body += _kw_gridlines(ticks, y)
     body.append(_text(12, top - 8, "kW at the site meter"))
     slot = (WIDTH - RIGHT - LEFT) / len(rows)
     bar = min(40.0, slot * 0.35)

@@ -98,3 +98,33 @@ async def running_site(
         finally:
             await running.halt_agent()
             pool.close()
+
+
+# The two-battery site several integration tests run (two batteries on one port, units 1-2, and the site meter as
+# unit 3), as [[assets]] and as the simulator's devices: `{port}` is replaced by each test's free port.
+TWO_BATTERY_ASSETS = """[[assets]]
+id = "bess{i}"
+count = 2
+map = "vppsim_battery"
+port = {port}
+units_per_port = 2
+[[assets]]
+id = "meter"
+map = "vppsim_dc_meter"
+port = {port}
+unit_id = 3
+"""
+TWO_BATTERY_DEVICES = """[[simulation.devices]]
+id = "bess{i}"
+count = 2
+model = "vppsim_battery"
+port = {port}
+units_per_port = 2
+[simulation.devices.params]
+ramp_w_per_s = 50000.0
+[[simulation.devices]]
+id = "meter"
+model = "vppsim_dc_meter"
+port = {port}
+unit_id = 3
+"""

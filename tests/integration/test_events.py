@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from sitekit import eventually, free_port_block
+from sitekit import TWO_BATTERY_ASSETS, TWO_BATTERY_DEVICES, eventually, free_port_block
 
 from agent.app import AgentApp
 from agent.config import parse_config
@@ -37,35 +37,11 @@ meter = "meter"
 [control]
 mode = "site_target"  # events over the rule controller (in dispatch mode: test_dispatch_loop.py)
 site_target_w = 5000.0
-[[assets]]
-id = "bess{i}"
-count = 2
-map = "vppsim_battery"
-port = {port}
-units_per_port = 2
-[[assets]]
-id = "meter"
-map = "vppsim_dc_meter"
-port = {port}
-unit_id = 3
-[simulation]
+""" + TWO_BATTERY_ASSETS + """[simulation]
 speed = {speed}
 tick_s = 0.02
 base_load_w = 5000.0
-[[simulation.devices]]
-id = "bess{i}"
-count = 2
-model = "vppsim_battery"
-port = {port}
-units_per_port = 2
-[simulation.devices.params]
-ramp_w_per_s = 50000.0
-[[simulation.devices]]
-id = "meter"
-model = "vppsim_dc_meter"
-port = {port}
-unit_id = 3
-"""
+""" + TWO_BATTERY_DEVICES
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
-from sitekit import eventually, free_port_block
+from sitekit import TWO_BATTERY_ASSETS, TWO_BATTERY_DEVICES, eventually, free_port_block
 from structlog.testing import capture_logs
 
 from agent.app import AgentApp
@@ -41,38 +41,14 @@ meter = "meter"
 [control]
 mode = "site_target"
 site_target_w = 5000.0
-[[assets]]
-id = "bess{i}"
-count = 2
-map = "vppsim_battery"
-port = {port}
-units_per_port = 2
-[[assets]]
-id = "meter"
-map = "vppsim_dc_meter"
-port = {port}
-unit_id = 3
-[metrics]
+""" + TWO_BATTERY_ASSETS + """[metrics]
 enabled = true
 host = "127.0.0.1"
 port = {metrics_port}
 [simulation]
 tick_s = 0.02
 base_load_w = 5000.0
-[[simulation.devices]]
-id = "bess{i}"
-count = 2
-model = "vppsim_battery"
-port = {port}
-units_per_port = 2
-[simulation.devices.params]
-ramp_w_per_s = 50000.0
-[[simulation.devices]]
-id = "meter"
-model = "vppsim_dc_meter"
-port = {port}
-unit_id = 3
-"""
+""" + TWO_BATTERY_DEVICES
 
 DISPATCH = """
 [control]

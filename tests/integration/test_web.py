@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import ROOT, eventually, free_port_block
+from sitekit import ROOT, TWO_BATTERY_ASSETS, TWO_BATTERY_DEVICES, eventually, free_port_block
 from structlog.testing import capture_logs
 
 from agent import money
@@ -58,18 +58,7 @@ meter = "meter"
 [control]
 mode = "site_target"
 site_target_w = 5000.0
-[[assets]]
-id = "bess{i}"
-count = 2
-map = "vppsim_battery"
-port = {port}
-units_per_port = 2
-[[assets]]
-id = "meter"
-map = "vppsim_dc_meter"
-port = {port}
-unit_id = 3
-[web]
+""" + TWO_BATTERY_ASSETS + """[web]
 enabled = true
 port = {web_port}
 refresh_s = 0.5
@@ -77,20 +66,7 @@ refresh_s = 0.5
 [simulation]
 tick_s = 0.02
 base_load_w = 5000.0
-[[simulation.devices]]
-id = "bess{i}"
-count = 2
-model = "vppsim_battery"
-port = {port}
-units_per_port = 2
-[simulation.devices.params]
-ramp_w_per_s = 50000.0
-[[simulation.devices]]
-id = "meter"
-model = "vppsim_dc_meter"
-port = {port}
-unit_id = 3
-"""
+""" + TWO_BATTERY_DEVICES
 
 DISPATCH = """
 [control]

@@ -78,6 +78,9 @@ def render_map(register_map: RegisterMap) -> str:
         lines += ["Writes at connect: " + "; ".join(_step(s) for s in control.on_connect), ""]
     if control.setpoint:
         lines += ["A setpoint writes, in order: " + "; ".join(_step(s) for s in control.setpoint), ""]
+    if control.no_lease is not None:
+        lines += [f"**No lease**: the device keeps its last setpoint if the agent stops ({control.no_lease}); the "
+                  "driver logs `asset.no_lease` at every connect.", ""]
     if control.min_charge_w or control.min_discharge_w or control.min_charge_row:
         live = f" or {control.min_charge_row} now" if control.min_charge_row else ""
         lines += [f"Minimum power: charge {control.min_charge_w:g} W{live}, discharge {control.min_discharge_w:g} W "

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NoReturn
 
+import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
@@ -30,6 +31,8 @@ from agent.model import AssetKind, Measurement
 from agent.ports import DriverError
 from drivers.measure import to_measurement
 from drivers.registermap import Reading, RegisterMap, Write
+
+log = structlog.get_logger("drivers.modbus")
 
 
 class ModbusGateway:
@@ -173,6 +176,11 @@ class ModbusDriver:
         """Called when the lease must be (re)established: at start and after the device comes back, so the
         remote-control writes of [control] on_connect are made again too (a restarted device forgot them)."""
         self.lease_s = seconds
+        if not self.map.leased:  # said at every (re)connect: an operator must not forget it
+            log.warning(
+                "asset.no_lease", asset_id=self.asset_id, map=self.map.model.id, reason=self.map.control.no_lease,
+                message="the device keeps its last setpoint if the agent stops",
+            )
         await self._prepare()
         if self.map.has("lease_timeout_s") and self.map.codec("lease_timeout_s").row.access != "r":
             await self._write("lease_timeout_s", seconds)

@@ -240,6 +240,10 @@ class Control(BaseModel):
     min_charge_w: float = Field(default=0.0, ge=0.0)  # below this a request is written as 0 (the device refuses it)
     min_discharge_w: float = Field(default=0.0, ge=0.0)
     min_charge_row: str | None = None  # a live minimum read from the device, in W
+    # Why the device cannot be given a lease (DESIGN.md §8 rule 2: a device that hears nothing returns to its safe
+    # default by itself). A map that takes setpoints must have a lease row or step, or say here why it has none:
+    # such an asset keeps its last setpoint if the agent stops, and the driver warns of it at every connect.
+    no_lease: str | None = Field(default=None, min_length=10)
 
 
 class MapFileHeader(BaseModel):
@@ -330,6 +334,12 @@ class RegisterMapFile(MapFileHeader):
         setpoint = labels.get("setpoint_w")
         if self.model.kind.controllable and (setpoint is None or setpoint.access == "r") and not self.control.setpoint:
             raise ValueError(f"a {self.model.kind} map must have a writable setpoint_w or a [control] setpoint")
+        if self.model.kind.controllable and not self.leased and self.control.no_lease is None:
+            raise ValueError(
+                "the map takes setpoints but gives the device no lease (a writable lease_timeout_s row or a "
+                "[control] step with value \"lease\"): a stopped agent would leave its last setpoint running. "
+                "Add the device's timeout register, or say why it has none in [control] no_lease"
+            )
         return self
 
     def _check_blocks(self, base: int) -> None:
@@ -361,6 +371,13 @@ class RegisterMapFile(MapFileHeader):
                         raise ValueError(f"{where}: value {step.value!r} needs a row in {want}, not {row.unit!r}")
         if control.min_charge_row is not None and control.min_charge_row not in labels:
             raise ValueError(f"[control] min_charge_row {control.min_charge_row!r} is no field or name of the map")
+
+    @property
+    def leased(self) -> bool:
+        """Whether the agent can give the device a lease: a timeout after which it returns to its safe default."""
+        lease_row = next((r for r in self.registers if r.field == "lease_timeout_s"), None)
+        steps = (*self.control.on_connect, *self.control.setpoint)
+        return (lease_row is not None and lease_row.access != "r") or any(s.value == "lease" for s in steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +485,7 @@ class RegisterMap:
         self.source = source
         self.model = spec.model
         self.control = spec.control
+        self.leased = spec.leased  # False: the device keeps its last setpoint if the agent stops ([control] no_lease)
         self.base = spec.model.address_base
         readable = sorted((r for r in spec.registers if r.access != "w"), key=lambda r: (self._function(r), r.address))
         self.spans, placement = _plan(readable, self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from devicekit import device
+from structlog.testing import capture_logs
 
 from drivers.registermap import load_map
 
@@ -47,3 +48,14 @@ async def test_setpoint_is_forced_mode_command_then_power() -> None:
         assert await dev.words(13050, 2) == [0xAA, 1500]
         await dev.driver.write_setpoint(0.0)
         assert await dev.words(13050, 2) == [0xCC, 0]
+
+
+async def test_the_missing_lease_is_said_at_every_connect() -> None:
+    """The forced mode has no revert timer: the map says so ([control] no_lease) and the driver warns when it
+    (re)establishes control, so a stopped agent leaving the battery discharging is never a surprise."""
+    assert not load_map("sungrow_sh").leased
+    async with device("sungrow_sh", DISCHARGING, SPAN) as dev:
+        with capture_logs() as logs:
+            await dev.driver.write_lease_timeout(10.0)
+    warned = [e for e in logs if e["event"] == "asset.no_lease"]
+    assert warned and "no revert timer" in warned[0]["reason"]

@@ -62,10 +62,11 @@ def test_scale_factor_and_percent_on_writable_rows(tmp_path: Path) -> None:
         + '[[registers]]\nname = "WMax"\naddress = 1\ntype = "u16"\nunit = "W"\nscale_factor = 2\n'
         '[[registers]]\nname = "WMax_SF"\naddress = 2\ntype = "s16"\n'
         '[[registers]]\nfield = "setpoint_w"\naddress = 3\ntype = "s16"\nunit = "%"\npercent_of = "WMax"\n'
+        'access = "rw"\n[[registers]]\nfield = "lease_timeout_s"\naddress = 4\ntype = "u16"\nunit = "s"\n'
         'access = "rw"\n'
     )
     m = load_map(_map(tmp_path, body, kind="battery"))
-    reading = m.read([[0, 500, 1, 25]])  # WMax = 500 × 10^1 W; setpoint 25 % of it
+    reading = m.read([[0, 500, 1, 25, 30]])  # WMax = 500 × 10^1 W; setpoint 25 % of it; lease 30 s
     assert reading.extras["WMax"] == 5000.0 and reading.values["setpoint_w"] == 1250.0
     assert m.encode("setpoint_w", -2500.0, toward_zero=True, context=reading) == [(-50) & 0xFFFF]
     with pytest.raises(ValueError, match="WMax"):
@@ -88,3 +89,19 @@ def test_requests_respect_limit_blocks_and_functions(tmp_path: Path) -> None:
     m = load_map(_map(tmp_path, POWER.replace("address = 0", "address = 1") + rows,
                       model="max_registers = 50\nblocks = [[0, 99], [100, 199], [300, 399]]"))
     assert [(s.address, s.count, s.function) for s in m.spans] == [(0, 6, 3), (60, 40, 3), (100, 1, 3), (300, 2, 4)]
+
+
+SETPOINT = '[[registers]]\nfield = "setpoint_w"\naddress = 1\ntype = "s16"\nunit = "W"\naccess = "rw"\n'
+LEASE = '[[registers]]\nfield = "lease_timeout_s"\naddress = 2\ntype = "u16"\nunit = "s"\naccess = "rw"\n'
+
+
+def test_a_map_that_takes_setpoints_gives_the_device_a_lease_or_says_why_not(tmp_path: Path) -> None:
+    """DESIGN.md §8 rule 2: a device that hears nothing returns to its safe default. A map that cannot give it a
+    lease is refused unless it says why ([control] no_lease); then the map says it is not leased."""
+    with pytest.raises(MapError, match=r"t.toml: .*takes setpoints but gives the device no lease.*no_lease"):
+        load_map(_map(tmp_path, POWER + SETPOINT, kind="battery"))
+    assert load_map(_map(tmp_path, POWER + SETPOINT + LEASE, kind="battery")).leased
+    unleased = load_map(_map(tmp_path, POWER + SETPOINT + '[control]\nno_lease = "the vendor has no timeout"\n',
+                             kind="battery"))  # fmt: skip
+    assert not unleased.leased and unleased.control.no_lease == "the vendor has no timeout"
+    assert load_map(_map(tmp_path, POWER)).leased is False  # a meter takes no setpoints: nothing to lease

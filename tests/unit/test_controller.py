@@ -33,9 +33,10 @@ def test_a_dropped_reserved_asset_is_covered_by_the_others_by_headroom() -> None
     fleet = {k: v for k, v in FLEET.items() if k != "a"}  # a is out: not in the bounds any more
     requests = share_within_reserves(5_000 - 30_000, planned, fleet, {"a": 30_000, "b": 10_000}, {})
     assert sum(requests.values()) == pytest.approx(-25_000)
-    # b first takes its own 10 kW of reserve; the other 20 kW go by room: b 40 kW left, the EV 12 kW (5 + 7)
-    assert requests["b"] == pytest.approx(-10_000 - 20_000 * 40 / 52)
-    assert requests["ev"] == pytest.approx(5_000 - 20_000 * 12 / 52)
+    # b first takes its own 10 kW of reserve; of the other 20 kW the EV first stops charging (5 kW: no battery
+    # discharges to feed a charging EV), and the last 15 kW go by room: b 40 kW left, the EV 7 kW
+    assert requests["b"] == pytest.approx(-10_000 - 15_000 * 40 / 47)
+    assert requests["ev"] == pytest.approx(0.0 - 15_000 * 7 / 47)
     assert all(fleet[k].low_w <= v <= fleet[k].high_w for k, v in requests.items())
 
 
@@ -47,3 +48,15 @@ def test_reserve_split_is_proportional_and_never_past_bounds() -> None:
     assert share_within_reserves(500_000, planned, FLEET, {}, down) == pytest.approx(
         {"a": 50_000, "b": 50_000, "ev": 7_000}
     )
+
+
+def test_a_change_never_charges_one_asset_from_another() -> None:
+    """The plan has both batteries discharging; an up-DR event asks the site for 70 kW more. Shared by room alone
+    (90 and 70 kW) battery a would still discharge 0.6 kW while b charges 10.6 kW: 0.6 kW going round through two
+    converters for nothing. Both are brought to 0 W first, and only the last 10 kW charge them, by room."""
+    planned = {"a": -40_000, "b": -20_000}
+    fleet = {"a": bounds(-50_000, 50_000), "b": bounds(-50_000, 50_000)}
+    requests = share_within_reserves(10_000, planned, fleet, {}, {})
+    assert requests == pytest.approx({"a": 5_000, "b": 5_000})
+    smaller = share_within_reserves(-30_000, planned, fleet, {}, {})  # less than the discharge: nobody crosses 0
+    assert sum(smaller.values()) == pytest.approx(-30_000) and all(v <= 0 for v in smaller.values())

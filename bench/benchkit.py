@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import statistics
 import sys
@@ -58,3 +59,15 @@ async def start_vpp_sim(sim_text: str, work: Path) -> asyncio.subprocess.Process
             await sim.wait()
         raise
     return sim
+
+
+async def stop_processes(*processes: asyncio.subprocess.Process | None) -> None:
+    """SIGTERM each process still running and wait for it, SIGKILL after 30 s (a bench must not leave one behind)."""
+    for process in processes:
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

@@ -43,7 +43,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from benchkit import start_vpp_sim  # noqa: E402
+from benchkit import start_vpp_sim, stop_processes  # noqa: E402
 
 from sim_devices.ports import free_port_block  # noqa: E402
 
@@ -337,14 +336,7 @@ async def run_one(
             "warnings": dict(watch.warnings.most_common(5)), "stats_rss_mb": last.get("rss_mb"),
         }  # fmt: skip
     finally:
-        for process in (agent, sim):
-            if process is not None and process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 30)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+        await stop_processes(agent, sim)
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from benchkit import start_vpp_sim  # noqa: E402
+from benchkit import start_vpp_sim, stop_processes  # noqa: E402
 from gateway_rss import SHIPPED_PORTS, UNITS_PER_GATEWAY, configs  # noqa: E402
 
 from sim_devices.ports import free_port_block  # noqa: E402
@@ -151,14 +150,7 @@ async def run_site(devices: int, loads: int) -> dict[str, Any]:
             "refresh_s": summary["site"]["refresh_s"],
         }
     finally:
-        for process in reversed(processes):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 30)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+        await stop_processes(*reversed(processes))
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -34,6 +34,9 @@ class AssetState:
     last_error: str | None = None
     next_poll_monotonic: float = 0.0
     written_setpoint_w: float | None = None
+    # what the device was told when its driver changed the request (below its minimum power: 0 W); None: as written.
+    # The read-back check compares with this, or a device holding 0 W would look wrong and be rewritten every cycle
+    commanded_setpoint_w: float | None = None
     written_at_monotonic: float | None = None
     lease_written: bool = False
     clamp_reasons: tuple[str, ...] = ()

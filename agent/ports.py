@@ -37,8 +37,10 @@ class Driver(Protocol):
     async def read(self) -> Measurement:
         """One poll of the device; raises DriverError when it fails."""
 
-    async def write_setpoint(self, power_w: float) -> None:
-        """Write a power setpoint that has already passed the SafetyEnvelope; raises DriverError."""
+    async def write_setpoint(self, power_w: float) -> float | None:
+        """Write a power setpoint that has already passed the SafetyEnvelope; raises DriverError. Returns the power
+        the device was actually told when the driver had to change it (a request below the device's minimum power
+        is written as 0 W), else None."""
 
     async def write_lease_timeout(self, seconds: float) -> None:
         """Set the device's communication timeout after which it returns to 0 W by itself."""

@@ -161,16 +161,17 @@ class ModbusDriver:
             measurement = dataclasses.replace(measurement, unmapped_status=reading.unmapped_status)
         return measurement
 
-    async def write_setpoint(self, power_w: float) -> None:
+    async def write_setpoint(self, power_w: float) -> float | None:
         """Write the setpoint as the map's command sequence (by default its setpoint_w row), in order, pausing where
         the device needs it; the device's remote-control writes go first when they have not been made yet."""
         if not self._prepared:
             await self._prepare()
         try:
-            _, writes = self.map.setpoint_writes(power_w, self.lease_s, self.last_reading)
+            commanded, writes = self.map.setpoint_writes(power_w, self.lease_s, self.last_reading)
         except ValueError as exc:
             raise DriverError(self.asset_id, f"cannot encode setpoint {power_w} W: {exc}") from exc
         await self._run(writes)
+        return commanded if commanded != power_w else None  # below the device's minimum: 0 W
 
     async def write_lease_timeout(self, seconds: float) -> None:
         """Called when the lease must be (re)established: at start and after the device comes back, so the

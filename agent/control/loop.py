@@ -397,12 +397,10 @@ class ControlLoop:
             state.lease_written = False  # rewrite lease and setpoint this cycle
         elif (
             m.setpoint_w is not None
-            and state.written_setpoint_w is not None
-            and abs(m.setpoint_w - state.written_setpoint_w) > max(self.config.agent.setpoint_deadband_w, 1.0)
+            and (told := _told(state)) is not None
+            and abs(m.setpoint_w - told) > max(self.config.agent.setpoint_deadband_w, 1.0)
         ):
-            log.warning(
-                "setpoint.mismatch", asset_id=state.id, device_w=m.setpoint_w, written_w=state.written_setpoint_w
-            )
+            log.warning("setpoint.mismatch", asset_id=state.id, device_w=m.setpoint_w, written_w=told)
             state.written_at_monotonic = None  # force a write this cycle
 
     def site_meter_w(self) -> float | None:
@@ -451,14 +449,20 @@ class ControlLoop:
             if not state.lease_written:
                 await driver.write_lease_timeout(self.lease_s)
                 state.lease_written = True
-            await driver.write_setpoint(setpoint.power_w)
+            commanded = await driver.write_setpoint(setpoint.power_w)
         except Exception as exc:  # DriverError, or a driver bug: either way this asset only
             self.write_failures += 1
             log.warning("setpoint.write_failed", asset_id=setpoint.asset_id, error=f"{type(exc).__name__}: {exc}")
             return
         self.writes += 1
         state.written_setpoint_w = setpoint.power_w
+        state.commanded_setpoint_w = commanded
         state.written_at_monotonic = self.monotonic()
+
+
+def _told(state: AssetState) -> float | None:
+    """The setpoint the device was told: what its driver commanded when it changed the request, else the request."""
+    return state.commanded_setpoint_w if state.commanded_setpoint_w is not None else state.written_setpoint_w
 
 
 def _log_trip(asset_id: str, before: Measurement | None, now: Measurement) -> None:

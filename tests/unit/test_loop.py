@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sitekit import eventually
+from structlog.testing import capture_logs
 
 from agent.config import parse_config
 from agent.control.loop import ControlLoop
@@ -339,3 +340,30 @@ async def test_a_faulted_meter_gives_no_reading() -> None:
     drivers["m"].read = faulted  # type: ignore[method-assign]
     await loop.cycle()
     assert loop.site_meter_w() is None and loop.uncontrolled_w == 5000  # not "0 W": the last estimate stays
+
+
+class MinimumPowerDriver(MemoryDriver):
+    """A device that cannot run below `minimum_w`: its driver writes 0 W instead and says so (drivers/modbus.py
+    with a map's [control] min_charge_w, e.g. the EVtec BiDiPro's 1.5 kW)."""
+
+    minimum_w = 60_000.0
+
+    async def write_setpoint(self, power_w: float) -> float | None:
+        commanded = 0.0 if abs(power_w) < self.minimum_w else power_w
+        await super().write_setpoint(commanded)
+        return commanded if commanded != power_w else None
+
+
+async def test_a_request_below_the_device_minimum_is_not_rewritten_every_cycle() -> None:
+    """The device holds 0 W where ~20 kW was asked: the read-back compares with what it was told, so no
+    `setpoint.mismatch` and no rewrite each cycle (the lease refresh alone rewrites it)."""
+    config = parse_config(CONFIG)
+    drivers = {"b": MinimumPowerDriver("b", AssetKind.BATTERY), "m": MemoryDriver("m", AssetKind.METER)}
+    loop = ControlLoop(config, drivers, clock=lambda: NOW)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        for _ in range(5):
+            await loop.cycle()
+    assert loop.last_setpoints["b"].power_w > 0 and drivers["b"].setpoint_w == 0.0
+    assert loop.fleet.assets["b"].commanded_setpoint_w == 0.0
+    assert [e for e in logs if e["event"] == "setpoint.mismatch"] == []
+    assert len(drivers["b"].writes) == 1

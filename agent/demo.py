@@ -98,14 +98,13 @@ class WarningTap(logging.Handler):
 
 
 def plan_context(app: AgentApp, plan: Plan, start: datetime) -> PlanContext:
-    """The plan with the prices and up-DR window it was made against, from the same rule the planner used
-    (agent.dispatch.build), so the table's reasons quote the planner's own prices."""
-    from agent.dispatch.build import plan_inputs
-
-    inputs, _ = plan_inputs(app.loop.fleet, app.config, start, app.ingest.book, app.loop.uncontrolled_w)
-    updr = inputs.updr
+    """The plan with the prices and up-DR window it was made against, as the dispatcher kept them, so the table's
+    reasons quote the planner's own prices."""
+    dispatcher = app.dispatcher
+    assert dispatcher is not None and dispatcher.plan_site is not None  # called when a plan is adopted
+    updr = dispatcher.plan_updr
     return PlanContext(
-        plan, start, inputs.site.price_per_kwh, None if updr is None else updr.window,
+        plan, start, dispatcher.plan_site.price_per_kwh, None if updr is None else updr.window,
         0.0 if updr is None else updr.price_per_kwh,
     )  # fmt: skip
 

@@ -205,11 +205,12 @@ class HomeAssistant:
             self._wanted.set()
 
     async def announce(self, fleet: Fleet) -> None:
-        for topic, payload in self.discovery(fleet):
+        messages = self.discovery(fleet)
+        for topic, payload in messages:
             await self.bus.publish(topic, json.dumps(payload), qos=1, retain=True)
         await self.bus.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         self.announcements += 1
-        log.info("homeassistant.announced", entities=len(self.discovery(fleet)), site=self.site)
+        log.info("homeassistant.announced", entities=len(messages), site=self.site)
 
     async def publish_states(self, fleet: Fleet, setpoints: dict[str, float], site_meter_w: float | None) -> None:
         for state in fleet.assets.values():

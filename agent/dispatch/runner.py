@@ -17,7 +17,7 @@ import structlog
 
 from agent.config import AppConfig
 from agent.dispatch.build import plan_inputs
-from agent.dispatch.inputs import PlanInputs
+from agent.dispatch.inputs import PlanInputs, SiteForecast, UpDr
 from agent.dispatch.plan import Plan, PlanError
 from agent.dispatch.worker import SolverWorker, WorkerDied, WorkerError, aggregated_plan, full_plan
 from agent.fleet import Fleet
@@ -46,6 +46,10 @@ class Dispatcher:
         self.book: Mapping[str, Mapping[str, SignalModel]] = book or {}
         self.plan: Plan | None = None
         self.plan_start: datetime | None = None
+        # what the plan was made against (prices per step, the up-DR event): what the demo's reasons and the status
+        # page's price line quote, so neither rebuilds the inputs after the fact (signals may have changed since)
+        self.plan_site: SiteForecast | None = None
+        self.plan_updr: UpDr | None = None
         self.failures = 0
         self.failures_in_a_row = 0  # since the last plan: the agent reports itself degraded past a few
         self.last_failure: str | None = None
@@ -103,6 +107,7 @@ class Dispatcher:
             self._failed(now, "dispatch.crashed", repr(exc), exc_info=True)
             return None
         self.plan, self.plan_start = plan, start
+        self.plan_site, self.plan_updr = inputs.site, inputs.updr
         self.solves += 1
         self.failures_in_a_row, self.last_failure = 0, None
         log.info(

@@ -327,7 +327,7 @@ class Snapshot:
         app = self.app
         d = app.dispatcher
         title = "plan" if asset_id is None else f"plan of {asset_id}"
-        if d is None or d.plan is None or d.plan_start is None:
+        if d is None or d.plan is None or d.plan_start is None or d.plan_site is None:
             why = "no optimiser: control.mode is not dispatch" if d is None else "no plan yet"
             return svg.empty_chart(title, why)
         plan, start, now = d.plan, d.plan_start, app.now()
@@ -357,21 +357,12 @@ class Snapshot:
         steps = plan.power_w.shape[1]
         when = f"from {fmt.local_time(start, self.zone)}, {fmt.duration(plan.step_s)} steps"
         title = f"{title}: {len(plan.asset_ids)} assets {when}"
-        chart = svg.plan_chart(title, start, plan.step_s, power, self._prices(start, steps), soc, self.currency,
-                               self.zone, now)  # fmt: skip
+        prices = d.plan_site.price_per_kwh[:steps].tolist()  # what the plan was made against
+        chart = svg.plan_chart(title, start, plan.step_s, power, prices, soc, self.currency, self.zone, now)
         self._plan_cache[asset_id or ""] = (plan, key, chart)
         if len(self._plan_cache) > 64:  # viewers looking at many assets: keep the fleet's, drop the rest
             self._plan_cache = {k: v for k, v in self._plan_cache.items() if k == ""}
         return chart
-
-    def _prices(self, start: datetime, steps: int) -> list[float]:
-        """The energy price of each plan step as the planner reads it: the one rule of agent.dispatch.build, asked
-        for a horizon starting at the plan's start with no assets (so nothing but the site's inputs is built)."""
-        from agent.dispatch.build import plan_inputs
-        from agent.fleet import Fleet
-
-        inputs, _ = plan_inputs(Fleet({}), self.app.config, start, self.app.ingest.book, 0.0)
-        return inputs.site.price_per_kwh[:steps].tolist()
 
     async def event_svg(self, event_id: str) -> str | None:
         """The delivery chart of an event in memory (None: not held); a running event's is computed from its

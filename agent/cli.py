@@ -264,6 +264,22 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _int_between(least: int, most: int) -> Callable[[str], int]:
+    at_least = _int_at_least(least)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {most}")
+        return value
+
+    return parse
+
+
+_port = _int_between(1, 65535)
+_unit_id = _int_between(0, 255)  # 0 is the broadcast/"this gateway" id some TCP devices answer on
+
+
 def _writable_file(text: str) -> str:
     """argparse type for output files: its directory must exist and be writable now, not after a long run."""
     import os
@@ -329,6 +345,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
     print(f"wrote {path}: the demo site; `vpp-agent demo --config {path}` runs it, `check-config` checks edits")
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    """One read of a live device through a map, printed; exit 1 when the agent could not use what it read."""
+    from agent.probe import as_json, probe, render
+
+    try:
+        result = asyncio.run(probe(args.host, args.port, args.unit, args.map, args.timeout))
+    except ValueError as exc:  # the map file itself (pydantic's errors are ValueErrors naming file, row and key)
+        raise ConfigError(str(exc)) from None
+    print(as_json(result) if args.json else render(result))
+    return 0 if result.error is None else 1
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -619,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write the packaged default config (the demo site) to edit")
     init.add_argument("path", nargs="?", default="config.toml", help="file or directory to write")
     init.set_defaults(func=_cmd_init)
+    probe = sub.add_parser("probe", help="read a live Modbus device once through a register map and print it")
+    probe.add_argument("--host", required=True, help="the device's or gateway's address")
+    probe.add_argument("--port", type=_port, default=502, help="Modbus TCP port")
+    probe.add_argument("--unit", type=_unit_id, default=1, help="Modbus unit id")
+    probe.add_argument("--map", required=True, help="map id (drivers/maps) or path to a map file")
+    probe.add_argument("--timeout", type=_positive_seconds, default=3.0, help="seconds to wait for each answer")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    probe.set_defaults(func=_cmd_probe)
     sim = sub.add_parser("simulate", help="evaluate dispatch strategies in closed loop on simulated physics")
     sim.add_argument("--days", type=_positive_int, default=7, help="simulated days")
     sim.add_argument("--seed", type=int, default=1, help="seed of the scenario (prices, EV sessions, events)")

@@ -4,6 +4,10 @@ Figures from REFERENCE.md (Japan's 需給調整市場, FY2026 rules). `response_
 the activation to full response at the site meter; `sustain_s` is how long full response must be held, which is the
 energy an award needs in store (the capability check and the optimiser's reservations use it). Where the rules
 give a range (三次②: 45-60 min) the stricter end is used, so a fleet that passes here passes there.
+
+The one product table: the planner's reservations (agent.dispatch.inputs), the capability check and the event
+lifecycle all read it; the signal schema's product names (agent.signals.models.AsProduct) are its Japanese
+products, which tests/dispatch/test_products.py checks.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SignalSource = Literal["frequency", "lfc", "edc", "online"]
+SignalSource = Literal["frequency", "lfc", "edc", "online", "regulation"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,10 @@ class ProductProfile:
     signal: SignalSource  # frequency: local measurement through the droop; others: activations from the TSO
     response_s: float
     sustain_s: float
+    # offered as one band, as much down as up (PJM's regulation): an up-only share would drift the store's energy
+    # under an energy-neutral signal
+    symmetric: bool = False
+    market: str = "JP"  # JP: awarded through signals (agent.signals.models.AsProduct); others: evaluation only
 
 
 PRODUCTS: dict[str, ProductProfile] = {
@@ -29,4 +37,15 @@ PRODUCTS: dict[str, ProductProfile] = {
     "FRR": ProductProfile("FRR", "二次調整力②", "edc", response_s=5 * 60, sustain_s=30 * 60),
     "S-RR": ProductProfile("S-RR", "三次調整力①", "edc", response_s=15 * 60, sustain_s=30 * 60),
     "RR": ProductProfile("RR", "三次調整力②", "online", response_s=45 * 60, sustain_s=30 * 60),
+    # PJM-style regulation following a RegD-like signal (sim_devices.scenarios.regulation): energy neutral over each
+    # 15 min, so holding 15 min of full output each way never runs out (conservative)
+    "RegD": ProductProfile("RegD", "RegD", "regulation", response_s=2, sustain_s=15 * 60, symmetric=True, market="PJM"),
 }
+
+
+def product(name: str) -> ProductProfile:
+    """The profile of `name`; a clear error naming the product and the known ones otherwise."""
+    try:
+        return PRODUCTS[name]
+    except KeyError:
+        raise ValueError(f"unknown reserve product {name!r}; known: {', '.join(PRODUCTS)}") from None

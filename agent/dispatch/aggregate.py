@@ -58,8 +58,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.dispatch import planner, refine
-from agent.dispatch.inputs import SYMMETRIC_PRODUCTS, AssetPlan, PlanInputs, terminal_price
+from agent.dispatch.inputs import SYMMETRIC_PRODUCTS, AssetPlan, PlanInputs
 from agent.dispatch.planner import Plan
+from agent.dispatch.pricing import (
+    needs_above,
+    plan_cost,  # re-exported: callers price schedules through the aggregate
+)
 from agent.dispatch.reserve_check import reserve_energy_unheld_kwh
 
 DEFAULT_GROUPS = 16
@@ -121,15 +125,6 @@ class AggregatedSolve:
 # -- aggregation ----------------------------------------------------------------------------------------------
 
 
-def _need_above(a: AssetPlan, steps: int, step_h: float) -> float:
-    """The energy above the floor the planner asks for at departure (agent.dispatch.planner.fill, same formula)."""
-    if a.target_wh is None or a.target_step is None:
-        return 0.0
-    room = max(0.0, a.max_wh - a.min_wh)
-    beyond_h = max(0, a.target_step - steps) * step_h  # departure after the horizon: the rest is charged later
-    return float(np.clip(a.target_wh - a.min_wh - a.charge_w * a.efficiency * beyond_h, 0.0, room))
-
-
 def _members(inputs: PlanInputs, evs: list[int]) -> tuple[Members, np.ndarray]:
     """Every EV's numbers and envelopes as arrays (vectorised over the fleet), and each EV's checkpoint step."""
     t, h = inputs.steps, inputs.step_h
@@ -148,7 +143,7 @@ def _members(inputs: PlanInputs, evs: list[int]) -> tuple[Members, np.ndarray]:
     targeted = np.array([a.target_wh is not None and a.target_step is not None for a in assets], dtype=bool)
     check = np.array([min(a.target_step, t) if a.target_step is not None else t for a in assets], dtype=int)
     check = np.where(targeted, check, t)
-    need_above = np.array([_need_above(a, t, h) for a in assets], dtype=float)
+    need_above = needs_above(assets, t, h)
     # plugged-in steps before each step boundary, and those left before the checkpoint
     before = np.concatenate([np.zeros((n, 1)), np.cumsum(plugged, axis=1)], axis=1)
     at_check = before[np.arange(n), check][:, None]
@@ -541,95 +536,6 @@ def _split_reserves(
         dst[m.index] = np.minimum(share * src[: grouping.groups][g], head)
         unheld += float(np.maximum(src[: grouping.groups] - total, 0.0).sum())
     return unheld * (plan.step_s / 3600.0) / 1000.0
-
-
-# -- evaluation -----------------------------------------------------------------------------------------------
-
-
-def _cycle_wear(inputs: PlanInputs, power: np.ndarray) -> float:
-    """Cycle wear of given net power trajectories, segments used cheapest first (what the LP itself would choose).
-
-    Charging fills the cheapest non-full segment, discharging drains the cheapest non-empty one; with equal segment
-    sizes and non-decreasing prices this keeps the most energy where discharging is cheapest, so it is the least
-    wear cost the LP could assign to the same trajectories.
-    """
-    h = inputs.step_h
-    total = 0.0
-    by_segments: dict[int, list[int]] = {}
-    discharging = np.flatnonzero((power < 0).any(axis=1))  # wear is paid on discharge only: skip the others
-    for i in discharging:
-        a = inputs.assets[i]
-        by_segments.setdefault(len(a.wear_prices), []).append(int(i))
-    for j, idx in by_segments.items():
-        assets = [inputs.assets[i] for i in idx]
-        prices = np.stack([a.wear_prices for a in assets])
-        if not prices.any():
-            continue
-        room = np.array([max(0.0, a.max_wh - a.min_wh) for a in assets])
-        cap = room / j
-        left = np.minimum(np.maximum(0.0, np.array([a.energy_wh - a.min_wh for a in assets])), room)
-        seg = np.zeros((len(idx), j))
-        for k in range(j):
-            seg[:, k] = np.minimum(left, cap)
-            left -= seg[:, k]
-        eff = np.array([a.efficiency for a in assets])
-        p = power[idx]
-        for step in range(inputs.steps):
-            gain = np.maximum(p[:, step], 0.0) * eff * h
-            loss = np.maximum(-p[:, step], 0.0) * h / eff
-            for k in range(j):
-                add = np.minimum(gain, cap - seg[:, k])
-                seg[:, k] += add
-                gain -= add
-                take = np.minimum(loss, seg[:, k])
-                seg[:, k] -= take
-                loss -= take
-                total += float(np.dot(prices[:, k], take * eff)) / 1000.0
-    return total
-
-
-def plan_cost(inputs: PlanInputs, power: np.ndarray, energy: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
-    """Breakdown and violations of per-asset trajectories, priced as the planner prices a plan (its `Plan` keys).
-
-    Reserves are not re-derived here (they depend on the reservation, not only on power); callers add them.
-    """
-    t, h = inputs.steps, inputs.step_h
-    site = inputs.site
-    pen = inputs.penalties
-    price = np.asarray(site.price_per_kwh[:t], dtype=float)
-    net = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float) + power.sum(axis=0)
-    breakdown = {"energy": float(h / 1000.0 * np.dot(price, net))}
-    breakdown["wear_cycle"] = _cycle_wear(inputs, power)
-    calendar = np.array([a.calendar_price_per_wh_h for a in inputs.assets])
-    breakdown["wear_calendar"] = float(h * np.dot(calendar, energy[:, 1:].sum(axis=1))) if len(calendar) else 0.0
-    breakdown["terminal_value"] = sum(
-        terminal_price(a, price) * max(0.0, float(energy[i, t]) - a.min_wh) / 1000.0
-        for i, a in enumerate(inputs.assets)
-    )
-    short1 = short2 = 0.0
-    for i, a in enumerate(inputs.assets):
-        if a.target_wh is None or a.target_step is None:
-            continue
-        need = _need_above(a, t, h)
-        have = energy[i, min(a.target_step, t)] - a.min_wh
-        short = max(0.0, need - have)
-        tier1 = min(short, need * pen.ev_tier1_fraction)
-        short1 += tier1
-        short2 += short - tier1
-    penalty = pen.ev_short_tier1_per_kwh * short1 + pen.ev_short_tier2_per_kwh * short2
-    breakdown["ev_shortfall_penalty"] = penalty / 1000.0
-    over = np.maximum(0.0, np.maximum(net - site.import_limit_w, -site.export_limit_w - net))
-    breakdown["site_limit_penalty"] = float(pen.site_limit_per_kwh * h / 1000.0 * over.sum())
-    violations = {"ev_short_kwh": (short1 + short2) / 1000.0, "site_limit_excess_kwh": float(over.sum()) * h / 1e3}
-    if inputs.updr is not None:
-        dr = inputs.updr
-        requested = dr.requested_w * np.asarray(dr.window[:t], dtype=float)
-        raised = np.clip(net - np.asarray(dr.baseline_w[:t], dtype=float), 0.0, requested)
-        dr_short = requested - raised
-        breakdown["updr_revenue"] = float(dr.price_per_kwh * h / 1000.0 * raised.sum())
-        breakdown["updr_shortfall_penalty"] = float(pen.dr_short_per_kwh * h / 1000.0 * dr_short.sum())
-        violations["updr_short_kwh"] = float(dr_short.sum()) * h / 1000.0
-    return breakdown, violations
 
 
 # -- convenience ----------------------------------------------------------------------------------------------

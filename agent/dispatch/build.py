@@ -1,15 +1,19 @@
 """Turn the live fleet, the config and the signal book into PlanInputs for the next horizon.
 
 Forecasts are deliberately simple until a forecasting issue lands: the uncontrolled load (base load net of PV) is
-held at its last measured value (or the configured one), and an up-DR baseline is that same value. Prices come
-from the newest price signal covering each step, else the configured time-of-use day (`price_profile_per_kwh`, in
-local time of `[events] timezone`), else the flat default.
+held at its last measured value (or the configured one). An up-DR baseline is the settlement's own
+(agent.events.mv.baseline.updr_baseline): the one the event lifecycle already fixed for a running event when the
+caller passes it (`baselines`), else the same rule with the data the planner has: High 4 of 5 from `history` when
+given, else the pre-event average, read as the site's demand now (the uncontrolled load plus the assets' measured
+power: what the site meter shows). Prices come from the newest price signal covering each step, else the configured
+time-of-use day (`price_profile_per_kwh`, in local time of `[events] timezone`), else the flat default.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -18,6 +22,9 @@ import numpy as np
 from agent.config import AppConfig
 from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
+from agent.dispatch.wear_fits import WearFit, fit
+from agent.events.mv.baseline import BaselineError, updr_baseline
+from agent.events.mv.intervals import Interval, interval_start
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus
 from agent.signals.models import AsAward, PriceSeries, SignalModel, UpDrEvent
@@ -35,8 +42,14 @@ def plan_inputs(
     now: datetime,
     book: Mapping[str, Mapping[str, SignalModel]],
     uncontrolled_w: float,
+    *,
+    baselines: Mapping[str, Mapping[float, float]] | None = None,
+    history: Iterable[Interval] | None = None,
 ) -> tuple[PlanInputs, datetime]:
-    """Inputs for the horizon starting at the current step, and that step's start time."""
+    """Inputs for the horizon starting at the current step, and that step's start time.
+
+    `baselines`: up-DR event id → the settlement's baseline (W per M&V interval start) where the event lifecycle has
+    fixed it; `history`: the site meter's interval history, for High 4 of 5 before it has (both optional)."""
     d = config.dispatch
     start = step_start(now, d.step_s)
     times = [start + timedelta(seconds=d.step_s * k) for k in range(d.horizon_steps)]
@@ -50,9 +63,16 @@ def plan_inputs(
         import_limit_w=config.site.import_limit_w,
         export_limit_w=config.site.export_limit_w,
     )
-    updr = _updr(step_starts, d.step_s, book.get("up_dr", {}), base)
+    site_now = base + sum(_measured_w(s) for s in fleet.assets.values())
+    updr = _updr(step_starts, d.step_s, book.get("up_dr", {}), site_now, config, baselines or {}, history)
     reserves = _reserves(step_starts, d.step_s, book.get("as_award", {}))
     return PlanInputs(d.horizon_steps, d.step_s, assets, site, updr=updr, reserves=reserves), start
+
+
+def _measured_w(state: AssetState) -> float:
+    """The asset's measured power now (W, + import), 0 without a reading: its share of the site meter."""
+    m = state.measurement
+    return float(m.power_w) if m is not None and m.power_w is not None and math.isfinite(m.power_w) else 0.0
 
 
 def _plannable(fleet: Fleet) -> list[AssetState]:
@@ -68,6 +88,12 @@ def _plannable(fleet: Fleet) -> list[AssetState]:
     ]
 
 
+@functools.lru_cache(maxsize=64)
+def _wear_model(chemistry: str | None, temperature_c: float | None, source: str | None) -> WearFit:
+    """wear_fits.fit, once per pack kind: a fleet of 1000 alike EVs re-plans without interpolating 1000 times."""
+    return fit(chemistry, temperature_c, source)
+
+
 def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segments: int) -> AssetPlan | None:
     m = state.measurement
     usable = state.usable_capacity_wh()
@@ -80,27 +106,31 @@ def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segmen
     discharge = state.rated_discharge_w()
     nominal = m.capacity_wh or usable
     soh = m.soh if m.soh is not None else 1.0
+    is_ev = state.kind is AssetKind.EV_CHARGER
+    floor = (m.ev_min_soc or 0.0) * usable if is_ev else 0.0
+    min_wh = min(floor, m.soc * usable)  # below the floor already: the floor is where it is, never a violation
+    # the pack's wear, fitted to the battery model its config names (chemistry, temperature, source: docs/wear.md)
+    model = _wear_model(cfg.chemistry, cfg.temperature_c, cfg.wear_source)
     if cfg.wear_price_per_kwh is not None:
         wear = np.array([cfg.wear_price_per_kwh])
     elif cfg.replacement_cost:
-        wear = segment_prices(cfg.replacement_cost, nominal, soh, cfg.efficiency, segments)
+        # the segments split the plan's window [min_wh, usable], not the whole pack: each is priced for the cycle
+        # depth it really is (a full-window cycle costs a cycle of the window's depth, not 1.58x it at 10-90 %)
+        window = max(0.0, usable - min_wh) / usable
+        wear = segment_prices(cfg.replacement_cost, nominal, soh, cfg.efficiency, segments, window=window, model=model)
     else:
         wear = np.zeros(1)
-    calendar = calendar_price_per_wh_h(cfg.replacement_cost, nominal) if cfg.replacement_cost else 0.0
-    is_ev = state.kind is AssetKind.EV_CHARGER
+    calendar = calendar_price_per_wh_h(cfg.replacement_cost, nominal, model=model) if cfg.replacement_cost else 0.0
     available = None
     target_wh = target_step = None
-    floor = 0.0
-    if is_ev:
-        floor = (m.ev_min_soc or 0.0) * usable
-        if m.ev_departure is not None:
-            target_step = max(1, math.ceil((m.ev_departure - start).total_seconds() / step_s))
-            available = np.arange(steps) < target_step
-            target_wh = (m.ev_target_soc or 0.0) * usable
+    if is_ev and m.ev_departure is not None:
+        target_step = max(1, math.ceil((m.ev_departure - start).total_seconds() / step_s))
+        available = np.arange(steps) < target_step
+        target_wh = (m.ev_target_soc or 0.0) * usable
     return AssetPlan(
         id=state.id,
         energy_wh=m.soc * usable,
-        min_wh=min(floor, m.soc * usable),  # below the floor already: the floor is where it is, never a violation
+        min_wh=min_wh,
         max_wh=usable,
         charge_w=max(0.0, charge),
         discharge_w=max(0.0, discharge),
@@ -163,18 +193,46 @@ def _prices(step_starts: np.ndarray, signals: Mapping[str, SignalModel], default
     return prices
 
 
-def _updr(step_starts: np.ndarray, step_s: float, events: Mapping[str, SignalModel], base_w: float) -> UpDr | None:
+def _updr(
+    step_starts: np.ndarray,
+    step_s: float,
+    events: Mapping[str, SignalModel],
+    site_now_w: float,
+    config: AppConfig,
+    known: Mapping[str, Mapping[float, float]],
+    history: Iterable[Interval] | None,
+) -> UpDr | None:
+    """The up-DR window, request, price and per-step baseline of the events covering the horizon."""
     window = np.zeros(len(step_starts), dtype=bool)
+    baseline = np.full(len(step_starts), site_now_w)
     requested, price = 0.0, 0.0
+    interval_s = config.events.interval_s
+    history = list(history) if history is not None else None
     for event in events.values():
-        if isinstance(event, UpDrEvent):
-            covered = _covering(step_starts, step_s, event.start, event.end)
-            if covered.any():
-                window |= covered
-                requested, price = max(requested, event.requested_increase_w), max(price, event.price_per_kwh)
+        if not isinstance(event, UpDrEvent):
+            continue
+        covered = _covering(step_starts, step_s, event.start, event.end)
+        if not covered.any():
+            continue
+        window |= covered
+        requested, price = max(requested, event.requested_increase_w), max(price, event.price_per_kwh)
+        # each step reads the baseline of the M&V interval its start falls in
+        first = interval_start(max(event.start.timestamp(), float(step_starts[covered][0])), interval_s)
+        starts = list(np.arange(first, event.end.timestamp(), interval_s, dtype=float))
+        values = known.get(event.id)
+        if not values:
+            try:
+                values, _, _ = updr_baseline(
+                    event.baseline_method, starts, site_now_w, history, ZoneInfo(config.events.timezone), interval_s
+                )
+            except BaselineError:
+                values = {}
+        for k in np.flatnonzero(covered):
+            at = interval_start(max(float(step_starts[k]), event.start.timestamp()), interval_s)
+            baseline[k] = values.get(at, site_now_w)
     if not window.any():
         return None
-    return UpDr(window, np.full(len(step_starts), base_w), requested, price)
+    return UpDr(window, baseline, requested, price)
 
 
 def _reserves(step_starts: np.ndarray, step_s: float, awards: Mapping[str, SignalModel]) -> list[Reserve]:

@@ -17,6 +17,12 @@ Two honest adjustments, both stated where they are made:
     small bump.
 Units: every price here is currency per kWh DISCHARGED at the device's grid terminals (throughput in the other
 direction is free: in Xu's model a cycle is charged once, on discharge).
+
+Per-chemistry wear (docs/wear.md): every price function takes `model`, a `WearFit` from `agent.dispatch.wear_fits.fit`
+(the pack's chemistry and temperature, fitted to BLAST-Lite or to Xu by `evaluation/wearfit.py`). Without one they
+price Xu's LMO cell at 25 °C analytically, as before the fits existed. `segment_prices` also takes `window`, the
+fraction of the usable energy the segments span (the plan's SoC window): a segment is priced for the depth it
+really is, so a full-window cycle costs what a cycle of the window's depth costs, not a full-pack cycle's share.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import math
 from functools import lru_cache
 
 import numpy as np
+
+from agent.dispatch.wear_fits import WearFit
 
 ALPHA_SEI = 0.0575
 K_SEI = 121.0
@@ -57,53 +65,76 @@ def life_per_cycle(depth: float) -> float:
 
 
 def segment_prices(
-    replacement_cost: float, nominal_wh: float, soh: float, efficiency: float, segments: int
+    replacement_cost: float,
+    nominal_wh: float,
+    soh: float,
+    efficiency: float,
+    segments: int,
+    *,
+    window: float = 1.0,
+    model: WearFit | None = None,
 ) -> np.ndarray:
     """m_j, currency per kWh discharged from segment j (1 = shallowest), non-decreasing.
 
     `replacement_cost` is the whole pack's (currency). An aged pack (lower SoH) has less usable energy per segment,
-    so the same life fraction is spread over fewer kWh: it costs more per kWh, as the issue asks.
+    so the same life fraction is spread over fewer kWh: it costs more per kWh, as the issue asks. The J segments
+    split `window` × the usable energy (the plan's SoC window, max_wh − min_wh over usable), so segment j spans
+    cycle depths (j−1)·w/J .. j·w/J and is priced for them. `model`: the pack's fitted wear (None: Xu's LMO cell).
     """
     usable_kwh = nominal_wh * soh / 1000.0
-    if usable_kwh <= 0 or replacement_cost <= 0:
+    if usable_kwh <= 0 or replacement_cost <= 0 or window <= 0:
         return np.zeros(segments)
-    segment_kwh = usable_kwh / segments
-    increments = np.array(
-        [life_per_cycle(j / segments) - life_per_cycle((j - 1) / segments) for j in range(1, segments + 1)]
-    )
-    prices = replacement_cost * increments / (segment_kwh * efficiency)
+    window = min(window, 1.0)
+    life = model.cycle_life if model is not None else np.vectorize(life_per_cycle)
+    bounds = np.asarray(life(window * np.arange(segments + 1) / segments), dtype=float)
+    segment_kwh = window * usable_kwh / segments
+    prices = replacement_cost * np.diff(bounds) / (segment_kwh * efficiency)
     return np.maximum.accumulate(prices)  # convexify: see module docstring
 
 
 def shallow_cycle_price(
-    replacement_cost: float, nominal_wh: float, soh: float, efficiency: float, depth: float
+    replacement_cost: float,
+    nominal_wh: float,
+    soh: float,
+    efficiency: float,
+    depth: float,
+    *,
+    model: WearFit | None = None,
 ) -> float:
     """Currency per kWh discharged in half cycles of `depth` (fraction of usable energy), as when following a
     regulation signal.
 
     Xu's depth stress is concave at small depths: per kWh, a 1 %-deep cycle ages the cell 3.1x as much as a
     25 %-deep one (S_δ(δ)/δ), so the cheapest segment price of `segment_prices` would understate regulation wear
-    several times over. Same units and SoH scaling as `segment_prices`.
+    several times over. Same units and SoH scaling as `segment_prices`. With `model`, the fitted regulation
+    protocol's life per unit of depth at this swing depth (docs/wear.md).
     """
     usable_kwh = nominal_wh * soh / 1000.0
     depth = min(max(depth, 1e-4), 1.0)  # below 0.01 %, S_δ(δ)/δ grows without bound: such wiggles are not cycles
     if usable_kwh <= 0 or replacement_cost <= 0:
         return 0.0
-    return replacement_cost * life_per_cycle(depth) / (depth * usable_kwh * efficiency)
+    per_depth = model.shallow_life_per_depth(depth) if model is not None else life_per_cycle(depth) / depth
+    return replacement_cost * per_depth / (usable_kwh * efficiency)
 
 
-def calendar_price_per_wh_h(replacement_cost: float, nominal_wh: float) -> float:
+def calendar_price_per_wh_h(replacement_cost: float, nominal_wh: float, *, model: WearFit | None = None) -> float:
     """Marginal calendar-ageing cost of holding one more Wh for one hour (currency), from the SoC-stress slope.
 
     Calendar damage per second is k_t·exp(1.04(σ−0.5)); linearised around σ = 0.5 its SoC-dependent part is
-    k_t·1.04·σ, i.e. per Wh held: k_t·1.04/E_nominal. Priced by the pack's replacement cost over f_EOL.
+    k_t·1.04·σ, i.e. per Wh held: k_t·1.04/E_nominal. Priced by the pack's replacement cost over f_EOL. With
+    `model`, the slope of its calendar rate fitted linear in SoC over the 10–90 % window (docs/wear.md).
     """
     if nominal_wh <= 0:
         return 0.0
+    if model is not None:
+        # the LP takes a non-negative calendar price; every fitted slope is positive (fits.json), the clamp is a guard
+        return replacement_cost * max(model.calendar_slope_per_h, 0.0) / nominal_wh
     per_hour = K_CAL_PER_S * 3600.0 * K_SIGMA / nominal_wh
     return replacement_cost * per_hour / damage_at_end_of_life()
 
 
-def calendar_base_cost_per_h(replacement_cost: float) -> float:
+def calendar_base_cost_per_h(replacement_cost: float, *, model: WearFit | None = None) -> float:
     """The SoC-independent part of calendar ageing per hour (reported in the breakdown; no decision changes it)."""
+    if model is not None:
+        return replacement_cost * model.calendar_base_per_h
     return replacement_cost * K_CAL_PER_S * 3600.0 * (1 - K_SIGMA * 0.5) / damage_at_end_of_life()

@@ -9,6 +9,8 @@ Variables (W and Wh, grid-side powers):
   c[j], d[j]  (N×T)   charge / discharge power drawn from wear segment j (segment 1 = shallowest)
   e[j]        (N×T+1) energy held in segment j above the asset's floor; E = floor + Σ e[j]
 Degradation follows Xu et al. 2018 (agent.dispatch.degradation): discharging from segment j costs m_j per kWh.
+Every price Parameter holds a coefficient of the one cost model (agent.dispatch.costs: currency per W for one step,
+or per Wh), so each term here is that coefficient times its variable, summed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from agent.dispatch.inputs import PRODUCT_DURATION_S, SYMMETRIC_PRODUCTS, PlanInputs
+from agent.dispatch.inputs import SYMMETRIC_PRODUCTS, PlanInputs, activation_loss_wh, product_duration_h
 from agent.dispatch.plan import net_of
 
 BIG_W = 1e12  # stands in for "no limit": Parameters cannot hold inf
@@ -37,6 +39,9 @@ class Shape:
     products: tuple[str, ...]
     efficiencies: tuple[float, ...]
     paths: bool = False  # per-step hard energy bounds (virtual batteries of agent.dispatch.aggregate)
+    # per product, kWh an activation moves per kW·h reserved (Reserve.activation_per_h): constants for the same
+    # reason as the efficiencies, as the round-trip loss they cause multiplies the (N, T) reserve variables
+    activations: tuple[float, ...] = ()
 
     @staticmethod
     def of(inputs: PlanInputs) -> Shape:
@@ -44,9 +49,11 @@ class Shape:
         products = tuple(r.product for r in inputs.reserves)
         efficiencies = tuple(float(a.efficiency) for a in inputs.assets)
         paths = any(a.has_paths for a in inputs.assets)
+        activations = tuple(float(r.activation_per_h) for r in inputs.reserves)
         return Shape(
-            len(inputs.assets), inputs.steps, segments, inputs.updr is not None, products, efficiencies, paths
-        )
+            len(inputs.assets), inputs.steps, segments, inputs.updr is not None, products, efficiencies, paths,
+            activations,
+        )  # fmt: skip
 
 
 class DispatchModel:
@@ -69,6 +76,8 @@ class DispatchModel:
         self.above = cp.sum(self.e) if j > 1 else self.e[0]
         self.power = self.charge - self.discharge
         self.site = p.base_minus_pv + cp.sum(self.power, axis=0)
+        self.r_up = [cp.Variable((n, t), nonneg=True, name=f"reserve_up_{k}") for k in shape.products]
+        self.r_down = [cp.Variable((n, t), nonneg=True, name=f"reserve_down_{k}") for k in shape.products]
         constraints = self._storage() + self._limits()
         terms: dict[str, cp.Expression] = {}
         terms["energy"] = self._energy_cost()
@@ -79,7 +88,9 @@ class DispatchModel:
         site_cons, terms["site_limit_penalty"] = self._site_limits()
         constraints += ev_cons + site_cons
         if shape.updr:
-            dr_cons, terms["updr_revenue"], terms["updr_shortfall_penalty"] = self._updr()
+            dr_cons, terms["updr_revenue"], terms["updr_shortfall_penalty"], terms["updr_below_baseline_penalty"] = (
+                self._updr()
+            )
             constraints += dr_cons
         if shape.products:
             as_cons, terms["reserve_revenue"], terms["reserve_shortfall_penalty"] = self._reserves()
@@ -99,11 +110,12 @@ class DispatchModel:
     def _storage(self) -> list[cp.Constraint]:
         p, h = self.params, self.h
         cons = []
+        losses = self._activation_losses(cons)
         for k in range(self.shape.segments):
             gain = cp.multiply(self.efficiency, self.c[k]) - cp.multiply(1.0 / self.efficiency, self.d[k])
             cons += [
                 self.e[k][:, 0] == p.initial[:, k],
-                self.e[k][:, 1:] == self.e[k][:, :-1] + h * gain,
+                self.e[k][:, 1:] == self.e[k][:, :-1] + h * gain - losses[k],
                 self.e[k] <= p.segment_cap[:, k : k + 1] @ np.ones((1, self.shape.steps + 1)),
             ]
         if self.shape.paths:
@@ -111,25 +123,43 @@ class DispatchModel:
             cons += [self.above >= p.floor_at, self.above <= p.ceiling_at]
         return cons
 
+    def _activation_losses(self, cons: list[cp.Constraint]) -> list[cp.Expression | float]:
+        """Wh each segment loses per step to following activations: expected, so the plan buys it back.
+
+        An up activation discharges α·r·h kWh (α = Reserve.activation_per_h) and a down one charges it back, so the
+        store loses α·r·h·(1/η − η) per step of up reservation r (inputs.activation_loss_wh). Without this the band's
+        loss was priced but not stored, and EVs following regulation left short of their departure need. With
+        several segments the loss is drawn from any of them (one non-negative share per segment)."""
+        j = self.shape.segments
+        if not any(a > 0 for a in self.shape.activations):
+            return [0.0] * j
+        per_w = [activation_loss_wh(a, self.efficiency, self.h) for a in self.shape.activations]
+        total = sum(cp.multiply(per_w[k], self.r_up[k]) for k in range(len(per_w)) if self.shape.activations[k] > 0)
+        if j == 1:
+            return [total]
+        shares = [cp.Variable((self.shape.assets, self.shape.steps), nonneg=True, name=f"loss_{k}") for k in range(j)]
+        cons.append(cp.sum(shares) == total)
+        return shares
+
     def _limits(self) -> list[cp.Constraint]:
         return [self.charge <= self.params.charge_max, self.discharge <= self.params.discharge_max]
 
     # -- costs ------------------------------------------------------------------------------------------------
     def _energy_cost(self) -> cp.Expression:
         """Cost of the assets' energy at the site meter (the uncontrolled load's own cost is added in the report)."""
-        return self.h / 1000.0 * (self.params.price @ cp.sum(self.power, axis=0))
+        return self.params.price @ cp.sum(self.power, axis=0)
 
     def _wear_cost(self) -> cp.Expression:
         p = self.params
-        return sum(self.h / 1000.0 * (p.wear[:, k] @ cp.sum(self.d[k], axis=1)) for k in range(self.shape.segments))
+        return sum(p.wear[:, k] @ cp.sum(self.d[k], axis=1) for k in range(self.shape.segments))
 
     def _calendar_cost(self) -> cp.Expression:
         """SoC-dependent calendar ageing of the energy held above the floor (the floor's share is in the report)."""
-        return self.h * (self.params.calendar @ cp.sum(self.above[:, 1:], axis=1))
+        return self.params.calendar @ cp.sum(self.above[:, 1:], axis=1)
 
     def _terminal_value(self) -> cp.Expression:
         """The worth of energy left above the floor at the horizon's end (inputs.terminal_price); a revenue."""
-        return self.params.terminal @ self.above[:, self.shape.steps] / 1000.0
+        return self.params.terminal @ self.above[:, self.shape.steps]
 
     # -- preferences (soft, tiered) ---------------------------------------------------------------------------
     def _ev_targets(self) -> tuple[list[cp.Constraint], cp.Expression]:
@@ -142,56 +172,63 @@ class DispatchModel:
         # cheap where a one-hot Parameter times the energy variable would not be
         short = cp.reshape(self.ev_short1 + self.ev_short2, (n, 1), order="C") @ np.ones((1, self.shape.steps + 1))
         cons = [self.above + short >= p.target_at, self.ev_short1 <= p.tier1_wh]
-        penalty = (p.ev_tier1_price * cp.sum(self.ev_short1) + p.ev_tier2_price * cp.sum(self.ev_short2)) / 1000.0
+        penalty = p.ev_tier1_price * cp.sum(self.ev_short1) + p.ev_tier2_price * cp.sum(self.ev_short2)
         return cons, penalty
 
     def _site_limits(self) -> tuple[list[cp.Constraint], cp.Expression]:
         p = self.params
         self.site_over = cp.Variable(self.shape.steps, nonneg=True, name="site_limit_excess")
         cons = [self.site <= p.import_limit + self.site_over, self.site >= -p.export_limit - self.site_over]
-        return cons, p.site_penalty * self.h / 1000.0 * cp.sum(self.site_over)
+        return cons, p.site_penalty * cp.sum(self.site_over)
 
-    def _updr(self) -> tuple[list[cp.Constraint], cp.Expression, cp.Expression]:
+    def _updr(self) -> tuple[list[cp.Constraint], cp.Expression, cp.Expression, cp.Expression]:
+        """Up-DR as settlement pays it: the paid increase u ≥ 0 is at most the site's load above the baseline.
+
+        Settlement pays p·clip(load − baseline, 0, requested) per step, a kink at the baseline an LP cannot hold.
+        Here u ∈ [0, requested] and u ≤ load − baseline + b, where b ≥ 0 is how far the load stays under the
+        baseline, priced above the up-DR price plus the shortfall penalty (inputs.below_baseline_price): the LP then
+        never claims u over b, so u is exactly what settlement pays (for p ≥ 0; the signal schema refuses p < 0,
+        with which u would sit at 0 and understate what settlement charges). b's price is the one part that is not
+        money: the least convex majorant of the kinked reward (a step under the baseline counts as if its shortfall
+        grew with the distance), which keeps the plan an LP; it is reported as `updr_below_baseline_penalty`.
+        """
         p, t = self.params, self.shape.steps
-        # free sign: below the baseline the increase is negative (a pessimistic reading: it costs the price, where
-        # settlement pays 0). Non-negative, it forced the site up to the baseline in every window step and made the
-        # plan infeasible where PV pushes the site below the baseline and the assets cannot absorb it all
-        self.dr_up = cp.Variable(t, name="updr_increase")
+        self.dr_up = cp.Variable(t, nonneg=True, name="updr_increase")
         self.dr_short = cp.Variable(t, nonneg=True, name="updr_shortfall")
+        self.dr_below = cp.Variable(t, nonneg=True, name="updr_below_baseline")
         cons = [
             # outside the window dr_outside is huge: dr_up (0 there anyway) must not tie the site to the baseline
-            self.dr_up <= self.site - p.dr_baseline + p.dr_outside,
+            self.dr_up <= self.site - p.dr_baseline + p.dr_outside + self.dr_below,
             self.dr_up <= p.dr_requested,  # per step: requested x window
             self.dr_up + self.dr_short >= p.dr_requested,
         ]
-        revenue = p.dr_price * self.h / 1000.0 * cp.sum(self.dr_up)
-        penalty = p.dr_penalty * self.h / 1000.0 * cp.sum(self.dr_short)
-        return cons, revenue, penalty
+        revenue = p.dr_price * cp.sum(self.dr_up)
+        penalty = p.dr_penalty * cp.sum(self.dr_short)
+        below = p.dr_below_price * cp.sum(self.dr_below)
+        return cons, revenue, penalty, below
 
     def _reserves(self) -> tuple[list[cp.Constraint], cp.Expression, cp.Expression]:
-        p, n, t = self.params, self.shape.assets, self.shape.steps
-        self.r_up = [cp.Variable((n, t), nonneg=True, name=f"reserve_up_{k}") for k in self.shape.products]
-        self.r_down = [cp.Variable((n, t), nonneg=True, name=f"reserve_down_{k}") for k in self.shape.products]
+        p, t = self.params, self.shape.steps
         up, down = cp.sum(self.r_up), cp.sum(self.r_down)
         # power headroom: reserving up means being able to discharge that much more, down to charge more
         cons = [
             up <= p.discharge_max - self.discharge + self.charge,
             down <= p.charge_max - self.charge + self.discharge,
         ]
-        # energy headroom: every product's reservation sustainable for its duration from the planned energy
-        hours = [PRODUCT_DURATION_S[k] / 3600.0 for k in self.shape.products]
+        # energy headroom: every product's reservation sustainable for its duration from the planned energy, at the
+        # step's start as well as its end (an activation may come at either; agent.dispatch.reserve_check, same rule)
+        hours = [product_duration_h(k) for k in self.shape.products]
         hold_up = sum(self.r_up[k] * hours[k] for k in range(len(hours)))
         hold_down = sum(self.r_down[k] * hours[k] for k in range(len(hours)))
-        cons += [
-            self.above[:, 1:] - cp.multiply(1.0 / self.efficiency, hold_up) >= 0,
-            self.above[:, 1:] + cp.multiply(self.efficiency, hold_down) <= p.headroom @ np.ones((1, t)),
-        ]
+        for held in (self.above[:, :-1], self.above[:, 1:]):
+            cons += [
+                held - cp.multiply(1.0 / self.efficiency, hold_up) >= 0,
+                held + cp.multiply(self.efficiency, hold_down) <= p.headroom @ np.ones((1, t)),
+            ]
         revenue: cp.Expression = 0
         penalty: cp.Expression = 0
         # following activations (inputs.activation_price): per kW·h reserved up, one cost per asset and product
-        self.activation_cost = sum(
-            self.h / 1000.0 * (p.activation[k] @ cp.sum(self.r_up[k], axis=1)) for k in range(len(hours))
-        )
+        self.activation_cost = sum(p.activation[k] @ cp.sum(self.r_up[k], axis=1) for k in range(len(hours)))
         symmetric = [k for k, name in enumerate(self.shape.products) if name in SYMMETRIC_PRODUCTS]
         cons += [self.r_up[k] == self.r_down[k] for k in symmetric]
         self.r_short = []
@@ -202,17 +239,14 @@ class DispatchModel:
                 cp.sum(self.r_up[k], axis=0) + short[0] >= p.award_up[k],
                 cp.sum(self.r_down[k], axis=0) + short[1] >= p.award_down[k],
             ]
-            revenue += (
-                self.h
-                / 1000.0
-                * (p.up_price[k] @ cp.sum(self.r_up[k], axis=0) + p.down_price[k] @ cp.sum(self.r_down[k], axis=0))
-            )
-            penalty += p.reserve_penalty * self.h / 1000.0 * cp.sum(short)
+            revenue += p.up_price[k] @ cp.sum(self.r_up[k], axis=0) + p.down_price[k] @ cp.sum(self.r_down[k], axis=0)
+            penalty += p.reserve_penalty * cp.sum(short)
         return cons, revenue, penalty
 
 
 class _Params:
-    """Every number the problem reads, as cvxpy Parameters (filled by agent.dispatch.planner.fill)."""
+    """Every number the problem reads, as cvxpy Parameters (filled by agent.dispatch.planner.fill); prices are the
+    coefficients of agent.dispatch.costs (currency per W for one step, or per Wh)."""
 
     def __init__(self, n: int, t: int, j: int, shape: Shape) -> None:
         P = cp.Parameter
@@ -223,7 +257,7 @@ class _Params:
         self.discharge_max = P((n, t), nonneg=True)
         self.wear = P((n, j), nonneg=True)
         self.calendar = P(n, nonneg=True)
-        self.terminal = P(n, nonneg=True)  # currency per kWh above the floor at the horizon's end
+        self.terminal = P(n, nonneg=True)  # currency per Wh above the floor at the horizon's end
         self.price = P(t)
         self.base_minus_pv = P(t)
         self.import_limit = P(t, nonneg=True)
@@ -242,6 +276,7 @@ class _Params:
             self.dr_requested = P(t, nonneg=True)
             self.dr_price = P(nonneg=True)
             self.dr_penalty = P(nonneg=True)
+            self.dr_below_price = P(nonneg=True)
         k = len(shape.products)
         self.award_up = [P(t, nonneg=True) for _ in range(k)]
         self.award_down = [P(t, nonneg=True) for _ in range(k)]

@@ -7,10 +7,12 @@ they cost milliseconds to assemble.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import highspy
 import numpy as np
 
-from agent.dispatch.planner import PlanError
+from agent.dispatch.plan import PlanError
 
 INF = highspy.kHighsInf
 
@@ -28,16 +30,42 @@ class ArrayLp:
         self.row_upper: list[np.ndarray] = []
         self.n_rows = 0
         self.triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # per cost term (agent.dispatch.costs names), the columns it prices and its part of their cost
+        self.terms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-    def columns(self, cost: np.ndarray, lower: float | np.ndarray, upper: float | np.ndarray) -> np.ndarray:
-        """Add len(cost) columns; returns their indices."""
+    def columns(
+        self,
+        cost: np.ndarray | Mapping[str, np.ndarray | float],
+        lower: float | np.ndarray,
+        upper: float | np.ndarray,
+        size: int | None = None,
+    ) -> np.ndarray:
+        """Add columns (len(cost), or `size` with a scalar cost); returns their indices.
+
+        `cost` may be given per term of the cost model ({"energy": ..., "wear_calendar": ...}): the column's cost is
+        their sum, and `term_values` reports each term's part of a solution's objective (tests compare it with the
+        other backends)."""
+        parts = dict(cost) if isinstance(cost, Mapping) else None
+        if parts is not None:
+            k = size if size is not None else max(np.size(v) for v in parts.values())
+            parts = {name: np.broadcast_to(np.asarray(v, dtype=float), (k,)) for name, v in parts.items()}
+            cost = np.sum(list(parts.values()), axis=0) if parts else np.zeros(k)
         cost = np.atleast_1d(np.asarray(cost, dtype=float))
+        if size is not None and cost.size == 1:
+            cost = np.full(size, float(cost[0]))
         k = len(cost)
+        cols = np.arange(self.n_cols, self.n_cols + k)
+        for name, part in (parts or {}).items():
+            self.terms.setdefault(name, []).append((cols, part))
         self.cost.append(cost)
         self.col_lower.append(np.broadcast_to(np.asarray(lower, dtype=float), (k,)))
         self.col_upper.append(np.broadcast_to(np.asarray(upper, dtype=float), (k,)))
         self.n_cols += k
-        return np.arange(self.n_cols - k, self.n_cols)
+        return cols
+
+    def term_values(self, solution: np.ndarray) -> dict[str, float]:
+        """Each tagged term's part of the objective at `solution` (costs positive, revenues negative)."""
+        return {name: float(sum(np.dot(v, solution[c]) for c, v in parts)) for name, parts in self.terms.items()}
 
     def rows(self, lower: float | np.ndarray, upper: float | np.ndarray) -> np.ndarray:
         """Add rows (as many as the array bound has entries, none for an empty one; a scalar bound is shared by

@@ -7,24 +7,30 @@ tests and the evaluation harness.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-# Sustain duration of each ancillary-service product (REFERENCE.md): energy headroom held for a reservation.
-PRODUCT_DURATION_S: dict[str, float] = {
-    "FCR": 5 * 60,
-    "S-FRR": 30 * 60,
-    "FRR": 30 * 60,
-    "S-RR": 30 * 60,  # 30-min blocks from FY2026
-    "RR": 30 * 60,
-    # PJM-style regulation following a RegD-like signal (sim_devices.scenarios.regulation): the signal is energy
-    # neutral over each 15 min, so holding 15 min of full output each way never runs out (conservative)
-    "RegD": 15 * 60,
-}
-# Products offered as one symmetric band (as much down as up, PJM's regulation): an up-only or down-only share
-# would drift the store's energy under an energy-neutral signal, which the plan's energy balance does not model.
-SYMMETRIC_PRODUCTS = frozenset({"RegD"})
+from agent.products import PRODUCTS, product
+
+# Views of the one product table (agent.products), kept for callers that read them by these names.
+PRODUCT_DURATION_S: dict[str, float] = {name: p.sustain_s for name, p in PRODUCTS.items()}
+SYMMETRIC_PRODUCTS = frozenset(name for name, p in PRODUCTS.items() if p.symmetric)
+
+
+def product_duration_h(name: str) -> float:
+    """Hours a reservation of product `name` must be sustainable from stored energy (its `sustain_s`)."""
+    return product(name).sustain_s / 3600.0
+
+
+def activation_loss_wh(activation_per_h: float, efficiency: float | np.ndarray, step_h: float) -> float | np.ndarray:
+    """Wh the store loses per W of up reservation held for one step while following activations.
+
+    An up activation discharges α kWh per kW·h reserved (α = Reserve.activation_per_h), taking α/η from the pack; the
+    down activation that brings it back stores η·α: the round trip loses α·(1/η − η) per kW·h, i.e. per W held for
+    a step of `step_h` hours, α·(1/η − η)·step_h Wh. One rule for every backend (the LP's energy balance)."""
+    return activation_per_h * (1.0 / efficiency - efficiency) * step_h
 
 
 @dataclass(frozen=True)
@@ -90,22 +96,34 @@ def terminal_price(asset: AssetPlan, price_per_kwh: np.ndarray) -> float:
     return max(0.0, float(np.min(price_per_kwh)))
 
 
-def activation_price(asset: AssetPlan, reserve: Reserve, price_per_kwh: np.ndarray) -> float:
-    """Expected cost per kW·h of `asset`'s up reservation of `reserve` from following its activations.
+def activation_price(asset: AssetPlan, reserve: Reserve, price_per_kwh: np.ndarray | None = None) -> float:
+    """Expected wear cost per kW·h of `asset`'s up reservation of `reserve` from following its activations.
 
-    Each kWh delivered up is discharged (at the asset's activation wear price: regulation cycles are shallow) and
-    comes back through a down activation, losing 1/η² − 1 of it on the round trip, bought at the horizon's mean
-    price. A per-asset scalar on purpose: a per-step price here would be a Parameter times the (N, T) reserve
-    variable, which cvxpy's DPP canonicalisation makes huge (formulation.Shape)."""
+    Each kWh delivered up is discharged at the asset's activation wear price (regulation cycles are shallow). The
+    round trip's loss is not priced here any more: it is taken from the stored energy (`activation_loss_wh`, in the
+    LP's energy balance), so the plan buys it back at the step's own price and keeps departure needs whole.
+    `price_per_kwh` is accepted for callers of the earlier signature and unused. A per-asset scalar on purpose: a
+    per-step price here would be a Parameter times the (N, T) reserve variable, which cvxpy's DPP canonicalisation
+    makes huge (formulation.Shape)."""
     if reserve.activation_per_h <= 0:
         return 0.0
     if asset.activation_wear_per_kwh is not None:
         wear = float(asset.activation_wear_per_kwh)
     else:
         wear = float(asset.wear_prices[0]) if len(asset.wear_prices) else 0.0
-    mean_price = max(0.0, float(np.mean(price_per_kwh))) if len(price_per_kwh) else 0.0
-    loss = mean_price * (1.0 / asset.efficiency**2 - 1.0)
-    return reserve.activation_per_h * (wear + loss)
+    return reserve.activation_per_h * wear
+
+
+BELOW_BASELINE_MARGIN = 0.01  # relative: the price of a Wh under the baseline sits this far above price + penalty
+
+
+def below_baseline_price(dr: UpDr, penalties: Penalties) -> float:
+    """Currency per kWh the LP charges for each kWh the site stays under an up-DR baseline in a window step.
+
+    Strictly above the up-DR price plus the shortfall penalty, so that no plan can earn a paid increase by going
+    further under the baseline (formulation._updr explains the reformulation); it is the convex stand-in for the
+    settlement's kink, not money, and is reported under its own name."""
+    return (max(dr.price_per_kwh, 0.0) + penalties.dr_short_per_kwh) * (1.0 + BELOW_BASELINE_MARGIN)
 
 
 @dataclass(frozen=True)
@@ -137,14 +155,14 @@ class Reserve:
     awarded_up_w: np.ndarray
     awarded_down_w: np.ndarray
     # energy an activation moves: kWh discharged per kW·h of up reservation (and charged per kW·h down), e.g.
-    # the mean of the positive part of a RegD-like signal (~0.15). Priced by the planner as the cheapest wear
-    # segment plus the round-trip loss at the horizon's mean price (`activation_price`); 0 for products that are
-    # rarely activated (reserves held for contingencies)
+    # the mean of the positive part of a RegD-like signal (~0.15). Priced by the planner at the activation wear
+    # price (`activation_price`), its round-trip loss taken from the stored energy (`activation_loss_wh`); 0 for
+    # products that are rarely activated (reserves held for contingencies)
     activation_per_h: float = 0.0
 
     @property
     def duration_h(self) -> float:
-        return PRODUCT_DURATION_S[self.product] / 3600.0
+        return product_duration_h(self.product)
 
 
 @dataclass(frozen=True)
@@ -199,18 +217,34 @@ def _limits_w(override: np.ndarray | None, nameplate_w: float, available: np.nda
 def updr_reachable(inputs: PlanInputs) -> np.ndarray:
     """Up-DR window steps whose baseline the site can reach with every asset charging at its limit.
 
-    Settlement pays for consumption above the baseline and nothing below, a kink an LP cannot hold. The planner
-    therefore reads the increase with a free sign (below the baseline it counts against), which in a step whose
-    baseline is out of reach would pay the LP for raising load settlement never pays for. Such steps are taken out
-    of the window; their request is reported as missed (planner._read_plan).
+    Settlement pays for consumption above the baseline and nothing below, a kink an LP cannot hold: the planner
+    prices the distance under the baseline as a convex stand-in (formulation._updr, `below_baseline_price`). In a
+    step whose baseline no plan can reach that stand-in would only push load up for nothing paid, so such steps are
+    taken out of the window; their request is reported as missed (planner._read_plan). The last answer is kept for
+    the same inputs object: the backends ask several times per solve, and at 100 000 EVs each answer costs ~0.2 s.
     """
     dr = inputs.updr
     t = inputs.steps
     if dr is None:
         return np.zeros(t, dtype=bool)
+    global _REACHABLE
+    if _REACHABLE is not None and _REACHABLE[0]() is inputs:
+        return _REACHABLE[1].copy()
     site = inputs.site
     most = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float)
-    for a in inputs.assets:
-        most = most + charge_limits_w(a, t)
-    return np.asarray(dr.window[:t], dtype=bool) & (most >= np.asarray(dr.baseline_w[:t], dtype=float))
+    flat = [a.charge_w for a in inputs.assets if a.charge_limit_w is None and a.available is None]
+    per_step = [a for a in inputs.assets if not (a.charge_limit_w is None and a.available is None)]
+    most = most + float(sum(flat))
+    overrides = [np.asarray(a.charge_limit_w, dtype=float)[:t] for a in per_step if a.charge_limit_w is not None]
+    masked = [a for a in per_step if a.charge_limit_w is None]
+    if overrides:
+        most = most + np.sum(overrides, axis=0)
+    if masked:
+        available = np.array([np.asarray(a.available, dtype=float)[:t] for a in masked]).reshape(len(masked), t)
+        most = most + np.array([a.charge_w for a in masked]) @ available
+    reachable = np.asarray(dr.window[:t], dtype=bool) & (most >= np.asarray(dr.baseline_w[:t], dtype=float))
+    _REACHABLE = (weakref.ref(inputs), reachable)
+    return reachable.copy()
 
+
+_REACHABLE: tuple[weakref.ref[PlanInputs], np.ndarray] | None = None

@@ -12,9 +12,11 @@ stored at step k is held at the T − k step boundaries after it), the tiered de
 (soft, as in the planner) and up-DR (its reward and the shortfall penalty it avoids).
 
 Reserves the split gave a member stay deliverable: its net power keeps the headroom (up ≤ discharge limit + power,
-down ≤ charge limit − power), and a V2G member keeps the energy to sustain them for the longest awarded product
-(soft, priced at the reserve-shortfall penalty). A charge-only member's room for a down reserve is not checked (it
-would need a cumulative row per step).
+down ≤ charge limit − power), and a V2G member keeps the energy to sustain them for the longest awarded product at
+the start and the end of each step (soft, priced at the reserve-shortfall penalty). A charge-only member's room for a
+down reserve is not checked (it would need a cumulative row per step), nor is the expected round-trip loss of
+following activations taken from a member's energy here (the planner's LP takes it: formulation._activation_losses).
+Prices are the coefficients of agent.dispatch.costs; `plan_members_detail` reports each term's part of the optimum.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.dispatch import costs
 from agent.dispatch.highs_lp import INF, ArrayLp
 from agent.dispatch.inputs import PlanInputs, updr_reachable
 from agent.dispatch.reserve_check import longest_product
@@ -40,11 +43,11 @@ class EvMembers:
     charge_w: np.ndarray
     discharge_w: np.ndarray  # 0 = charge-only
     efficiency: np.ndarray
-    calendar: np.ndarray  # currency per Wh·h held
+    calendar: np.ndarray  # currency per Wh held at a step's end (costs.calendar_per_wh)
     need: np.ndarray  # Wh it should hold at its checkpoint (clipped to what it can reach; ≤ floor: none)
     tier1: np.ndarray  # Wh of a shortfall priced at tier 1
     check: np.ndarray  # step of the checkpoint (departure, or T)
-    wear: np.ndarray  # (n, J) currency per kWh discharged from each segment (zeros for charge-only)
+    wear: np.ndarray  # (n, J) currency per W discharged for a step from each segment (costs.wear_per_w; 0: charge-only)
     segments: np.ndarray  # (n,) segments each EV's energy range is cut into
     low_w: np.ndarray  # (n, T) net power kept at least this (up reserve held)
     high_w: np.ndarray  # (n, T) and at most this (down reserve held)
@@ -86,12 +89,22 @@ def plan_members(
 
     Raises planner.PlanError when HiGHS does not return an optimal solution (the caller keeps what it had).
     """
+    power, energy, _ = plan_members_detail(inputs, members, other_w, time_limit_s)
+    return power, energy
+
+
+def plan_members_detail(
+    inputs: PlanInputs, members: EvMembers, other_w: np.ndarray, time_limit_s: float
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """`plan_members`, with each cost term's part of the LP's optimum (ArrayLp.term_values: costs positive, revenues
+    negative, in the LP's own reading: energy of these EVs only, calendar as flows, up-DR without constants)."""
     lp = ArrayLp("EV refinement")
     coupling = _Coupling([], [], [])
     charge_only = _charge_only(lp, inputs, members, coupling)
     v2g = _v2g(lp, inputs, members, coupling)
     _site_rows(lp, inputs, other_w, coupling)
     solution = lp.solve(time_limit_s)
+    terms = lp.term_values(solution)
     t = inputs.steps
     power = np.zeros((len(members.index), t))
     rows, steps, cols, lower, upper = charge_only
@@ -99,7 +112,8 @@ def plan_members(
     rows, steps, charge, discharge = v2g
     if len(rows):
         power[rows, steps] = solution[charge].sum(axis=0) - solution[discharge].sum(axis=0)
-    return _follow(inputs, members, power)
+    power, energy = _follow(inputs, members, power)
+    return power, energy, terms
 
 
 def _charge_only(
@@ -108,12 +122,12 @@ def _charge_only(
     t, h = inputs.steps, inputs.step_h
     rows, steps = np.nonzero(m.plugged & ~m.v2g[:, None])  # member-major
     eta = m.efficiency[rows]
-    price = np.asarray(inputs.site.price_per_kwh[:t], dtype=float)
+    energy_per_w = costs.energy_per_w(inputs)
     # a W charged at step k costs its energy and the calendar ageing of η·h Wh held at the T − k boundaries after it
-    cost = price[steps] * h / 1000.0 + m.calendar[rows] * eta * h * h * (t - steps)
+    cost = {"energy": energy_per_w[steps], "wear_calendar": m.calendar[rows] * eta * h * (t - steps)}
     upper = np.clip(m.high_w[rows, steps], 0.0, m.charge_w[rows])  # never above the EV's own limit
     lower = np.clip(m.low_w[rows, steps], 0.0, upper)
-    cols = lp.columns(cost, lower, upper)
+    cols = lp.columns(cost, lower, upper, size=len(rows))
     coupling.add(cols, steps, 1.0)
     gain = eta * h  # Wh stored per W charged for one step
     owners = np.unique(rows)
@@ -137,10 +151,10 @@ def _charge_only(
 
 def _need_rows(lp: ArrayLp, inputs: PlanInputs, m: EvMembers, who: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Rows `(energy terms) + short1 + short2 ≥ rhs` for members `who`, with their tiered shortfall columns."""
-    pen = inputs.penalties
+    tier1, tier2 = costs.ev_shortfall_per_wh(inputs.penalties)
     k = len(who)
-    s1 = lp.columns(np.full(k, pen.ev_short_tier1_per_kwh / 1000.0), 0.0, m.tier1[who])
-    s2 = lp.columns(np.full(k, pen.ev_short_tier2_per_kwh / 1000.0), 0.0, INF)
+    s1 = lp.columns({"ev_shortfall_penalty": tier1}, 0.0, m.tier1[who], size=k)
+    s2 = lp.columns({"ev_shortfall_penalty": tier2}, 0.0, INF, size=k)
     rows = lp.rows(rhs, INF)
     lp.entries(rows, s1, 1.0)
     lp.entries(rows, s2, 1.0)
@@ -160,16 +174,21 @@ def _v2g(
     first = np.concatenate([[True], rows[1:] != rows[:-1]])
     eta = m.efficiency[rows]
     cal = m.calendar[rows]
-    price = np.asarray(inputs.site.price_per_kwh[:t], dtype=float)[steps]
-    held = h * (t - steps)  # Wh·h of calendar ageing per Wh stored at this step
+    price = costs.energy_per_w(inputs)[steps]
+    held = t - steps  # step ends at which a Wh stored at this step is held
     room = np.maximum(m.ceiling - m.floor, 0.0)
     segments = m.wear.shape[1]
     cap = np.where(np.arange(segments)[None, :] < m.segments[:, None], (room / m.segments)[:, None], 0.0)
     initial = _cheapest_first(np.clip(m.energy - m.floor, 0.0, room), cap)
     charge, discharge, energy = [], [], []
     for j in range(segments):
-        c = lp.columns(price * h / 1000.0 + cal * eta * h * held, 0.0, INF)
-        d = lp.columns(-price * h / 1000.0 + m.wear[rows, j] * h / 1000.0 - cal * h / eta * held, 0.0, INF)
+        c = lp.columns({"energy": price, "wear_calendar": cal * eta * h * held}, 0.0, INF, size=pairs)
+        d = lp.columns(
+            {"energy": -price, "wear_cycle": m.wear[rows, j], "wear_calendar": -cal * h / eta * held},
+            0.0,
+            INF,
+            size=pairs,
+        )
         e = lp.columns(np.zeros(pairs), 0.0, cap[rows, j])
         start = np.where(first, initial[rows, j], 0.0)
         dyn = lp.rows(start, start)  # e_j(k) − e_j(previous plugged step) − η·h·c + h/η·d = e_j(0) or 0
@@ -192,7 +211,7 @@ def _v2g(
         for c, d in zip(charge, discharge, strict=True):
             lp.entries(net, c, 1.0)
             lp.entries(net, d, -1.0)
-        _reserve_energy(lp, inputs, m, rows, steps, energy, room)
+        _reserve_energy(lp, inputs, m, rows, steps, first, energy, room)
     _v2g_needs(lp, inputs, m, rows, steps, energy)
     return rows, steps, np.array(charge), np.array(discharge)
 
@@ -224,10 +243,13 @@ def _reserve_energy(
     m: EvMembers,
     rows: np.ndarray,
     steps: np.ndarray,
+    first: np.ndarray,
     energy: list[np.ndarray],
     room: np.ndarray,
 ) -> None:
-    """Soft: energy above the floor ≥ up·duration/η and room ≥ η·down·duration after each step holding reserves."""
+    """Soft: energy above the floor ≥ up·duration/η and room ≥ η·down·duration at the start and the end of each step
+    holding reserves (agent.dispatch.reserve_check, same rule). A step's start is the end of the member's previous
+    plugged-in step, or its initial energy (a constant, moved into the row's bounds) for its first one."""
     if not inputs.reserves:
         return
     hours = longest_product(inputs).duration_h
@@ -235,7 +257,8 @@ def _reserve_energy(
     up = m.up_w[rows, steps] * hours / eta
     down = m.down_w[rows, steps] * hours * eta
     # a Wh not held is priced like the reserve it leaves undeliverable for one step
-    price = inputs.penalties.reserve_short_per_kwh / 1000.0 * inputs.step_h / max(hours, 1e-9)
+    price = costs.reserve_short_per_w(inputs.penalties, inputs.step_h) / max(hours, 1e-9)
+    initial = np.clip(m.energy - m.floor, 0.0, room)[rows]
     for need, lower, upper, sign in (
         (up, up, np.full(len(rows), INF), 1.0),
         (down, np.full(len(rows), -INF), room[rows] - down, -1.0),
@@ -243,11 +266,20 @@ def _reserve_energy(
         held = np.flatnonzero(need > 0)
         if not len(held):
             continue
+        # the step's end: its own energy columns
         r = lp.rows(lower[held], upper[held])
         slack = lp.columns(np.full(len(held), price), 0.0, INF)
         lp.entries(r, slack, sign)
         for e in energy:
             lp.entries(r, e[held], 1.0)
+        # the step's start: the previous pair's columns, or the initial energy for a member's first pair
+        start = np.where(first[held], initial[held], 0.0)
+        r = lp.rows(lower[held] - start, upper[held] - start)
+        slack = lp.columns(np.full(len(held), price), 0.0, INF)
+        lp.entries(r, slack, sign)
+        later = held[~first[held]]
+        for e in energy:
+            lp.entries(r[~first[held]], e[later - 1], 1.0)
 
 
 def _site_rows(lp: ArrayLp, inputs: PlanInputs, other_w: np.ndarray, coupling: _Coupling) -> None:
@@ -258,24 +290,29 @@ def _site_rows(lp: ArrayLp, inputs: PlanInputs, other_w: np.ndarray, coupling: _
     cols, steps, signs = coupling.arrays()
     fixed = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float) + other_w
     if np.isfinite(site.import_limit_w) or np.isfinite(site.export_limit_w):  # over ≥ net − import, ≥ −export − net
-        over = lp.columns(np.full(t, pen.site_limit_per_kwh * h / 1000.0), 0.0, INF)
+        over = lp.columns({"site_limit_penalty": costs.site_excess_per_w(pen, h)}, 0.0, INF, size=t)
         imp = lp.rows(-INF, np.full(t, site.import_limit_w) - fixed)
         exp = lp.rows(-site.export_limit_w - fixed, np.full(t, INF))
         for r, sign in ((imp, -1.0), (exp, 1.0)):
             lp.entries(r[steps], cols, signs)
             lp.entries(r, over, sign)
-    if inputs.updr is not None:  # dr_up ≤ net − baseline in the window; each W of it earns the price and the penalty
+    if inputs.updr is not None:
+        # the planner's reformulation (agent.dispatch.formulation._updr): 0 ≤ u ≤ requested, u − b ≤ net − baseline,
+        # u earns the price and the penalty it avoids, b (under the baseline) costs inputs.below_baseline_price
         dr = inputs.updr
         window = np.flatnonzero(updr_reachable(inputs))  # as the planner's window (unreachable steps out)
-        reward = -(dr.price_per_kwh + pen.dr_short_per_kwh) * h / 1000.0
-        # free below like the planner's dr_up (agent.dispatch.formulation._updr): the site may be under the baseline
-        up = lp.columns(np.full(len(window), reward), -INF, np.full(len(window), dr.requested_w))
+        dr_prices = costs.updr_per_w(dr, pen, h)
+        k = len(window)
+        reward = {"updr_revenue": -dr_prices.revenue, "updr_shortfall_penalty": -dr_prices.shortfall}
+        up = lp.columns(reward, 0.0, np.full(k, dr.requested_w), size=k)
+        below = lp.columns({"updr_below_baseline_penalty": dr_prices.below}, 0.0, INF, size=k)
         r = lp.rows(-INF, fixed[window] - np.asarray(dr.baseline_w[:t])[window])
         row_of_step = np.full(t, -1)
         row_of_step[window] = r
         inside = row_of_step[steps] >= 0
         lp.entries(row_of_step[steps[inside]], cols[inside], -signs[inside])
         lp.entries(r, up, 1.0)
+        lp.entries(r, below, -1.0)
 
 
 def _follow(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,16 +12,16 @@ from collections import OrderedDict
 import cvxpy as cp
 import numpy as np
 
+from agent.dispatch import costs
 from agent.dispatch.formulation import BIG_W, DispatchModel, Shape
 from agent.dispatch.inputs import (
     PlanInputs,
-    activation_price,
     charge_limits_w,
     discharge_limits_w,
-    terminal_price,
     updr_reachable,
 )
 from agent.dispatch.plan import Plan, PlanError
+from agent.dispatch.pricing import need_above
 
 PATH_MARGIN_WH = 1e-3
 
@@ -65,7 +65,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         headroom[i, 0] = room
         segments = len(a.wear_prices)
         segment_cap[i, :segments] = room / segments
-        wear[i, :segments] = a.wear_prices
+        wear[i, :segments] = costs.wear_per_w(a, inputs.step_h)
         left = min(max(0.0, a.energy_wh - a.min_wh), room)
         for k in range(segments):  # the shallowest (cheapest) segments hold the energy first
             initial[i, k] = min(left, segment_cap[i, k])
@@ -83,52 +83,49 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         if a.need_path_wh is not None:
             need_at[i] = np.clip(np.asarray(a.need_path_wh)[: t + 1] - a.min_wh, 0.0, room)
             total = need_at[i].max() if a.need_total_wh is None else a.need_total_wh
-            tier1[i] = max(0.0, total) * inputs.penalties.ev_tier1_fraction
+            tier1[i] = costs.tier1_wh(max(0.0, total), inputs.penalties)
         elif a.target_wh is not None and a.target_step is not None:
-            step = min(a.target_step, t)
-            beyond_h = max(0, a.target_step - t) * inputs.step_h  # departure after the horizon: charge later
-            need = a.target_wh - a.min_wh - a.charge_w * a.efficiency * beyond_h
-            departure[i, step] = 1.0
-            target_above[i] = float(np.clip(need, 0.0, room))
+            departure[i, min(a.target_step, t)] = 1.0
+            target_above[i] = need_above(a, t, inputs.step_h)
     p.headroom.value = headroom
     p.initial.value = initial
     p.segment_cap.value = segment_cap
     p.wear.value = wear
-    p.calendar.value = np.array([a.calendar_price_per_wh_h for a in inputs.assets])
-    price = np.asarray(inputs.site.price_per_kwh[:t], dtype=float)
-    p.terminal.value = np.array([terminal_price(a, price) for a in inputs.assets])
+    h = inputs.step_h
+    p.calendar.value = np.array([costs.calendar_per_wh(a, h) for a in inputs.assets])
+    p.terminal.value = np.array([costs.terminal_per_wh(a, inputs) for a in inputs.assets])
     p.charge_max.value = charge_max
     p.discharge_max.value = discharge_max
     site = inputs.site
-    p.price.value = np.asarray(site.price_per_kwh[:t], dtype=float)
+    p.price.value = costs.energy_per_w(inputs)
     p.base_minus_pv.value = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float)
     p.import_limit.value = np.full(t, min(site.import_limit_w, BIG_W))
     p.export_limit.value = np.full(t, min(site.export_limit_w, BIG_W))
     pen = inputs.penalties
-    p.site_penalty.value = pen.site_limit_per_kwh
+    p.site_penalty.value = costs.site_excess_per_w(pen, h)
     p.target_at.value = departure * target_above.reshape(n, 1) + need_at
-    p.tier1_wh.value = target_above * pen.ev_tier1_fraction + tier1
+    p.tier1_wh.value = costs.tier1_wh(target_above, pen) + tier1
     if shape.paths:
         p.floor_at.value = floor_at
         p.ceiling_at.value = ceiling_at
-    p.ev_tier1_price.value = pen.ev_short_tier1_per_kwh
-    p.ev_tier2_price.value = pen.ev_short_tier2_per_kwh
+    p.ev_tier1_price.value, p.ev_tier2_price.value = costs.ev_shortfall_per_wh(pen)
     if shape.updr and inputs.updr is not None:
         dr = inputs.updr
         window = updr_reachable(inputs).astype(float)
         p.dr_baseline.value = np.asarray(dr.baseline_w[:t], dtype=float)
         p.dr_outside.value = np.where(window > 0, 0.0, BIG_W)
         p.dr_requested.value = dr.requested_w * window
-        p.dr_price.value = dr.price_per_kwh
-        p.dr_penalty.value = pen.dr_short_per_kwh
+        dr_prices = costs.updr_per_w(dr, pen, h)
+        p.dr_price.value = max(dr_prices.revenue, 0.0)
+        p.dr_penalty.value = dr_prices.shortfall
+        p.dr_below_price.value = dr_prices.below
     for k, reserve in enumerate(inputs.reserves):
         p.award_up[k].value = np.asarray(reserve.awarded_up_w[:t], dtype=float)
         p.award_down[k].value = np.asarray(reserve.awarded_down_w[:t], dtype=float)
-        p.up_price[k].value = np.asarray(reserve.up_price_per_kw_h[:t], dtype=float)
-        p.down_price[k].value = np.asarray(reserve.down_price_per_kw_h[:t], dtype=float)
-        p.activation[k].value = np.array([activation_price(a, reserve, price) for a in inputs.assets])
+        p.up_price[k].value, p.down_price[k].value = costs.reserve_per_w(reserve, t, h)
+        p.activation[k].value = np.array([costs.activation_per_w(a, reserve, h) for a in inputs.assets])
     if shape.products:
-        p.reserve_penalty.value = pen.reserve_short_per_kwh
+        p.reserve_penalty.value = costs.reserve_short_per_w(pen, h)
 
 
 FALLBACK_OPTIONS: dict[str, object] = {"solver": "ipm"}
@@ -231,8 +228,8 @@ def _read_plan(model: DispatchModel, inputs: PlanInputs, elapsed: float) -> Plan
     breakdown = {name: float(term.value) for name, term in model.terms.items()}
     site = inputs.site
     uncontrolled = np.asarray(site.base_load_w[:t] - site.pv_w[:t])
-    breakdown["energy"] += float(h / 1000.0 * np.dot(site.price_per_kwh[:t], uncontrolled))
-    breakdown["wear_calendar"] += float(h * sum(a.calendar_price_per_wh_h * a.min_wh for a in inputs.assets) * t)
+    breakdown["energy"] += float(np.dot(costs.energy_per_w(inputs), uncontrolled))
+    breakdown["wear_calendar"] += float(sum(costs.calendar_per_wh(a, h) * a.min_wh for a in inputs.assets) * t)
     violations = {
         "ev_short_kwh": float(np.sum(model.ev_short1.value) + np.sum(model.ev_short2.value)) / 1000.0,
         "site_limit_excess_kwh": float(np.sum(model.site_over.value)) * h / 1000.0,
@@ -243,7 +240,8 @@ def _read_plan(model: DispatchModel, inputs: PlanInputs, elapsed: float) -> Plan
         lost = np.asarray(dr.window[:t], dtype=bool) & ~updr_reachable(inputs)
         lost_kwh = dr.requested_w * float(lost.sum()) * h / 1000.0
         violations["updr_short_kwh"] = float(np.sum(model.dr_short.value)) * h / 1000.0 + lost_kwh
-        breakdown["updr_shortfall_penalty"] += inputs.penalties.dr_short_per_kwh * lost_kwh
+        short_price = costs.updr_per_w(dr, inputs.penalties, h).shortfall
+        breakdown["updr_shortfall_penalty"] += short_price * dr.requested_w * float(lost.sum())
     n = len(inputs.assets)
     up = np.zeros((n, t))
     down = np.zeros((n, t))

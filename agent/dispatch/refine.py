@@ -11,7 +11,8 @@ recover most of that:
   arrays and solved by HiGHS directly. Charge-only EVs cost one column per plugged-in step; V2G EVs carry their
   wear segments (3 columns per plugged-in step and segment), so they join only while their columns stay within
   `V2G_MAX_COLUMNS`: past that the LP would cost more time than the aggregate saves, and they keep their split
-  power (bench/dispatch.py: below that the V2G members were what was left of the gap).
+  power (bench/dispatch.py: below that the V2G members were what was left of the gap). Past `EV_BLOCK_COLUMNS`
+  the EVs are re-planned in blocks, one after the other, each against the others' latest power.
 * **Stationary batteries** are re-planned with the planner's own model against the site load the EVs now make: they
   take up what the EVs' schedule leaves (an up-DR window the split under-filled, a dear step it over-filled).
 
@@ -32,10 +33,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.dispatch import planner
-from agent.dispatch.formulation import net_of
+from agent.dispatch import costs, planner
 from agent.dispatch.inputs import PlanInputs, Reserve
 from agent.dispatch.member_lp import EvMembers, plan_members, v2g_columns
+from agent.dispatch.plan import net_of
+from agent.dispatch.pricing import plan_cost
 from agent.dispatch.reserve_check import longest_product
 
 if TYPE_CHECKING:
@@ -58,14 +60,14 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
     reachable = members.need_path[rows, check]  # the departure need, clipped to what the EV can reach
     wanted = members.floor[rows] + members.need_above[rows]
     # the unreachable part of a need is a shortfall no decision changes: it uses up its tier-1 share first
-    tier1 = np.maximum(members.need_above[rows] * inputs.penalties.ev_tier1_fraction - (wanted - reachable), 0.0)
+    tier1 = np.maximum(costs.tier1_wh(members.need_above[rows], inputs.penalties) - (wanted - reachable), 0.0)
     charge, discharge = members.charge_w[rows], members.discharge_w[rows]
     up, down = split.up[index], split.down[index]
     segments = np.array([len(inputs.assets[i].wear_prices) for i in index], dtype=int).reshape(-1)
     wear = np.zeros((len(index), max(int(segments.max(initial=1)), 1)))
     for row, i in enumerate(index):
         if discharge[row] > 0:
-            wear[row, : segments[row]] = inputs.assets[i].wear_prices
+            wear[row, : segments[row]] = costs.wear_per_w(inputs.assets[i], inputs.step_h)
     return EvMembers(
         index=index,
         plugged=plugged,
@@ -75,7 +77,7 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
         charge_w=charge,
         discharge_w=discharge,
         efficiency=members.efficiency[rows],
-        calendar=np.array([inputs.assets[i].calendar_price_per_wh_h for i in index], dtype=float).reshape(-1),
+        calendar=np.array([costs.calendar_per_wh(inputs.assets[i], inputs.step_h) for i in index]).reshape(-1),
         need=reachable,
         tier1=tier1,
         check=check,
@@ -132,16 +134,51 @@ def _ev_step(inputs: PlanInputs, members: Members, split: Split, deadline: float
         chosen = attempt()
         if not len(chosen.index) or _left(deadline) <= 0:
             continue
-        try:
-            power, energy = plan_members(inputs, chosen, _rest_w(split, chosen.index), _left(deadline))
-        except planner.PlanError:
+        applied = _chunks(inputs, chosen, split, deadline)
+        if applied is None:
             continue
-        if not inputs.reserves and not _cheaper(inputs, split, chosen.index, power, energy):
-            return []
-        split.power[chosen.index] = power
-        split.stored[chosen.index] = energy
-        return [kind for kind, has in (("charge_only", (~chosen.v2g).any()), ("v2g", chosen.v2g.any())) if has]
+        kinds = (("charge_only", (~chosen.v2g).any()), ("v2g", chosen.v2g.any()))
+        return [kind for kind, has in kinds if has] if applied else []
     return []
+
+
+# Columns above which the EV LP is solved in blocks of about this many columns, one after the other, each with every
+# other asset held at its latest power (block coordinate descent, as between the EVs and the batteries). HiGHS' time
+# grows faster than the LP: bench/dispatch.py at 100 000 EVs (~4 M columns) took ~30 s as one LP; blocks use the
+# budget as they go, and whatever a block that runs out of time leaves stays as the split had it.
+EV_BLOCK_COLUMNS = 600_000
+
+
+def _subset(m: EvMembers, rows: np.ndarray) -> EvMembers:
+    """The members at `rows` (every field of EvMembers is an array with one row per member)."""
+    return dataclasses.replace(m, **{f.name: getattr(m, f.name)[rows] for f in dataclasses.fields(m)})
+
+
+def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float) -> bool | None:
+    """Re-plan `chosen` in blocks of about EV_BLOCK_COLUMNS columns (one block below that), in place in `split`.
+
+    Returns None when the first block's LP fails (the caller may try fewer members), else whether any block was
+    kept. Without reserves a block's schedule is kept only where it prices lower than what it replaces (`_cheaper`)."""
+    per_member = chosen.plugged.sum(axis=1) * np.where(chosen.v2g, 3 * chosen.segments, 1)
+    blocks = max(1, int(np.ceil(per_member.sum() / EV_BLOCK_COLUMNS)))
+    order = np.argsort(chosen.check, kind="stable")  # members leaving together share a block
+    applied = False
+    for number, rows in enumerate(np.array_split(order, blocks)):
+        if _left(deadline) <= 0:
+            break
+        block = _subset(chosen, np.sort(rows)) if blocks > 1 else chosen
+        try:
+            power, energy = plan_members(inputs, block, _rest_w(split, block.index), _left(deadline))
+        except planner.PlanError:
+            if number == 0:
+                return None
+            break
+        if not inputs.reserves and not _cheaper(inputs, split, block.index, power, energy):
+            continue
+        split.power[block.index] = power
+        split.stored[block.index] = energy
+        applied = True
+    return applied
 
 
 def _cheaper(inputs: PlanInputs, split: Split, rows: np.ndarray, power: np.ndarray, energy: np.ndarray) -> bool:
@@ -152,8 +189,6 @@ def _cheaper(inputs: PlanInputs, split: Split, rows: np.ndarray, power: np.ndarr
     the EV cannot do both, member_lp cuts that power, and the cut may cost more than the split. Without reserves the
     cheaper schedule is kept; with reserves the refined one always is, as it holds them better.
     """
-    from agent.dispatch.aggregate import plan_cost  # aggregate imports this module
-
     # only these EVs change: price them alone, everything else as fixed load at the meter (the site terms see the
     # same totals, the per-asset terms skip the thousands of assets that did not move)
     sub = _with_rest_fixed(inputs, rows, split)

@@ -39,11 +39,15 @@ class Dispatcher:
         book: Mapping[str, Mapping[str, SignalModel]] | None = None,
         worker: SolverWorker | None = None,
         time_scale: float = 1.0,
+        baselines: Callable[[], Mapping[str, Mapping[float, float]]] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.time_scale = time_scale  # clock seconds per wall second (the demo's --speed): waits are in wall time
         self.book: Mapping[str, Mapping[str, SignalModel]] = book or {}
+        # up-DR event id → the settlement's baseline (W per M&V interval start) the event lifecycle fixed, so the plan
+        # aims at the baseline it is paid against (agent.dispatch.build); None: the planner applies the rule itself
+        self.baselines = baselines
         self.plan: Plan | None = None
         self.plan_start: datetime | None = None
         # what the plan was made against (prices per step, the up-DR event): what the demo's reasons and the status
@@ -90,7 +94,8 @@ class Dispatcher:
 
     async def replan(self, fleet: Fleet, uncontrolled_w: float) -> Plan | None:
         now = self.clock()
-        inputs, start = plan_inputs(fleet, self.config, now, self.book, uncontrolled_w)
+        known = {"baselines": self.baselines()} if self.baselines is not None else {}
+        inputs, start = plan_inputs(fleet, self.config, now, self.book, uncontrolled_w, **known)
         if not inputs.assets:
             return None
         budget = self.config.dispatch.time_budget_s

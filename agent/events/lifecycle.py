@@ -17,6 +17,14 @@ and re-shares at once when one drops out. Activations come from the operator's s
 
 The site meter is also kept as 30-min interval history in the Store: the High 4 of 5 baseline of the next up-DR
 event is computed from it (with the pre-event average as the fallback when there is not enough history).
+
+Assets that keep their own energy history (`RegisterHistory`: an OCPP EVSE's transaction registers in seqNo order,
+offline-queued events included) are booked to the Store's per-asset intervals by the time each value was measured:
+what a station sends of past intervals within BOOK_EVERY_S, live values once their interval is over, everything
+before an event's report. The report lists that per asset beside the site meter's figures
+(attribution; the site meter stays the settlement of record). Bookings that arrive after an event completed (a
+station back from offline sends its queue) amend its report in place: `per_asset` is recomputed and
+`per_asset_amended` says when; the site-meter figures never change.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import asyncio
 import importlib
 import math
 from collections import deque
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -39,11 +47,12 @@ from pydantic import ValidationError
 from agent.config import EventSettings
 from agent.events.capability import capability_shortfall
 from agent.events.droop import Droop
-from agent.events.mv.intervals import Interval, IntervalMeter, interval_start
+from agent.events.mv.intervals import Interval, IntervalMeter, interval_start, register_energy_by_interval
 from agent.fleet import Fleet
+from agent.ports import RegisterHistory
 from agent.products import PRODUCTS
 from agent.signals.models import AsActivation, AsAward, GridFrequency, SignalModel, UpDrEvent
-from agent.store import Store, StoreError
+from agent.store import AssetEnergy, Store, StoreError
 
 if TYPE_CHECKING:
     from agent.events.mv.report import Report
@@ -57,6 +66,10 @@ SAVE_EVERY_S = 5.0  # an active event's new samples are appended this often (dev
 LOOKBACK_DAYS = 45  # High 4 of 5 looks this far back for its 5 like-days
 FINISHED_IN_MEMORY = 100  # finished events kept in memory for a look (all stay in the Store until pruned)
 MAX_PENDING_INTERVALS = 48 * 7  # closed meter intervals held while the Store cannot take them (a week)
+BOOK_EVERY_S = 10.0  # device seconds between bookings of the assets' own energy history into the Store
+BOOK_BATCH = 50  # logs booked between two yields to the event loop (a booking pass must not stall a cycle)
+MAX_PENDING_BOOKINGS = 100_000  # per-asset interval rows held while the Store cannot take them
+REGISTER_FIELDS = ("import_wh", "export_wh")
 
 
 class EventState(StrEnum):
@@ -131,10 +144,19 @@ class EventManager:
     the active ones ask of the control loop."""
 
     def __init__(
-        self, store: Store, fleet: Fleet, settings: EventSettings | None = None, max_hold_s: float = 60.0
+        self,
+        store: Store,
+        fleet: Fleet,
+        settings: EventSettings | None = None,
+        max_hold_s: float = 60.0,
+        energy_sources: Iterable[object] = (),
     ) -> None:
-        """`max_hold_s`: longest a meter reading stands for the power after it (a few poll periods of device time)."""
+        """`max_hold_s`: longest a meter reading stands for the power after it (a few poll periods of device time).
+        `energy_sources`: the drivers; those that are a RegisterHistory are booked per asset and interval."""
         self.store = store
+        self.energy_sources = [d for d in energy_sources if isinstance(d, RegisterHistory)]
+        self._pending_bookings: dict[tuple[str, str, float], tuple[float, float]] = {}
+        self._booked_ts = -math.inf
         self.fleet = fleet
         self.settings = settings or EventSettings()
         self.zone = ZoneInfo(self.settings.timezone)
@@ -307,6 +329,8 @@ class EventManager:
 
     async def tick(self, now: datetime) -> None:
         await self._store_intervals()
+        if now.timestamp() - self._booked_ts >= BOOK_EVERY_S:
+            await self._book_assets(now)
         self._expire_frequency(now)
         self._expire_activations(now)
         for event in list(self.events.values()):  # receive() may add events while this awaits
@@ -339,7 +363,9 @@ class EventManager:
             # the report is made off the event loop from copies (readings taken meanwhile are past the end);
             # the event turns completed only with its report, so nobody sees a completed event without one
             series = list(event.samples), list(event.activations)
-            event.report = await asyncio.to_thread(self._report, event, *series)
+            await self._book_assets(now, partial=False)  # what the assets told until now is in the report
+            assets = [source.asset_id for source in self.energy_sources]
+            event.report = await asyncio.to_thread(self._report, event, *series, assets)
             self._mark(event, EventState.COMPLETED, now)
             event.samples, event.activations = [], []  # the report holds what they showed
             self.activation.pop(event.id, None)
@@ -347,7 +373,7 @@ class EventManager:
             self._activation_at.pop(event.id, None)
             self._activation_expires.pop(event.id, None)
             log.info("event.completed", event_id=event.id, **{k: v for k, v in event.report.items()
-                                                              if not isinstance(v, list)})  # fmt: skip
+                                                              if not isinstance(v, list | dict)})  # fmt: skip
             await self._finish(event)
         elif event.state is EventState.ACTIVE and now.timestamp() - event.saved_ts >= SAVE_EVERY_S:
             await self._save(event, now)
@@ -378,6 +404,8 @@ class EventManager:
             if event.state is EventState.ACTIVE:
                 await self._save(event)
         await self._store_intervals()
+        if self.energy_sources:
+            await self._book_assets(None)
 
     def _active(self, now: datetime) -> tuple[list[Event], list[Event]]:
         """(active up-DR events, active awards) at `now`."""
@@ -490,34 +518,41 @@ class EventManager:
         return total
 
     async def _set_baseline(self, event: Event) -> None:
-        """High 4 of 5 (+ same-day adjustment) from the interval history when asked for and possible; else the
-        pre-event average, with the reason kept in `baseline_note` and the report."""
+        """The up-DR baseline by the one rule the planner uses too (agent.events.mv.baseline.updr_baseline): High 4
+        of 5 (+ same-day adjustment) from the interval history when asked for and possible, else the pre-event
+        average, with the reason kept in `baseline_note` and the report. Awards: the pre-event average."""
         await asyncio.to_thread(_import_mv)  # off the event loop: the first event's start must not stall a cycle
         import numpy as np  # deferred: see _import_mv
 
-        from agent.events.mv.baseline import BaselineError, event_baseline
+        from agent.events.mv.baseline import BaselineError, updr_baseline
 
         pre_event = self._pre_event_baseline()
         signal = event.signal
-        if isinstance(signal, UpDrEvent) and signal.baseline_method == "high4of5":
-            interval = self.settings.interval_s
-            first = interval_start(event.start.timestamp(), interval)
-            starts = list(np.arange(first, event.end.timestamp(), interval, dtype=float))
+        event.baseline_method, event.baseline_w = "pre_event_average", pre_event
+        if not isinstance(signal, UpDrEvent):
+            return
+        interval = self.settings.interval_s
+        first = interval_start(event.start.timestamp(), interval)
+        starts = list(np.arange(first, event.end.timestamp(), interval, dtype=float))
+        history, excluded, store_note = None, frozenset[date](), None
+        if signal.baseline_method == "high4of5":
             since = first - (LOOKBACK_DAYS + 1) * 86400
             try:
                 history = await asyncio.to_thread(self.store.load_intervals, since)
-                excluded = await asyncio.to_thread(self._event_days, event, since)
-                values, method, note = event_baseline(
-                    history, self.zone, interval, starts, excluded, LOOKBACK_DAYS, self.holidays
-                )
-            except (BaselineError, StoreError) as exc:
-                event.baseline_note = f"High 4 of 5 not possible ({exc}); pre-event average used"
-            else:
-                event.baseline_intervals, event.baseline_method, event.baseline_note = values, method, note
-                event.baseline_w = float(np.mean(list(values.values())))
-                return
-        event.baseline_method = "pre_event_average"
-        event.baseline_w = pre_event
+                excluded = frozenset(await asyncio.to_thread(self._event_days, event, since))
+            except StoreError as exc:
+                history, store_note = None, f"High 4 of 5 not possible ({exc}); pre-event average used"
+        try:
+            values, method, note = updr_baseline(
+                signal.baseline_method, starts, pre_event, history, self.zone if history is not None else None,
+                interval, excluded, LOOKBACK_DAYS, self.holidays,
+            )  # fmt: skip
+        except BaselineError as exc:  # no history that works and no meter reading before the event
+            event.baseline_note = store_note or str(exc)
+            return
+        event.baseline_intervals, event.baseline_method = values, method
+        event.baseline_note = store_note or note
+        event.baseline_w = float(np.mean(list(values.values())))
 
     def _event_days(self, event: Event, since_ts: float) -> set[date]:
         """Local days touched by other events that ran since `since_ts` (up-DR or awards): not like-days for a
@@ -542,9 +577,103 @@ class EventManager:
         return float(np.mean([w for _, w in self._recent_site]))
 
     def _report(
+        self,
+        event: Event,
+        samples: list[tuple[float, float]],
+        activations: list[tuple[float, float]],
+        assets: Sequence[str] = (),
+    ) -> Report:
+        """M&V from the meter samples taken while the event was active (agent.events.mv.report), with the energy
+        `assets` (and any other asset with bookings) booked to each interval of the window. Runs in a worker thread."""
+        report = self._site_report(event, samples, activations)
+        if assets:
+            report["per_asset"] = self._asset_part(event, assets)
+        return report
+
+    def _asset_part(self, event: Event, assets: Sequence[str]) -> Report:
+        """The per-asset attribution of `event`'s window from the Store (blocking: a worker thread calls it)."""
+        from agent.events.mv.report import asset_energy_report  # deferred: see _import_mv
+
+        starts = self._window_starts(event)
+        if not starts:
+            return asset_energy_report({}, assets, [])
+        bookings = self.store.load_asset_intervals(starts[0], starts[-1] + self.settings.interval_s)
+        return asset_energy_report(bookings, assets, starts)
+
+    def _window_starts(self, event: Event) -> list[float]:
+        """Start (unix s) of every settlement interval the event's window touches."""
+        interval = self.settings.interval_s
+        start, end = interval_start(event.start.timestamp(), interval), event.end.timestamp()
+        return [start + i * interval for i in range(max(0, math.ceil((end - start) / interval)))]
+
+    async def _book_assets(self, now: datetime | None, partial: bool = True) -> None:
+        """Book what changed in each asset's own register history into the Store's per-asset intervals (by when
+        it was measured), then amend the reports of completed events whose window it touched. A source's change
+        is rebooked from the interval it starts in on; the Store replaces that source's rows, so a resend or a
+        second booking cannot count twice. A Store failure keeps the rows for the next try.
+
+        `partial`: changes inside the interval in progress wait until it is over (live meter values are booked
+        once per interval, not at every pass; what a station sends of the past, and every change when a report
+        is due, are booked at once). `now` None (at shutdown): everything is booked, no report is amended."""
+        interval = self.settings.interval_s
+        before = None
+        if now is not None:
+            self._booked_ts = now.timestamp()
+            before = interval_start(now.timestamp(), interval) if partial else None
+        booked_logs = 0
+        for driver in self.energy_sources:
+            for log_ in driver.transaction_logs():
+                changed = log_.take_change(before)
+                if changed is None:
+                    continue
+                booked_logs += 1
+                if booked_logs % BOOK_BATCH == 0:
+                    await asyncio.sleep(0)
+                since = interval_start(changed, interval)
+                booked = [
+                    register_energy_by_interval(log_.registers(field, since), interval) for field in REGISTER_FIELDS
+                ]
+                for start in set(booked[0]) | set(booked[1]):
+                    if start >= since:
+                        key = (driver.asset_id, log_.source, start)
+                        self._pending_bookings[key] = (booked[0].get(start, 0.0), booked[1].get(start, 0.0))
+        if not self._pending_bookings:
+            return
+        if len(self._pending_bookings) > MAX_PENDING_BOOKINGS:
+            newest = sorted(self._pending_bookings, key=lambda k: k[2])[-MAX_PENDING_BOOKINGS:]
+            self._pending_bookings = {k: self._pending_bookings[k] for k in newest}
+        rows = [AssetEnergy(a, s, t, i, e) for (a, s, t), (i, e) in self._pending_bookings.items()]
+        try:
+            await self.store.add_asset_intervals(rows, keep_days=self.settings.history_days)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        self._pending_bookings = {}
+        if now is not None:
+            await self._amend_reports({r.start_ts for r in rows}, now)
+
+    async def _amend_reports(self, starts: set[float], now: datetime) -> None:
+        """Completed events (those still in memory) whose window holds a newly booked interval get their per-asset
+        part recomputed; when it changed, the report says when it was amended and the Store gets it."""
+        assets = [source.asset_id for source in self.energy_sources]
+        for event in list(self.events.values()):
+            if event.state is not EventState.COMPLETED or event.report is None:
+                continue
+            if not starts.intersection(self._window_starts(event)):
+                continue
+            part = await asyncio.to_thread(self._asset_part, event, assets)
+            if part == event.report.get("per_asset"):
+                continue
+            event.report["per_asset"] = part
+            event.report["per_asset_amended"] = now.isoformat()
+            log.info("event.report_amended", event_id=event.id, per_asset={
+                a: v["import_wh"] - v["export_wh"] for a, v in part["assets"].items()})  # type: ignore[union-attr, index]
+            await self._finish(event)
+
+    def _site_report(
         self, event: Event, samples: list[tuple[float, float]], activations: list[tuple[float, float]]
     ) -> Report:
-        """M&V from the meter samples taken while the event was active (agent.events.mv.report)."""
+        """The settlement of record: from the site meter (agent.events.mv.report)."""
         from agent.events.mv.report import award_report, updr_report  # deferred: see _import_mv
 
         signal = event.signal

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from agent.dispatch.degradation import segment_prices, shallow_cycle_price
-from agent.dispatch.evaluation.ledger import Ledger
-from agent.dispatch.evaluation.plant import Plant, fast_substeps
-from agent.dispatch.evaluation.scenario import REGULATION_SAMPLE_S, Scenario, make_fleet, make_scenario
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, activation_price
 from agent.dispatch.planner import solve
+from evaluation.ledger import Ledger
+from evaluation.plant import Plant, fast_substeps
+from evaluation.scenario import REGULATION_SAMPLE_S, Scenario, make_fleet, make_scenario
 from sim_devices.scenarios import (
     generate_regulation,
     regulation_capacity_prices,
@@ -41,8 +41,9 @@ def regulation_inputs(asset: AssetPlan, price_per_kw_h: float, steps: int = 4) -
 
 
 def test_regulation_is_offered_only_where_it_pays_for_its_wear() -> None:
-    # a symmetric kW·h earns 1.5 up + 1.5 down = 3 and moves 0.2 kWh up: at 15 per kWh of wear plus the
-    # round-trip loss at 20 (20 x (1/0.95² − 1) = 2.16 per kWh) it costs 3.43, at 3 per kWh 1.03
+    # a symmetric kW·h earns 1.5 up + 1.5 down = 3 and moves 0.2 kWh up: at 15 per kWh of wear it costs 3.0 plus
+    # the round-trip loss taken from the store, 0.2 x (1/0.95 − 0.95) kWh bought back at 20 (0.41): 3.41; at 3 per
+    # kWh of wear, 1.01
     worn = solve(regulation_inputs(battery(15.0), 1.5))
     assert np.all(worn.reserve_up_w < 1e-3) and np.all(worn.reserve_down_w < 1e-3)
     fresh_inputs = regulation_inputs(battery(3.0), 1.5)
@@ -50,18 +51,19 @@ def test_regulation_is_offered_only_where_it_pays_for_its_wear() -> None:
     assert fresh.reserve_up_w.sum() > 0
     assert fresh.reserve_up_w == pytest.approx(fresh.reserve_down_w, abs=1e-6)  # RegD is one symmetric band
     per_kw_h = activation_price(fresh_inputs.assets[0], fresh_inputs.reserves[0], fresh_inputs.site.price_per_kwh)
-    assert per_kw_h == pytest.approx(0.2 * (3.0 + 20.0 * (1 / 0.95**2 - 1)))
+    assert per_kw_h == pytest.approx(0.2 * 3.0)  # wear only: the loss is in the energy balance
     booked = per_kw_h * fresh.reserve_up_w.sum() / 1000.0 * 0.25
     assert fresh.breakdown["reserve_activation"] == pytest.approx(booked, rel=1e-6)
 
 
-def test_activation_price_adds_the_round_trip_loss_at_the_mean_price() -> None:
+def test_activation_price_is_the_activation_wear_alone() -> None:
+    # the round trip's loss moved into the energy balance (tests/dispatch/test_reserves_and_settlement.py)
     lossy = AssetPlan(
         id="b", energy_wh=0, min_wh=0, max_wh=1, charge_w=1, discharge_w=1, efficiency=0.9,
         activation_wear_per_kwh=4.0,
     )  # fmt: skip
     reserve = Reserve("RegD", np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), activation_per_h=0.25)
-    expected = 0.25 * (4.0 + 15.0 * (1 / 0.81 - 1))
+    expected = 0.25 * 4.0
     assert activation_price(lossy, reserve, np.array([10.0, 20.0])) == pytest.approx(expected)
     none = Reserve("FCR", np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2))
     assert activation_price(lossy, none, np.array([10.0, 20.0])) == 0.0  # not activated: no cost

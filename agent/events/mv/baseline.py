@@ -128,3 +128,35 @@ def event_baseline(
         for start, index in members:
             baseline[start] = float(base[index] + adjustment)
     return baseline, method, note
+
+
+def updr_baseline(
+    method: str,
+    starts: list[float],
+    pre_event_w: float | None,
+    history: Iterable[Interval] | None = None,
+    zone: ZoneInfo | None = None,
+    interval_s: float = 1800.0,
+    excluded: Set[date] = frozenset(),
+    lookback_days: int = 45,
+    holidays: Container[date] = frozenset(),
+) -> tuple[dict[float, float], str, str | None]:
+    """The one up-DR baseline rule, for the settlement and the planner alike (W per interval start, method, note).
+
+    High 4 of 5 with the same-day adjustment (`event_baseline`) when the event asks for it (`method` "high4of5")
+    and `history` allows it; else the pre-event average `pre_event_w` held flat over `starts`, the note saying why.
+    The planner calls it with the data it has (no history before it is wired to the store: the site's demand now
+    as the pre-event average); the settlement with the meter history. Raises BaselineError when neither is possible.
+    """
+    note: str | None = None
+    if method == "high4of5":
+        if history is None or zone is None:
+            note = "no interval history: pre-event average used"
+        else:
+            try:
+                return event_baseline(history, zone, interval_s, starts, excluded, lookback_days, holidays)
+            except BaselineError as exc:
+                note = f"High 4 of 5 not possible ({exc}); pre-event average used"
+    if pre_event_w is None:
+        raise BaselineError(note or "no site meter reading before the event: no baseline")
+    return {start: float(pre_event_w) for start in starts}, "pre_event_average", note

@@ -6,7 +6,9 @@ are half-hourly, so a 15-min step repeats each price twice.
 
 Assumptions stated here (not fitted to any data set):
   * Battery packs are replaced at `replacement_cost_per_kwh` (default 30,000 JPY/kWh of nominal capacity, roughly a
-    stationary LFP/NMC pack's cell-and-module cost; not an installed-system price).
+    stationary LFP/NMC pack's cell-and-module cost; not an installed-system price) and are rated for
+    `RATED_CYCLES[chemistry]` full cycles (LFP 6,000, NMC 3,000: typical stationary datasheet figures to 80 %
+    capacity; only the constant-price strategies read them, as EMHASS users do).
   * An EV owner asks `ev_wear_price_per_kwh` (default 8 JPY/kWh) for every kWh discharged for V2G.
   * Regulation (a RegD-like product, `RegD` in agent.dispatch.inputs): the site may offer up and down capacity in
     any step, paid per kW·h of each side at an hourly capacity price (lognormal, median
@@ -45,6 +47,7 @@ PUBLISH_HOUR_JST = 10
 # sub-steps is too slow in Python (a year at 10 s: 3.2 M sub-steps, ~90 s per strategy)
 REGULATION_SAMPLE_S = 10.0
 REGULATION_MEDIAN_PER_KW_H = 1.5
+RATED_CYCLES = {"lfp": 6000, "nmc": 3000}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class BatterySpec:
     temperature_c: float = 25.0
     soc: float = 0.5
     replacement_cost: float = 3_000_000.0  # whole pack, JPY
+    chemistry: str = "lfp"  # scored by BLAST-Lite's cell of this chemistry (evaluation.scoring)
+    rated_cycles: int = RATED_CYCLES["lfp"]
 
 
 @dataclass(frozen=True)
@@ -74,15 +79,25 @@ class FleetSpec:
     base_day_w: float = 8_000.0
 
 
-def make_fleet(name: str, replacement_cost_per_kwh: float = 30_000.0, ev_wear_price_per_kwh: float = 8.0) -> FleetSpec:
+def make_fleet(
+    name: str, replacement_cost_per_kwh: float = 30_000.0, ev_wear_price_per_kwh: float = 8.0, chemistry: str = "lfp"
+) -> FleetSpec:
     """Named fleets: `tiny` (tests), `small` (the 365-day comparison), `default` (a bigger site), `large` (a depot of
     200 chargers: where the full per-EV LP gets slow and the aggregated MPC is compared with it in closed loop)."""
     sizes = {"tiny": (1, 2), "small": (2, 4), "default": (4, 12), "large": (2, 200)}
     if name not in sizes:
         raise ValueError(f"unknown fleet {name!r}; known: {', '.join(sizes)}")
+    if chemistry not in RATED_CYCLES:
+        raise ValueError(f"unknown chemistry {chemistry!r}; known: {', '.join(RATED_CYCLES)}")
+    if replacement_cost_per_kwh <= 0:
+        raise ValueError(f"replacement cost must be > 0 per kWh, got {replacement_cost_per_kwh}")
     n_bat, n_ev = sizes[name]
     batteries = tuple(
-        BatterySpec(id=f"bat-{i + 1}", replacement_cost=replacement_cost_per_kwh * 100.0) for i in range(n_bat)
+        BatterySpec(
+            id=f"bat-{i + 1}", replacement_cost=replacement_cost_per_kwh * 100.0, chemistry=chemistry,
+            rated_cycles=RATED_CYCLES[chemistry],
+        )
+        for i in range(n_bat)
     )
     chargers = tuple(ChargerSpec(id=f"ev-{i + 1}") for i in range(n_ev))
     return FleetSpec(batteries, chargers, ev_wear_price_per_kwh=ev_wear_price_per_kwh)

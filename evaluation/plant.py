@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import sim_devices.controllable as controllable
-from agent.dispatch.evaluation.scenario import Scenario
+from evaluation.scenario import Scenario
 from sim_devices.battery import Battery
 from sim_devices.controllable import ControllableDevice
 from sim_devices.ev_charger import EVCharger

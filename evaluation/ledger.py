@@ -12,13 +12,10 @@
   PJM-style performance score (agent.events.mv.performance, on the signal's 10-s samples: what the devices did beyond
   their setpoints against signal × reservation, both over the larger side's reservation). Its energy is in the
   site meter's energy and its cycling in the simulator's fade, like everything else the devices did.
-* Batteries: degradation is valued as the share of the pack's life used: replacement cost × the damage the
-  simulator's own Xu model accumulated over the run / the damage at which capacity has faded 20 % (end of life).
-  Capacity fade (Xu's, and BLAST-Lite's) is reported beside it. Why not fade × replacement cost / 20 %: Xu's SEI
-  term takes 5.75 % of capacity within the first ~0.03 of damage, which calendar ageing alone reaches in ~2
-  years; valued by fade, a first year charges every strategy that front-loaded share, and damage done early would
-  count ~2-7x what it costs over the pack's life (the pack is replaced at the same damage whatever path led
-  there). Xu et al. 2018 (Power Systems) price cycle ageing the same way, as life used × replacement cost.
+* Batteries: not valued here. The ledger keeps each pack's SoC path (for BLAST-Lite) and the simulator's Xu fade at
+  every step; evaluation.scoring turns fade into money, one rule for both scorers.
+* Time series (per step, for `--out` and the plots): the cumulative cash above (energy, up-DR, regulation settled so
+  far, less EV wear and penalties), each pack's SoC and its Xu fade.
 """
 
 from __future__ import annotations
@@ -27,13 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.dispatch.degradation import damage_at_end_of_life
-from agent.dispatch.evaluation.plant import Plant, RegulationRecord, StepRecord
-from agent.dispatch.evaluation.policies import PENALTIES
-from agent.dispatch.evaluation.scenario import Scenario
+from agent.dispatch.inputs import Penalties
 from agent.events.mv.performance import score
+from evaluation.plant import Plant, RegulationRecord, StepRecord
+from evaluation.scenario import Scenario
 from sim_devices.scenarios import turning_points
 
+PENALTIES = Penalties()  # the EV shortfall tiers the agent plans with: the score fines a shortfall alike
 PASS_SCORE = 0.75  # PJM's qualification threshold (REFERENCE.md); below it an hour counts as failed
 
 
@@ -66,6 +63,18 @@ class Ledger:
     _hour_capacity: float = 0.0
     _hour_signal: list[np.ndarray] = field(default_factory=list)
     _hour_response: list[np.ndarray] = field(default_factory=list)
+    # per step (end of step k): cumulative cash, and per pack SoC and Xu fade
+    cash_series: list[float] = field(default_factory=list)
+    step_soc: dict[str, list[float]] = field(default_factory=dict)
+    step_fade_xu: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def cash(self) -> float:
+        """Money so far besides battery wear: energy (devices' share), up-DR, settled regulation, EV costs."""
+        return (
+            -(self.energy_cost - self.base_cost) + self.updr_revenue + self.regulation_revenue - self.ev_wear_paid
+            - self.ev_penalty
+        )
 
     def book(self, k: int, record: StepRecord, plant: Plant) -> None:
         sc = self.scenario
@@ -111,6 +120,9 @@ class Ledger:
                 socs.extend(path[inner].tolist())
             times.append(t0 + sc.step_s)
             socs.append(battery.soc)
+            self.step_soc.setdefault(battery_id, []).append(battery.soc)
+            self.step_fade_xu.setdefault(battery_id, []).append(1.0 - battery.soh)
+        self.cash_series.append(self.cash)
 
     def _book_regulation(self, k: int, reg: RegulationRecord | None) -> None:
         sc = self.scenario
@@ -155,30 +167,10 @@ class Ledger:
 @dataclass(frozen=True)
 class BatteryOutcome:
     id: str
-    fade: float  # fraction of nominal capacity lost (simulator's Xu model)
-    degradation_cost: float  # replacement cost x life used (damage / damage at end of life)
-    life_used: float  # damage over the run / damage at end of life
+    fade: dict[str, float]  # fraction of nominal capacity lost, per scorer that ran (evaluation.scoring.SCORERS)
+    degradation_cost: dict[str, float]  # per scorer: evaluation.scoring.fade_cost of that fade
     discharged_kwh: float
     equivalent_full_cycles: float
-    blast_fade: float | None = None
-
-
-def battery_outcomes(ledger: Ledger, plant: Plant) -> list[BatteryOutcome]:
-    out = []
-    for spec in ledger.scenario.fleet.batteries:
-        battery = plant.batteries[spec.id]
-        fade = 1.0 - battery.soh
-        life_used = battery.ageing.damage() / damage_at_end_of_life()  # every pack starts new (damage 0)
-        discharged = ledger.discharged_wh.get(spec.id, 0.0) / 1000.0
-        out.append(BatteryOutcome(
-            id=spec.id,
-            fade=fade,
-            degradation_cost=spec.replacement_cost * life_used,
-            life_used=life_used,
-            discharged_kwh=discharged,
-            equivalent_full_cycles=discharged * 1000.0 / spec.capacity_wh,
-        ))
-    return out
 
 
 def soc_time_series(ledger: Ledger, battery_id: str, initial_soc: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,220 @@
+"""The strategies: the agent configured differently, plus the no-VPP reference and a full-information MPC.
+
+Every strategy but `uncontrolled` re-plans every step with the agent's planner (agent.dispatch.planner.solve, or
+agent.dispatch.aggregate for `aggregated`) on inputs the agent's own build path makes from the measured fleet
+(evaluation.agent_view), applies the first step, and every request passes the agent's SafetyEnvelope. They differ
+only in how the batteries' wear is configured (AssetConfig terms) and, for `full-info-mpc`, in what is known:
+
+* `uncontrolled`: no VPP (batteries idle, EVs charge at full power from arrival): the reference.
+* `blind`: no wear price at all, EVs included.
+* `const-<m>x`: one constant battery wear price, m x the EMHASS throughput price C / (2 N E) charged on charge and
+  discharge alike, i.e. 2 m C / (2 N E) per kWh discharged (C replacement cost, N rated cycles, E capacity); EVs at
+  their owner's price. m in CONST_MULTIPLIERS: 0.5x, 1x, 2x are what EMHASS users set; the hindsight-best constant is
+  the best of the grid on the scored run (evaluation.evaluate.best_constant: tuned on the scorer).
+* `aware`: the agent's degradation-aware wear (replacement cost -> agent.dispatch.degradation: Xu-fitted
+  cycle-depth segments, SoH-scaled, plus calendar); EVs at their owner's price.
+* `aware-blast`, `aware-xu`: as aware with the pack's chemistry and its wear fitted to BLAST-Lite, or to Xu: the two
+  differ only in the wear source. They need the agent's config to take the source per pack (AssetConfig.wear_source);
+  until it does they are refused with that reason.
+* `aggregated`: aware planned through virtual batteries (agent.dispatch.aggregate), as the agent does past
+  `aggregate_above_evs`.
+* `full-info-mpc`: as aware, but every step it knows every price, event and EV session 48 h ahead (future sessions
+  as their own assets) and sees no forecast error. Not a bound: a finite-horizon MPC on the planner's own model.
+
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.config import AssetConfig
+from agent.dispatch.aggregate import solve_aggregated
+from agent.dispatch.inputs import AssetPlan, PlanInputs
+from agent.dispatch.planner import Plan, PlanError, solve
+from evaluation.agent_view import AgentView, AssetWear, Safe
+from evaluation.plant import Plant
+from evaluation.scenario import BatterySpec, Scenario
+
+CONST_PATTERN = re.compile(r"^const-(\d+(?:\.\d+)?)x$")
+# the constant wear prices EMHASS users set (0.5x, 1x, 2x) and the grid the hindsight-best is chosen from
+CONST_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
+FULL_INFO = "full-info-mpc"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a strategy asks for the next step: power per device (W, + charge) and the regulation capacity each
+    device holds around it (W up = more discharge, W down = more charge), before the SafetyEnvelope."""
+
+    power_w: dict[str, float]
+    reserve_up_w: dict[str, float] = field(default_factory=dict)
+    reserve_down_w: dict[str, float] = field(default_factory=dict)
+
+
+def throughput_price(spec: BatterySpec) -> float:
+    """EMHASS's throughput wear price C / (2 N E), currency per kWh charged or discharged (REFERENCE.md)."""
+    return spec.replacement_cost / (2.0 * spec.rated_cycles * spec.capacity_wh / 1000.0)
+
+
+def strategy_wear(name: str, scenario: Scenario) -> dict[str, AssetWear] | None:
+    """The AssetConfig wear terms of strategy `name` per asset; None for `uncontrolled`. ValueError when unknown."""
+    fleet = scenario.fleet
+    owner = {c.id: AssetWear(wear_price_per_kwh=fleet.ev_wear_price_per_kwh) for c in fleet.chargers}
+    if name == "uncontrolled":
+        return None
+    if name == "blind":
+        return {}
+    if name in ("aware", "aggregated", FULL_INFO):
+        return {**owner, **{b.id: AssetWear(replacement_cost=b.replacement_cost) for b in fleet.batteries}}
+    if name in ("aware-blast", "aware-xu"):
+        source = name.removeprefix("aware-")
+        if "wear_source" not in AssetConfig.model_fields:
+            raise ValueError(
+                f"strategy {name!r} needs the agent to take the wear source per pack (AssetConfig.wear_source, "
+                f"fits per chemistry in agent.dispatch.wear_fits): not offered yet; run 'aware' (the agent's default "
+                f"wear) meanwhile"
+            )
+        return {**owner, **{
+            b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry, wear_source=source)
+            for b in fleet.batteries
+        }}  # fmt: skip
+    if match := CONST_PATTERN.match(name):
+        m = float(match.group(1))
+        # per kWh discharged: EMHASS charges the price on both directions of the cycle
+        return {**owner, **{b.id: AssetWear(wear_price_per_kwh=2.0 * m * throughput_price(b)) for b in fleet.batteries}}
+    raise ValueError(
+        f"unknown strategy {name!r}; known: uncontrolled, blind, aware, aware-xu, aware-blast, aggregated, "
+        f"{FULL_INFO}, const-<m>x (e.g. const-1x)"
+    )
+
+
+class UncontrolledPolicy:
+    """No VPP: batteries idle, EVs charge at their full power from arrival (through the envelope like the rest)."""
+
+    name = "uncontrolled"
+    solves = 0
+    failures = 0
+
+    def __init__(self, scenario: Scenario, view: AgentView) -> None:
+        self.scenario = scenario
+        self.view = view
+
+    def decide(self, plant: Plant) -> Safe:
+        plugged = [c for c in self.scenario.fleet.chargers if plant.chargers[c.id].session is not None]
+        return self.view.safe(plant, {c.id: c.power_w for c in plugged})
+
+
+class MpcPolicy:
+    """The agent's MPC: re-plan every step from the measured fleet, apply step 0; on a solver failure keep
+    following the last plan (as the dispatcher does). `price_noise`: relative error on the prices it sees."""
+
+    def __init__(
+        self,
+        name: str,
+        scenario: Scenario,
+        view: AgentView,
+        aggregated: bool = False,
+        foresight: bool = False,
+        price_error: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.scenario = scenario
+        self.view = view
+        self.aggregated = aggregated
+        self.foresight = foresight
+        self.price_error = price_error
+        self.rng = np.random.default_rng(seed)
+        self.solves = 0
+        self.failures = 0
+        self._last: tuple[Plan, int] | None = None
+
+    def inputs(self, plant: Plant) -> PlanInputs:
+        noise = None
+        if self.price_error > 0:
+            noise = self.rng.normal(0.0, self.price_error, self.view.steps)
+        inputs = self.view.inputs(plant, self.foresight, noise)
+        if self.foresight:
+            inputs = _with_future_sessions(inputs, self.scenario, plant)
+        return inputs
+
+    def decide(self, plant: Plant) -> Safe:
+        return self.view.safe(plant, *self._request(plant))
+
+    def _request(self, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        try:
+            inputs = self.inputs(plant)
+            plan = solve_aggregated(inputs) if self.aggregated else solve(inputs)
+            self.solves += 1
+            self._last = (plan, plant.k)
+            return _step_of(plan, 0, plant)
+        except PlanError:
+            self.failures += 1
+            if self._last is None:
+                return {}, {}, {}
+            plan, at = self._last
+            index = plant.k - at
+            if index >= plan.power_w.shape[1]:
+                return {}, {}, {}
+            return _step_of(plan, index, plant)
+
+
+def make_policy(
+    name: str, scenario: Scenario, horizon_h: float, full_info_horizon_h: float, wear_segments: int,
+    price_error: float = 0.0, seed: int = 0,
+) -> UncontrolledPolicy | MpcPolicy:  # fmt: skip
+    """The policy of strategy `name` (ValueError naming the known ones when unknown)."""
+    wear = strategy_wear(name, scenario)
+    horizon = full_info_horizon_h if name == FULL_INFO else horizon_h
+    view = AgentView(scenario, wear or {}, horizon * 3600.0, wear_segments)
+    if wear is None:
+        return UncontrolledPolicy(scenario, view)
+    error = price_error if name != FULL_INFO else 0.0
+    return MpcPolicy(name, scenario, view, aggregated=name == "aggregated", foresight=name == FULL_INFO,
+                     price_error=error, seed=seed)
+
+
+def _step_of(plan: Plan, index: int, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Step `index` of a plan for the plant's devices (rows of other assets, such as future sessions, are skipped)."""
+    rows = [(i, a) for i, a in enumerate(plan.asset_ids) if a in plant.devices]
+    return (
+        {a: float(plan.power_w[i, index]) for i, a in rows},
+        {a: float(plan.reserve_up_w[i, index]) for i, a in rows},
+        {a: float(plan.reserve_down_w[i, index]) for i, a in rows},
+    )
+
+
+def _with_future_sessions(inputs: PlanInputs, scenario: Scenario, plant: Plant) -> PlanInputs:
+    """The full-information MPC also plans every EV session that arrives inside its horizon, each its own asset
+    (arrival SoC, dwell and target known before the car comes), on the EV's owner price."""
+    t0 = plant.t_s
+    step_s = scenario.step_s
+    steps = inputs.steps
+    horizon_end = t0 + steps * step_s
+    extra = []
+    for spec in scenario.fleet.chargers:
+        for n, s in enumerate(scenario.sessions.get(spec.id, [])):
+            arrive = (s.arrival - scenario.start).total_seconds()
+            depart = (s.departure - scenario.start).total_seconds()
+            if not t0 < arrive < horizon_end:
+                continue
+            first = math.ceil((arrive - t0) / step_s - 1e-9)
+            target_step = max(first + 1, math.ceil((depart - t0) / step_s - 1e-9))
+            available = (np.arange(steps) >= first) & (np.arange(steps) < target_step)
+            capacity = s.capacity_wh
+            energy = s.arrival_soc * capacity
+            extra.append(AssetPlan(
+                id=f"{spec.id}@{n}", energy_wh=energy, min_wh=min(s.min_soc * capacity, energy), max_wh=capacity,
+                charge_w=spec.power_w, discharge_w=spec.power_w, efficiency=spec.efficiency, available=available,
+                target_wh=s.target_soc * capacity if target_step <= steps else None,
+                target_step=target_step if target_step <= steps else None,
+                wear_prices=np.array([scenario.fleet.ev_wear_price_per_kwh]), is_ev=True,
+            ))  # fmt: skip
+    if not extra:
+        return inputs
+    return dataclasses.replace(inputs, assets=[*inputs.assets, *extra])

@@ -43,19 +43,13 @@ def _load_checked(path: str) -> AppConfig:
     """Load the config, every device map it names and what start-up opens (agent/preflight.py), so a mistake fails
     here with its key path, in `check-config` as in `run` and `demo`, and not at the first poll or connect. Every
     problem past the config's own validation is reported at once."""
-    from drivers.mqtt_map import load_mqtt_map
-    from drivers.registermap import MapError, load_map
+    from agent.wiring import asset_problems
 
     config = load_config(path)
-    problems: list[str] = []
-    for index, asset in enumerate(config.assets):
-        if asset.map is None:  # an OCPP EVSE: the protocol defines its fields
-            continue
-        loader = load_mqtt_map if asset.transport == "mqtt" else load_map  # as drivers/factory.py picks them
-        try:
-            loader(asset.map)
-        except MapError as exc:
-            problems.append(f"assets[{index}].map: {exc}")
+    least_lease_s = config.agent.min_lease_s(config.agent.poll_period_s, config.agent.poll_timeout_s)
+    problems, warnings = asset_problems(config, least_lease_s)  # maps, leases, plugins: as agent/wiring.py builds
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if config.simulation is not None:
         from sim_devices.config import SimulationError, parse_simulation
 
@@ -349,10 +343,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     """One read of a live device through a map, printed; exit 1 when the agent could not use what it read."""
-    from agent.probe import as_json, probe, render
+    from agent.probe import as_json, probe, probe_sunspec, render
 
+    if args.map is None and not args.sunspec:
+        raise ConfigError("probe needs --map (a register map) or --sunspec")
+    configure_logging("warning")  # stdout is the report; the drivers' own logs (warnings only) go to stderr
     try:
-        result = asyncio.run(probe(args.host, args.port, args.unit, args.map, args.timeout))
+        if args.sunspec:
+            result = asyncio.run(probe_sunspec(args.host, args.port, args.unit, args.timeout, args.kind, args.map))
+        else:
+            result = asyncio.run(probe(args.host, args.port, args.unit, args.map, args.timeout))
     except ValueError as exc:  # the map file itself (pydantic's errors are ValueErrors naming file, row and key)
         raise ConfigError(str(exc)) from None
     print(as_json(result) if args.json else render(result))
@@ -360,26 +360,37 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    """Closed-loop evaluation of dispatch strategies on the simulator's physics (agent.dispatch.evaluate)."""
+    """Closed-loop evaluation of dispatch strategies on the simulator's physics (evaluation.evaluate, a package
+    outside `agent`, loaded here in the composition root only)."""
     import json
 
-    from agent.dispatch.evaluate import EvalConfig, evaluate
-    from agent.dispatch.evaluation.report import print_report
+    from evaluation.evaluate import EvalConfig, evaluate
+    from evaluation.plots import PlotError, require_matplotlib, write_plots
+    from evaluation.report import print_report
 
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    config = EvalConfig(
-        days=args.days,
-        seed=args.seed,
-        fleet=args.fleet,
-        strategies=strategies,
-        step_s=args.step_s,
-        area=args.area,
-        jobs=args.jobs,
-        use_blast=not args.no_blast,
-        progress_days=0 if sys.stderr.isatty() else args.progress_days,  # a terminal gets the live bars instead
-        regulation_median_per_kw_h=args.regulation_price,
-    )
+    if args.plot is not None:
+        try:
+            require_matplotlib()  # before a long run, not after it
+        except PlotError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
+        config = EvalConfig(
+            days=args.days,
+            seed=args.seed,
+            fleet=args.fleet,
+            strategies=strategies or EvalConfig().strategies,
+            step_s=args.step_s,
+            area=args.area,
+            jobs=args.jobs,
+            use_blast=not args.no_blast,
+            progress_days=0 if sys.stderr.isatty() else args.progress_days,  # a terminal gets the live bars instead
+            regulation_median_per_kw_h=args.regulation_price,
+            chemistry=args.chemistry,
+            replacement_cost_per_kwh=args.replacement_cost,
+            price_error=args.price_error,
+        )
         with _solver_output_to_stderr(), _simulate_progress(config) as progress:
             evaluation = evaluate(config, progress)
     except ValueError as exc:
@@ -389,6 +400,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(evaluation.to_dict(), f, indent=2)
+    if args.plot is not None:
+        try:
+            files = write_plots(evaluation, args.plot)
+        except PlotError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"plots: {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -500,6 +518,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
 def _summary_item(key: str, value: object) -> str:
     if isinstance(value, list):
         return f"{key}: {len(value)}"
+    if isinstance(value, dict):  # per_asset: {"assets": {...}, ...}
+        return f"{key}: {len(value.get('assets', value))} assets"
     if isinstance(value, float):
         return f"{key} {value:.3g}"
     return f"{key} {value}"
@@ -651,7 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--host", required=True, help="the device's or gateway's address")
     probe.add_argument("--port", type=_port, default=502, help="Modbus TCP port")
     probe.add_argument("--unit", type=_unit_id, default=1, help="Modbus unit id")
-    probe.add_argument("--map", required=True, help="map id (drivers/maps) or path to a map file")
+    probe.add_argument(
+        "--map", default=None, help="map id (drivers/maps) or path to a map file; with --sunspec: a SunSpec product map"
+    )
+    probe.add_argument("--sunspec", action="store_true", help="walk the SunSpec model chain and poll through it")
+    probe.add_argument(
+        "--kind", choices=("battery", "ev_charger", "meter"), default="battery",
+        help="with --sunspec and no product map: what the device is",
+    )  # fmt: skip
     probe.add_argument("--timeout", type=_positive_seconds, default=3.0, help="seconds to wait for each answer")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe.set_defaults(func=_cmd_probe)
@@ -659,7 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--days", type=_positive_int, default=7, help="simulated days")
     sim.add_argument("--seed", type=int, default=1, help="seed of the scenario (prices, EV sessions, events)")
     sim.add_argument("--fleet", choices=("tiny", "small", "default", "large"), default="small", help="fleet size")
-    sim.add_argument("--strategies", default="aware,blind,oracle", help="comma-separated: aware, blind, oracle")
+    sim.add_argument(
+        "--strategies", default="",
+        help="comma-separated (default: blind, const-0.25x..const-4x, aware, full-info-mpc; uncontrolled always runs)",
+    )
     sim.add_argument(
         "--step-s", type=_positive_seconds, default=900.0, help="planning step, s (divides 1800 or a multiple of it)"
     )
@@ -674,7 +704,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-days", type=_non_negative_int, default=30,
         help="when stderr is not a terminal, a progress line every N simulated days (0: none)",
     )
+    sim.add_argument("--chemistry", choices=("lfp", "nmc"), default="lfp", help="the packs' chemistry")
+    sim.add_argument(
+        "--replacement-cost", type=float, default=30_000.0,
+        help="battery replacement cost, JPY per kWh of nominal capacity (world, valuation and wear prices)",
+    )
+    sim.add_argument(
+        "--price-error", type=float, default=0.0,
+        help="relative std of the error on the energy prices the forecasting strategies see (0: none)",
+    )
     sim.add_argument("--out", type=_writable_file, default=None, help="write all figures as JSON to this file")
+    sim.add_argument(
+        "--plot", metavar="DIR", default=None,
+        help="write net value, SoC and fade figures (PNG and SVG) to DIR (needs the plot extra: matplotlib)",
+    )
     sim.set_defaults(func=_cmd_simulate)
     keys = sub.add_parser("keys", help="make Ed25519 keys for signed commands (docs/security.md)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

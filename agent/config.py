@@ -517,7 +517,7 @@ class OcppSettings(Strict):
     Passwords never sit in this file: a JSON object {"<station id>": "<password>"} in password_file or in the
     environment variable password_env."""
 
-    enabled: bool = Field(False, description="run the CSMS: accept OCPP 2.1 charging stations")
+    enabled: bool = Field(False, description="run the CSMS: accept OCPP 2.1 and 2.0.1 charging stations")
     host: Host = Field("127.0.0.1", description="address to listen on")
     port: int = Field(9000, ge=1, le=65535)
     path: str = Field("/ocpp", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="URL path before /<station id>")
@@ -535,9 +535,21 @@ class OcppSettings(Strict):
     )
     response_timeout_s: float = Field(5.0, gt=0, le=120, description="wait for a station's answer to a CSMS call")
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="larger frames close the link")
+    meter_interval_s: int = Field(
+        5, ge=1, le=900, description="SampledDataCtrlr.TxUpdatedInterval set at boot: meter values every this many s"
+    )
+    id_tokens: Literal["accept_all", "list"] = Field(
+        "accept_all", description="Authorize policy: accept every idToken, or only those in id_token_file"
+    )
+    id_token_file: FilePath | None = Field(None, description="with id_tokens = 'list': one idToken per line")
 
     @model_validator(mode="after")
     def _security(self) -> OcppSettings:
+        if self.meter_interval_s >= self.meter_stale_after_s:
+            raise ValueError(f"ocpp.meter_interval_s ({self.meter_interval_s}) must be below ocpp.meter_stale_after_s "
+                             f"({self.meter_stale_after_s:g}): every reading would be stale before the next came")
+        if (self.id_tokens == "list") != (self.id_token_file is not None):
+            raise ValueError("ocpp.id_tokens = 'list' and ocpp.id_token_file go together: set both or neither")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("ocpp.cert_file and ocpp.key_file go together: set both or neither")
         if self.client_ca_file is not None and self.cert_file is None:
@@ -572,6 +584,22 @@ class OcppSettings(Strict):
             raise ConfigError(f"{where}: must be a JSON object of station id to non-empty password string")
         return data
 
+    def accepted_id_tokens(self) -> frozenset[str] | None:
+        """The idTokens Authorize accepts, read now (at start-up); None when every idToken is accepted. The file has
+        one idToken per line (the `idToken` string, any type); blank lines and lines starting with # are skipped."""
+        if self.id_tokens == "accept_all" or self.id_token_file is None:
+            return None
+        try:
+            text = Path(self.id_token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"ocpp.id_token_file: cannot read {self.id_token_file}: {exc}") from exc
+        tokens = frozenset(t for line in text.splitlines() if (t := line.strip()) and not t.startswith("#"))
+        too_long = sorted(t for t in tokens if len(t) > 255)  # IdTokenType.idToken is at most 255 characters
+        if too_long:
+            raise ConfigError(f"ocpp.id_token_file: {self.id_token_file}: idToken {too_long[0][:40]!r}... is longer "
+                              "than OCPP's 255 characters")
+        return tokens
+
     def tls_context(self) -> ssl.SSLContext | None:
         """The server's TLS context (client certificates required when client_ca_file is set); None without TLS.
         Raises OSError/ssl.SSLError for a file that cannot be loaded."""
@@ -585,7 +613,15 @@ class AssetConfig(Strict):
     map: str | None = Field(
         None, min_length=1, description="device map id (drivers/maps or drivers/mqtt_maps) or a path; not for OCPP"
     )
-    transport: Literal["modbus", "mqtt", "ocpp"] = "modbus"
+    transport: str = Field(
+        "modbus", description="modbus, mqtt, ocpp, sunspec, or a plugin's transport (agent/plugins.py)"
+    )
+    kind: Literal["battery", "ev_charger", "meter"] | None = Field(
+        None, description="SunSpec: what the device is, when no product map (map) says so"
+    )
+    sunspec_control: Literal["auto", "704", "124", "none"] = Field(
+        "auto", description="SunSpec: the control model (auto: 704 when present, else 124)"
+    )
     station: str | None = Field(
         None, min_length=1, description="OCPP: charging station identity ({i} with count), e.g. \"CP{i:03d}\""
     )
@@ -608,6 +644,72 @@ class AssetConfig(Strict):
         None, ge=0, description="EVs: the owner's own price per kWh discharged for V2G (overrides replacement_cost)"
     )
     efficiency: float = Field(0.95, gt=0, le=1, description="one-way conversion efficiency assumed for EV planning")
+    # wear prices per pack (docs/wear.md): checked against the fitted data by _wear_model
+    chemistry: str | None = Field(None, description="batteries/EVs: cell chemistry for wear prices (default lfp)")
+    temperature_c: float | None = Field(None, description="batteries/EVs: pack temperature °C for wear (default 25)")
+    wear_source: Literal["blast", "xu"] | None = Field(
+        None, description="batteries/EVs: the battery model the wear prices are fitted to (default blast; docs/wear.md)"
+    )
+    # Modbus links other than Modbus TCP, and per-connector objects (drivers/modbus.py, docs/devices.md)
+    framing: Literal["tcp", "rtu"] = Field(
+        "tcp", description="Modbus over TCP: 'tcp' (Modbus TCP) or 'rtu' (RTU frames through a serial gateway)"
+    )
+    serial: str | None = Field(None, min_length=1, description="serial RTU: the local port, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(19200, ge=300, le=921600, description="serial RTU line speed")
+    parity: Literal["N", "E", "O"] = Field("N", description="serial RTU parity: N none, E even, O odd")
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    connector: int | None = Field(
+        None, ge=1, le=255, description="a map with [model.connector]: which connector's object this asset is"
+    )
+
+    @property
+    def link(self) -> str:
+        """What, with port and unit id, must be unique between assets: the serial line or the host, and the
+        connector (two connectors of one charger share its unit id)."""
+        where = f"serial:{self.serial}" if self.serial is not None else self.host
+        return where if self.connector is None else f"{where}#connector{self.connector}"
+
+    @model_validator(mode="after")
+    def _modbus_link(self) -> AssetConfig:
+        """Link keys belong to Modbus assets, serial-line keys to a serial asset, and a serial asset has no TCP
+        endpoint; a mistake is named instead of ignored."""
+        link = ("framing", "serial", "baudrate", "parity", "stopbits", "bytesize", "connector")
+        given = [k for k in link if k in self.model_fields_set]
+        if self.transport != "modbus" and given:
+            raise ValueError(f"{', '.join(given)}: only for transport = 'modbus'")
+        line = [k for k in ("baudrate", "parity", "stopbits", "bytesize") if k in self.model_fields_set]
+        if self.serial is None and line:
+            raise ValueError(f"{', '.join(line)}: serial-line settings need serial (the port, e.g. /dev/ttyUSB0)")
+        if self.serial is not None:
+            tcp = [k for k in ("host", "port", "framing") if k in self.model_fields_set]
+            if tcp:
+                raise ValueError(f"serial = {self.serial!r} is an RTU line: {', '.join(tcp)} are for TCP links")
+        return self
+
+    @field_validator("chemistry")
+    @classmethod
+    def _fitted_chemistry(cls, value: str | None) -> str | None:
+        from agent.dispatch.wear_fits import check  # the fitted chemistries and temperatures live in its data file
+
+        check(value, None)
+        return value
+
+    @field_validator("temperature_c")
+    @classmethod
+    def _fitted_temperature(cls, value: float | None) -> float | None:
+        from agent.dispatch.wear_fits import check
+
+        check(None, value)
+        return value
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        from agent.plugins import check_transport  # the registry: built-ins, then installed plugins (names only)
+
+        check_transport(value)
+        return value
 
     @field_validator("topic")
     @classmethod
@@ -627,6 +729,25 @@ class AssetConfig(Strict):
 
     @model_validator(mode="after")
     def _transport_keys(self) -> AssetConfig:
+        sunspec_keys = [k for k in ("kind", "sunspec_control") if k in self.model_fields_set]
+        if self.transport != "sunspec" and sunspec_keys:
+            raise ValueError(f"{', '.join(sunspec_keys)}: only for transport = 'sunspec'")
+        if self.transport == "sunspec":
+            if self.station is not None or "evse" in self.model_fields_set:
+                raise ValueError("station and evse are only for transport = 'ocpp'")
+            if self.map is None and self.kind is None:
+                raise ValueError("transport = 'sunspec' needs kind (battery, ev_charger, meter) or map (a SunSpec "
+                                 "product map in drivers/sunspec/products, or a path)")
+            if self.map is not None:
+                from drivers.sunspec.profile import ProfileError, load_product  # no pysunspec2 import
+
+                try:
+                    product = load_product(self.map)
+                except ProfileError as exc:
+                    raise ValueError(f"map: {exc}") from exc
+                if self.kind is not None and self.kind != product.product.kind.value:
+                    raise ValueError(f"kind = {self.kind!r} but map {self.map!r} is a {product.product.kind.value}")
+            return self
         if self.transport == "ocpp":
             if self.station is None:
                 raise ValueError("transport = 'ocpp' needs station (the charging station identity)")
@@ -634,7 +755,7 @@ class AssetConfig(Strict):
                 raise ValueError("transport = 'ocpp' takes no map: the protocol defines the fields")
             self.ocpp_targets()  # a bad station pattern fails here, with the config
         else:
-            if self.map is None:
+            if self.map is None and self.transport in ("modbus", "mqtt"):  # a plugin's transport may need none
                 raise ValueError(f"transport = '{self.transport}' needs map")
             if self.station is not None or "evse" in self.model_fields_set:
                 raise ValueError("station and evse are only for transport = 'ocpp'")
@@ -682,7 +803,7 @@ class AppConfig(Strict):
         seen = index_placements(
             "assets",
             [a.placements for a in self.assets],
-            [a.host if a.transport == "modbus" else None for a in self.assets],
+            [a.link if a.transport in ("modbus", "sunspec") else None for a in self.assets],
         )
         self._check_ocpp_assets()
         if any(a.transport == "mqtt" for a in self.assets) and not self.mqtt.enabled:

@@ -355,7 +355,7 @@ def import_rss_mb(code: str) -> float | None:
     return int(out.stdout.split()[-1]) / 1024 if out.returncode == 0 and out.stdout.split() else None
 
 
-RUN_IMPORTS = "import agent.cli, agent.app, drivers.factory, drivers.registermap"
+RUN_IMPORTS = "import agent.cli, agent.app, agent.wiring, drivers.registermap"
 
 
 def baselines() -> tuple[dict[str, float | None], list[tuple[str, float]]]:

@@ -6,7 +6,13 @@ unit ids each, as large sites are wired). Then, one after the other and each in 
   * agent – the real ControlLoop (drivers, fleet, safety envelope, controller, setpoint writes) at the same period.
 Printed per size: reads/s achieved, cycle time p50/p99, process CPU seconds per wall second and peak RSS, and the
 agent/bare CPU ratio. Figures are ratios against the baseline measured in the same run because these machines are
-shared and noisy. Usage: python bench/poll.py [--sizes 100 500 1000] [--seconds 20] [--repeats 3]
+shared and noisy. Usage: python bench/poll.py [--sizes 100 500 1000] [--seconds 20] [--repeats 3] [--sunspec]
+
+--sunspec: the fleet is SunSpec devices instead (80 % V2G chargers 1+701+702+704+714+713, 20 % battery inverters
+1+701+702+704+713+802+124, half of each in either firmware order) served by vpp-sim, plus the
+register-map site meter from vpp-sim; the bare loop reads the same ranges the SunSpec driver planned at discovery.
+Each size also prints the discovery time of its fleet (every device: marker, then the model chain), measured in a
+fresh agent process, devices behind one gateway one after another as the agent does it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,69 @@ def site_config(devices: int, port: int, period_s: float) -> str:
     )
 
 
+def sunspec_site_config(devices: int, port: int, period_s: float) -> str:
+    """Agent config + vpp-sim [simulation] for a SunSpec fleet of `devices` on gateways of UNITS_PER_GATEWAY unit
+    ids, plus the site meter."""
+    chargers = devices * 4 // 5
+    groups = []
+    first = port
+    for name, count, product, kind in (("ev", chargers, "sunspec_v2g_charger", "ev_charger"),
+                                       ("bess", devices - chargers, "sunspec_battery_inverter", "battery")):
+        for order, part in (("a", count // 2), ("b", count - count // 2)):
+            if part:
+                groups.append((f"{name}{order}{{i:04d}}", part, product, kind, order, first))
+                first += -(-part // UNITS_PER_GATEWAY)
+    meter_port = first
+    agent = (
+        f"[agent]\npoll_period_s = {period_s}\npoll_timeout_s = {period_s / 2}\nlog_level = 'warning'\n"
+        "[site]\nmeter = 'meter-site'\n[control]\nmode = 'site_target'\nsite_target_w = 0.0\n"
+    )
+    sim = (
+        "[simulation]\nhost = '127.0.0.1'\nspeed = 1.0\ntick_s = 0.5\nseed = 3\nbase_load_w = 5000.0\n"
+        f"[[simulation.devices]]\nid = 'meter-site'\nmodel = 'vppsim_dc_meter'\nport = {meter_port}\n"
+    )
+    for pattern, count, product, kind, order, at in groups:
+        common = f"id = {pattern!r}\ncount = {count}\nport = {at}\nunits_per_port = {UNITS_PER_GATEWAY}\n"
+        agent += f"[[assets]]\n{common}transport = 'sunspec'\nkind = '{kind}'\n"
+        sim += f"[[simulation.devices]]\n{common}transport = 'sunspec'\nmodel = '{product}'\n"
+        sim += f"sunspec_order = '{order}'\n"
+    agent += f"[[assets]]\nid = 'meter-site'\nmap = 'vppsim_dc_meter'\nport = {meter_port}\n"
+    return agent + sim
+
+
+def sunspec_ports(devices: int) -> int:
+    chargers = devices * 4 // 5
+    batteries = devices - chargers
+    parts = [chargers // 2, chargers - chargers // 2, batteries // 2, batteries - batteries // 2]
+    return sum(-(-p // UNITS_PER_GATEWAY) for p in parts) + 1
+
+
+async def discovery_time(config_path: str) -> dict[str, float]:
+    """Seconds to discover every SunSpec device of the config (gateways in parallel, devices on one in turn)."""
+    from agent.config import load_config
+    from agent.logs import configure_logging
+    from agent.wiring import build_drivers
+
+    config = load_config(config_path)
+    configure_logging("warning", "json")
+    drivers, pool = build_drivers(config, now=_now)
+    by_channel: dict[object, list] = {}
+    for driver in drivers.values():
+        if hasattr(driver, "discover"):
+            by_channel.setdefault(driver.channel, []).append(driver)
+
+    async def gateway(members: list) -> int:
+        for driver in members:
+            await driver.discover()
+        return len(members)
+
+    t0, cpu0 = time.monotonic(), cpu_s()
+    counts = await asyncio.gather(*(gateway(m) for m in by_channel.values()))
+    wall, cpu = time.monotonic() - t0, cpu_s() - cpu0
+    pool.close()
+    return {"devices": float(sum(counts)), "discovery_s": wall, "discovery_cpu_s": cpu}
+
+
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -74,8 +143,25 @@ async def bare_loop(config_path: str, seconds: float) -> dict[str, float]:
     from drivers.registermap import load_map
 
     config = load_config(config_path)
+    if any(a.transport == "sunspec" for a in config.assets):
+        from agent.logs import configure_logging
+
+        configure_logging("warning", "json")
     by_port: dict[int, list[tuple[int, list[tuple[int, int]]]]] = {}
     for asset in config.assets:
+        if asset.transport == "sunspec":  # the ranges the driver planned at discovery (not measured)
+            from agent.wiring import build_drivers
+            from drivers.sunspec.driver import SunSpecDriver
+
+            one = config.model_copy(update={"assets": [asset]})
+            drivers, pool = build_drivers(one, now=_now)
+            for p in asset.placements():
+                driver = drivers[p.id]
+                assert isinstance(driver, SunSpecDriver)
+                reads = [(a + k, min(125, n - k)) for a, n in (await driver.discover()).reads for k in range(0, n, 125)]
+                by_port.setdefault(p.port, []).append((p.unit_id, reads))
+            pool.close()
+            continue
         spans = [(s.address, s.count) for s in load_map(asset.map).spans]
         for p in asset.placements():
             by_port.setdefault(p.port, []).append((p.unit_id, spans))
@@ -118,7 +204,7 @@ async def agent_loop(config_path: str, seconds: float) -> dict[str, float]:
     from agent.config import load_config
     from agent.control.loop import ControlLoop
     from agent.logs import configure_logging
-    from drivers.factory import build_drivers
+    from agent.wiring import build_drivers
 
     config = load_config(config_path)
     configure_logging("warning", "json")
@@ -182,10 +268,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--period", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3, help="alternating bare/agent runs; medians are reported")
-    parser.add_argument("--child", choices=["bare", "agent"])
+    parser.add_argument("--child", choices=["bare", "agent", "discover"])
+    parser.add_argument("--sunspec", action="store_true", help="a SunSpec fleet (see the module docstring)")
     parser.add_argument("--config")
     args = parser.parse_args()
     if args.child:
+        if args.child == "discover":
+            print(json.dumps(asyncio.run(discovery_time(args.config))))
+            return
         runner = bare_loop if args.child == "bare" else agent_loop
         print(json.dumps(asyncio.run(runner(args.config, args.seconds))))
         return
@@ -196,9 +286,12 @@ def main() -> None:
     rows = [header]
     for size in args.sizes:
         ports = -(-size * 4 // 5 // UNITS_PER_GATEWAY) + -(-(size - size * 4 // 5) // UNITS_PER_GATEWAY) + 1
+        if args.sunspec:
+            ports = sunspec_ports(size)
         first = free_port_block(ports)
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as handle:
-            handle.write(site_config(size, first, args.period))
+            handle.write(sunspec_site_config(size, first, args.period) if args.sunspec
+                         else site_config(size, first, args.period))
         sim = subprocess.Popen(
             [sys.executable, "-m", "sim_devices.cli", "--config", handle.name],
             stdout=subprocess.DEVNULL,
@@ -206,6 +299,10 @@ def main() -> None:
         )
         try:
             wait_for_ports(first, ports)
+            if args.sunspec:
+                found = run_child("discover", handle.name, args.seconds)
+                rows.append(f"{'':>7} SunSpec discovery of {found['devices']:.0f} devices: "
+                            f"{found['discovery_s']:.2f} s wall, {found['discovery_cpu_s']:.2f} s agent CPU")
             bare_runs, agent_runs = [], []
             for _ in range(args.repeats):  # alternate, so a noisy neighbour hits both sides alike
                 bare_runs.append(run_child("bare", handle.name, args.seconds))
@@ -227,7 +324,7 @@ def main() -> None:
             f"{'':>7} agent/bare CPU ratio {ratio:.2f} (median of {args.repeats}; per pair {spread}) · "
             f"assets available {agent['available']:.0f}/{size + 1}"
         )
-        print("\n".join(rows[-3:]), flush=True)
+        print("\n".join(rows[-(4 if args.sunspec else 3):]), flush=True)
     print("\n" + "\n".join(rows))
 
 

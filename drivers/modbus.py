@@ -1,4 +1,9 @@
-"""Generic Modbus TCP driver driven by a register map.
+"""Generic Modbus driver driven by a register map: Modbus TCP, RTU frames over TCP, or serial RTU.
+
+The link is chosen per asset (issue 12 §4): Modbus TCP (the default), RTU framing over a TCP socket (`framing =
+"rtu"`: a serial gateway that passes RS-485 frames through without converting them), or serial RTU on a local port
+(`serial = "/dev/ttyUSB0"` with baudrate, parity ...). All three are pymodbus clients; the rest of the driver does
+not know which one it talks through.
 
 Devices behind one TCP endpoint (a Modbus gateway, or one device on its own port) share one client: Modbus TCP
 allows one outstanding request per connection in practice, and pymodbus serialises requests on a client anyway.
@@ -23,8 +28,9 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from agent.model import AssetKind, Measurement
@@ -33,31 +39,72 @@ from drivers.measure import to_measurement
 from drivers.registermap import Reading, RegisterMap, Write
 
 log = structlog.get_logger("drivers.modbus")
+# read function code -> the client's request for it
+READERS: dict[int, Callable[[Client], Callable[..., Awaitable[ModbusPDU]]]] = {
+    1: lambda c: c.read_coils,
+    2: lambda c: c.read_discrete_inputs,
+    3: lambda c: c.read_holding_registers,
+    4: lambda c: c.read_input_registers,
+}
+
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SerialLine:
+    """A local serial port and its line settings (RS-485 adapters: the device's documented settings)."""
+
+    device: str
+    baudrate: int = 19200
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+class ExceptionReply(DriverError):
+    """The device answered with a Modbus exception (e.g. 2, illegal address): an answer, so the link stays up."""
+
+    def __init__(self, asset_id: str, message: str, code: int) -> None:
+        super().__init__(asset_id, message)
+        self.code = code
 
 
 class ModbusGateway:
-    """One TCP endpoint (host, port) and the client that talks to it."""
+    """One link (a TCP endpoint with its framing, or a serial line) and the client that talks over it."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self.host = host
-        self.port = port
+    def __init__(self, host: str, port: int, timeout_s: float, framing: str = "tcp",
+                 serial: SerialLine | None = None) -> None:
+        self.host = serial.device if serial is not None else host
+        self.port = 0 if serial is not None else port
         self.timeout_s = timeout_s
-        self._client: AsyncModbusTcpClient | None = None
+        self.framing = "rtu" if serial is not None else framing
+        self.serial = serial
+        self._client: Client | None = None
         self.dropped = 0  # connections closed after a failed request
 
     @property
-    def client(self) -> AsyncModbusTcpClient:
+    def client(self) -> Client:
         if self._client is None:
             # retries=0: the control loop owns retry policy (failure counting, back-off); a retry inside the
             # client would hide a slow device and stall every other device behind the same gateway.
-            self._client = AsyncModbusTcpClient(
-                self.host,
-                port=self.port,
-                timeout=self.timeout_s,
-                retries=0,
-                reconnect_delay=0.5,
-                reconnect_delay_max=30.0,
-            )
+            if self.serial is not None:
+                line = self.serial
+                self._client = AsyncModbusSerialClient(
+                    line.device, framer=FramerType.RTU, baudrate=line.baudrate, parity=line.parity,
+                    stopbits=line.stopbits, bytesize=line.bytesize, timeout=self.timeout_s, retries=0,
+                    reconnect_delay=0.5, reconnect_delay_max=30.0,
+                )
+            else:
+                self._client = AsyncModbusTcpClient(
+                    self.host,
+                    port=self.port,
+                    framer=FramerType.RTU if self.framing == "rtu" else FramerType.SOCKET,
+                    timeout=self.timeout_s,
+                    retries=0,
+                    reconnect_delay=0.5,
+                    reconnect_delay_max=30.0,
+                )
         return self._client
 
     async def ensure_connected(self) -> None:
@@ -72,6 +119,27 @@ class ModbusGateway:
             self.dropped += 1
         self.close()
 
+    async def request(
+        self, asset_id: str, what: str, call: Callable[[Client], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        """Run one request for `asset_id` (the one rule for every driver on a Modbus link): a transport failure
+        becomes a DriverError naming the asset and the request, and drops the connection, since the request ended
+        without its answer (module docstring); a Modbus exception reply is an answer, keeps the connection and
+        raises ExceptionReply with its code."""
+        try:
+            await self.ensure_connected()
+            response = await call(self.client)
+        except (ModbusException, OSError, TimeoutError) as exc:
+            self.drop()
+            raise DriverError(asset_id, f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError:
+            self.drop()
+            raise
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0) or 0)
+            raise ExceptionReply(asset_id, f"{what}: device answered Modbus exception {code}", code)
+        return response
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -79,17 +147,21 @@ class ModbusGateway:
 
 
 class GatewayPool:
-    """Hands out one ModbusGateway per (host, port) so devices behind a gateway share its connection."""
+    """Hands out one ModbusGateway per link ((host, port) or serial device) so devices behind a gateway, or on one
+    RS-485 line, share its connection."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._gateways: dict[tuple[str, int], ModbusGateway] = {}
 
-    def get(self, host: str, port: int) -> ModbusGateway:
-        key = (host, port)
-        if key not in self._gateways:
-            self._gateways[key] = ModbusGateway(host, port, self.timeout_s)
-        return self._gateways[key]
+    def get(self, host: str, port: int, framing: str = "tcp", serial: SerialLine | None = None) -> ModbusGateway:
+        key = (serial.device, 0) if serial is not None else (host, port)
+        gateway = self._gateways.get(key)
+        if gateway is None:
+            gateway = self._gateways[key] = ModbusGateway(host, port, self.timeout_s, framing, serial)
+        elif gateway.framing != ("rtu" if serial is not None else framing) or gateway.serial != serial:
+            raise ValueError(f"{key[0]}:{key[1]} is given two framings or line settings; one link has one")
+        return gateway
 
     def close(self) -> None:
         for gateway in self._gateways.values():
@@ -139,13 +211,17 @@ class ModbusDriver:
     async def _read(self) -> Measurement:
         span_registers: list[list[int]] = []
         for span in self.map.spans:
+            unit = span.unit_id or self.unit_id
             response = await self._call(
-                f"read {span.count} registers at {span.address} (function {span.function})",
-                lambda client, span=span: (
-                    client.read_input_registers if span.function == 4 else client.read_holding_registers
-                )(span.address, count=span.count, device_id=self.unit_id),
+                f"read {span.count} {'bits' if span.function in (1, 2) else 'registers'} at {span.address} "
+                f"(function {span.function}{'' if span.unit_id is None else f', unit {unit}'})",
+                lambda client, span=span, unit=unit: READERS[span.function](client)(
+                    span.address, count=span.count, device_id=unit
+                ),
             )
-            registers = response.registers
+            # a bit read answers whole bytes: the bits asked are the first `count`, each carried as a 0/1 word
+            registers = [int(b) for b in response.bits[: span.count]] if span.function in (1, 2) \
+                else response.registers
             if len(registers) != span.count:
                 raise DriverError(
                     self.asset_id,
@@ -176,6 +252,11 @@ class ModbusDriver:
     async def write_lease_timeout(self, seconds: float) -> None:
         """Called when the lease must be (re)established: at start and after the device comes back, so the
         remote-control writes of [control] on_connect are made again too (a restarted device forgot them)."""
+        cap = self.map.control.lease_max_s
+        if cap is not None and seconds > cap:  # the device refuses more; shorter is the safe side (lease_check)
+            log.warning("asset.lease_clamped", asset_id=self.asset_id, map=self.map.model.id, lease_s=seconds,
+                        written_s=cap)
+            seconds = cap
         self.lease_s = seconds
         if not self.map.leased:  # said at every (re)connect: an operator must not forget it
             log.warning(
@@ -214,30 +295,18 @@ class ModbusDriver:
             if write.delay_s > 0:
                 await self._sleep(write.delay_s)
 
-    def _send(self, client: AsyncModbusTcpClient, write: Write) -> Awaitable[ModbusPDU]:
+    def _send(self, client: Client, write: Write) -> Awaitable[ModbusPDU]:
+        unit = write.unit_id or self.unit_id
+        if write.function == 5:
+            return client.write_coil(write.address, bool(write.registers[0]), device_id=unit)
+        if write.function == 15:
+            return client.write_coils(write.address, [bool(r) for r in write.registers], device_id=unit)
         if write.function == 6:
-            return client.write_register(write.address, write.registers[0], device_id=self.unit_id)
-        return client.write_registers(write.address, write.registers, device_id=self.unit_id)
+            return client.write_register(write.address, write.registers[0], device_id=unit)
+        return client.write_registers(write.address, write.registers, device_id=unit)
 
-    async def _call(self, what: str, request: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """Run one request; every transport failure becomes a DriverError naming the asset and the request.
-
-        A request that ends without its answer drops the gateway's connection (see the module docstring); a Modbus
-        exception reply is an answer and keeps it.
-        """
-        try:
-            await self.gateway.ensure_connected()
-            response = await request(self.gateway.client)
-        except (ModbusException, OSError, TimeoutError) as exc:
-            self.gateway.drop()
-            raise DriverError(self.asset_id, f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        except asyncio.CancelledError:
-            self.gateway.drop()
-            raise
-        if response.isError():
-            code = getattr(response, "exception_code", "?")
-            raise DriverError(self.asset_id, f"{what}: device answered Modbus exception {code}")
-        return response
+    async def _call(self, what: str, request: Callable[[Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        return await self.gateway.request(self.asset_id, what, request)
 
     def to_measurement(self, values: dict[str, float]) -> Measurement:
         """Check plausibility and build the Measurement; a bad value names its field, register and raw value."""

@@ -239,6 +239,7 @@ def available_mqtt_maps() -> list[str]:
 
 
 def load_mqtt_map(name_or_path: str | Path) -> MqttMap:
-    """Load an MQTT map by id (a file in drivers/mqtt_maps) or by path; errors name the file, row and key."""
+    """Load an MQTT map by id (a file in drivers/mqtt_maps or in a plugin's maps: find_map_file) or by path; errors
+    name the file, row and key."""
     spec, path = read_map_file(name_or_path, mqtt_maps_dir(), "MQTT map", MqttMapFile)
     return MqttMap(spec, str(path))

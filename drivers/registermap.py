@@ -11,8 +11,10 @@ Format v1 (`schema = 1`) is holding registers, 16-bit big-endian words, u16..f32
 key with an example): function 04 reads, 06/16 writes per row or map, 1-based addresses, u64/s64, strings,
 bitfields, byte order, enum maps from device codes to DeviceStatus with a derived `ev_connected`, "not implemented"
 sentinels, percent-of and offsets, scale factors on writable rows, command sequences (writes at connect, an ordered
-setpoint sequence with delays, split charge/discharge registers, a minimum power), and request planning (registers
-per request, device blocks that a request may not cross, gaps inside a block read through).
+setpoint sequence with delays, split charge/discharge registers, a minimum power, the device's longest lease),
+request planning (registers per request, device blocks that a request may not cross, gaps inside a block read
+through), coils and discrete inputs (`type = "bit"`, functions 01/02, writes 05/15), rows on other unit ids of the
+same device, and one object per connector (`[model.connector]`, chosen by the asset's `connector` key).
 
 Decoding packs each span's words into bytes once and unpacks every row with a precompiled `struct.Struct`: one poll
 of a 1000-device site decodes ~15 000 values a second and a per-value library call dominated that cost.
@@ -33,13 +35,16 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, mode
 
 from agent.model import MEASUREMENT_FIELDS, WRITABLE_FIELDS, AssetKind, DeviceStatus
 
-RegisterType = Literal["u16", "s16", "u32", "s32", "f32", "u64", "s64", "string"]
+RegisterType = Literal["u16", "s16", "u32", "s32", "f32", "u64", "s64", "string", "bit"]
 WordOrder = Literal["big", "little"]
 ByteOrder = Literal["big", "little"]
 
 # How many 16-bit registers each type occupies and its struct code (a string's width is its row's `length`).
-TYPE_WIDTH: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4}
-TYPE_CODE: dict[str, str] = {"u16": "H", "s16": "h", "u32": "I", "s32": "i", "f32": "f", "u64": "Q", "s64": "q"}
+# A `bit` is one coil or discrete input (functions 01/02), carried as a 0/1 word so it decodes like a register.
+TYPE_WIDTH: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4, "bit": 1}
+TYPE_CODE: dict[str, str] = {
+    "u16": "H", "s16": "h", "u32": "I", "s32": "i", "f32": "f", "u64": "Q", "s64": "q", "bit": "H"
+}
 # SunSpec's "not implemented" values per type (`sentinels = "sunspec"`); f32 NaN is always missing in schema 2.
 SUNSPEC_SENTINELS: dict[str, int] = {
     "u16": 0xFFFF,
@@ -79,6 +84,7 @@ UNIT_FAMILY: dict[str, set[str]] = {
 }
 M = TypeVar("M", bound=BaseModel)
 MAX_READ_REGISTERS = 125  # Modbus limit for one read-registers request
+MAX_READ_BITS = 2000  # Modbus limit for one read-coils / read-discrete-inputs request
 MAX_SCALE_FACTOR = 10  # SunSpec allows -10..10; anything else is a broken device, not a value
 MAX_STEP_DELAY_S = 30.0  # a longer pause would hold the gateway's other devices for a whole lease
 STATUS_NAMES = {s.name.lower(): s for s in DeviceStatus}
@@ -125,8 +131,9 @@ class RegisterRow(BaseModel):
     minimum: float | None = None  # SI floor after conversion (a device's "-1 W = not offered" reads as 0)
     invert: bool = False
     access: Literal["r", "rw", "w"] = "r"
-    function: Literal[3, 4] | None = None  # read function; default [model].read_function
-    write_function: Literal[6, 16] | None = None  # default [model].write_function
+    function: Literal[1, 2, 3, 4] | None = None  # read function; default [model].read_function (bits: 1 or 2)
+    write_function: Literal[5, 6, 15, 16] | None = None  # default [model].write_function (coils: 5)
+    unit_id: int | None = Field(default=None, ge=1, le=247)  # another unit id of the same device (SMA, Victron)
     word_order: WordOrder | None = None
     byte_order: ByteOrder | None = None
     missing: Codes = ()  # raw values meaning "not implemented / no value"
@@ -175,7 +182,23 @@ class RegisterRow(BaseModel):
             raise ValueError("'missing' lists raw integers; f32 NaN is always missing")
         if self.write_function == 6 and self.width != 1:
             raise ValueError(f"write_function 6 writes one register; a {self.type} needs 16")
+        self._check_bit()
         return self
+
+    def _check_bit(self) -> None:
+        """Coils (01, written by 05/15) and discrete inputs (02, read-only) hold one bit each: type "bit"."""
+        is_bit = self.type == "bit"
+        if is_bit != (self.function in (1, 2)):
+            raise ValueError("a coil or discrete input is `type = \"bit\"` with `function = 1` (coil) or `2` "
+                             "(discrete input); registers are read with 3 or 4")
+        if (self.write_function in (5, 15)) != (is_bit and self.write_function is not None):
+            raise ValueError("write_function 5/15 writes coils; registers are written with 6/16")
+        if not is_bit:
+            return
+        if self.unit not in ("bool", "code") or self.bits or self.missing or self.scale != 1.0 or self.offset:
+            raise ValueError("a bit row is 0/1: unit \"bool\" or \"code\", no bits, missing, scale or offset")
+        if self.access != "r" and self.function != 1:
+            raise ValueError("only a coil (function 1) is writable; a discrete input (function 2) is read-only")
 
     @property
     def width(self) -> int:
@@ -184,6 +207,17 @@ class RegisterRow(BaseModel):
     @property
     def label(self) -> str:
         return self.field or self.name or "?"
+
+
+class ConnectorLayout(BaseModel):
+    """`[model.connector]`: the rows inside `rows` (as written, for connector 1) repeat every `stride` registers
+    for connectors 2..`count`; an asset picks its connector with `connector = N` (default 1)."""
+
+    model_config = MAP_MODEL_CONFIG
+
+    rows: Pair  # [first, last] address of connector 1's object
+    stride: int = Field(ge=1, le=65535)
+    count: int = Field(ge=1, le=255)
 
 
 class ModelInfo(BaseModel):
@@ -201,6 +235,10 @@ class ModelInfo(BaseModel):
     max_registers: int = Field(default=MAX_READ_REGISTERS, ge=1, le=MAX_READ_REGISTERS)
     blocks: Annotated[tuple[Pair, ...], Strict(False)] = ()  # [first, last] address ranges; requests stay inside one
     sentinels: Literal["none", "sunspec"] = "none"
+    # The device answers a write to part of a multi-register value with an exception (many SunSpec devices do);
+    # the driver always writes a whole value with 16, so this is for the simulator's fidelity and the docs.
+    refuses_partial_writes: bool = False
+    connector: ConnectorLayout | None = None  # one object per connector (EVtec: connector X at X x 100)
     source: str = ""  # the document the map was written from, with its version or commit
     product: str = ""  # products and firmware the map was checked against
 
@@ -244,6 +282,9 @@ class Control(BaseModel):
     # default by itself). A map that takes setpoints must have a lease row or step, or say here why it has none:
     # such an asset keeps its last setpoint if the agent stops, and the driver warns of it at every connect.
     no_lease: str | None = Field(default=None, min_length=10)
+    # The longest lease the device takes (EVtec: 600 s). A longer agent lease is written as this (the device then
+    # reverts sooner: the safe side) and check-config warns; shorter than the agent's refresh it is an error.
+    lease_max_s: float | None = Field(default=None, gt=0)
 
 
 class MapFileHeader(BaseModel):
@@ -284,7 +325,7 @@ class RegisterMapFile(MapFileHeader):
     @model_validator(mode="after")
     def _check_layout(self) -> RegisterMapFile:
         base = self.model.address_base
-        taken: dict[int, str] = {}
+        taken: dict[tuple[int | None, int, int], str] = {}  # (unit, table, address): coils, inputs, registers
         bit_rows: dict[int, list[RegisterRow]] = {}
         labels: dict[str, RegisterRow] = {}
         for row in self.registers:
@@ -301,10 +342,11 @@ class RegisterMapFile(MapFileHeader):
                         raise ValueError(f"{where}: bits {list(row.bits)} overlap {other.label}")
                 shared.append(row)
                 continue
+            table = row.function if row.type == "bit" else 3
             for addr in range(row.address, row.address + row.width):
-                if addr in taken:
-                    raise ValueError(f"{row.label} at {row.address} overlaps {taken[addr]}")
-                taken[addr] = row.label
+                if (row.unit_id, table, addr) in taken:
+                    raise ValueError(f"{row.label} at {row.address} overlaps {taken[row.unit_id, table, addr]}")
+                taken[row.unit_id, table, addr] = row.label
             if row.bits is not None:
                 bit_rows[row.address] = [row]
         by_address = {row.address: row for row in self.registers}
@@ -321,6 +363,9 @@ class RegisterMapFile(MapFileHeader):
                 target = labels[row.percent_of]
                 if row.unit != "%" or target.percent_of is not None or target.type == "string":
                     raise ValueError(f"{where}: percent_of needs unit \"%\" and a numeric row that is no percentage")
+            if row.access == "rw" and (row.function or self.model.read_function) == 4:
+                raise ValueError(f"{where}: an input register (function 4) is read-only; a writable row is a holding "
+                                 "register: give it function = 3")
             if row.access != "r" and (row.type == "string" or row.bits or row.negate_if or row.minimum is not None):
                 raise ValueError(f"{where}: a writable row cannot be a string, bitfield, negate_if or minimum row")
         fields = {row.field for row in self.registers if row.field}
@@ -328,6 +373,7 @@ class RegisterMapFile(MapFileHeader):
         if status is not None and status.ev_connected_codes is not None and "ev_connected" in fields:
             raise ValueError("row status: ev_connected_codes and an ev_connected row both feed ev_connected")
         self._check_blocks(base)
+        self._check_connector(base)
         self._check_control(labels)
         if "power_w" not in fields:
             raise ValueError("every map must feed power_w")
@@ -350,13 +396,31 @@ class RegisterMapFile(MapFileHeader):
         if not blocks:
             return
         for row in self.registers:
-            if row.access == "w":
+            if row.access == "w" or row.type == "bit":  # blocks are register ranges
                 continue
             if not any(first <= row.address and row.address + row.width - 1 <= last for first, last in blocks):
                 raise ValueError(f"row {row.label}: address {row.address} (+{row.width}) lies in no [model] block")
 
+    def _check_connector(self, base: int) -> None:
+        layout = self.model.connector
+        if layout is None:
+            return
+        first, last = layout.rows
+        if not base <= first <= last:
+            raise ValueError(f"[model.connector] rows: [{first}, {last}] is not an address range")
+        if layout.stride <= last - first:
+            raise ValueError(f"[model.connector] stride {layout.stride} is shorter than connector 1's object "
+                             f"[{first}, {last}]: the connectors' objects would overlap")
+        if last + (layout.count - 1) * layout.stride - base > 65535:
+            raise ValueError(f"[model.connector] count {layout.count}: connector {layout.count}'s object ends past "
+                             "the register space")
+        if not any(first <= row.address <= last for row in self.registers):
+            raise ValueError(f"[model.connector] rows [{first}, {last}] hold no row of the map")
+
     def _check_control(self, labels: dict[str, RegisterRow]) -> None:
         control = self.control
+        if control.lease_max_s is not None and not self.leased:
+            raise ValueError("[control] lease_max_s bounds a lease, but the map writes none")
         for part, steps in (("on_connect", control.on_connect), ("setpoint", control.setpoint)):
             for i, step in enumerate(steps):
                 where = f"[control] {part}[{i}]"
@@ -386,7 +450,8 @@ class Span:
 
     address: int  # PDU address
     count: int
-    function: int = 3
+    function: int = 3  # 1 coils, 2 discrete inputs (count in bits), 3 holding, 4 input registers
+    unit_id: int | None = None  # None: the asset's unit id
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +529,7 @@ class Write:
     registers: list[int]
     function: int
     delay_s: float = 0.0
+    unit_id: int | None = None  # None: the asset's unit id
 
 
 @dataclass
@@ -487,7 +553,8 @@ class RegisterMap:
         self.control = spec.control
         self.leased = spec.leased  # False: the device keeps its last setpoint if the agent stops ([control] no_lease)
         self.base = spec.model.address_base
-        readable = sorted((r for r in spec.registers if r.access != "w"), key=lambda r: (self._function(r), r.address))
+        readable = sorted((r for r in spec.registers if r.access != "w"),
+                          key=lambda r: (r.unit_id or 0, self._function(r), r.address))
         self.spans, placement = _plan(readable, self)
         self._codecs: dict[str, RowCodec] = {}
         by_address = {r.address: r for r in spec.registers}
@@ -534,7 +601,7 @@ class RegisterMap:
             nan_missing=v2 and row.type == "f32",
             factor=factor,
             sf_label=None if row.scale_factor is None else by_address[row.scale_factor].label,
-            write_function=row.write_function or model.write_function,
+            write_function=row.write_function or (5 if row.type == "bit" else model.write_function),
         )
 
     @property
@@ -675,7 +742,7 @@ class RegisterMap:
 
     def write(self, label: str, registers: list[int], delay_s: float = 0.0) -> Write:
         codec = self._codecs[label]
-        return Write(label, codec.address, registers, codec.write_function, delay_s)
+        return Write(label, codec.address, registers, codec.write_function, delay_s, codec.row.unit_id)
 
     def connect_writes(self, lease_s: float | None) -> list[Write]:
         """The writes that put the device under remote control, in order (Quasar: 81, 82, 83)."""
@@ -721,6 +788,8 @@ class RegisterMap:
 
 
 def _int_range(kind: str) -> tuple[int, int]:
+    if kind == "bit":
+        return 0, 1
     bits = 16 * TYPE_WIDTH[kind]
     if kind.startswith("u"):
         return 0, 2**bits - 1
@@ -728,9 +797,10 @@ def _int_range(kind: str) -> tuple[int, int]:
 
 
 def _plan(rows: list[RegisterRow], register_map: RegisterMap) -> tuple[list[Span], dict[int, tuple[int, int]]]:
-    """Group readable rows into as few requests as the device allows: one function code per request, at most
-    `max_registers` registers, never across a device block; gaps are read through only inside a declared block
-    (a device without declared blocks may refuse an unmapped register, so there a gap starts a new request)."""
+    """Group readable rows into as few requests as the device allows: one unit id and function code per request,
+    at most `max_registers` registers (2000 bits), never across a device block; gaps are read through only inside a
+    declared block (a device without declared blocks may refuse an unmapped register, so there a gap starts a new
+    request)."""
     model = register_map.model
     base = register_map.base
     blocks = [(first - base, last - base) for first, last in model.blocks]
@@ -742,25 +812,28 @@ def _plan(rows: list[RegisterRow], register_map: RegisterMap) -> tuple[list[Span
     placement: dict[int, tuple[int, int]] = {}
     members: list[RegisterRow] = []
     start = end = function = block = -1
+    unit: int | None = None
     for row in rows:
         pdu = row.address - base
         fn = register_map._function(row)
-        blk = block_of(pdu)
+        bits = fn in (1, 2)
+        blk = -1 if bits else block_of(pdu)
         joins = (
             members
             and fn == function
-            and pdu + row.width - start <= model.max_registers
-            and (blk == block if blocks else pdu <= end)
+            and row.unit_id == unit
+            and pdu + row.width - start <= (MAX_READ_BITS if bits else model.max_registers)
+            and (blk == block if blocks and not bits else pdu <= end)
         )
         if not joins:
             if members:
-                spans.append(Span(start, end - start, function))
-            members, start, end, function, block = [], pdu, pdu, fn, blk
+                spans.append(Span(start, end - start, function, unit))
+            members, start, end, function, block, unit = [], pdu, pdu, fn, blk, row.unit_id
         members.append(row)
         end = max(end, pdu + row.width)
         placement[id(row)] = (len(spans), 2 * (pdu - start))
     if members:
-        spans.append(Span(start, end - start, function))
+        spans.append(Span(start, end - start, function, unit))
     return spans, placement
 
 
@@ -772,17 +845,41 @@ def available_maps() -> list[str]:
     return sorted(p.stem for p in maps_dir().glob("*.toml"))
 
 
+def find_map_file(name_or_path: str | Path, folder: Path, label: str) -> Path:
+    """The file of a map given by path (ends in .toml) or by id: `<id>.toml` in the built-in `folder` or in the
+    directory of an installed `vpp_agent.maps` plugin (drivers/entrypoints.py). An id two sources provide is an
+    error naming both: which one the agent loaded would otherwise depend on install order."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise MapError(f"{label} {str(name_or_path)!r} not found (looked for {path})")
+        return path
+    from drivers.entrypoints import BUILT_IN, PluginError, map_directories  # entry points read at the first lookup
+
+    try:
+        plugins = map_directories()
+    except PluginError as exc:
+        raise MapError(f"{label} {str(name_or_path)!r}: {exc}") from exc
+    sources = [(f"{BUILT_IN} {folder}", folder), *((f"{p.describe()} {d}", d) for p, d in plugins)]
+    hits = [(source, folder / f"{name_or_path}.toml") for source, folder in sources]
+    hits = [(source, file) for source, file in hits if file.is_file()]
+    if len(hits) > 1:
+        raise MapError(f"{label} {str(name_or_path)!r} is provided by {len(hits)} sources: "
+                       + "; ".join(str(file) for _, file in hits) + " (rename one, or give the asset's map as a path)")
+    if not hits:
+        known = sorted({p.stem for _, d in sources for p in d.glob("*.toml")})
+        where = ", ".join(str(d) for _, d in sources)
+        raise MapError(f"{label} {str(name_or_path)!r} not found (looked in {where}; known: {known})")
+    return hits[0][1]
+
+
 def read_map_file(name_or_path: str | Path, folder: Path, label: str, schema: type[M]) -> tuple[M, Path]:
-    """Find (by id in `folder`, or by path), parse and validate one device-map file; errors name file, row, key.
+    """Find (by id in `folder` or a plugin's map directory, or by path: find_map_file), parse and validate one
+    device-map file; errors name file, row, key.
 
     Shared by the register maps and the MQTT maps, so both report problems the same way.
     """
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = folder / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.toml"))
-        raise MapError(f"{label} {name_or_path!r} not found (looked for {path}; known: {known})")
+    path = find_map_file(name_or_path, folder, label)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -818,7 +915,70 @@ def _row_label(data: Any, loc: tuple[int | str, ...]) -> str:
     return f" [row {label}]" if isinstance(label, str) else ""
 
 
-def load_map(name_or_path: str | Path) -> RegisterMap:
-    """Load a map by id (a file in drivers/maps) or by path; errors name the file, row and key."""
+def load_map(name_or_path: str | Path, connector: int | None = None) -> RegisterMap:
+    """Load a map by id (a file in drivers/maps or in a plugin's maps) or by path; errors name the file, row and key.
+    `connector` (an asset's `connector` key) moves the rows of the map's `[model.connector]` object to that
+    connector's."""
     spec, path = read_map_file(name_or_path, maps_dir(), "register map", RegisterMapFile)
+    if connector is not None:
+        spec = _for_connector(spec, connector, path)
     return RegisterMap(spec, str(path))
+
+
+def _for_connector(spec: RegisterMapFile, number: int, path: Path) -> RegisterMapFile:
+    """The map of connector `number`: rows and blocks inside connector 1's object shifted by (number - 1) x stride,
+    validated again (so a shifted row that lands on another is refused like any overlap)."""
+    layout = spec.model.connector
+    if layout is None:
+        raise MapError(f"{path}: connector = {number}, but the map has no [model.connector] table (one object per "
+                       "connector); leave the asset's connector key out")
+    if not 1 <= number <= layout.count:
+        raise MapError(f"{path}: connector = {number} is not one of 1..{layout.count} ([model.connector] count)")
+    shift = (number - 1) * layout.stride
+    first, last = layout.rows
+
+    def moved(address: int) -> int:
+        return address + shift if first <= address <= last else address
+
+    data = spec.model_dump(by_alias=True, exclude_unset=True)
+    for row in data["registers"]:
+        row["address"] = moved(row["address"])
+        if row.get("scale_factor") is not None:
+            row["scale_factor"] = moved(row["scale_factor"])
+    data["model"].pop("connector")  # the result is one connector's map
+    data["model"]["blocks"] = [
+        (moved(a), moved(b)) if first <= a and b <= last else (a, b) for a, b in spec.model.blocks
+    ]
+    try:
+        return RegisterMapFile.model_validate(data)
+    except ValidationError as exc:
+        raise MapError(f"{path}: connector = {number}: {exc.errors()[0]['msg']}") from exc
+
+
+def check_asset_map(name_or_path: str | Path, connector: int | None, lease_s: float,
+                    least_s: float) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of one Modbus asset's map as `check-config` reports them: the map itself (file, row,
+    key), the asset's `connector`, and the agent's lease against the device's `lease_max_s` (see lease_check)."""
+    try:
+        register_map = load_map(name_or_path, connector)
+    except MapError as exc:
+        return [str(exc)], []
+    return lease_check(register_map, lease_s, least_s)
+
+
+def lease_check(register_map: RegisterMap, lease_s: float, least_s: float) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of an agent lease against the device's `[control] lease_max_s`.
+
+    A longer lease is written as the device's maximum: the device then reverts sooner than the agent assumes,
+    which is the safe side, so it is a warning. A maximum below what the agent needs between refreshes
+    (`least_s`: 2 x poll_period_s + poll_timeout_s) would let the device drop every setpoint: an error.
+    """
+    cap = register_map.control.lease_max_s
+    where = f"{register_map.source}: [control] lease_max_s = {cap:g}" if cap is not None else ""
+    if cap is None or lease_s <= cap:
+        return [], []
+    if cap < least_s:
+        return [f"{where} s is shorter than the {least_s:g} s the agent needs between refreshes "
+                "(2 x poll_period_s + poll_timeout_s): the device would drop every setpoint"], []
+    return [], [f"{where} s: agent lease_timeout_s = {lease_s:g} s is written as {cap:g} s (the device reverts "
+                "sooner than the agent assumes)"]

@@ -436,7 +436,7 @@ class ControlLoop:
         held_bounds = self.last_bounds.get(state.id)
         if held_bounds is not None and not held_bounds.low_w <= state.written_setpoint_w <= held_bounds.high_w:
             return True  # limits moved past the held value: never hold it for half a lease
-        if setpoint.power_w == 0.0:
+        if setpoint.power_w == 0.0 and getattr(self.drivers[state.id], "lease_lapse_is_zero", True):
             # an exact stop is always worth one write; a held 0 W needs no refresh, the lapsed lease gives 0 W too
             return state.written_setpoint_w != 0.0
         lease_loop_s = self.lease_s / self.time_scale  # the lease runs in device time

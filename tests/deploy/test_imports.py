@@ -38,6 +38,7 @@ from sim_devices.ports import free_port_block
 OPTIONAL = ("numpy", "joserfc", "cryptography", "prometheus_client", "aiomqtt", "paho")
 SOLVER = ("cvxpy", "highspy", "scipy")
 OCPP = ("ocpp", "websockets")  # only with OCPP stations (the `ocpp` extra), which neither test configures
+SUNSPEC = ("sunspec2",)  # only with SunSpec assets, which neither test configures
 
 # `vpp-agent run` as its console script runs it (agent.cli:main), writing sys.modules to argv[1] as it exits
 RUN_AND_LIST = """
@@ -114,7 +115,7 @@ def test_a_site_target_agent_with_its_options_off_loads_none_of_their_libraries(
     loaded = modules_of_a_run(agent, sim, tmp_path)
     assert "agent" in loaded and "pymodbus" in loaded  # the listing is of a process that ran the agent
     assert "microdot" in loaded  # the status page served, without numpy
-    assert sorted(loaded.intersection(OPTIONAL + SOLVER + OCPP)) == []
+    assert sorted(loaded.intersection(OPTIONAL + SOLVER + OCPP + SUNSPEC)) == []
 
 
 def test_each_option_on_loads_its_library_and_the_solver_stack_stays_out(tmp_path: Path) -> None:

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from devicekit import device
+from structlog.testing import capture_logs
 
+from agent.config import parse_config
 from agent.model import DeviceStatus
+from agent.wiring import build_drivers
 from drivers.registermap import load_map
 
 CHARGING = {
@@ -61,3 +66,34 @@ async def test_setpoints_and_lease_are_the_documented_int32_words() -> None:
         assert await dev.words(186, 2) == [0, 0]
         await dev.driver.write_setpoint(2000.0)
         assert await dev.words(186, 2) == [0, 2000]
+
+
+async def test_lease_longer_than_600_s_is_written_as_600() -> None:
+    async with device("evtec_bidipro10", CHARGING, SPAN) as dev:
+        with capture_logs() as logs:
+            await dev.driver.write_lease_timeout(900)
+        assert await dev.words(42, 2) == [0, 600]
+    assert [e["written_s"] for e in logs if e["event"] == "asset.lease_clamped"] == [600]
+
+
+async def test_connector_2_is_read_and_written_at_its_own_object() -> None:
+    """An asset with `connector = 2` (config → factory): connector 2's object at 200..299, the charge point's
+    timeout at 42 unchanged."""
+    words = {a + 100: w for a, w in CHARGING.items()}
+    words[201] = 8  # connector 2 discharging
+    async with device("evtec_bidipro10", words, (0, 299)) as dev:
+        config = parse_config(
+            f'[[assets]]\nid = "c2"\nmap = "evtec_bidipro10"\nport = {dev.driver.gateway.port}\nconnector = 2\n'
+        )
+        drivers, pool = build_drivers(config, lambda: datetime.now(UTC))
+        try:
+            c2 = drivers["c2"]
+            m = await c2.read()
+            assert m.status is DeviceStatus.DISCHARGING and m.power_w == 7200.0
+            await c2.write_lease_timeout(60)
+            await c2.write_setpoint(-6000.0)
+        finally:
+            pool.close()
+        assert await dev.words(286, 2) == [0xFFFF, 0xE890]
+        assert await dev.words(186, 2) == [0, 0]  # connector 1's setpoint untouched
+        assert await dev.words(42, 2) == [0, 60]

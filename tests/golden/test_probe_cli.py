@@ -60,3 +60,24 @@ async def test_probe_names_a_missing_map() -> None:
     code, _, err = await _probe("--host", "127.0.0.1", "--map", "no_such_map")
     assert code == 2
     assert "no_such_map" in err
+
+
+async def test_probe_sunspec_walks_the_chain_of_a_fronius_gen24() -> None:
+    # the GEN24's documented words (test_fronius_gen24.py): chain 1, 103, 120..123, 160, 124 from 40000
+    from test_fronius_gen24 import CHARGING_2500, gen24
+
+    async with gen24(CHARGING_2500) as (_, driver):
+        port = str(driver.gateway.port)
+        code, out, _ = await _probe("--host", "127.0.0.1", "--port", port, "--sunspec", "--map", "fronius_gen24",
+                                    "--json")  # fmt: skip
+    assert code == 0, out
+    report = json.loads(out)
+    assert [m["model_id"] for m in report["models"]] == [1, 103, 120, 121, 122, 123, 160, 124]
+    assert report["models"][0]["address"] == 40002 and report["models"][-1]["address"] == 40343
+    assert report["control"] == "124"
+    assert report["measurement"]["power_w"] == 2500.0 and report["measurement"]["soc"] == 0.655
+
+
+async def test_probe_needs_a_map_or_sunspec() -> None:
+    code, _, err = await _probe("--host", "127.0.0.1")
+    assert code == 2 and "--map" in err and "--sunspec" in err

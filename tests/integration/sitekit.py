@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent.config import AppConfig, parse_config
 from agent.control.loop import ControlLoop
-from drivers.factory import build_drivers
+from agent.wiring import build_drivers
 from drivers.modbus import GatewayPool
 from sim_devices.clock import Clock
 from sim_devices.config import parse_simulation

@@ -13,7 +13,7 @@ from agent.cli import _fit_lease_to_speed
 from agent.control.loop import ControlLoop
 from agent.model import AssetKind, DeviceStatus
 from agent.ports import DriverError
-from drivers.factory import build_drivers
+from agent.wiring import build_drivers
 from sim_devices.clock import ManualClock
 
 # One EV with a known session, one battery, a site meter; the agent steers the meter to a target.

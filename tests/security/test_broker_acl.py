@@ -11,7 +11,7 @@ read a topic (Home Assistant discovery), the broker's own verdict is asked inste
 
 The ACL is what deploy/acl-for-sites.sh writes from deploy/mosquitto.acl for site1 and site2.
 
-The agent's own link (drivers/mqtt_link.py, built by drivers/factory.py from [mqtt]) connects with a client
+The agent's own link (drivers/mqtt_link.py, built by agent/wiring.py from [mqtt]) connects with a client
 certificate and a password over TLS, and with a password on the loopback listener; a refused password or a missing
 certificate is an error line with a back-off, never the password.
 """
@@ -39,7 +39,7 @@ from tlskit import DEPLOY, HOST, Pki, ShippedBroker, acl_for_sites, eventually
 
 from agent.config import AppConfig, MqttSettings, parse_config
 from agent.preflight import preflight, start_warnings
-from drivers.factory import build_link
+from agent.wiring import build_link
 from drivers.mqtt_link import LinkSettings, MqttLink
 
 KINDS = ("site_target", "prices", "up_dr", "as_award", "as_activation", "frequency")

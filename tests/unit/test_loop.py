@@ -164,6 +164,15 @@ def test_write_decisions() -> None:
     assert not loop._needs_write(state, Setpoint("b", 0, 0), 60.0)  # a held 0 W needs no refresh
 
 
+def test_a_held_0_w_is_refreshed_where_a_lapsed_lease_is_not_0_w() -> None:
+    loop, drivers = make_loop()
+    drivers["b"].lease_lapse_is_zero = False  # type: ignore[attr-defined]  # e.g. SunSpec 124: back to its own mode
+    state = loop.fleet.assets["b"]
+    state.lease_written, state.written_setpoint_w, state.written_at_monotonic = True, 0.0, 0.0
+    assert not loop._needs_write(state, Setpoint("b", 0, 0), 1.0)
+    assert loop._needs_write(state, Setpoint("b", 0, 0), 5.0)  # half the 10 s lease: refreshed
+
+
 def test_lease_refresh_follows_device_time() -> None:
     loop, _ = make_loop(time_scale=10.0)  # device time runs 10x: a 10 s lease is 1 s of loop time
     state = loop.fleet.assets["b"]

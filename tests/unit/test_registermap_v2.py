@@ -36,6 +36,22 @@ POWER = '[[registers]]\nfield = "power_w"\naddress = 0\ntype = "s16"\nunit = "W"
          r"row b: bits \[3, 4\] overlap a"),
         (POWER.replace('type = "s16"', 'type = "s32"\nwrite_function = 6'), "", 2,
          r"registers.0: write_function 6 writes one register; a s32 needs 16 \[row power_w\]"),
+        # issue 12 §1 leftovers: coils and discrete inputs, unit ids, connectors, the lease's upper bound
+        (POWER + '[[registers]]\nname = "flag"\naddress = 5\ntype = "bit"\n', "", 2,
+         r"t.toml: registers.1: a coil or discrete input is `type = \"bit\"` with `function = 1`.*\[row flag\]"),
+        (POWER + '[[registers]]\nname = "flag"\naddress = 5\ntype = "bit"\nfunction = 2\naccess = "rw"\n', "", 2,
+         r"registers.1: only a coil \(function 1\) is writable.*\[row flag\]"),
+        (POWER.replace('unit = "W"', 'unit = "W"\nwrite_function = 5'), "", 2,
+         r"registers.0: write_function 5/15 writes coils; registers are written with 6/16 \[row power_w\]"),
+        (POWER.replace('unit = "W"', 'unit = "W"\nunit_id = 300'), "", 2, r"registers.0.unit_id: .*\[row power_w\]"),
+        (POWER, "[model.connector]\nrows = [0, 99]\nstride = 50\ncount = 2", 2,
+         r"t.toml: .*\[model.connector\] stride 50 is shorter than connector 1's object \[0, 99\]"),
+        (POWER, "[model.connector]\nrows = [10, 19]\nstride = 10\ncount = 2", 2,
+         r"\[model.connector\] rows \[10, 19\] hold no row of the map"),
+        (POWER + '[[registers]]\nfield = "setpoint_w"\naddress = 1\ntype = "s16"\nunit = "W"\naccess = "rw"\n',
+         "read_function = 4", 2, r"row setpoint_w: an input register \(function 4\) is read-only"),
+        (POWER + "[control]\nlease_max_s = 600\n", "", 2,
+         r"\[control\] lease_max_s bounds a lease, but the map writes none"),
     ],
 )
 def test_mistakes_name_file_row_and_key(tmp_path: Path, body: str, model: str, schema: int, expected: str) -> None:
@@ -105,3 +121,55 @@ def test_a_map_that_takes_setpoints_gives_the_device_a_lease_or_says_why_not(tmp
                              kind="battery"))  # fmt: skip
     assert not unleased.leased and unleased.control.no_lease == "the vendor has no timeout"
     assert load_map(_map(tmp_path, POWER)).leased is False  # a meter takes no setpoints: nothing to lease
+
+
+def test_bits_and_unit_ids_are_planned_apart(tmp_path: Path) -> None:
+    """Coils, discrete inputs and each unit id are separate requests; bits decode as 0/1 and a coil is written
+    with function 05 on its own unit."""
+    body = (
+        POWER
+        + '[[registers]]\nname = "alarm"\naddress = 0\ntype = "bit"\nfunction = 2\n'
+        + '[[registers]]\nname = "enable"\naddress = 0\ntype = "bit"\nfunction = 1\naccess = "w"\nunit_id = 3\n'
+        + '[[registers]]\nfield = "soc"\naddress = 0\ntype = "u16"\nunit = "%"\nfunction = 4\nunit_id = 3\n'
+    )
+    m = load_map(_map(tmp_path, body))
+    assert [(s.function, s.unit_id, s.count) for s in m.spans] == [(2, None, 1), (3, None, 1), (4, 3, 1)]
+    reading = m.read([[1], [250], [55]])
+    assert reading.extras["alarm"] == 1 and reading.values == {"power_w": 250, "soc": 0.55}
+    write = m.write("enable", m.encode_raw("enable", 1))
+    assert (write.function, write.unit_id, write.registers) == (5, 3, [1])
+
+
+def test_connector_moves_its_object_and_nothing_else() -> None:
+    one, three = load_map("evtec_bidipro10"), load_map("evtec_bidipro10", connector=3)
+    assert three.pdu_address("status") == one.pdu_address("status") + 200
+    assert three.pdu_address("setpoint_w") == 386
+    assert three.pdu_address("lease_timeout_s") == 42  # the charge point's object stays
+    assert [(s.address, s.count) for s in three.spans] == [(300, 88)]  # the block moved with it: one request
+    with pytest.raises(MapError, match=r"evtec_bidipro10.toml: connector = 9 is not one of 1..8"):
+        load_map("evtec_bidipro10", connector=9)
+    with pytest.raises(MapError, match=r"wallbox_quasar.toml: connector = 2, but the map has no \[model.connector\]"):
+        load_map("wallbox_quasar", connector=2)
+
+
+def test_lease_beyond_the_device_maximum_is_a_warning_below_the_refresh_an_error() -> None:
+    from drivers.registermap import lease_check
+
+    evtec = load_map("evtec_bidipro10")  # [control] lease_max_s = 600
+    assert lease_check(evtec, 300, 30) == ([], [])
+    errors, warnings = lease_check(evtec, 900, 30)
+    assert errors == [] and "lease_max_s = 600 s: agent lease_timeout_s = 900 s is written as 600 s" in warnings[0]
+    errors, warnings = lease_check(evtec, 1300, 650)
+    assert warnings == [] and "shorter than the 650 s the agent needs" in errors[0]
+
+
+def test_check_config_view_of_an_asset_map() -> None:
+    """What `vpp-agent check-config` reports for one Modbus asset: map errors with the file, the connector, and
+    the lease against the device's maximum."""
+    from drivers.registermap import check_asset_map
+
+    assert check_asset_map("evtec_bidipro10", 2, 10, 7) == ([], [])
+    errors, _ = check_asset_map("evtec_bidipro10", 12, 10, 7)
+    assert "evtec_bidipro10.toml: connector = 12 is not one of 1..8" in errors[0]
+    _, warnings = check_asset_map("evtec_bidipro10", None, 900, 7)
+    assert "written as 600 s" in warnings[0]

@@ -39,7 +39,7 @@ from agent.signals.models import (
 )
 from agent.signals.sanity import clock_is_sane
 from agent.status import Health, status_payload
-from agent.store import Store, StoreError
+from agent.store import Store, StoredMemory, StoreError
 from agent.telemetry import TelemetryPublisher
 from agent.trust.gate import CommandGate
 from agent.trust.keys import Signer
@@ -61,7 +61,7 @@ class AgentApp:
     def __init__(
         self, config: AppConfig, now: Callable[[], datetime], time_scale: float = 1.0, state_dir: Path | None = None
     ) -> None:
-        from drivers.factory import build_drivers, build_link
+        from agent.wiring import build_drivers, build_link
 
         self.config = config
         self.sealer = _sealer(config, now)  # None: the agent has no key of its own and publishes unsigned
@@ -69,12 +69,17 @@ class AgentApp:
         self.link = build_link(config.mqtt, now, seal) if config.mqtt.enabled else None
         # what the agent's own parts publish goes out sealed; device bridges keep the plain link
         self.out: Bus | None = SealedBus(self.link, self.sealer) if self.link and self.sealer else self.link
-        self.drivers, self.pool = build_drivers(config, now, self.link)
-        self.loop = ControlLoop(config, self.drivers, clock=now, time_scale=time_scale)
         state_file = config.agent.state_file
         if state_dir is not None and state_file != ":memory:" and not Path(state_file).is_absolute():
             state_file = str(state_dir / state_file)
         self.store = Store(state_file)
+        self.memory = StoredMemory(self.store, now)  # drivers' state across restarts (an OCPP transaction's)
+        try:
+            self.drivers, self.pool = build_drivers(config, now, self.link, self.memory)
+        except BaseException:
+            self.store.close()
+            raise
+        self.loop = ControlLoop(config, self.drivers, clock=now, time_scale=time_scale)
         # every accepted command, plan change, override and (counted, sampled) refusal; docs/audit.md
         self.audit = AuditTrail(self.store, now, config.trust.audit_refusal_samples)
         self.audit.trust("start", config.trust, required=config.signatures_required)
@@ -82,7 +87,9 @@ class AgentApp:
         self.audit_topic = f"{prefix}/audit/head"
         # a meter reading stands for the power after it for at most 10 periods (device time): longer gaps stay gaps
         hold_s = max(5.0, 10 * config.agent.poll_period_s * time_scale)
-        self.events = EventManager(self.store, self.loop.fleet, config.events, max_hold_s=hold_s)
+        self.events = EventManager(
+            self.store, self.loop.fleet, config.events, max_hold_s=hold_s, energy_sources=self.drivers.values()
+        )  # OCPP EVSEs book their own register history per interval (agent.ports.RegisterHistory)
         self.gate = CommandGate(
             config.trust, config.signatures_required, self.store, clock_skew_s=config.signals.clock_skew_s
         )
@@ -204,6 +211,7 @@ class AgentApp:
         frozen = sorted(s.id for s in self.loop.fleet.assets.values() if s.frozen)
         self._report("assets", f"frozen registers, out of service: {', '.join(frozen)}" if frozen else None)
         self._housekeeping(now)
+        self.memory.flush_soon(time.monotonic())
 
     def _dispatch_problem(self) -> str | None:
         d = self.dispatcher
@@ -326,7 +334,7 @@ class AgentApp:
             else None
         )
         metrics = start_metrics(self, self.config.metrics)
-        from drivers.factory import build_csms  # the OCPP CSMS (docs/ocpp.md); ocpp is imported only when on
+        from agent.wiring import build_csms  # the OCPP CSMS (docs/ocpp.md); ocpp is imported only when on
 
         csms = build_csms(self.config, self.drivers, self.now)
         if csms is not None:
@@ -374,6 +382,12 @@ class AgentApp:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(link_task, timeout=1.0)
             self.pool.close()
+            # every driver's own connections (a plugin's, an MQTT device's subscriptions); Modbus ones share the pool
+            closing = asyncio.gather(*(_logged(d.close(), "driver.close_failed") for d in self.drivers.values()))
+            try:  # a driver that hangs in close() must not hold the shutdown
+                await asyncio.wait_for(closing, timeout=1.0)
+            except TimeoutError:
+                log.warning("driver.close_timeout", timeout_s=1.0)
             for task in [*self._background, self._events_task]:
                 if task is not None:
                     task.cancel()
@@ -382,6 +396,7 @@ class AgentApp:
             with contextlib.suppress(Exception):  # progress of active events, so a restart resumes them
                 await self.events.flush()
             await _logged(self.audit.flush(), "audit.close_failed")  # commands taken while the link was closing
+            await _logged(self.memory.flush(), "memory.flush_failed")  # what the drivers' close() remembered
             self.store.close()
             log.info("agent.stop", cycles=self.loop.cycles, writes=self.loop.writes)
             self.notifier.close()

@@ -1,5 +1,6 @@
 """The agent's durable state (SQLite): accepted signals, the lifecycle of grid events, their meter samples, the
-latest activation of each award, site-meter interval history, and the audit trail (agent/audit, docs/audit.md).
+latest activation of each award, site-meter interval history, each asset's own interval energy (attribution of
+M&V), and the audit trail (agent/audit, docs/audit.md).
 
 An acknowledged signal and an event's progress must survive any restart (an active event resumes), so a signal or
 an activation is on disk (synchronous=FULL) before its acknowledgement goes out, and an active event's meter samples
@@ -7,11 +8,12 @@ are appended every few seconds rather than rewritten as one growing blob. Writes
 loop never waits on the disk.
 
 Every table has a retention rule (`prune`): signals go `[signals] keep_days` after they end, finished events and
-their reports `[events] report_keep_days` after they end, samples with their event's report, intervals after
-`[events] history_days`, audit rows after `[trust] audit_keep_days` (the newest row always stays: it carries the
-chain on; a `pruned` row records each prune in the chain). A failing disk (full, read-only, gone) raises
-StoreError naming the file and the operation; callers report it and carry on from memory, so a full disk degrades
-the agent instead of stopping it.
+their reports `[events] report_keep_days` after they end, samples with their event's report, intervals (site
+and per asset) after `[events] history_days`, driver memory a week after its last write (at start), audit rows
+after `[trust] audit_keep_days` (the newest row always stays: it carries the chain on; a `pruned` row records each
+prune in the chain). A failing disk (full,
+read-only, gone) raises StoreError naming the file and the operation; callers report it and carry on from memory,
+so a full disk degrades the agent instead of stopping it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
+
+import structlog
 
 from agent.audit.chain import GENESIS, PRUNED, Head, NotCanonical, Prune, Row, encode_data, row_hash, timestamp
 from agent.events.mv.intervals import Interval
@@ -106,6 +110,37 @@ def _baseline(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
+def _asset_intervals(db: sqlite3.Connection) -> None:
+    """Migration 2: each asset's own account of its energy per settlement interval (agent/events/lifecycle.py books
+    OCPP transactions' registers here). One row per (asset, source, interval): `source` is the booking's origin
+    (one transaction log), so booking a source again replaces its own rows (a resent event cannot count twice)
+    and different sources of one asset add up."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS asset_intervals (
+            asset_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            start_ts REAL NOT NULL,
+            import_wh REAL NOT NULL,
+            export_wh REAL NOT NULL,
+            PRIMARY KEY (asset_id, source, start_ts)
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS asset_intervals_by_start ON asset_intervals (start_ts)")
+
+
+def _driver_memory(db: sqlite3.Connection) -> None:
+    """Migration 3: what drivers keep across restarts (agent.ports.DriverMemory; an OCPP EVSE's running
+    transaction: the EV's charging needs and its register log's tail), a JSON value per key, with when it was
+    last written (unix s, the agent's clock) for retention."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS driver_memory (
+            key TEXT PRIMARY KEY,
+            updated_ts REAL NOT NULL,
+            value TEXT NOT NULL
+        )"""
+    )
+
+
 # Numbered migrations: the file's `PRAGMA user_version` is the number of the last one applied. Each runs once, in
 # its own transaction with the version bump, so a crash leaves the file at one version or the next. A schema change
 # appends one entry here (never edits a released one): e.g. (2, "signals.source", lambda db: db.execute(...)).
@@ -113,6 +148,8 @@ def _baseline(db: sqlite3.Connection) -> None:
 # drops a table, index or trigger must take it out of SCHEMA too.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], object]]] = [
     (1, "baseline: tables of the first versioned release; columns added before versions", _baseline),
+    (2, "asset_intervals: per-asset energy per settlement interval", _asset_intervals),
+    (3, "driver_memory: driver state kept across restarts", _driver_memory),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -145,6 +182,16 @@ OPEN_EVENT_STATES = ("received", "accepted", "scheduled", "active")
 
 AddResult = Literal["new", "duplicate", "conflict"]
 SeriesName = Literal["site", "activation"]
+
+
+class AssetEnergy(NamedTuple):
+    """One booking: the energy `source` says `asset_id` imported and exported in the interval from `start_ts`."""
+
+    asset_id: str
+    source: str
+    start_ts: float
+    import_wh: float
+    export_wh: float
 
 
 class SequenceRow(NamedTuple):
@@ -443,6 +490,50 @@ class Store:
         )
         return [Interval(float(t), float(w), float(c)) for t, w, c in rows]
 
+    # -- driver memory (agent.ports.DriverMemory) ------------------------------------------------------------
+    def load_driver_memory(self, forget_before_ts: float) -> dict[str, dict[str, Any]]:
+        """Every key's value, after deleting those last written before `forget_before_ts` (retention)."""
+
+        def work(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            db.execute("DELETE FROM driver_memory WHERE updated_ts < ?", (forget_before_ts,))
+            return db.execute("SELECT key, value FROM driver_memory").fetchall()
+
+        return {str(k): json.loads(v) for k, v in self._run("load driver memory", work, transaction=True)}
+
+    def save_driver_memory(self, puts: list[tuple[str, float, str]], drops: list[str]) -> None:
+        """Write (key, updated_ts, JSON text) rows and delete `drops`, in one transaction (worker thread)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO driver_memory (key, updated_ts, value) VALUES (?, ?, ?)", puts)
+            db.executemany("DELETE FROM driver_memory WHERE key = ?", [(k,) for k in drops])
+
+        self._run("save driver memory", work, transaction=True)
+
+    # -- per-asset interval energy --------------------------------------------------------------------------
+    async def add_asset_intervals(self, rows: list[AssetEnergy], keep_days: float = 60.0) -> None:
+        """Merge bookings: each (asset, source, interval) takes the newest value its source computed (a source
+        rebooks from its whole history, so replacing is idempotent); rows older than `keep_days` before the newest
+        go."""
+        if rows:
+            await self._in_thread("store asset intervals", lambda db: _merge_asset_intervals(db, rows, keep_days),
+                                  transaction=True)
+
+    def load_asset_intervals(self, start_ts: float, end_ts: float) -> dict[str, dict[float, tuple[float, float]]]:
+        """asset id -> interval start -> (import Wh, export Wh), summed over sources, for intervals starting in
+        [start_ts, end_ts)."""
+        rows = self._run(
+            "load asset intervals",
+            lambda db: db.execute(
+                "SELECT asset_id, start_ts, sum(import_wh), sum(export_wh) FROM asset_intervals "
+                "WHERE start_ts >= ? AND start_ts < ? GROUP BY asset_id, start_ts ORDER BY asset_id, start_ts",
+                (start_ts, end_ts),
+            ).fetchall(),
+        )
+        out: dict[str, dict[float, tuple[float, float]]] = {}
+        for asset_id, start, imported, exported in rows:
+            out.setdefault(str(asset_id), {})[float(start)] = (float(imported), float(exported))
+        return out
+
     # -- audit trail ------------------------------------------------------------------------------------------
     def append_audit(self, entries: list[tuple[str, str, dict[str, Any]]]) -> Head | None:
         """Append (at, kind, data) entries to the chain in one transaction and return the new head (None when
@@ -511,6 +602,77 @@ class Store:
             self._db.close()
 
 
+class StoredMemory:
+    """agent.ports.DriverMemory on the Store: read once at start (keys older than `keep_s` forgotten), changes
+    written in the background (`flush_soon` after a control cycle, at most every `flush_every_s`) and at shutdown
+    (`flush`), so a driver's `put` never waits on the disk. A failed write keeps the changes for the next one."""
+
+    def __init__(self, store: Store, now: Callable[[], datetime], keep_s: float = 7 * 86400.0,
+                 flush_every_s: float = 2.0) -> None:
+        self.store = store
+        self.now = now
+        self.flush_every_s = flush_every_s
+        self._values = store.load_driver_memory(now().timestamp() - keep_s)
+        self._dirty: set[str] = set()
+        self._dropped: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._next_flush = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.writes = 0
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._values.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self._values[key] = dict(value)
+        self._dirty.add(key)
+        self._dropped.discard(key)
+
+    def drop(self, key: str) -> None:
+        if self._values.pop(key, None) is not None or key in self._dirty:
+            self._dropped.add(key)
+        self._dirty.discard(key)
+
+    def flush_soon(self, monotonic_s: float) -> None:
+        """Start a background write of the changes when there are some and the last started `flush_every_s` ago."""
+        if (self._dirty or self._dropped) and monotonic_s >= self._next_flush and (
+                self._task is None or self._task.done()):
+            self._next_flush = monotonic_s + self.flush_every_s
+            self._task = asyncio.get_running_loop().create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        """A background write; a failure keeps the changes for the next one."""
+        try:
+            await self.flush()
+        except StoreError:
+            pass  # in the agent's health already (`store.last_error`)
+        except (TypeError, ValueError) as exc:  # a driver's bug: say so, the other keys wait with it
+            structlog.get_logger("agent.store").error("memory.not_json", error=str(exc)[:200])
+
+    async def flush(self) -> None:
+        """Write the changes now. Encoded in the worker thread too (a few hundred EVSEs' logs take ~1 ms each): a
+        value is never changed after `put` (drivers put fresh values, `put` copies the top level)."""
+        async with self._lock:
+            if not (self._dirty or self._dropped):
+                return
+            at = self.now().timestamp()
+            values = [(k, self._values[k]) for k in sorted(self._dirty)]
+            drops = sorted(self._dropped)
+            self._dirty, self._dropped = set(), set()
+
+            def write() -> None:
+                puts = [(k, at, json.dumps(v, separators=(",", ":"))) for k, v in values]
+                self.store.save_driver_memory(puts, drops)
+
+            try:
+                await asyncio.to_thread(write)
+            except (StoreError, TypeError, ValueError):  # TypeError / ValueError: a value that is not JSON-able
+                self._dirty |= {k for k, _ in values if k in self._values}
+                self._dropped |= {k for k in drops if k not in self._values}
+                raise
+            self.writes += 1
+
+
 def _append_audit(db: sqlite3.Connection, entries: list[tuple[str, str, dict[str, Any]]]) -> Head:
     """Chain (at, kind, data) entries onto the newest row, inside the caller's transaction."""
     last = db.execute("SELECT n, hash, at FROM audit ORDER BY n DESC LIMIT 1").fetchone()
@@ -573,6 +735,17 @@ def _save_sequence(db: sqlite3.Connection, sequence: SequenceRow) -> None:
 def _canonical(payload: object) -> str:
     """One text per content: a re-sent signal compares equal whatever its key order or spacing."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _merge_asset_intervals(db: sqlite3.Connection, rows: list[AssetEnergy], keep_days: float) -> None:
+    db.executemany(
+        "INSERT INTO asset_intervals (asset_id, source, start_ts, import_wh, export_wh) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (asset_id, source, start_ts) DO UPDATE SET import_wh = excluded.import_wh, "
+        "export_wh = excluded.export_wh",
+        rows,
+    )
+    cutoff = max(r.start_ts for r in rows) - keep_days * 86400
+    db.execute("DELETE FROM asset_intervals WHERE start_ts < ?", (cutoff,))
 
 
 def _merge_intervals(db: sqlite3.Connection, intervals: list[Interval], keep_days: float) -> None:

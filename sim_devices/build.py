@@ -52,9 +52,11 @@ def build_site(config: SimulationConfig, start: datetime) -> Site:
     """The physics of the whole configured site, devices in config order."""
     site = Site(start, base_load_w=config.base_load_w, pv_peak_w=config.pv_peak_w, utc_offset_h=config.utc_offset_h)
     for group, placement in config.placements():
-        device = build_device(group, placement.id, config.seed, site.start_unix_s)
-        if isinstance(device, DCMeter):
-            site.add_meter(placement.id, device)
-        else:
-            site.add_device(placement.id, device)
+        # an OCPP station with several EVSEs has one physics per EVSE (config.DeviceGroupConfig.evse_ids)
+        for device_id in group.evse_ids(placement.id) if group.transport == "ocpp" else [placement.id]:
+            device = build_device(group, device_id, config.seed, site.start_unix_s)
+            if isinstance(device, DCMeter):
+                site.add_meter(device_id, device)
+            else:
+                site.add_device(device_id, device)
     return site

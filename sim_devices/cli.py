@@ -1,7 +1,9 @@
 """`vpp-sim --config FILE [--speed X] [--host H] [--fault ID:KIND[=VALUE]]...`.
 
 Serves the `[simulation]` table of a config file until stopped: Modbus TCP devices on their ports, MQTT devices
-(`transport = "mqtt"`) through the broker of `[simulation.mqtt]`, reconnecting whenever it restarts.
+(`transport = "mqtt"`) through the broker of `[simulation.mqtt]`, reconnecting whenever it restarts. A Modbus
+group's `model` is a map id in drivers/maps or, as `vpp-agent` takes an asset's `map`, a path to a `.toml` map file
+(relative to the working directory).
 
 Reads only `[simulation]` (the agent's tables in the same file are ignored), logs one line per listening port,
 stops within a second of SIGINT/SIGTERM, and exits with code 2 and the key path of the problem on a bad config.
@@ -43,7 +45,7 @@ def configure_logging() -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vpp-sim", description="Serve simulated VPP devices over Modbus TCP and MQTT."
+        prog="vpp-sim", description="Serve simulated VPP devices over Modbus TCP and MQTT, and OCPP stations."
     )
     parser.add_argument("--config", required=True, help="TOML file with a [simulation] table")
     parser.add_argument("--speed", type=float, help="sim seconds per wall second (overrides the file)")
@@ -51,7 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="ID:KIND[=VALUE]",
         help="inject a fault from the start: offline, slow=SECONDS, exception[=CODE], frozen, device=CODE, "
-             "offset=WATTS (reports that much more power than flows; repeatable)",
+             "offset=WATTS (reports that much more power than flows); OCPP stations: offline, slow=SECONDS, "
+             "device=CODE, reject[=REASON], silent, reboot (repeatable)",
+    )
+    parser.add_argument(
+        "--fault-timeline", metavar="FILE",
+        help="TOML file of [[faults]] entries (at_s, device, kind, for_s, value) applied on the sim clock; "
+             "replaces [simulation] fault_timeline (docs/simulator.md)",
     )
     return parser.parse_args(argv)
 
@@ -77,13 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_simulation_file(args.config)
         faults = [parse_fault_spec(spec) for spec in args.fault]
-        ids = {p.id for _, p in config.placements()}
-        for device_id, _, _ in faults:
-            if device_id not in ids:
+        kinds = config.fault_kinds_by_device()
+        for device_id, kind, _ in faults:
+            if device_id not in kinds:
                 raise SimulationError(f"--fault names unknown device {device_id!r}")
+            if kind not in kinds[device_id]:
+                raise SimulationError(f"--fault {device_id}:{kind}: does not apply to this device "
+                                      f"(its kinds: {', '.join(kinds[device_id])})")
+        if args.fault_timeline is not None:
+            config = config.with_fault_timeline(args.fault_timeline, "--fault-timeline")
         overrides = {k: v for k, v in (("speed", args.speed), ("host", args.host)) if v is not None}
         if overrides:
-            config = config.model_validate({**config.model_dump(), **overrides})
+            # exclude_unset: a re-validated config must not look as if the file had set every default (validators
+            # that check which keys were given would fire)
+            config = config.model_validate({**config.model_dump(exclude_unset=True), **overrides})
     except SimulationError as exc:
         print(f"vpp-sim: {exc}", file=sys.stderr)
         return 2

@@ -33,14 +33,20 @@ from agent.config import Host
 from sim_devices.maps import MapError, load_map
 from sim_devices.mqtt_codec import load_mqtt_model
 
-Transport = Literal["modbus", "mqtt", "ocpp"]
+Transport = Literal["modbus", "mqtt", "ocpp", "sunspec"]
 # OCPP station models (sim_devices/ocpp_station.py) and their device kind: the protocol defines the fields, no map
-OCPP_MODELS: dict[str, str] = {"ocpp21_dc_bpt": "ev_charger"}
+OCPP_MODELS: dict[str, str] = {"ocpp21_dc_bpt": "ev_charger", "ocpp201_charge": "ev_charger"}
 
 
 def model_kind(transport: str, model: str) -> str:
     """Device kind of a model id: a register map for Modbus groups, an MQTT map for MQTT groups, an OCPP station
     model for OCPP groups (MapError if none)."""
+    if transport == "sunspec":  # SunSpec images (sim_devices/sunspec): the models' definitions, no map
+        from sim_devices.sunspec.image import PRODUCTS
+
+        if model not in PRODUCTS:
+            raise MapError(f"unknown SunSpec product {model!r}; known: {', '.join(PRODUCTS)}")
+        return PRODUCTS[model][0]
     if transport == "ocpp":
         if model not in OCPP_MODELS:
             raise MapError(f"unknown OCPP station model {model!r}; known: {', '.join(OCPP_MODELS)}")
@@ -168,6 +174,10 @@ class OcppSimConfig(_Strict):
     password_env: str | None = None
     meter_period_s: float = Field(default=1.0, gt=0, le=3600, description="TransactionEvent meter values, wall s")
     fallback_w: float = Field(default=0.0, description="power after a profile lapses offline (no TxDefaultProfile)")
+    tx_resumption_timeout_s: float = Field(default=0.0, ge=0, description="2.1: > 0 resumes a transaction across a "
+                                           "reboot (TxResumed); 0 ends it (PowerLoss)")
+    follow_tx_interval: bool = Field(default=True, description="apply the CSMS's SampledDataCtrlr.TxUpdatedInterval; "
+                                     "false keeps meter_period_s (a lab setting for sub-second tests)")
 
     @model_validator(mode="after")
     def _one_source(self) -> OcppSimConfig:
@@ -190,6 +200,8 @@ class DeviceGroupConfig(_Strict):
     unit_id: int = Field(default=1, ge=1, le=247)
     units_per_port: int = Field(default=1, ge=1, le=247)
     topic: str | None = None
+    evses: int = Field(default=1, ge=1, le=32)  # OCPP: EVSEs per station, one connector and one physics each
+    sunspec_order: Literal["a", "b"] = "a"  # SunSpec: firmware order of the models (sim_devices/sunspec/image.py)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
@@ -216,7 +228,11 @@ class DeviceGroupConfig(_Strict):
 
     @model_validator(mode="after")
     def _transport_keys(self) -> DeviceGroupConfig:
-        if self.transport == "modbus":
+        if self.transport != "ocpp" and self.evses != 1:  # (not fields_set: a dumped and re-read config has it)
+            raise ValueError("evses is only for transport = 'ocpp' (EVSEs per station)")
+        if self.transport != "sunspec" and "sunspec_order" in self.model_fields_set:
+            raise ValueError("sunspec_order is only for transport = 'sunspec'")
+        if self.transport in ("modbus", "sunspec"):
             if self.port is None:
                 raise ValueError("port is required for a Modbus device group")
             if self.topic is not None:
@@ -250,6 +266,12 @@ class DeviceGroupConfig(_Strict):
         assert self.port is not None
         return expand_group(self.id, self.count, self.port, self.unit_id, self.units_per_port)
 
+    def evse_ids(self, station_id: str) -> list[str]:
+        """Physics ids of an OCPP station's EVSEs: the station id itself for one EVSE, else `<station>-evse<k>`."""
+        if self.evses == 1:
+            return [station_id]
+        return [f"{station_id}-evse{k}" for k in range(1, self.evses + 1)]
+
     def device_topic(self, device_id: str) -> str:
         """Base topic of one MQTT device of this group."""
         assert self.topic is not None
@@ -276,6 +298,7 @@ class SimulationConfig(_Strict):
     utc_offset_h: float = Field(default=9.0, ge=-12, le=14)
     mqtt: MqttSimConfig | None = None
     ocpp: OcppSimConfig | None = None
+    fault_timeline: str | None = Field(default=None, min_length=1)  # a TOML file of [[faults]] (docs/simulator.md)
     devices: list[DeviceGroupConfig] = Field(min_length=1)
 
     @field_validator("start")
@@ -287,8 +310,15 @@ class SimulationConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> SimulationConfig:
-        hosts = ["" if g.transport == "modbus" else f"mqtt#{i}" for i, g in enumerate(self.devices)]
+        hosts = ["" if g.transport in ("modbus", "sunspec") else f"mqtt#{i}" for i, g in enumerate(self.devices)]
         index_placements("devices", [g._address_check for g in self.devices], hosts)
+        ids = {p.id for g in self.devices for p in g.placements()}
+        for index, group in enumerate(self.devices):  # an OCPP station's EVSE physics ids must not clash either
+            for placement in group.placements() if group.transport == "ocpp" and group.evses > 1 else []:
+                for evse_id in group.evse_ids(placement.id):
+                    if evse_id in ids:
+                        raise ValueError(f"devices[{index}].evses: EVSE id {evse_id!r} is already a device id")
+                    ids.add(evse_id)
         topics: dict[str, str] = {}
         for index, group in enumerate(self.devices):
             if group.transport != "mqtt":
@@ -307,6 +337,24 @@ class SimulationConfig(_Strict):
 
     def placements(self) -> list[tuple[DeviceGroupConfig, Placement]]:
         return [(g, p) for g in self.devices for p in g.placements()]
+
+    def fault_kinds_by_device(self) -> dict[str, tuple[str, ...]]:
+        """The fault kinds each device (an OCPP station as a whole) can show, for --fault and the timeline."""
+        from sim_devices.faults import fault_kinds
+
+        return {p.id: fault_kinds(g.transport) for g, p in self.placements()}
+
+    def with_fault_timeline(self, path: str | Path, where: str) -> SimulationConfig:
+        """This config with the timeline file `path` read, checked against the devices and made absolute
+        (SimulationError naming `where`, the file, the entry and the key)."""
+        from sim_devices.faults import TimelineError, load_timeline
+
+        resolved = Path(path).resolve()
+        try:
+            load_timeline(resolved, self.fault_kinds_by_device())
+        except TimelineError as exc:
+            raise SimulationError(f"{where}: {exc}") from exc
+        return self.model_copy(update={"fault_timeline": str(resolved)})
 
 
 def _path(where: str, loc: tuple[int | str, ...]) -> str:
@@ -369,4 +417,7 @@ def load_simulation_file(path: str | Path) -> SimulationConfig:
     table = data.get("simulation")
     if not isinstance(table, dict):
         raise SimulationError(f"{p}: no [simulation] table")
-    return parse_simulation(table, f"{p}: simulation")
+    config = parse_simulation(table, f"{p}: simulation")
+    if config.fault_timeline is not None:  # relative to the config file
+        config = config.with_fault_timeline(p.parent / config.fault_timeline, f"{p}: simulation.fault_timeline")
+    return config

@@ -25,7 +25,7 @@ from agent.addressing import Placement
 from sim_devices.build import build_site
 from sim_devices.clock import Clock, ManualClock, SimClock
 from sim_devices.config import OcppSimConfig, SimulationConfig, SimulationError
-from sim_devices.faults import DeviceFaults
+from sim_devices.faults import DeviceFaults, FaultGroup, FaultTimeline, TimelineError, load_timeline
 from sim_devices.maps import load_map
 from sim_devices.meter import DCMeter
 from sim_devices.mqtt_codec import load_mqtt_model
@@ -74,20 +74,31 @@ class SimSite:
         self.mqtt_endpoints: dict[str, MqttEndpoint] = {}
         self._faults: dict[str, DeviceFaults] = {}
         by_port: dict[int, list[DeviceEndpoint]] = defaultdict(list)
-        ocpp_devices: list[tuple[str, Any, DeviceFaults]] = []
+        ocpp_devices: list[tuple[str, list[Any], DeviceFaults, str]] = []
         for group, placement in config.placements():
-            physics = self.devices[placement.id]
             if group.transport == "ocpp":  # a station dials the CSMS: offline = link dropped and kept down
-                faults = DeviceFaults(placement.id, physics)
+                evses = [self.devices[i] for i in group.evse_ids(placement.id)]
+                faults = DeviceFaults(placement.id, FaultGroup(evses), transport="ocpp")
                 self._faults[placement.id] = faults
-                ocpp_devices.append((placement.id, physics, faults))
+                ocpp_devices.append((placement.id, evses, faults, group.model))
                 continue
+            physics = self.devices[placement.id]
             if group.transport == "mqtt":
                 faults = DeviceFaults(placement.id, physics)  # offline = silent on the broker, no listener
                 self._faults[placement.id] = faults
                 self.mqtt_endpoints[placement.id] = MqttEndpoint(
                     placement.id, group.device_topic(placement.id), load_mqtt_model(group.model), physics, faults
                 )
+                continue
+            if group.transport == "sunspec":  # a SunSpec image of the same physics (sim_devices/sunspec)
+                from sim_devices.sunspec.image import SunSpecEndpoint, SunSpecImage
+
+                faults = DeviceFaults(placement.id, physics, self._offline_hook(placement))
+                image = SunSpecImage(group.model, physics, placement.id, group.sunspec_order)  # type: ignore[arg-type]
+                endpoint = SunSpecEndpoint(placement.id, placement.unit_id, image, faults)
+                self.endpoints[placement.id] = endpoint  # type: ignore[assignment]
+                self._faults[placement.id] = faults
+                by_port[placement.port].append(endpoint)  # type: ignore[arg-type]
                 continue
             maxima = physics.field_maxima() if isinstance(physics, DCMeter) else None
             codec = DeviceCodec(load_map(group.model), maxima)
@@ -104,9 +115,17 @@ class SimSite:
         )
         self.ocpp: OcppStations | None = None
         if ocpp_devices:  # ocpp and websockets are imported only for a site with OCPP stations
-            from sim_devices.ocpp_station import OcppStations
+            from sim_devices.ocpp_station import OCPP_VERSIONS, OcppStations, StationSpec
 
-            self.ocpp = OcppStations(config.ocpp or OcppSimConfig(), ocpp_devices, self.clock)
+            specs = [StationSpec(sid, evses, faults, OCPP_VERSIONS[model])
+                     for sid, evses, faults, model in ocpp_devices]
+            self.ocpp = OcppStations(config.ocpp or OcppSimConfig(), specs, self.clock)
+        self.timeline: FaultTimeline | None = None
+        if config.fault_timeline is not None:  # one home for fault scheduling: sim_devices/faults.py
+            try:
+                self.timeline = load_timeline(config.fault_timeline, config.fault_kinds_by_device())
+            except TimelineError as exc:
+                raise SimulationError(f"simulation.fault_timeline: {exc}") from exc
         self._ticker: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.manual = isinstance(self.clock, ManualClock)
@@ -148,6 +167,10 @@ class SimSite:
             self.mqtt.start()  # connects in the background and keeps reconnecting: a broker may come up later
         if not self.manual:
             self._ticker = asyncio.create_task(self._tick(), name="sim-ticker")
+        if self.timeline is not None:
+            task = asyncio.create_task(self.timeline.run(self.clock.seconds, self.faults), name="sim-timeline")
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
 
     async def stop(self) -> None:
         """Stop the ticker, drop parked requests and close every listener (bounded by STOP_TIMEOUT_S)."""

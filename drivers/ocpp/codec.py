@@ -11,13 +11,17 @@ can hand it the text of the specification's field descriptions and nothing else:
 - NotifyEVChargingNeeds: departureTime (RFC 3339), energies in Wh relative to the EV's state of charge when sent
   (evTargetEnergyRequest "energy to requested state of charge", evMinEnergyRequest "energy to minimum allowed state
   of charge"), targetSoC / stateOfCharge in percent, powers in W.
+- OCPP 2.0.1 (charge-only): ChargingSchedulePeriod.limit in W, never negative; the profile's validTo carries the
+  lease (2.0.1 has no maxOfflineDuration).
+- GetCompositeSchedule: the period in force at the schedule's start is what the station will do: its `setpoint`
+  when it has one (2.1 CentralSetpoint), else its `limit`, in the composite's chargingRateUnit (W asked for).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # measurand -> (domain field, sign): values of fields listed twice are summed with their sign
@@ -41,6 +45,17 @@ DEFAULT_UNITS: dict[str, str] = {"SoC": "Percent", "Voltage": "V", "Current.Impo
 
 CHARGING_RATE_UNIT = "W"
 OPERATION_MODE = "CentralSetpoint"
+# what SetVariables at boot asks every station to sample during a transaction (SampledDataCtrlr.
+# TxUpdatedMeasurands): the fields the agent steers and settles by; each one is read by MEASURANDS above
+TX_MEASURANDS: tuple[str, ...] = (
+    "Power.Active.Import", "Power.Active.Export", "Energy.Active.Import.Register", "Energy.Active.Export.Register",
+    "SoC",
+)
+assert all(m in MEASURANDS for m in TX_MEASURANDS)
+# a composite schedule matches the agent's request when it is this close: the setpoint is sent rounded to 0.1 W,
+# a station may round to its own resolution
+VERIFY_TOLERANCE_W = 1.0
+VERIFY_TOLERANCE_FRACTION = 0.01
 
 
 class CodecError(ValueError):
@@ -67,18 +82,24 @@ def sampled_si(sampled: Mapping[str, Any]) -> tuple[str, float] | None:
     return field, sign * value
 
 
-def meter_fields(meter_values: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Domain values of the latest MeterValue (by timestamp) of a TransactionEvent or MeterValues request."""
+def latest_meter_value(meter_values: Sequence[Mapping[str, Any]]) -> tuple[float | None, dict[str, float]]:
+    """(UNIX s it was measured, domain values) of the latest MeterValue by timestamp; (None, {}) when there is
+    none. The time matters to whoever must tell a value measured before a write from one measured after it."""
     if not meter_values:
-        return {}
-    latest = max(meter_values, key=lambda mv: _instant(mv.get("timestamp", ""), "meterValue.timestamp"))
+        return None, {}
+    return max((meter_value_fields(mv) for mv in meter_values), key=lambda pair: pair[0])
+
+
+def meter_value_fields(meter_value: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
+    """(UNIX s of its timestamp: when it was measured, domain values) of one MeterValue."""
+    when = _instant(meter_value.get("timestamp", ""), "meterValue.timestamp").timestamp()
     values: dict[str, float] = {}
-    for sampled in latest.get("sampledValue", []):
+    for sampled in meter_value.get("sampledValue", []):
         converted = sampled_si(sampled)
         if converted is not None:
             field, value = converted
             values[field] = values.get(field, 0.0) + value
-    return values
+    return when, values
 
 
 def session_fields(needs: Mapping[str, Any], soc_now: float | None) -> dict[str, float]:
@@ -150,6 +171,112 @@ def central_setpoint_request(
 def dynamic_update_request(profile_id: int, power_w: float) -> dict[str, Any]:
     """UpdateDynamicScheduleRequest: a new setpoint within the profile the station accepted."""
     return {"chargingProfileId": profile_id, "scheduleUpdate": {"setpoint": setpoint_value(power_w)}}
+
+
+def charge_limit_value(power_w: float) -> float:
+    """The 2.0.1 `limit` for `power_w` (W, > 0 charging): rounded to 0.1 W (the schema takes one decimal); a charge
+    limit cannot be negative (2.0.1 defines no discharge), so a negative request is a caller's error."""
+    value = setpoint_value(power_w)
+    if value < 0:
+        raise CodecError(f"charge limit {power_w!r} W is negative: an OCPP 2.0.1 station cannot discharge")
+    return value
+
+
+def charge_limit_request(
+    evse_id: int, profile_id: int, transaction_id: str, power_w: float, lease_s: int, now: datetime,
+    stack_level: int = 1,
+) -> dict[str, Any]:
+    """SetChargingProfileRequest for an OCPP 2.0.1 (charge-only) station: a TxProfile of kind Absolute starting now
+    with one period limiting the EVSE to `power_w`, valid until now + `lease_s` (validTo: the lease; after it the
+    station falls back to the TxDefaultProfile `default_limit_request` installed at boot)."""
+    return {
+        "evseId": evse_id,
+        "chargingProfile": {
+            "id": profile_id,
+            "stackLevel": stack_level,
+            "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Absolute",
+            "transactionId": transaction_id,
+            "validTo": stamp(now + timedelta(seconds=lease_s)),
+            "chargingSchedule": [
+                {
+                    "id": profile_id,
+                    "startSchedule": stamp(now),
+                    "chargingRateUnit": CHARGING_RATE_UNIT,
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": charge_limit_value(power_w)}],
+                }
+            ],
+        },
+    }
+
+
+def default_limit_request(evse_id: int, profile_id: int, power_w: float) -> dict[str, Any]:
+    """SetChargingProfileRequest: the TxDefaultProfile (stack level 0, kind Relative: from each transaction's
+    start) an OCPP 2.0.1 EVSE falls back to once the agent's TxProfile expires: the safe default of the lease."""
+    return {
+        "evseId": evse_id,
+        "chargingProfile": {
+            "id": profile_id,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Relative",
+            "chargingSchedule": [
+                {
+                    "id": profile_id,
+                    "chargingRateUnit": CHARGING_RATE_UNIT,
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": charge_limit_value(power_w)}],
+                }
+            ],
+        },
+    }
+
+
+def composite_schedule_request(evse_id: int, duration_s: int) -> dict[str, Any]:
+    """GetCompositeScheduleRequest: what the EVSE will do over the next `duration_s`, in W."""
+    return {"duration": duration_s, "evseId": evse_id, "chargingRateUnit": CHARGING_RATE_UNIT}
+
+
+def composite_power_w(answer: Mapping[str, Any]) -> float:
+    """The power (agent sign, W) a GetCompositeScheduleResponse says the EVSE follows now: the period in force at
+    the schedule's start, its `setpoint` when given (negative = discharge), else its `limit`."""
+    if answer.get("status") != "Accepted":
+        info = answer.get("statusInfo") or {}
+        raise CodecError(f"GetCompositeSchedule {answer.get('status')!r} {info.get('reasonCode', '')}".rstrip())
+    schedule = answer.get("schedule")
+    if not schedule:
+        raise CodecError("GetCompositeSchedule: Accepted without a schedule")
+    unit = schedule.get("chargingRateUnit")
+    if unit != CHARGING_RATE_UNIT:
+        raise CodecError(f"composite schedule in {unit!r}, not W: cannot be compared with the agent's W")
+    periods = [p for p in schedule.get("chargingSchedulePeriod", []) if p.get("startPeriod", 0) <= 0]
+    if not periods:
+        raise CodecError("composite schedule has no period in force at its start")
+    period = max(periods, key=lambda p: p.get("startPeriod", 0))
+    value = period.get("setpoint", period.get("limit"))
+    if value is None or not math.isfinite(float(value)):
+        raise CodecError(f"composite schedule period has neither setpoint nor limit: {period!r}")
+    return float(value)
+
+
+def schedule_matches(asked_w: float, composite_w: float) -> bool:
+    """True when the station's composite power is what the agent asked (same sign, within the tolerance)."""
+    return abs(composite_w - asked_w) <= max(VERIFY_TOLERANCE_W, VERIFY_TOLERANCE_FRACTION * abs(asked_w))
+
+
+def measurand_variables(interval_s: int) -> list[dict[str, Any]]:
+    """SetVariablesRequest.setVariableData: SampledDataCtrlr.TxUpdatedMeasurands = TX_MEASURANDS (a comma
+    separated list, OCPP 2.x part 2 "MemberList") and TxUpdatedInterval = `interval_s` seconds."""
+    component = {"name": "SampledDataCtrlr"}
+    return [
+        {"component": component, "variable": {"name": "TxUpdatedMeasurands"},
+         "attributeValue": ",".join(TX_MEASURANDS)},
+        {"component": component, "variable": {"name": "TxUpdatedInterval"}, "attributeValue": str(int(interval_s))},
+    ]
+
+
+def stamp(when: datetime) -> str:
+    """An RFC 3339 UTC date-time with milliseconds, as OCPP messages carry them."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _instant(text: str, where: str) -> datetime:

@@ -1,7 +1,8 @@
 """The CSMS's WebSocket server: who may connect, as whom, and which session serves each station.
 
-A station dials wss://<host>:<port><path>/<station id> offering the subprotocol "ocpp2.1" (a handshake without it
-gets HTTP 400). Security profiles (OCPP 2.x, docs/ocpp.md):
+A station dials wss://<host>:<port><path>/<station id> offering the subprotocol "ocpp2.1" (V2X) or "ocpp2.0.1"
+(charge-only: its EVSEs offer no discharge); 2.1 wins when a station offers both, and a handshake with neither gets
+HTTP 400 (OCPP 1.6 is not served). Security profiles (OCPP 2.x, docs/ocpp.md):
 - 2: TLS and HTTP Basic, user name = the station id of the URL, password from `[ocpp] password_file/_env`;
 - 3: TLS with a client certificate signed by `client_ca_file` whose subject CN is the station id (a station
   cannot act as another); a password is then needed only where one is configured for the station;
@@ -21,7 +22,8 @@ import ssl
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import structlog
@@ -29,14 +31,39 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from agent.config import OcppSettings
 from drivers.ocpp.evse import OcppEvseDriver
-from drivers.ocpp.session import StationLink
+from drivers.ocpp.session import VERSIONS, StationLink
 
 log = structlog.get_logger("drivers.ocpp")
 
-SUBPROTOCOLS = ("ocpp2.1",)
+SUBPROTOCOLS = tuple(VERSIONS)  # "ocpp2.1", "ocpp2.0.1": in order of preference
 STOP_TIMEOUT_S = 0.8
+
+
+class CsmsSettings(Protocol):
+    """What the CSMS reads of its settings: agent.config.OcppSettings satisfies it (agent/wiring.py passes that), so
+    this package does not import the agent's config. The three methods read files or the environment at start."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def client_ca_file(self) -> Path | None: ...
+    @property
+    def heartbeat_interval_s(self) -> int: ...
+    @property
+    def response_timeout_s(self) -> float: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def meter_interval_s(self) -> int: ...
+
+    def passwords(self) -> dict[str, str]: ...
+    def tls_context(self) -> ssl.SSLContext | None: ...
+    def accepted_id_tokens(self) -> frozenset[str] | None: ...
 
 
 class Csms:
@@ -44,7 +71,7 @@ class Csms:
 
     def __init__(
         self,
-        settings: OcppSettings,
+        settings: CsmsSettings,
         drivers: Iterable[OcppEvseDriver],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         passwords: dict[str, str] | None = None,
@@ -55,6 +82,7 @@ class Csms:
         self.now = now
         self.passwords = settings.passwords() if passwords is None else passwords
         self.tls = settings.tls_context() if tls is None else tls
+        self.accepted_tokens = settings.accepted_id_tokens()  # read now: a missing file fails before listening
         self.evses: dict[str, dict[int, OcppEvseDriver]] = {}
         for driver in drivers:
             self.evses.setdefault(driver.station_id, {})[driver.evse_id] = driver
@@ -145,7 +173,8 @@ class Csms:
         station = self._station_of(connection.request.path if connection.request else "")
         assert station is not None  # _admit refused anything else
         link = StationLink(station, connection, self.evses.get(station, {}), self.settings.heartbeat_interval_s,
-                           self.settings.response_timeout_s, self.now)
+                           self.settings.response_timeout_s, self.now, subprotocol=connection.subprotocol or "",
+                           accepted_tokens=self.accepted_tokens, meter_interval_s=self.settings.meter_interval_s)
         old = self.links.get(station)
         self.links[station] = link
         for driver in self.evses.get(station, {}).values():
@@ -159,6 +188,7 @@ class Csms:
         except Exception as exc:  # websockets' ConnectionClosed*, or the link failed
             log.info("ocpp.disconnected", station=station, reason=f"{type(exc).__name__}: {exc}"[:200])
         finally:
+            await link.stop()
             if self.links.get(station) is link:
                 del self.links[station]
                 for driver in self.evses.get(station, {}).values():

@@ -1,8 +1,10 @@
-"""One charging station's OCPP 2.1 session on the CSMS side: framing, CALLERRORs and the messages a station sends.
+"""One charging station's OCPP 2.1 or 2.0.1 session on the CSMS side: framing, CALLERRORs, the messages a station
+sends, and what the CSMS asks of it at boot.
 
-Built on `ocpp.v21.ChargePoint` for its schemas (every CALL in and out is validated against OCPP 2.1's JSON
-schemas) and its request/response correlation, but the frames are read here and handlers see the camelCase JSON of
-the specification (drivers/ocpp/codec.py converts it), because:
+Built on `ocpp.v21.ChargePoint` for its request/response correlation, with the schemas of the subprotocol the
+station chose (every CALL in and out is validated against OCPP 2.1's or 2.0.1's JSON schemas: `ocpp_version`), but
+the frames are read here and handlers see the camelCase JSON of the specification (drivers/ocpp/codec.py converts
+it), because:
 - the library drops a frame it cannot parse without an answer and answers an unknown 2.1 action with nothing at
   all; OCPP-J wants a CALLERROR for each (RpcFrameworkError with message id "-1" when the id cannot be read,
   MessageTypeNotSupported, NotImplemented for an action OCPP 2.1 does not define, NotSupported for one a CSMS is
@@ -10,14 +12,18 @@ the specification (drivers/ocpp/codec.py converts it), because:
 - its snake_case translation mangles some 2.1 names (targetSoC), and a golden test must read the fields as the
   specification writes them.
 Every BootNotification is accepted (an authenticated station is known), so a station that reconnects without
-rebooting, or finds a restarted agent, goes on without one. Every CALLERROR is logged with the station id and the
-reason; nothing else changes.
+rebooting, or finds a restarted agent, goes on without one. Once the answer is sent, the CSMS configures the
+station in the background (SetVariables: the measurands the codec reads, at `[ocpp] meter_interval_s`; for a 2.0.1
+station also each EVSE's fallback TxDefaultProfile); a rejected variable is logged with its reason and nothing else
+changes. Authorize and TransactionEvent's idTokenInfo answer by the `[ocpp] id_tokens` policy. Every CALLERROR is
+logged with the station id and the reason; nothing else changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +31,10 @@ import structlog
 from ocpp.exceptions import OCPPError
 from ocpp.messages import Call, CallError, CallResult, validate_payload
 from ocpp.v21 import ChargePoint
-from ocpp.v21.enums import Action
+from ocpp.v21.enums import Action as Action21
+from ocpp.v201.enums import Action as Action201
+
+from drivers.ocpp.codec import measurand_variables, stamp
 
 if TYPE_CHECKING:
     from drivers.ocpp.evse import OcppEvseDriver
@@ -33,6 +42,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("drivers.ocpp")
 
 MAX_MESSAGE_ID_LENGTH = 36  # OCPP-J: messageId is at most 36 characters
+# subprotocol -> (the ocpp library's schema version, the actions that version defines)
+VERSIONS: dict[str, tuple[str, frozenset[str]]] = {
+    "ocpp2.1": ("2.1", frozenset(Action21._value2member_map_)),
+    "ocpp2.0.1": ("2.0.1", frozenset(Action201._value2member_map_)),
+}
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -61,8 +75,20 @@ class StationLink(ChargePoint):
         heartbeat_interval_s: int,
         response_timeout_s: float,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        subprotocol: str = "ocpp2.1",
+        accepted_tokens: frozenset[str] | None = None,
+        meter_interval_s: int = 5,
     ) -> None:
+        """`accepted_tokens`: the idTokens Authorize accepts (None: every one); `meter_interval_s`: the
+        TxUpdatedInterval asked at boot."""
         super().__init__(station_id, connection, response_timeout=response_timeout_s)
+        self.subprotocol = subprotocol
+        self._ocpp_version, self._actions = VERSIONS[subprotocol]
+        self.charge_only = subprotocol == "ocpp2.0.1"  # 2.0.1 defines no discharge
+        self.accepted_tokens = accepted_tokens
+        self.meter_interval_s = meter_interval_s
+        self.rejected_variables: dict[str, str] = {}  # "Component.Variable" -> status and reason, from the last boot
+        self._tasks: set[asyncio.Task[None]] = set()
         self.station_id = station_id
         self.evses = evses
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -117,10 +143,10 @@ class StationLink(ChargePoint):
                            "a CALL is [2, messageId, action, {payload}]")
         action, payload = frame[2], frame[3]
         handler = self._handlers.get(action)
-        if handler is None:
-            known = action in Action._value2member_map_
+        if handler is None or action not in self._actions:
+            known = action in self._actions
             code = "NotSupported" if known else "NotImplemented"
-            what = "not sent to a CSMS" if known else "not an OCPP 2.1 action"
+            what = "not sent to a CSMS" if known else f"not an OCPP {self._ocpp_version} action"
             raise _Refused(message_id, code, f"{action} is {what}")
         call = Call(message_id, action, payload)
         try:
@@ -132,6 +158,49 @@ class StationLink(ChargePoint):
         result = call.create_call_result(response)
         await validate_payload(result, self._ocpp_version)  # our own answer: a bug here is an InternalError
         await self._send(result.to_json())
+        if action == "BootNotification":  # only once the station has its answer may the CSMS send it calls
+            self.spawn(self._configure())
+
+    # ---- background work owned by the session -------------------------------------------------------------
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the session (never blocking a frame or the control cycle); cancelled by `stop`."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel the session's background work (the link is gone): bounded, safe to call twice."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=0.5)
+
+    async def _configure(self) -> None:
+        """After a boot: ask for the measurands the agent reads at its interval, then (2.0.1) install each EVSE's
+        fallback profile. A refusal is logged and the session goes on with what the station does."""
+        try:
+            answer = await self.call_json("SetVariables", {"setVariableData": measurand_variables(
+                self.meter_interval_s)})
+        except CallFailed as exc:
+            log.warning("ocpp.set_variables_failed", station=self.station_id, error=str(exc))
+        else:
+            self.rejected_variables = {}
+            for result in answer.get("setVariableResult", []):
+                name = f"{result['component']['name']}.{result['variable']['name']}"
+                status = result["attributeStatus"]
+                if status not in ("Accepted", "RebootRequired"):
+                    info = result.get("attributeStatusInfo") or {}
+                    reason = " ".join(str(x) for x in (status, info.get("reasonCode"), info.get("additionalInfo"))
+                                      if x)
+                    self.rejected_variables[name] = reason
+                    log.warning("ocpp.variable_rejected", station=self.station_id, variable=name, reason=reason,
+                                message="the station keeps its own setting; the agent reads what it sends")
+                elif status == "RebootRequired":
+                    log.info("ocpp.variable_needs_reboot", station=self.station_id, variable=name)
+        if self.charge_only:
+            for driver in self.evses.values():
+                await driver.install_fallback(self)
 
     def _on_answer(self, frame: list[Any]) -> None:
         message_id = _message_id(frame)
@@ -154,7 +223,7 @@ class StationLink(ChargePoint):
 
     # ---- calls out --------------------------------------------------------------------------------------
     async def call_json(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send one CALL (validated against the 2.1 schema) and return the answer's payload; CallFailed on a
+        """Send one CALL (validated against the session's schema) and return the answer's payload; CallFailed on a
         CALLERROR, a timeout or a closed link."""
         call = Call(str(self._unique_id_generator()), action, payload)
         await validate_payload(call, self._ocpp_version)
@@ -172,7 +241,7 @@ class StationLink(ChargePoint):
         try:
             await validate_payload(answer, self._ocpp_version)
         except OCPPError as exc:
-            raise CallFailed(f"{action}: answer violates the 2.1 schema ({exc.code})") from exc
+            raise CallFailed(f"{action}: answer violates the {self._ocpp_version} schema ({exc.code})") from exc
         return dict(answer.payload)
 
     # ---- handlers: payloads are the camelCase JSON the schema validated ----------------------------------
@@ -185,16 +254,22 @@ class StationLink(ChargePoint):
                  model=station.get("model"), first=first)
         for driver in self.evses.values():
             driver.on_boot()
-        return {"currentTime": _stamp(self.now()), "interval": self.heartbeat_interval_s, "status": "Accepted"}
+        return {"currentTime": stamp(self.now()), "interval": self.heartbeat_interval_s, "status": "Accepted"}
 
     async def _heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"currentTime": _stamp(self.now())}
+        return {"currentTime": stamp(self.now())}
 
     async def _status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         driver = self._evse(payload["evseId"])
         if driver is not None:
             driver.on_status(payload["connectorStatus"])
         return {}
+
+    def token_status(self, id_token: Mapping[str, Any]) -> str:
+        """Accepted or Unknown by the `[ocpp] id_tokens` policy (a VPP site often has no authorisation backend)."""
+        if self.accepted_tokens is None or id_token.get("idToken") in self.accepted_tokens:
+            return "Accepted"
+        return "Unknown"
 
     async def _transaction_event(self, payload: dict[str, Any]) -> dict[str, Any]:
         transaction_id = payload["transactionInfo"]["transactionId"]
@@ -205,10 +280,14 @@ class StationLink(ChargePoint):
         self._tx_evse[transaction_id] = evse_id
         if payload["eventType"] == "Ended":
             self._tx_evse.pop(transaction_id, None)
+        status = self.token_status(payload["idToken"]) if "idToken" in payload else None
+        if status is not None and status != "Accepted":
+            log.warning("ocpp.id_token_refused", station=self.station_id, evse=evse_id, transaction=transaction_id,
+                        status=status)
         driver = self._evse(evse_id)
         if driver is not None:
-            driver.on_transaction_event(payload)
-        return {"idTokenInfo": {"status": "Accepted"}} if "idToken" in payload else {}
+            driver.on_transaction_event(payload, status)
+        return {"idTokenInfo": {"status": status}} if status is not None else {}
 
     async def _meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
         driver = self._evse(payload["evseId"])
@@ -224,8 +303,10 @@ class StationLink(ChargePoint):
         return {"status": "Accepted"}
 
     async def _authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        # a VPP site often has no authorisation backend: every idToken is accepted (docs/ocpp.md)
-        return {"idTokenInfo": {"status": "Accepted"}}
+        status = self.token_status(payload["idToken"])
+        if status != "Accepted":
+            log.warning("ocpp.id_token_refused", station=self.station_id, status=status)
+        return {"idTokenInfo": {"status": status}}
 
     async def _accept_empty(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -263,5 +344,3 @@ def _message_id_of(raw: str | bytes) -> str:
         return "-1"
 
 
-def _stamp(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.config import ConfigError, parse_config
@@ -23,6 +25,10 @@ OCPP_ON = '[ocpp]\nenabled = true\ninsecure = true\npassword_env = "X"\n'
         ('[ocpp]\nenabled = true\npassword_env = "X"\n', "needs TLS"),
         ('[ocpp]\nenabled = true\ninsecure = true\n', "needs station passwords"),
         ('[[assets]]\nid = "m"\ntransport = "modbus"\n', "needs map"),
+        (OCPP_ON + "meter_interval_s = 60\n", r"meter_interval_s \(60\) must be below ocpp.meter_stale_after_s"),
+        (OCPP_ON + "meter_interval_s = 0\n", "meter_interval_s"),
+        (OCPP_ON + 'id_tokens = "list"\n', "id_tokens = 'list' and ocpp.id_token_file go together"),
+        (OCPP_ON + 'id_tokens = "some"\n', "id_tokens"),
     ],
 )
 def test_bad_ocpp_config_is_refused_with_its_reason(text: str, message: str) -> None:
@@ -46,3 +52,17 @@ def test_simulated_ocpp_stations_take_no_modbus_keys() -> None:
         parse_simulation({"devices": [{**group, "port": 1502}]})
     with pytest.raises(SimulationError, match="unknown OCPP station model"):
         parse_simulation({"devices": [{**group, "model": "vppsim_v2g_dc"}]})
+
+
+def test_the_id_token_file_is_read_at_start(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# site cards\nA1\n B2 \n\n")
+    config = parse_config(OCPP_ON + f'id_tokens = "list"\nid_token_file = "{tokens}"\n')
+    assert config.ocpp.accepted_id_tokens() == frozenset({"A1", "B2"})
+    assert parse_config(OCPP_ON).ocpp.accepted_id_tokens() is None  # accept_all by default
+    tokens.write_text("X" * 256)
+    with pytest.raises(ConfigError, match="longer than OCPP's 255 characters"):
+        config.ocpp.accepted_id_tokens()
+    tokens.unlink()
+    with pytest.raises(ConfigError, match=r"ocpp\.id_token_file: cannot read"):
+        config.ocpp.accepted_id_tokens()

@@ -13,7 +13,7 @@ from sitekit import eventually
 
 from agent.config import parse_config
 from agent.control.loop import ControlLoop
-from drivers.factory import build_csms, build_drivers
+from agent.wiring import build_csms, build_drivers
 from sim_devices.config import parse_simulation
 from sim_devices.ports import free_port_block
 from sim_devices.runner import SimSite
@@ -40,6 +40,7 @@ port = {ocpp_port}
 cert_file = "{cert}"
 key_file = "{key}"
 password_file = "{passwords}"
+meter_interval_s = 1               # TxUpdatedInterval the CSMS sets at boot: the station meters every second
 [[assets]]
 id = "ev"
 transport = "ocpp"

@@ -27,6 +27,28 @@ def interval_start(ts: float, interval_s: float) -> float:
     return math.floor(ts / interval_s) * interval_s
 
 
+def register_energy_by_interval(readings: Iterable[tuple[float, float]], interval_s: float) -> dict[float, float]:
+    """Energy (Wh) per interval start from a cumulative register read at the given times, in the order the device
+    produced them (an OCPP transaction's seqNo): each increase between two readings is spread evenly over the time
+    between them and booked to the intervals that time spans, so readings a device queued while offline count for
+    the interval they describe, not the one they arrive in. A register that goes back (a reset) or readings out of
+    time order book nothing for that step."""
+    booked: dict[float, float] = {}
+    previous: tuple[float, float] | None = None
+    for ts, wh in readings:
+        if previous is not None:
+            t0, wh0 = previous
+            if ts > t0 and wh >= wh0:
+                rate = (wh - wh0) / (ts - t0)
+                while t0 < ts:
+                    start = interval_start(t0, interval_s)
+                    stop = min(ts, start + interval_s)
+                    booked[start] = booked.get(start, 0.0) + rate * (stop - t0)
+                    t0 = stop
+        previous = (ts, wh)
+    return booked
+
+
 @dataclass(frozen=True)
 class Interval:
     start_ts: float  # unix s, a multiple of the interval length

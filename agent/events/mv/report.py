@@ -7,12 +7,16 @@ response took to follow each activation step against the product's allowed respo
 
 Readings are held until the next one, at most `max_hold_s` (agent.events.mv.intervals), so a silent meter is not
 credited with delivery it did not measure.
+
+Beside the site meter's figures (the settlement of record), `asset_energy_report` lists each asset's own account of
+its energy per interval of the event window (an OCPP EVSE's transaction registers, booked to the interval they were
+measured in): attribution, which may be amended after the event when a station sends what it queued offline.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -78,6 +82,34 @@ def updr_report(
         "requested_kwh": round(requested, 4),
         "delivered_fraction": round(delivered / requested, 4) if requested else 0.0,
         "intervals": rows,
+    }
+
+
+def asset_energy_report(
+    bookings: Mapping[str, Mapping[float, tuple[float, float]]], assets: Iterable[str], starts: Sequence[float]
+) -> Report:
+    """Per asset (those given and those with bookings), import and export Wh in each interval starting at `starts`
+    (0 where nothing is booked: a station that has not told yet), with the totals."""
+    by_asset: dict[str, object] = {}
+    for asset_id in sorted(set(assets) | set(bookings)):
+        booked = bookings.get(asset_id, {})
+        rows = [
+            {
+                "start": datetime.fromtimestamp(start, UTC).isoformat(),
+                "import_wh": round(booked.get(start, (0.0, 0.0))[0], 1),
+                "export_wh": round(booked.get(start, (0.0, 0.0))[1], 1),
+            }
+            for start in starts
+        ]
+        by_asset[asset_id] = {
+            "import_wh": round(sum(booked.get(s, (0.0, 0.0))[0] for s in starts), 1),
+            "export_wh": round(sum(booked.get(s, (0.0, 0.0))[1] for s in starts), 1),
+            "intervals": rows,
+        }
+    return {
+        "basis": "each asset's own meter, booked to the interval it measured in; attribution only: the settlement "
+        "is the site meter's",
+        "assets": by_asset,
     }
 
 

@@ -42,8 +42,13 @@ its need path charges what it must, even beyond its group's power: reported as u
 group's power is tracked by moving every member to the same relative position λ between its own need-or-floor path
 and its ceiling at the next step (one λ per group and step, found by bisection), so the members' energies stay
 spread like the aggregate's envelope assumed. Not guaranteed: exact tracking where the relaxation was loose, and
-per-member reserve energy (reserves are split by power headroom only, each member at most its own); what the
-executed schedule leaves unheld is measured (`violations["reserve_energy_unheld_kwh"]`, agent.dispatch.reserve_check).
+per-member reserve energy (reserves are split by power headroom, each member at most its own, and an up band only as
+far as the member can give its loss); what the executed schedule leaves unheld is measured
+(`violations["reserve_energy_unheld_kwh"]`, agent.dispatch.reserve_check).
+Reserves are split step by step inside the power split, because a member's up band takes its expected round-trip
+loss from the member's energy (member_lp.band_loss_wh, from inputs.activation_loss_wh: the rule the full LP uses),
+so the next step is split from the energy the member really has; the loss of the band a member is likely to hold is
+kept reachable like its need, and the need tiers charge it back.
 
 `solve_aggregated_detail` then refines the split (agent.dispatch.refine): the EVs (V2G ones while their LP stays
 small) and then the batteries are re-planned exactly with the rest fixed, which is where what the split gave up
@@ -59,6 +64,7 @@ import numpy as np
 
 from agent.dispatch import planner, refine
 from agent.dispatch.inputs import SYMMETRIC_PRODUCTS, AssetPlan, PlanInputs
+from agent.dispatch.member_lp import band_loss_wh
 from agent.dispatch.planner import Plan
 from agent.dispatch.pricing import (
     needs_above,
@@ -447,31 +453,47 @@ def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
     use = np.clip(np.divide(group_power, limit, out=np.zeros_like(limit), where=limit > 0), 0.0, 1.0)
     share = charge_gain[:, None] * m.plugged[rows] * use[g]
     later = np.concatenate([np.cumsum(share[:, ::-1], axis=1)[:, ::-1], np.zeros((len(rows), 1))], axis=1)
+    n_all = len(inputs.assets)
+    up = np.zeros((n_all, t))
+    down = np.zeros((n_all, t))
+    group_up, group_down = plan.reserve_up_w[:groups], plan.reserve_down_w[:groups]
+    reserved = bool(inputs.reserves) and bool(group_up.any() or group_down.any())
+    symmetric = bool(inputs.reserves) and all(r.product in SYMMETRIC_PRODUCTS for r in inputs.reserves)
+    band = band_loss_wh(inputs, eff)  # Wh per W of up reserve held for a step: the band's round-trip loss
+    lossy = reserved and bool(band.any())
+    unheld = 0.0
     for k in range(t):
         on = np.flatnonzero(m.plugged[rows, k])
         if len(on):
-            p = _step(group_power[:, k], g[on], groups, energy[on], need[on, k + 1], final[on], left[on, k],
+            share = (group_up[:, k], group_down[:, k], charge[on], discharge[on], g[on], groups, symmetric)
+            # the loss of the band a member is likely to hold (its share at zero power) is kept reachable as need
+            idle = (np.zeros(len(on)), energy[on] - floor[on])
+            expected = band[on] * _share_reserves(*idle, *share, band[on])[0] if lossy else 0.0
+            p = _step(group_power[:, k], g[on], groups, energy[on], need[on, k + 1] + expected, final[on], left[on, k],
                       floor[on], ceiling[on], charge[on], discharge[on], up_gain[on], down_gain[on], charge_gain[on],
                       k < m.check[rows[on]], later[on, k + 1])  # fmt: skip
-            energy[on] = np.clip(
-                energy[on] + np.where(p > 0, p * up_gain[on], p * down_gain[on]), floor[on], ceiling[on]
-            )
+            moved = np.where(p > 0, p * up_gain[on], p * down_gain[on])
+            loss = 0.0
+            if reserved:
+                held_up, held_down, missing = _share_reserves(p, energy[on] + moved - floor[on], *share, band[on])
+                up[m.index[rows[on]], k], down[m.index[rows[on]], k] = held_up, held_down
+                unheld += missing
+                loss = band[on] * held_up
+            energy[on] = np.clip(energy[on] + moved - loss, floor[on], ceiling[on])
             ev_power[rows[on], k] = p
+        elif reserved:  # no member plugged in: the groups' reserve is held by no one
+            unheld += float(group_up[:, k].sum() + group_down[:, k].sum())
         ev_energy[rows, k + 1] = energy
-    n_all = len(inputs.assets)
     power = np.zeros((n_all, t))
     stored = np.zeros((n_all, t + 1))
-    up = np.zeros((n_all, t))
-    down = np.zeros((n_all, t))
     power[m.index] = ev_power
     stored[m.index] = ev_energy
-    unrealised = unheld = 0.0
+    unrealised = 0.0
+    unheld *= h / 1000.0
     if len(rows):
         summed = np.zeros((groups, t))
         np.add.at(summed, g, ev_power[rows])
         unrealised = float(np.abs(summed - group_power).sum()) * h / 1000.0
-        symmetric = bool(inputs.reserves) and all(r.product in SYMMETRIC_PRODUCTS for r in inputs.reserves)
-        unheld = _split_reserves(plan, grouping, ev_power, up, down, symmetric)
     if len(grouping.passthrough):
         src, dst = grouping.passthrough[:, 0], grouping.passthrough[:, 1]
         power[src] = plan.power_w[dst]
@@ -509,33 +531,44 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split) -> Plan:
     )
 
 
-def _split_reserves(
-    plan: Plan, grouping: Grouping, ev_power: np.ndarray, up: np.ndarray, down: np.ndarray, symmetric: bool = False
-) -> float:
-    """Each group's reserve shared by its members' power headroom, each member at most its own headroom (no
-    per-member energy guarantee). Returns the kWh of group reserve the members' headroom could not hold.
+def _share_reserves(
+    power: np.ndarray,
+    above: np.ndarray,
+    group_up: np.ndarray,
+    group_down: np.ndarray,
+    charge: np.ndarray,
+    discharge: np.ndarray,
+    g: np.ndarray,
+    groups: int,
+    symmetric: bool,
+    band: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One step: each group's reserve shared by its plugged members' headroom at `power`, each member at most its
+    own. Returns the members' up and down W and the W of group reserve their headroom could not hold.
 
-    `symmetric` (every product a symmetric band, inputs.SYMMETRIC_PRODUCTS): each member holds as much down as
-    up, shared by the smaller of its two headrooms; shared separately, a member could get up only and, under an
-    energy-neutral signal, only discharge."""
-    if not (plan.reserve_up_w[: grouping.groups].any() or plan.reserve_down_w[: grouping.groups].any()):
-        return 0.0  # nothing reserved: `up` and `down` stay zero
-    m = grouping.members
-    on = (m.group[:, None] >= 0) & m.plugged
-    head_up = np.where(on, np.maximum(0.0, m.discharge_w[:, None] + ev_power), 0.0)
-    head_down = np.where(on, np.maximum(0.0, m.charge_w[:, None] - ev_power), 0.0)
+    Headroom is power (up ≤ discharge limit + power, down ≤ charge limit − power) and, for up, the band's loss
+    (`band`, Wh per W): no more than the Wh `above` its floor at the step's end (before the loss) can give, so a
+    member at its floor holds no up band, whose loss it could not give (nor follow its activations). The energy a
+    band needs for the product's duration is not checked here (reserve_check measures it).
+
+    Per step, inside the split, because a member's up band takes its round-trip loss from the member's energy
+    (`member_lp.band_loss_wh`) before the next step is split. `symmetric` (every product a symmetric band,
+    inputs.SYMMETRIC_PRODUCTS): each member holds as much down as up, shared by the smaller of its two headrooms;
+    shared separately, a member could get up only and, under an energy-neutral signal, only discharge."""
+    head_up = np.maximum(0.0, discharge + power)
+    head_down = np.maximum(0.0, charge - power)
+    lossy = band > 0
+    head_up[lossy] = np.minimum(head_up[lossy], np.maximum(above[lossy], 0.0) / band[lossy])
     if symmetric:
         head_up = head_down = np.minimum(head_up, head_down)
-    g = np.where(m.group >= 0, m.group, 0)
-    t = ev_power.shape[1]
+    held = []
     unheld = 0.0
-    for head, src, dst in ((head_up, plan.reserve_up_w, up), (head_down, plan.reserve_down_w, down)):
-        total = np.zeros((grouping.groups, t))
-        np.add.at(total, g, head)
+    for head, src in ((head_up, group_up), (head_down, group_down)):
+        total = np.bincount(g, weights=head, minlength=groups)
         share = np.divide(head, total[g], out=np.zeros_like(head), where=total[g] > 0)
-        dst[m.index] = np.minimum(share * src[: grouping.groups][g], head)
-        unheld += float(np.maximum(src[: grouping.groups] - total, 0.0).sum())
-    return unheld * (plan.step_s / 3600.0) / 1000.0
+        held.append(np.minimum(share * src[g], head))
+        unheld += float(np.maximum(src - total, 0.0).sum())
+    return held[0], held[1], unheld
 
 
 # -- convenience ----------------------------------------------------------------------------------------------

@@ -25,7 +25,10 @@ Terms (name: what its coefficient multiplies → the coefficient function; "reve
   reserve_activation: W reserved up per product and step (wear of following activations) → `activation_per_w`
   reserve_shortfall_penalty: W of an award not reserved per product and step → `reserve_short_per_w`
 The round trip's loss of following activations is not a price: it is energy taken from the store
-(inputs.activation_loss_wh), which the energy term then buys back.
+(inputs.activation_loss_wh), which the energy term then buys back. Every backend takes it by that one rule: the
+cvxpy LP's energy balance (formulation._activation_losses), the aggregate's split of a group plan onto its members
+and the member LP's dynamics (agent.dispatch.member_lp.band_loss_wh), and numpy pricing through the energies it is
+given (a Wh lost is a Wh not held: calendar ageing; bought back: the energy term).
 """
 
 from __future__ import annotations

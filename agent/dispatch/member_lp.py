@@ -14,8 +14,9 @@ stored at step k is held at the T − k step boundaries after it), the tiered de
 Reserves the split gave a member stay deliverable: its net power keeps the headroom (up ≤ discharge limit + power,
 down ≤ charge limit − power), and a V2G member keeps the energy to sustain them for the longest awarded product at
 the start and the end of each step (soft, priced at the reserve-shortfall penalty). A charge-only member's room for a
-down reserve is not checked (it would need a cumulative row per step), nor is the expected round-trip loss of
-following activations taken from a member's energy here (the planner's LP takes it: formulation._activation_losses).
+down reserve is not checked (it would need a cumulative row per step). The expected round-trip loss of following
+activations is taken from a member's energy as the planner's LP takes it (formulation._activation_losses): a constant
+per step here, as the member's up reserve is fixed (`band_loss_wh`, from inputs.activation_loss_wh).
 Prices are the coefficients of agent.dispatch.costs; `plan_members_detail` reports each term's part of the optimum.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from agent.dispatch import costs
 from agent.dispatch.highs_lp import INF, ArrayLp
-from agent.dispatch.inputs import PlanInputs, updr_reachable
+from agent.dispatch.inputs import PlanInputs, activation_loss_wh, updr_reachable
 from agent.dispatch.reserve_check import longest_product
 
 
@@ -76,6 +77,29 @@ class _Coupling:
         return np.concatenate(self.cols), np.concatenate(self.steps), np.concatenate(self.signs)
 
 
+def band_activation_per_h(inputs: PlanInputs) -> float:
+    """kWh an up activation moves per kW·h of an asset's summed up reserve (Reserve.activation_per_h): the largest
+    of the products, as a Plan keeps no per-product split (see `band_loss_wh`)."""
+    return max((r.activation_per_h for r in inputs.reserves), default=0.0)
+
+
+def band_loss_wh(inputs: PlanInputs, efficiency: np.ndarray) -> np.ndarray:
+    """Wh a member of each `efficiency` loses per W of up reserve (summed) held for a step (inputs.activation_loss_wh).
+
+    A Plan's reserve is summed over products, so a member's band cannot be told apart by product: with several
+    activated products it loses at the largest product's rate (it keeps at least what the group's LP took; with one
+    activated product, the usual case, this is that product's rate exactly). 0 without activated products."""
+    alpha = band_activation_per_h(inputs)
+    if alpha <= 0:
+        return np.zeros_like(efficiency, dtype=float)
+    return np.asarray(activation_loss_wh(alpha, efficiency, inputs.step_h), dtype=float)
+
+
+def _losses(inputs: PlanInputs, m: EvMembers) -> np.ndarray:
+    """(n, T) Wh each member's band takes from its energy per step (`band_loss_wh` times the up reserve it holds)."""
+    return band_loss_wh(inputs, m.efficiency)[:, None] * m.up_w
+
+
 def v2g_columns(members: EvMembers) -> int:
     """Columns the V2G members add to the LP (3 per plugged-in step and segment): what sizes its solve time."""
     v2g = members.v2g
@@ -103,6 +127,7 @@ def plan_members_detail(
     charge_only = _charge_only(lp, inputs, members, coupling)
     v2g = _v2g(lp, inputs, members, coupling)
     _site_rows(lp, inputs, other_w, coupling)
+    _loss_calendar(lp, inputs, members)
     solution = lp.solve(time_limit_s)
     terms = lp.term_values(solution)
     t = inputs.steps
@@ -135,10 +160,13 @@ def _charge_only(
         return rows, steps, cols, lower, upper
     row_of = np.full(len(m.index), -1)
     row_of[owners] = np.arange(len(owners))
-    room = lp.rows(-INF, np.maximum(m.ceiling[owners] - m.energy[owners], 0.0))
+    # the band's round-trip loss (constants: the reserve is fixed) frees room and must be charged back for the need
+    loss = _losses(inputs, m)
+    room = lp.rows(-INF, np.maximum(m.ceiling[owners] - m.energy[owners] + loss[owners].sum(axis=1), 0.0))
     lp.entries(room[row_of[rows]], cols, gain)
-    # departure needs: Σ_{k < check} η·h·c + short1 + short2 ≥ need − energy (short1 ≤ its tier-1 share)
-    missing = m.need - m.energy
+    # departure needs: Σ_{k < check} η·h·c + short1 + short2 ≥ need − energy + Σ_{k < check} loss (short1 ≤ tier 1)
+    before_check = np.arange(t)[None, :] < m.check[:, None]
+    missing = m.need - m.energy + (loss * before_check).sum(axis=1)
     needy = owners[missing[owners] > 0]
     if len(needy):
         need_row = _need_rows(lp, inputs, m, needy, missing[needy])
@@ -180,7 +208,7 @@ def _v2g(
     segments = m.wear.shape[1]
     cap = np.where(np.arange(segments)[None, :] < m.segments[:, None], (room / m.segments)[:, None], 0.0)
     initial = _cheapest_first(np.clip(m.energy - m.floor, 0.0, room), cap)
-    charge, discharge, energy = [], [], []
+    charge, discharge, energy, dynamics = [], [], [], []
     for j in range(segments):
         c = lp.columns({"energy": price, "wear_calendar": cal * eta * h * held}, 0.0, INF, size=pairs)
         d = lp.columns(
@@ -201,6 +229,8 @@ def _v2g(
         charge.append(c)
         discharge.append(d)
         energy.append(e)
+        dynamics.append(dyn)
+    _band_losses(lp, inputs, m, rows, steps, dynamics)
     limits = [(charge, m.charge_w[rows]), (discharge, m.discharge_w[rows])]
     for cols, bound in limits:
         r = lp.rows(-INF, bound)
@@ -214,6 +244,39 @@ def _v2g(
         _reserve_energy(lp, inputs, m, rows, steps, first, energy, room)
     _v2g_needs(lp, inputs, m, rows, steps, energy)
     return rows, steps, np.array(charge), np.array(discharge)
+
+
+def _band_losses(
+    lp: ArrayLp, inputs: PlanInputs, m: EvMembers, rows: np.ndarray, steps: np.ndarray, dynamics: list[np.ndarray]
+) -> None:
+    """The band's round-trip loss taken from the V2G members' segments, as formulation._activation_losses takes it:
+    per pair holding an up reserve, one non-negative share per segment entering its dynamics row (e_j(k) falls by
+    it), the shares summing to the loss. A loss the segments cannot give (a member at its floor) is left untaken at
+    the price of the reserve energy it leaves unheld, so the LP stays feasible."""
+    loss = _losses(inputs, m)[rows, steps]
+    held = np.flatnonzero(loss > 0)
+    if not len(held):
+        return
+    hours = longest_product(inputs).duration_h
+    price = costs.reserve_short_per_w(inputs.penalties, inputs.step_h) / max(hours, 1e-9)
+    total = lp.rows(loss[held], loss[held])
+    untaken = lp.columns(np.full(len(held), price), 0.0, INF)
+    lp.entries(total, untaken, 1.0)
+    for dyn in dynamics:  # e_j(k) − e_j(previous) − η·h·c + h/η·d + share_j = e_j(0) or 0
+        share = lp.columns(np.zeros(len(held)), 0.0, INF)
+        lp.entries(total, share, 1.0)
+        lp.entries(dyn[held], share, 1.0)
+
+
+def _loss_calendar(lp: ArrayLp, inputs: PlanInputs, m: EvMembers) -> None:
+    """The calendar ageing the band's loss saves (a Wh lost at step k is not held at the T − k boundaries after it):
+    a constant, as the reserve is fixed, carried by one column fixed at 1 so that `term_values` reads the same
+    calendar money as pricing.plan_cost of the schedule."""
+    loss = _losses(inputs, m)
+    if not loss.any():
+        return
+    held = inputs.steps - np.arange(inputs.steps)
+    lp.columns({"wear_calendar": -float(np.sum(m.calendar[:, None] * loss * held[None, :]))}, 1.0, 1.0, size=1)
 
 
 def _cheapest_first(above: np.ndarray, cap: np.ndarray) -> np.ndarray:
@@ -326,11 +389,12 @@ def _follow(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.nda
     energy = np.empty((len(m.index), inputs.steps + 1))
     energy[:, 0] = e = m.energy.copy()
     power = power.copy()
+    loss = _losses(inputs, m)  # the band's round-trip loss, taken as the LP took it
     for k in range(inputs.steps):
-        top = np.minimum(m.charge_w, np.maximum(m.ceiling - e, 0.0) / (eta * h))
-        bottom = np.minimum(m.discharge_w, np.maximum(e - m.floor, 0.0) * eta / h)
+        top = np.minimum(m.charge_w, np.maximum(m.ceiling - e + loss[:, k], 0.0) / (eta * h))
+        bottom = np.minimum(m.discharge_w, np.maximum(e - loss[:, k] - m.floor, 0.0) * eta / h)
         p = np.where(m.plugged[:, k], np.clip(power[:, k], -bottom, top), 0.0)
         power[:, k] = p
-        e = np.clip(e + np.where(p > 0, p * eta * h, p * h / eta), m.floor, m.ceiling)
+        e = np.clip(e + np.where(p > 0, p * eta * h, p * h / eta) - loss[:, k], m.floor, m.ceiling)
         energy[:, k + 1] = e
     return power, energy

@@ -21,8 +21,9 @@ EV schedule is kept only where it prices lower than the split (see `_cheaper`), 
 more than the split (tests/dispatch/test_aggregate.py checks it on random fleets). With reserves it may: it trades
 cost for the energy behind each member's reserve, which `plan_cost` does not price.
 
-Reserves: a member keeps the reserve the split gave it deliverable (agent.dispatch.member_lp), and the batteries
-keep, together, the reserve the aggregate gave them (`_battery_step`).
+Reserves: a member keeps the reserve the split gave it deliverable and loses its up band's expected round-trip loss
+from its energy (agent.dispatch.member_lp), and the batteries keep, together, the reserve the aggregate gave them
+(`_battery_step`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from agent.dispatch import costs, planner
 from agent.dispatch.inputs import PlanInputs, Reserve
-from agent.dispatch.member_lp import EvMembers, plan_members, v2g_columns
+from agent.dispatch.member_lp import EvMembers, band_activation_per_h, plan_members, v2g_columns
 from agent.dispatch.plan import net_of
 from agent.dispatch.pricing import plan_cost
 from agent.dispatch.reserve_check import longest_product
@@ -208,7 +209,9 @@ def _battery_step(inputs: PlanInputs, batteries: np.ndarray, split: Split, time_
     if inputs.reserves:
         longest = longest_product(inputs).product
         zeros = np.zeros(inputs.steps)
-        held = [Reserve(longest, zeros, zeros, split.up[batteries].sum(axis=0), split.down[batteries].sum(axis=0))]
+        up, down = split.up[batteries].sum(axis=0), split.down[batteries].sum(axis=0)
+        # activated as the members' bands are: the loss leaves the batteries' energy too (member_lp.band_loss_wh)
+        held = [Reserve(longest, zeros, zeros, up, down, band_activation_per_h(inputs))]
     sub = _with_rest_fixed(inputs, batteries, split, reserves=held)
     try:
         replanned = planner.solve(sub, time_limit_s)

@@ -29,6 +29,10 @@ class ProductProfile:
     # under an energy-neutral signal
     symmetric: bool = False
     market: str = "JP"  # JP: awarded through signals (agent.signals.models.AsProduct); others: evaluation only
+    # regulation only: the energy-weighted mean half cycle of following the product's signal, kWh per kW reserved
+    # (hours); it sets the depth of the shallow cycles the planner prices activations at (agent.dispatch.build).
+    # None for products whose activations are rare, sustained moves rather than a continuous swing
+    swing_h: float | None = None
 
 
 PRODUCTS: dict[str, ProductProfile] = {
@@ -38,8 +42,11 @@ PRODUCTS: dict[str, ProductProfile] = {
     "S-RR": ProductProfile("S-RR", "三次調整力①", "edc", response_s=15 * 60, sustain_s=30 * 60),
     "RR": ProductProfile("RR", "三次調整力②", "online", response_s=45 * 60, sustain_s=30 * 60),
     # PJM-style regulation following a RegD-like signal (sim_devices.scenarios.regulation): energy neutral over each
-    # 15 min, so holding 15 min of full output each way never runs out (conservative)
-    "RegD": ProductProfile("RegD", "RegD", "regulation", response_s=2, sustain_s=15 * 60, symmetric=True, market="PJM"),
+    # 15 min, so holding 15 min of full output each way never runs out (conservative). swing_h: measured on that
+    # signal (sim_devices.scenarios.regulation.swing_h, 0.0060-0.0062 h for seeds 1-3 at 10 s; a test keeps it in step)
+    "RegD": ProductProfile(
+        "RegD", "RegD", "regulation", response_s=2, sustain_s=15 * 60, symmetric=True, market="PJM", swing_h=0.0061
+    ),
 }
 
 

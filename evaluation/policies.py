@@ -11,11 +11,11 @@ only in how the batteries' wear is configured (AssetConfig terms) and, for `full
   discharge alike, i.e. 2 m C / (2 N E) per kWh discharged (C replacement cost, N rated cycles, E capacity); EVs at
   their owner's price. m in CONST_MULTIPLIERS: 0.5x, 1x, 2x are what EMHASS users set; the hindsight-best constant is
   the best of the grid on the scored run (evaluation.evaluate.best_constant: tuned on the scorer).
-* `aware`: the agent's degradation-aware wear (replacement cost -> agent.dispatch.degradation: Xu-fitted
-  cycle-depth segments, SoH-scaled, plus calendar); EVs at their owner's price.
-* `aware-blast`, `aware-xu`: as aware with the pack's chemistry and its wear fitted to BLAST-Lite, or to Xu: the two
-  differ only in the wear source. They need the agent's config to take the source per pack (AssetConfig.wear_source);
-  until it does they are refused with that reason.
+* `aware`: the agent's degradation-aware wear with its defaults (replacement cost and the pack's chemistry ->
+  agent.dispatch.wear_fits: cycle-depth segments, shallow-cycle price of activations and calendar, fitted to
+  BLAST-Lite, SoH-scaled); EVs at their owner's price.
+* `aware-blast`, `aware-xu`: as aware with the wear fitted to BLAST-Lite, or to Xu (AssetConfig.wear_source): the two
+  differ only in the wear source.
 * `aggregated`: aware planned through virtual batteries (agent.dispatch.aggregate), as the agent does past
   `aggregate_above_evs`.
 * `full-info-mpc`: as aware, but every step it knows every price, event and EV session 48 h ahead (future sessions
@@ -70,7 +70,8 @@ def strategy_wear(name: str, scenario: Scenario) -> dict[str, AssetWear] | None:
     if name == "blind":
         return {}
     if name in ("aware", "aggregated", FULL_INFO):
-        return {**owner, **{b.id: AssetWear(replacement_cost=b.replacement_cost) for b in fleet.batteries}}
+        return {**owner, **{b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry)
+                            for b in fleet.batteries}}
     if name in ("aware-blast", "aware-xu"):
         source = name.removeprefix("aware-")
         if "wear_source" not in AssetConfig.model_fields:

@@ -20,13 +20,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from agent.config import AppConfig
-from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
+from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices, shallow_cycle_price
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
 from agent.dispatch.wear_fits import WearFit, fit
 from agent.events.mv.baseline import BaselineError, updr_baseline
 from agent.events.mv.intervals import Interval, interval_start
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus
+from agent.products import PRODUCTS
 from agent.signals.models import AsAward, PriceSeries, SignalModel, UpDrEvent
 
 
@@ -121,6 +122,7 @@ def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segmen
     else:
         wear = np.zeros(1)
     calendar = calendar_price_per_wh_h(cfg.replacement_cost, nominal, model=model) if cfg.replacement_cost else 0.0
+    activation = None if cfg.wear_price_per_kwh is not None else _activation_wear(state, usable, nominal, soh, model)
     available = None
     target_wh = target_step = None
     if is_ev and m.ev_departure is not None:
@@ -139,9 +141,39 @@ def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segmen
         target_wh=target_wh,
         target_step=target_step,
         wear_prices=wear,
+        activation_wear_per_kwh=activation,
         calendar_price_per_wh_h=calendar,
         is_ev=is_ev,
     )
+
+
+def _activation_wear(
+    state: AssetState, usable_wh: float, nominal_wh: float, soh: float, model: WearFit
+) -> float | None:
+    """Currency per kWh discharged following activations: the pack's fitted shallow-cycle price at the depth of the
+    regulation products' swings (agent.products.ProductProfile.swing_h); None (the cheapest wear segment,
+    inputs.activation_price) without a replacement cost or without any product that swings.
+
+    Depth = swing_h × the asset's rated power / its usable energy. The rated power because the band is at most that
+    (a symmetric band at most the smaller of the charge and discharge ratings): a band below it swings shallower,
+    which Xu's concave depth stress prices higher, so a partly used asset's activations are priced somewhat low.
+    Several swinging products: the highest price of them (the conservative one).
+
+    Limitation: the price is per asset, not per product (AssetPlan.activation_wear_per_kwh), and the assets are built
+    before the caller knows which reserves they will hold. So a product with activations but no swing would be priced
+    at this shallow price too, not at the cheapest segment. None exists today: the awarded reserves this module builds
+    carry no activations (`_reserves`), only the regulation product the evaluation adds does.
+    """
+    cost = state.config.replacement_cost
+    swings = [p.swing_h for p in PRODUCTS.values() if p.swing_h]
+    if not cost or not swings or usable_wh <= 0:
+        return None
+    ratings = [w for w in (state.rated_charge_w(), state.rated_discharge_w()) if w > 0]
+    if not ratings:
+        return None
+    band_w = min(ratings)
+    eff = state.config.efficiency
+    return max(shallow_cycle_price(cost, nominal_wh, soh, eff, s * band_w / usable_wh, model=model) for s in swings)
 
 
 def _covering(step_starts: np.ndarray, step_s: float, start: datetime, end: datetime) -> np.ndarray:

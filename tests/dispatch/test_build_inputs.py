@@ -11,12 +11,14 @@ import pytest
 
 from agent.config import AppConfig, AssetConfig
 from agent.dispatch.build import plan_inputs
-from agent.dispatch.degradation import life_per_cycle
+from agent.dispatch.degradation import life_per_cycle, shallow_cycle_price
+from agent.dispatch.inputs import Reserve, activation_price
 from agent.dispatch.wear_fits import fit
 from agent.events.mv.baseline import updr_baseline
 from agent.events.mv.intervals import Interval
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
+from agent.products import PRODUCTS
 from agent.signals.models import UpDrEvent
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -116,3 +118,43 @@ def test_the_xu_fit_prices_a_cycle_as_the_analytic_xu_model() -> None:
     (ev,) = inputs.assets
     cycle = float(np.sum(ev.wear_prices * (ev.max_wh - ev.min_wh) / 1000.0 / len(ev.wear_prices) * ev.efficiency))
     assert cycle == pytest.approx(REPLACEMENT * life_per_cycle(0.9), rel=0.02)
+
+
+def regd(activation_per_h: float = 0.17) -> Reserve:
+    zeros = np.zeros(16)
+    return Reserve("RegD", zeros, zeros, zeros, zeros, activation_per_h=activation_per_h)
+
+
+@pytest.mark.parametrize(
+    ("wear", "model"),
+    [
+        ({"wear_source": "xu"}, lambda: fit(source="xu")),  # Xu: ~26 JPY/kWh at the evaluation pack's swing depth
+        ({}, lambda: fit()),  # the default: LFP at 25 °C fitted to BLAST-Lite
+        ({"chemistry": "nmc"}, lambda: fit("nmc")),
+    ],
+)
+def test_following_regulation_is_priced_at_the_packs_shallow_cycle_price(wear: dict, model: object) -> None:
+    # the EV's 11 kW band swings RegD's 0.0061 kWh per kW reserved: 0.11 % of its 60 kWh pack
+    inputs, _ = plan_inputs(ev_fleet(**wear), config(), NOW, {}, 6_000.0)
+    (ev,) = inputs.assets
+    depth = PRODUCTS["RegD"].swing_h * 11_000 / 60_000  # type: ignore[operator]
+    shallow = shallow_cycle_price(REPLACEMENT, 60_000, 1.0, 0.95, depth, model=model())  # type: ignore[operator]
+    assert shallow != pytest.approx(ev.wear_prices[0], rel=0.01)  # not the cheapest segment it fell back to
+    assert activation_price(ev, regd()) == pytest.approx(0.17 * shallow, rel=1e-9)
+
+
+def test_the_xu_shallow_price_scales_with_the_swing_depth() -> None:
+    # Xu's concave depth stress: the same swing on a pack twice as strong per kWh is a deeper cycle and cheaper per kWh
+    slow, _ = plan_inputs(ev_fleet(wear_source="xu"), config(), NOW, {}, 6_000.0)
+    strong = ev_fleet(wear_source="xu")
+    ev = strong.assets["ev"]
+    ev.config = ev.config.model_copy(update={"rated_charge_w": 22_000, "rated_discharge_w": 22_000})
+    fast, _ = plan_inputs(strong, config(), NOW, {}, 6_000.0)
+    assert activation_price(fast.assets[0], regd()) < activation_price(slow.assets[0], regd())
+
+
+def test_an_owners_wear_price_still_prices_activations() -> None:
+    inputs, _ = plan_inputs(ev_fleet(wear_price_per_kwh=8.0), config(), NOW, {}, 6_000.0)
+    (ev,) = inputs.assets
+    assert ev.activation_wear_per_kwh is None
+    assert activation_price(ev, regd()) == pytest.approx(0.17 * 8.0)

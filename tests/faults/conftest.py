@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "mqtt"))
 
 from brokerkit import Broker, running_broker
+from faultkit import shipped_persistence
 
 
 @pytest.fixture
@@ -17,10 +18,3 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     (tmp_path / "broker").mkdir()
     with running_broker(tmp_path / "broker", persistence=shipped_persistence()) as b:
         yield b
-
-
-def shipped_persistence() -> list[str]:
-    """The persistence settings a deployment is told to use (deploy/mosquitto.conf), as lines."""
-    text = (Path(__file__).parents[2] / "deploy" / "mosquitto.conf").read_text()
-    keys = ("persistence ", "autosave_on_changes", "autosave_interval", "set_tcp_nodelay")
-    return [line.split("#")[0].strip() for line in text.splitlines() if line.startswith(keys)]

@@ -1,21 +1,16 @@
-"""The shipped agent as a user runs it, for fault injection: `vpp-agent run` as its own process (so it can be killed
-with SIGKILL), a real Mosquitto, and the simulated site in this process (so every write is checked on the devices'
-side: `ControllableDevice.write_log`, `writes_outside_nameplate`, leases).
+"""The shipped agent as a user runs it, for fault injection: `vpp-agent run` as its own process (sitekit.Agent, so it
+can be killed with SIGKILL), a real Mosquitto, and the simulated site in this process (so every write is checked on
+the devices' side: `ControllableDevice.write_log`, `writes_outside_nameplate`, leases).
 
 Imported as `faultkit` (the conftest puts this folder and the integration and MQTT kits on sys.path).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import signal
 import sqlite3
-import sys
 import tomllib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,57 +37,6 @@ def site_config(tmp_path: Path, broker: Broker | None, mode: str = "dispatch", e
     return path
 
 
-@dataclass
-class Agent:
-    """One `vpp-agent run` process and the JSON log lines it wrote (stderr is not a terminal: structlog JSON)."""
-
-    config: Path
-    proc: asyncio.subprocess.Process | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "--config", str(self.config),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    def logged(self, event: str, **fields: object) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())]
-
-    async def wait_logged(self, event: str, timeout_s: float = 60.0, **fields: object) -> dict[str, Any]:
-        await eventually(lambda: bool(self.logged(event, **fields)), timeout_s, f"agent logs {event} {fields}")
-        return self.logged(event, **fields)[-1]
-
-    async def kill9(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
-        assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
-        await self._drain()
-
-    async def stop(self) -> int:
-        """SIGTERM, as systemd stops it; returns the exit code."""
-        if self.proc is None or self.proc.returncode is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), 30)
-        await self._drain()
-        return code
-
-    async def _drain(self) -> None:
-        if self._reader is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reader, 5)
-
-
 def simulation_of(config: Path) -> dict[str, Any]:
     return tomllib.loads(config.read_text())["simulation"]
 
@@ -102,19 +46,6 @@ async def simulated_site(config: Path) -> AsyncIterator[SimSite]:
     sim = parse_simulation(simulation_of(config))
     async with SimSite.from_config(sim) as site:
         yield site
-
-
-@contextlib.asynccontextmanager
-async def agent_process(config: Path) -> AsyncIterator[Agent]:
-    agent = Agent(config)
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        if agent.proc is not None and agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
-        await agent._drain()
 
 
 def controllable(site: SimSite) -> dict[str, ControllableDevice]:
@@ -137,3 +68,10 @@ def state_file(config: Path) -> Path:
 
 async def until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     await eventually(check, timeout_s, what)
+
+
+def shipped_persistence() -> list[str]:
+    """The persistence settings a deployment is told to use (deploy/mosquitto.conf), as lines."""
+    text = (ROOT / "deploy" / "mosquitto.conf").read_text()
+    keys = ("persistence ", "autosave_on_changes", "autosave_interval", "set_tcp_nodelay")
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.startswith(keys)]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import aiomqtt
 from brokerkit import Broker
-from conftest import shipped_persistence
-from faultkit import PREFIX
+from faultkit import PREFIX, shipped_persistence
 
 CONFIRMED = 600
 

@@ -12,8 +12,8 @@ import asyncio
 import random
 from pathlib import Path
 
-from faultkit import agent_process, controllable, simulated_site, site_config, writes_outside_nameplate
-from sitekit import eventually
+from faultkit import controllable, simulated_site, site_config, writes_outside_nameplate
+from sitekit import agent_process, eventually
 
 from drivers.registermap import load_map
 from sim_devices.faults import apply_fault

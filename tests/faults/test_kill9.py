@@ -14,8 +14,8 @@ from pathlib import Path
 
 import aiomqtt
 from brokerkit import Broker
-from faultkit import PREFIX, agent_process, controllable, simulated_site, site_config, state_file, stored_signal_ids
-from sitekit import eventually
+from faultkit import PREFIX, controllable, simulated_site, site_config, state_file, stored_signal_ids
+from sitekit import agent_process, eventually
 
 
 def up_dr(signal_id: str, now: datetime) -> bytes:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from brokerkit import Broker
-from faultkit import PREFIX, Agent, agent_process, simulated_site
-from sitekit import ROOT, eventually
+from faultkit import PREFIX, simulated_site
+from sitekit import ROOT, Agent, agent_process, eventually
 
 from agent.trust.keys import Signer, new_private_key
 from agent.trust.seal import Sealer

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import signal
+import sys
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.config import AppConfig, parse_config
 from agent.control.loop import ControlLoop
@@ -128,3 +132,69 @@ model = "vppsim_dc_meter"
 port = {port}
 unit_id = 3
 """
+
+
+# The shipped agent as a user runs it: `vpp-agent run` in its own process, so it can be killed with SIGKILL
+# (tests/faults, tests/ocpp).
+@dataclass
+class Agent:
+    """One `vpp-agent run` process and the JSON log lines it wrote (stderr is not a terminal: structlog JSON)."""
+
+    config: Path
+    proc: asyncio.subprocess.Process | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    _reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(self.config),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(line))
+
+    def logged(self, event: str, **fields: object) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())]
+
+    async def wait_logged(self, event: str, timeout_s: float = 60.0, **fields: object) -> dict[str, Any]:
+        await eventually(lambda: bool(self.logged(event, **fields)), timeout_s, f"agent logs {event} {fields}")
+        return self.logged(event, **fields)[-1]
+
+    async def kill9(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+        await self._drain()
+
+    async def stop(self) -> int:
+        """SIGTERM, as systemd stops it; returns the exit code."""
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        await self._drain()
+        return code
+
+    async def _drain(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reader, 5)
+
+
+@contextlib.asynccontextmanager
+async def agent_process(config: Path) -> AsyncIterator[Agent]:
+    agent = Agent(config)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        if agent.proc is not None and agent.proc.returncode is None:
+            agent.proc.kill()
+            await agent.proc.wait()
+        await agent._drain()

@@ -101,6 +101,23 @@ def client_certificate(pki: Pki, common_name: str, directory: Path) -> tuple[Pat
     return cert_path, key_path
 
 
+def fill_site(tmp_path: Path, template: str, stations: list[str], **values: object) -> tuple[str, Pki]:
+    """`template` (an agent config, often with its [simulation]) with its placeholders filled, and the CA made for it:
+    {cert} {key} {ca} from a new CA, {passwords} for `stations`, {state} in `tmp_path`, {ocpp_port} and {port} on
+    free loopback ports; `values` fill or override any placeholder (a test that needs to know a port passes it)."""
+    pki = make_ca(tmp_path)
+    filled: dict[str, object] = {"cert": pki.cert, "key": pki.key, "ca": pki.ca,
+                                 "passwords": password_file(tmp_path, stations), "state": tmp_path / "state.db"}
+    for name in ("ocpp_port", "port"):
+        if "{" + name + "}" in template:
+            filled[name] = free_port_block(1)
+    filled.update(values)
+    text = template
+    for key, value in filled.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text, pki
+
+
 def password_file(directory: Path, stations: list[str]) -> Path:
     path = directory / "ocpp-passwords.json"
     path.write_text(json.dumps(dict.fromkeys(stations, PASSWORD)))

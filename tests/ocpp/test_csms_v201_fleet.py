@@ -9,14 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ocpp import v201
-from ocppkit import lib_station, make_ca, meter, password_file
+from ocppkit import fill_site, lib_station, meter
 from sitekit import eventually
 
 from agent.config import parse_config
 from agent.control.loop import ControlLoop
 from agent.wiring import build_csms, build_drivers
 from sim_devices.config import parse_simulation
-from sim_devices.ports import free_port_block
 from sim_devices.runner import SimSite
 
 SITE = """
@@ -64,11 +63,7 @@ measures = "site"
 
 
 async def test_the_control_cycle_never_asks_a_201_evse_to_discharge(tmp_path: Path) -> None:
-    pki = make_ca(tmp_path)
-    text = SITE
-    for key, value in {"ocpp_port": free_port_block(1), "port": free_port_block(1), "cert": pki.cert,
-                       "key": pki.key, "passwords": password_file(tmp_path, ["CP201"])}.items():
-        text = text.replace("{" + key + "}", str(value))
+    text, pki = fill_site(tmp_path, SITE, ["CP201"])
     config = parse_config(text, "v201.toml")
     drivers, pool = build_drivers(config, lambda: site.clock.now())
     csms = build_csms(config, drivers, lambda: site.clock.now())

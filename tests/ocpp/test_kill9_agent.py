@@ -6,66 +6,15 @@ The station and its EV are the simulator in this process, so every check is made
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import sys
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sitekit import ROOT, eventually
+from sitekit import agent_process, eventually
 from test_q04_end_to_end import _site
 
 from sim_devices.config import parse_simulation
 from sim_devices.runner import SimSite
-
-
-class AgentProcess:
-    """`vpp-agent run --config F` and the JSON lines it logs (stderr is not a terminal)."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.events: list[dict[str, Any]] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "--config", str(self.config),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    def logged(self, event: str) -> bool:
-        return any(e.get("event") == event for e in self.events)
-
-    async def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reader, 5)
-
-
-@contextlib.asynccontextmanager
-async def agent(config: Path) -> AsyncIterator[AgentProcess]:
-    process = AgentProcess(config)
-    await process.start()
-    try:
-        yield process
-    finally:
-        if process.proc is not None and process.proc.returncode is None:
-            await process.kill9()
 
 
 async def test_killed_agent_station_falls_back_and_a_new_agent_resumes_the_same_transaction(tmp_path: Path) -> None:
@@ -80,7 +29,7 @@ async def test_killed_agent_station_falls_back_and_a_new_agent_resumes_the_same_
         def discharging() -> bool:
             return ev.power_w == pytest.approx(-5000.0, rel=0.02)
 
-        async with agent(config) as first:
+        async with agent_process(config) as first:
             await eventually(discharging, timeout_s=60, what="the first agent has the EV discharge 5 kW")
             started = [e for e in station.sent if e["event_type"] == "Started"]
             assert len(started) == 1
@@ -90,10 +39,9 @@ async def test_killed_agent_station_falls_back_and_a_new_agent_resumes_the_same_
         await eventually(lambda: station.fallbacks >= 1, timeout_s=30, what="fallback after maxOfflineDuration")
         await eventually(lambda: abs(ev.power_w) < 1.0, timeout_s=30, what="the EV at the fallback power, 0 W")
 
-        async with agent(config) as second:
+        async with agent_process(config) as second:
             await eventually(lambda: station.online, timeout_s=60, what="the station reconnects to the new agent")
             await eventually(discharging, timeout_s=60, what="the new agent has the EV discharge 5 kW again")
             assert [e["transaction_id"] for e in station.sent if e["event_type"] == "Started"] == [transaction]
-            await eventually(lambda: second.logged("ocpp.transaction_resumed"), timeout_s=30,
-                             what="the new agent resumes the transaction")  # fmt: skip
+            await second.wait_logged("ocpp.transaction_resumed", timeout_s=30)
         assert ev.writes_outside_nameplate == 0

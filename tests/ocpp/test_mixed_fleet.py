@@ -11,14 +11,13 @@ import tomllib
 from datetime import timedelta
 from pathlib import Path
 
-from ocppkit import make_ca, password_file
+from ocppkit import fill_site
 from sitekit import eventually
 
 from agent.app import AgentApp
 from agent.config import parse_config
 from agent.events.lifecycle import EventState
 from sim_devices.config import parse_simulation
-from sim_devices.ports import free_port_block
 from sim_devices.runner import SimSite
 
 SITE = """
@@ -97,13 +96,7 @@ SHARE_W = 2000.0
 
 
 def _site(tmp_path: Path) -> str:
-    pki = make_ca(tmp_path)
-    passwords = password_file(tmp_path, ["CP001"])
-    text = SITE
-    for key, value in {"ocpp_port": free_port_block(1), "port": free_port_block(1), "cert": pki.cert,
-                       "key": pki.key, "ca": pki.ca, "passwords": passwords, "state": tmp_path / "s.db"}.items():
-        text = text.replace("{" + key + "}", str(value))
-    return text
+    return fill_site(tmp_path, SITE, ["CP001"])[0]
 
 
 def _payload(**fields: object) -> bytes:

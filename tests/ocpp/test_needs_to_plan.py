@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from ocpp import v21
-from ocppkit import LibStation21, Pki, make_ca, password_file
+from ocppkit import LibStation21, Pki, fill_site
 from sitekit import eventually
 from test_restart_transaction import (
     CAPACITY_WH,
@@ -45,12 +45,8 @@ NOW_WH = 0.30 * CAPACITY_WH
 
 
 def agent_config(tmp_path: Path) -> tuple[str, int, Pki]:
-    pki = make_ca(tmp_path)
     port = free_port_block(1)
-    text = CONFIG + DISPATCH
-    for key, value in {"port": port, "cert": pki.cert, "key": pki.key, "state": tmp_path / "state.db",
-                       "passwords": password_file(tmp_path, [STATION])}.items():
-        text = text.replace("{" + key + "}", str(value))
+    text, pki = fill_site(tmp_path, CONFIG + DISPATCH, [STATION], port=port)
     return text, port, pki
 
 

@@ -8,14 +8,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from ocppkit import make_ca, password_file
+from ocppkit import fill_site
 from sitekit import eventually
 
 from agent.config import parse_config
 from agent.control.loop import ControlLoop
 from agent.wiring import build_csms, build_drivers
 from sim_devices.config import parse_simulation
-from sim_devices.ports import free_port_block
 from sim_devices.runner import SimSite
 
 SITE = """
@@ -76,13 +75,7 @@ measures = "site"
 
 
 def _site(tmp_path: Path) -> str:
-    pki = make_ca(tmp_path)
-    passwords = password_file(tmp_path, ["CP001"])
-    text = SITE
-    for key, value in {"ocpp_port": free_port_block(1), "port": free_port_block(1), "cert": pki.cert,
-                       "key": pki.key, "ca": pki.ca, "passwords": passwords}.items():
-        text = text.replace("{" + key + "}", str(value))
-    return text
+    return fill_site(tmp_path, SITE, ["CP001"])[0]
 
 
 async def test_a_discharge_setpoint_is_followed_and_the_station_falls_back_when_the_agent_stops(

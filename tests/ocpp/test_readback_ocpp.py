@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ocpp import v21
-from ocppkit import lib_station, make_ca, password_file
+from ocppkit import fill_site, lib_station
 from structlog.testing import capture_logs
 
 from agent.config import parse_config
 from agent.control.loop import ControlLoop
 from agent.wiring import build_csms, build_drivers
-from sim_devices.ports import free_port_block
 
 SITE = """
 [agent]
@@ -62,11 +61,7 @@ def _event(seq_no: int, measured: datetime, setpoint_w: float, power_w: float, k
 
 
 async def test_a_meter_value_measured_before_the_last_write_is_not_a_mismatch(tmp_path: Path) -> None:
-    pki = make_ca(tmp_path)
-    text = SITE
-    for key, value in {"ocpp_port": free_port_block(1), "cert": pki.cert, "key": pki.key,
-                       "passwords": password_file(tmp_path, ["CP-RB"])}.items():
-        text = text.replace("{" + key + "}", str(value))
+    text, pki = fill_site(tmp_path, SITE, ["CP-RB"])
     config = parse_config(text, "readback.toml")
     now = lambda: datetime.now(UTC)  # noqa: E731 - the station stamps its values with the same (wall) clock
     drivers, pool = build_drivers(config, now)

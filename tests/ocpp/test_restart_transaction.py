@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from ocpp import v21
-from ocppkit import LibStation21, Pki, lib_station, make_ca, password_file
+from ocppkit import LibStation21, Pki, fill_site, lib_station
 from sitekit import eventually
 
 from agent.app import AgentApp
@@ -124,13 +124,9 @@ def evse(app: AgentApp) -> OcppEvseDriver:
 
 
 async def test_a_restart_keeps_the_ev_needs_and_the_transaction_log(tmp_path: Path) -> None:
-    pki = make_ca(tmp_path)
     port = free_port_block(1)
     state = tmp_path / "state.db"
-    text = CONFIG
-    for key, value in {"port": port, "cert": pki.cert, "key": pki.key, "state": state,
-                       "passwords": password_file(tmp_path, [STATION])}.items():
-        text = text.replace("{" + key + "}", str(value))
+    text, pki = fill_site(tmp_path, CONFIG, [STATION], port=port, state=state)
     clock = Clock(T0)
     departure = T0 + timedelta(hours=3)
 

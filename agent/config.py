@@ -650,6 +650,11 @@ class AssetConfig(Strict):
     wear_source: Literal["blast", "xu"] | None = Field(
         None, description="batteries/EVs: the battery model the wear prices are fitted to (default blast; docs/wear.md)"
     )
+    wear_pricing: Literal["depreciation", "opportunity"] | None = Field(
+        None,
+        description="batteries: price a unit of life at the pack's cost (depreciation, default) or at what it "
+        "earns, learnt online (opportunity; docs/wear.md)",
+    )
     # Modbus links other than Modbus TCP, and per-connector objects (drivers/modbus.py, docs/devices.md)
     framing: Literal["tcp", "rtu"] = Field(
         "tcp", description="Modbus over TCP: 'tcp' (Modbus TCP) or 'rtu' (RTU frames through a serial gateway)"
@@ -702,6 +707,24 @@ class AssetConfig(Strict):
 
         check(None, value)
         return value
+
+    @model_validator(mode="after")
+    def _opportunity_pricing(self) -> AssetConfig:
+        """Opportunity pricing learns the value of a life from the replacement cost up (its seed), and it prices the
+        wear the replacement cost would: an owner's own price per kWh leaves it nothing to replace."""
+        if self.wear_pricing != "opportunity":
+            return self
+        if self.wear_price_per_kwh is not None:
+            raise ValueError(
+                f"asset {self.id!r}: wear_pricing = 'opportunity' and wear_price_per_kwh exclude each other (the "
+                f"owner's own price is not learnt)"
+            )
+        if not self.replacement_cost:
+            raise ValueError(
+                f"asset {self.id!r}: wear_pricing = 'opportunity' needs a replacement_cost > 0 (the seed of the "
+                f"value of a life, docs/wear.md)"
+            )
+        return self
 
     @field_validator("transport")
     @classmethod

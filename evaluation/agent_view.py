@@ -49,13 +49,14 @@ class AssetWear:
     wear_price_per_kwh: float | None = None
     chemistry: str | None = None  # AssetConfig.chemistry, where the agent's config has it
     wear_source: str | None = None  # AssetConfig.wear_source (the model the wear is fitted to), where it has it
+    wear_pricing: str | None = None  # AssetConfig.wear_pricing ("opportunity": the value of a life, learnt online)
 
     def config_terms(self) -> dict[str, object]:
         """The AssetConfig keys this wear sets. A key the agent's config does not offer (yet) is an error naming it,
         never silently dropped: a strategy must not run as something else."""
         terms: dict[str, object] = {"replacement_cost": self.replacement_cost,
                                     "wear_price_per_kwh": self.wear_price_per_kwh}
-        for key in ("chemistry", "wear_source"):
+        for key in ("chemistry", "wear_source", "wear_pricing"):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -186,12 +187,24 @@ class AgentView:
                 )
         return {"prices": prices, "up_dr": events}
 
-    def inputs(self, plant: Plant, foresight: bool = False, price_noise: np.ndarray | None = None) -> PlanInputs:
-        """The agent's plan inputs at the plant's step (build.plan_inputs), plus the regulation product."""
+    def inputs(
+        self,
+        plant: Plant,
+        foresight: bool = False,
+        price_noise: np.ndarray | None = None,
+        wear_basis: Mapping[str, float] | None = None,
+    ) -> PlanInputs:
+        """The agent's plan inputs at the plant's step (build.plan_inputs), plus the regulation product;
+        `wear_basis`: the opportunity-priced packs' value of a life (agent.dispatch.wear_book)."""
         self.observe(plant)
         uncontrolled = float(self.scenario.base_load_w[plant.k])
         inputs, _ = plan_inputs(
-            self.fleet, self.config, self.now(plant), self.book(plant, foresight, price_noise), uncontrolled
+            self.fleet,
+            self.config,
+            self.now(plant),
+            self.book(plant, foresight, price_noise),
+            uncontrolled,
+            wear_basis=wear_basis,
         )
         regulation = self._regulation(plant.k, foresight)
         if regulation is not None:

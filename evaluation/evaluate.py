@@ -100,6 +100,7 @@ class StrategyResult:
     # per step: t_h (end of step), cash, net[scorer], soc[pack], fade[scorer][pack]
     series: dict[str, object] = field(default_factory=dict)
     gain_over_uncontrolled: dict[str, float] | None = None
+    wear_basis: dict[str, float] = field(default_factory=dict)  # aware-value: per pack, the value of a life at the end
 
     @property
     def battery_discharged_kwh(self) -> float:
@@ -185,6 +186,7 @@ def run_policy(
         envelope_reasons=dict(log.reasons),
         series={"t_h": t_h, "cash": cash.tolist(), "net": net_series,
                 "soc": {b: list(v) for b, v in ledger.step_soc.items()}, "fade": fade_series},
+        wear_basis=dict(getattr(policy, "wear_basis", {})),
     )
 
 

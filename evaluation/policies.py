@@ -16,6 +16,11 @@ only in how the batteries' wear is configured (AssetConfig terms) and, for `full
   BLAST-Lite, SoH-scaled); EVs at their owner's price.
 * `aware-blast`, `aware-xu`: as aware with the wear fitted to BLAST-Lite, or to Xu (AssetConfig.wear_source): the two
   differ only in the wear source.
+* `aware-value`: as aware with wear priced by its opportunity cost (AssetConfig.wear_pricing = "opportunity",
+  docs/wear.md): every step the agent's own book (agent.dispatch.wear_book) settles what each pack did in the step
+  before (terminal energy x that step's price, plus its regulation band x the capacity price at a perfect score, and
+  the life its throughput used by its fitted wear) and the pack's wear is priced at the value of a life it implies,
+  seeded from the replacement cost. Not in the default strategies.
 * `aggregated`: aware planned through virtual batteries (agent.dispatch.aggregate), as the agent does past
   `aggregate_above_evs`.
 * `full-info-mpc`: as aware, but every step it knows every price, event and EV session 48 h ahead (future sessions
@@ -36,6 +41,7 @@ from agent.config import AssetConfig
 from agent.dispatch.aggregate import solve_aggregated
 from agent.dispatch.inputs import AssetPlan, PlanInputs
 from agent.dispatch.planner import Plan, PlanError, solve
+from agent.dispatch.wear_book import WearBook
 from evaluation.agent_view import AgentView, AssetWear, Safe
 from evaluation.plant import Plant
 from evaluation.scenario import BatterySpec, Scenario
@@ -44,6 +50,7 @@ CONST_PATTERN = re.compile(r"^const-(\d+(?:\.\d+)?)x$")
 # the constant wear prices EMHASS users set (0.5x, 1x, 2x) and the grid the hindsight-best is chosen from
 CONST_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FULL_INFO = "full-info-mpc"
+AWARE_VALUE = "aware-value"
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,18 @@ def strategy_wear(name: str, scenario: Scenario) -> dict[str, AssetWear] | None:
             b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry, wear_source=source)
             for b in fleet.batteries
         }}  # fmt: skip
+    if name == AWARE_VALUE:
+        return {**owner, **{
+            b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry, wear_pricing="opportunity")
+            for b in fleet.batteries
+        }}  # fmt: skip
     if match := CONST_PATTERN.match(name):
         m = float(match.group(1))
         # per kWh discharged: EMHASS charges the price on both directions of the cycle
         return {**owner, **{b.id: AssetWear(wear_price_per_kwh=2.0 * m * throughput_price(b)) for b in fleet.batteries}}
     raise ValueError(
-        f"unknown strategy {name!r}; known: uncontrolled, blind, aware, aware-xu, aware-blast, aggregated, "
-        f"{FULL_INFO}, const-<m>x (e.g. const-1x)"
+        f"unknown strategy {name!r}; known: uncontrolled, blind, aware, aware-xu, aware-blast, {AWARE_VALUE}, "
+        f"aggregated, {FULL_INFO}, const-<m>x (e.g. const-1x)"
     )
 
 
@@ -123,6 +135,7 @@ class MpcPolicy:
         foresight: bool = False,
         price_error: float = 0.0,
         seed: int = 0,
+        wear_book: WearBook | None = None,
     ) -> None:
         self.name = name
         self.scenario = scenario
@@ -134,18 +147,56 @@ class MpcPolicy:
         self.solves = 0
         self.failures = 0
         self._last: tuple[Plan, int] | None = None
+        # opportunity-priced packs (aware-value): the agent's book, fed from what the plant did each step
+        self.wear_book = wear_book
+        self.wear_basis: dict[str, float] = {}  # the basis of the last plan, per pack
+        self._settled: tuple[int, dict[str, tuple[float, float]], Safe] | None = None
 
     def inputs(self, plant: Plant) -> PlanInputs:
         noise = None
         if self.price_error > 0:
             noise = self.rng.normal(0.0, self.price_error, self.view.steps)
-        inputs = self.view.inputs(plant, self.foresight, noise)
+        basis = None
+        if self.wear_book is not None:
+            self.view.observe(plant)
+            basis = self.wear_basis = self.wear_book.basis(self.view.now(plant).timestamp())
+        inputs = self.view.inputs(plant, self.foresight, noise, wear_basis=basis)
         if self.foresight:
             inputs = _with_future_sessions(inputs, self.scenario, plant)
         return inputs
 
     def decide(self, plant: Plant) -> Safe:
-        return self.view.safe(plant, *self._request(plant))
+        if self.wear_book is not None:
+            self._settle_wear(plant)
+        safe = self.view.safe(plant, *self._request(plant))
+        if self.wear_book is not None:
+            counters = {i: (d.import_wh, d.export_wh) for i, d in plant.devices.items()}
+            self._settled = (plant.k, counters, safe)
+        return safe
+
+    def _settle_wear(self, plant: Plant) -> None:
+        """Feed the book what each opportunity-priced pack did in the step just run: its terminal energy (the
+        device's own counters) at that step's price, and its regulation band at the capacity price (the hour's
+        performance score is the site's, not the pack's: counted at a perfect score)."""
+        assert self.wear_book is not None
+        if self._settled is None or self._settled[0] != plant.k - 1:
+            return
+        k, before, safe = self._settled
+        sc = self.scenario
+        self.view.observe(plant)
+        end_s = self.view.now(plant).timestamp()
+        capacity_price = float(sc.regulation_price_per_kw_h[k]) if sc.offers_regulation else 0.0
+        for asset_id, state in self.view.fleet.assets.items():
+            if not WearBook.applies(state):
+                continue
+            device = plant.devices[asset_id]
+            imported0, exported0 = before[asset_id]
+            band_kw = (safe.reserve_up_w.get(asset_id, 0.0) + safe.reserve_down_w.get(asset_id, 0.0)) / 1000.0
+            self.wear_book.settle(
+                state, end_s - sc.step_s, end_s, exported_wh=device.export_wh - exported0,
+                imported_wh=device.import_wh - imported0, price_per_kwh=float(sc.price_per_kwh[k]),
+                reserve_revenue=band_kw * sc.step_h * capacity_price,
+            )  # fmt: skip
 
     def _request(self, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         try:
@@ -176,8 +227,10 @@ def make_policy(
     if wear is None:
         return UncontrolledPolicy(scenario, view)
     error = price_error if name != FULL_INFO else 0.0
+    opportunity = any(w.wear_pricing == "opportunity" for w in wear.values())
+    book = WearBook(scenario.step_s) if opportunity else None
     return MpcPolicy(name, scenario, view, aggregated=name == "aggregated", foresight=name == FULL_INFO,
-                     price_error=error, seed=seed)
+                     price_error=error, seed=seed, wear_book=book)  # fmt: skip
 
 
 def _step_of(plan: Plan, index: int, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:

@@ -46,16 +46,21 @@ def plan_inputs(
     *,
     baselines: Mapping[str, Mapping[float, float]] | None = None,
     history: Iterable[Interval] | None = None,
+    wear_basis: Mapping[str, float] | None = None,
 ) -> tuple[PlanInputs, datetime]:
     """Inputs for the horizon starting at the current step, and that step's start time.
 
     `baselines`: up-DR event id → the settlement's baseline (W per M&V interval start) where the event lifecycle has
-    fixed it; `history`: the site meter's interval history, for High 4 of 5 before it has (both optional)."""
+    fixed it; `history`: the site meter's interval history, for High 4 of 5 before it has (both optional);
+    `wear_basis`: asset id → currency per whole life to price that pack's wear at instead of its replacement cost
+    (opportunity-cost pricing, agent.dispatch.wear_book; see `life_cost`)."""
     d = config.dispatch
     start = step_start(now, d.step_s)
     times = [start + timedelta(seconds=d.step_s * k) for k in range(d.horizon_steps)]
     step_starts = start.timestamp() + d.step_s * np.arange(d.horizon_steps)
-    assets = [a for a in (_asset(s, d.step_s, start, d.horizon_steps, d.wear_segments) for s in _plannable(fleet)) if a]
+    basis = wear_basis or {}
+    planned = (_asset(s, d.step_s, start, d.horizon_steps, d.wear_segments, basis) for s in _plannable(fleet))
+    assets = [a for a in planned if a]
     base = d.base_load_w if d.base_load_w is not None else uncontrolled_w
     site = SiteForecast(
         price_per_kwh=_prices(step_starts, book.get("prices", {}), _default_prices(times, d.step_s, config)),
@@ -89,13 +94,28 @@ def _plannable(fleet: Fleet) -> list[AssetState]:
     ]
 
 
+def life_cost(state: AssetState, wear_basis: Mapping[str, float]) -> float | None:
+    """What a whole life of this pack is priced at (currency), the R of every wear price: the opportunity value the
+    caller learnt for it (`wear_basis`, agent.dispatch.wear_book), else its replacement cost; None: no wear cost."""
+    value = wear_basis.get(state.id)
+    return float(value) if value is not None else state.config.replacement_cost
+
+
+def wear_model(state: AssetState) -> WearFit:
+    """The pack's fitted wear, from the battery model its config names (chemistry, temperature, source)."""
+    cfg = state.config
+    return _wear_model(cfg.chemistry, cfg.temperature_c, cfg.wear_source)
+
+
 @functools.lru_cache(maxsize=64)
 def _wear_model(chemistry: str | None, temperature_c: float | None, source: str | None) -> WearFit:
     """wear_fits.fit, once per pack kind: a fleet of 1000 alike EVs re-plans without interpolating 1000 times."""
     return fit(chemistry, temperature_c, source)
 
 
-def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segments: int) -> AssetPlan | None:
+def _asset(
+    state: AssetState, step_s: float, start: datetime, steps: int, segments: int, wear_basis: Mapping[str, float]
+) -> AssetPlan | None:
     m = state.measurement
     usable = state.usable_capacity_wh()
     if m is None or m.soc is None or not usable:
@@ -111,18 +131,22 @@ def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segmen
     floor = (m.ev_min_soc or 0.0) * usable if is_ev else 0.0
     min_wh = min(floor, m.soc * usable)  # below the floor already: the floor is where it is, never a violation
     # the pack's wear, fitted to the battery model its config names (chemistry, temperature, source: docs/wear.md)
-    model = _wear_model(cfg.chemistry, cfg.temperature_c, cfg.wear_source)
+    model = wear_model(state)
+    cost = life_cost(state, wear_basis)
     if cfg.wear_price_per_kwh is not None:
         wear = np.array([cfg.wear_price_per_kwh])
-    elif cfg.replacement_cost:
+    elif cost:
         # the segments split the plan's window [min_wh, usable], not the whole pack: each is priced for the cycle
         # depth it really is (a full-window cycle costs a cycle of the window's depth, not 1.58x it at 10-90 %)
         window = max(0.0, usable - min_wh) / usable
-        wear = segment_prices(cfg.replacement_cost, nominal, soh, cfg.efficiency, segments, window=window, model=model)
+        wear = segment_prices(cost, nominal, soh, cfg.efficiency, segments, window=window, model=model)
     else:
         wear = np.zeros(1)
-    calendar = calendar_price_per_wh_h(cfg.replacement_cost, nominal, model=model) if cfg.replacement_cost else 0.0
-    activation = None if cfg.wear_price_per_kwh is not None else _activation_wear(state, usable, nominal, soh, model)
+    calendar = calendar_price_per_wh_h(cost, nominal, model=model) if cost else 0.0
+    activation = None
+    if cfg.wear_price_per_kwh is None and cost:
+        life = activation_life_per_kwh(state, usable, nominal, soh, model)
+        activation = None if life is None else cost * life
     available = None
     target_wh = target_step = None
     if is_ev and m.ev_departure is not None:
@@ -147,12 +171,12 @@ def _asset(state: AssetState, step_s: float, start: datetime, steps: int, segmen
     )
 
 
-def _activation_wear(
+def activation_life_per_kwh(
     state: AssetState, usable_wh: float, nominal_wh: float, soh: float, model: WearFit
 ) -> float | None:
-    """Currency per kWh discharged following activations: the pack's fitted shallow-cycle price at the depth of the
-    regulation products' swings (agent.products.ProductProfile.swing_h); None (the cheapest wear segment,
-    inputs.activation_price) without a replacement cost or without any product that swings.
+    """Life fraction per kWh discharged following activations, so the price is life_cost × this: the pack's fitted
+    shallow-cycle price at the depth of the regulation products' swings (agent.products.ProductProfile.swing_h) per
+    unit of life cost; None (the cheapest wear segment, inputs.activation_price) without any product that swings.
 
     Depth = swing_h × the asset's rated power / its usable energy. The rated power because the band is at most that
     (a symmetric band at most the smaller of the charge and discharge ratings): a band below it swings shallower,
@@ -164,16 +188,15 @@ def _activation_wear(
     at this shallow price too, not at the cheapest segment. None exists today: the awarded reserves this module builds
     carry no activations (`_reserves`), only the regulation product the evaluation adds does.
     """
-    cost = state.config.replacement_cost
     swings = [p.swing_h for p in PRODUCTS.values() if p.swing_h]
-    if not cost or not swings or usable_wh <= 0:
+    if not swings or usable_wh <= 0:
         return None
     ratings = [w for w in (state.rated_charge_w(), state.rated_discharge_w()) if w > 0]
     if not ratings:
         return None
     band_w = min(ratings)
     eff = state.config.efficiency
-    return max(shallow_cycle_price(cost, nominal_wh, soh, eff, s * band_w / usable_wh, model=model) for s in swings)
+    return max(shallow_cycle_price(1.0, nominal_wh, soh, eff, s * band_w / usable_wh, model=model) for s in swings)
 
 
 def _covering(step_starts: np.ndarray, step_s: float, start: datetime, end: datetime) -> np.ndarray:

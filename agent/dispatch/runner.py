@@ -19,6 +19,7 @@ from agent.config import AppConfig
 from agent.dispatch.build import plan_inputs
 from agent.dispatch.inputs import PlanInputs, SiteForecast, UpDr
 from agent.dispatch.plan import Plan, PlanError
+from agent.dispatch.wear_book import PriceTrack, WearBook
 from agent.dispatch.worker import SolverWorker, WorkerDied, WorkerError, aggregated_plan, full_plan
 from agent.fleet import Fleet
 from agent.signals.models import SignalModel
@@ -64,6 +65,9 @@ class Dispatcher:
         # told of every plan adopted, with its start and how it was solved (the audit trail records plan changes)
         self.adopted: list[Callable[[Plan, datetime, str], None]] = []
         self._wake = asyncio.Event()
+        # packs priced at the opportunity value of their life (docs/wear.md): settled from measured energy per re-plan
+        self.wear = WearBook(d.step_s)
+        self._opportunity = any(a.wear_pricing == "opportunity" for a in config.assets)
 
     def request_replan(self) -> None:
         """Called when a signal arrives: plan again now rather than at the next step."""
@@ -94,7 +98,9 @@ class Dispatcher:
 
     async def replan(self, fleet: Fleet, uncontrolled_w: float) -> Plan | None:
         now = self.clock()
-        known = {"baselines": self.baselines()} if self.baselines is not None else {}
+        known: dict[str, object] = {"baselines": self.baselines()} if self.baselines is not None else {}
+        if self._opportunity:
+            known["wear_basis"] = self._wear_basis(fleet, now)
         inputs, start = plan_inputs(fleet, self.config, now, self.book, uncontrolled_w, **known)
         if not inputs.assets:
             return None
@@ -128,6 +134,15 @@ class Dispatcher:
         for listener in self.adopted:
             listener(plan, start, self.method)
         return plan
+
+    def _wear_basis(self, fleet: Fleet, now: datetime) -> dict[str, float]:
+        """Settle the packs' measured energy since the last re-plan at the prices the last plan used, then each
+        opportunity-priced pack's value of a whole life (build.plan_inputs' `wear_basis`)."""
+        prices = None
+        if self.plan is not None and self.plan_start is not None and self.plan_site is not None:
+            prices = PriceTrack(self.plan_start.timestamp(), self.plan.step_s, self.plan_site.price_per_kwh)
+        self.wear.observe(fleet, now.timestamp(), prices)
+        return self.wear.basis(now.timestamp())
 
     def _failed(self, now: datetime, event: str, error: str, exc_info: bool = False) -> None:
         """Count and log a re-plan that produced nothing; the last plan (then the rule) keeps control."""

@@ -33,7 +33,10 @@ class OpportunityWearValue:
     """Online estimate of what a unit of a pack's life earns, seeded from its replacement cost."""
 
     replacement_cost: float  # R, currency for a new pack: the seed (depreciation) value of a whole life
-    prior_life: float = 0.02  # L₀: history worth 2 % of life at the depreciation price before the agent's own counts
+    # L₀: the seed counts as 0.2 % of life at the depreciation price, about 10 full cycles of an LFP pack (BLAST-Lite
+    # fit: 2.0e-4 of life per cycle) or two weeks of daily cycling; 2 % would outweigh 90 days of daily full cycles
+    # (0.018 of life), so the window's own figures would never take over
+    prior_life: float = 0.002
     window_s: float = 90 * 86400.0  # only the last 90 days of settlements count (prices and duties drift)
     discount_rate_per_year: float = 0.0  # 0: a unit of life is worth the same whenever it is used
     _history: deque[tuple[float, float, float, float]] = field(default_factory=deque, repr=False)
@@ -64,6 +67,10 @@ class OpportunityWearValue:
         while self._history and self._history[0][1] <= now_s - self.window_s:
             self._history.popleft()
         return sum(h[2] for h in self._history), sum(h[3] for h in self._history)
+
+    def history_life(self, now_s: float) -> float:
+        """Life fraction the window's settlements used: how much of ν is the pack's own figures (vs the prior L₀)."""
+        return self._sums(now_s)[1]
 
     def value_per_life(self, now_s: float) -> float:
         """ν: currency a whole life earns, from the window's settlements and the prior (R with no history)."""

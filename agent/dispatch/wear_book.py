@@ -1,0 +1,204 @@
+"""Opportunity-cost wear pricing (docs/wear.md): each pack's settled figures, and the value of its life they imply.
+
+One `OpportunityWearValue` per pack configured `wear_pricing = "opportunity"`, fed once per planning step with what
+the pack did in the step before, and read back as the cost basis of its wear prices (`basis`, passed to
+`agent.dispatch.build.plan_inputs(wear_basis=...)`). The running agent (agent.dispatch.runner) and the evaluation
+(evaluation.policies, `aware-value`) both settle through `WearBook.settle`, so the rule below has one home.
+
+What a step counts, per pack:
+
+* revenue: the pack's measured energy at its terminals × the step's energy price (export earns, import pays), plus
+  the reserve capacity payment the caller attributes to it (the evaluation: its regulation band × the capacity
+  price, at a perfect performance score; the running agent: none, since an awarded reserve carries no price in its
+  plan inputs). Not counted: up-DR payments (a site-level settlement against a baseline), calendar ageing.
+* life used: the cycle life its throughput used by the pack's own fitted wear (`build.wear_model`, the fit its
+  prices come from). Net discharge extends the current half cycle (depth from where the pack last charged, as a
+  fraction of its usable energy): it uses Φ(depth after) − Φ(depth before), so a discharge spread over several steps
+  costs what one cycle of its whole depth costs, as the planner's segment prices charge it; a net charge ends the
+  half cycle (Xu's convention: a cycle is charged once, on discharge). Energy that went out and came back within
+  the step (regulation swings) uses the pack's shallow-swing life per kWh (`build.activation_life_per_kwh`).
+
+Measured energy in the running agent (`observe`): the device's import/export counters between two readings, else
+its SoC change × usable energy, converted to terminal energy with the configured efficiency (which sees only the
+net of a step). Never the plan's intention. History is held in memory only: after a restart each pack re-seeds from
+its replacement cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from agent.dispatch.build import activation_life_per_kwh, wear_model
+from agent.dispatch.wear_value import OpportunityWearValue
+from agent.fleet import AssetState, Fleet
+from agent.model import Measurement
+
+log = structlog.get_logger("agent.dispatch")
+
+OPPORTUNITY = "opportunity"
+
+
+@dataclass(frozen=True)
+class PriceTrack:
+    """The energy price per step the plan used (currency/kWh), from `start_s` (unix s) in steps of `step_s`."""
+
+    start_s: float
+    step_s: float
+    prices_per_kwh: np.ndarray
+
+    def mean(self, start_s: float, end_s: float) -> float | None:
+        """Time-weighted price over the part of [start_s, end_s) the track covers; None where it covers none."""
+        total = covered = 0.0
+        for k, price in enumerate(np.asarray(self.prices_per_kwh, dtype=float)):
+            lo = max(start_s, self.start_s + k * self.step_s)
+            hi = min(end_s, self.start_s + (k + 1) * self.step_s)
+            if hi > lo:
+                total += price * (hi - lo)
+                covered += hi - lo
+        return total / covered if covered > 0 else None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What `observe` keeps of a pack's last reading: when, its energy counters (Wh) and its stored energy (Wh)."""
+
+    t_s: float
+    import_wh: float | None
+    export_wh: float | None
+    stored_wh: float | None
+
+
+@dataclass
+class _Pack:
+    value: OpportunityWearValue
+    run_depth: float = 0.0  # depth of the discharge since the pack last charged (fraction of its usable energy)
+    reading: Reading | None = None
+    logged_step: int | None = None
+
+
+@dataclass
+class WearBook:
+    """Per pack, the online value of its life; `step_s` only limits the log to one line per pack and step."""
+
+    step_s: float
+    prior_life: float = OpportunityWearValue.prior_life
+    window_s: float = OpportunityWearValue.window_s
+    packs: dict[str, _Pack] = field(default_factory=dict)
+
+    @staticmethod
+    def applies(state: AssetState) -> bool:
+        return state.config.wear_pricing == OPPORTUNITY and bool(state.config.replacement_cost)
+
+    def value(self, state: AssetState) -> OpportunityWearValue:
+        """The pack's estimate (created at its replacement cost on first sight)."""
+        return self._pack(state).value
+
+    def _pack(self, state: AssetState) -> _Pack:
+        pack = self.packs.get(state.id)
+        if pack is None:
+            seed = OpportunityWearValue(float(state.config.replacement_cost or 0.0), self.prior_life, self.window_s)
+            pack = self.packs[state.id] = _Pack(seed)
+        return pack
+
+    def basis(self, now_s: float) -> dict[str, float]:
+        """Asset id → currency per whole life to price its wear at now (build.plan_inputs' `wear_basis`)."""
+        return {asset_id: pack.value.cost_basis(now_s) for asset_id, pack in self.packs.items()}
+
+    def settle(
+        self,
+        state: AssetState,
+        start_s: float,
+        end_s: float,
+        *,
+        exported_wh: float,
+        imported_wh: float,
+        price_per_kwh: float,
+        reserve_revenue: float = 0.0,
+    ) -> tuple[float, float]:
+        """Record one settled period of one pack from its measured terminal energy; returns (revenue, life used)."""
+        pack = self._pack(state)
+        revenue = (exported_wh - imported_wh) / 1000.0 * price_per_kwh + reserve_revenue
+        life = self._life_used(pack, state, max(exported_wh, 0.0), max(imported_wh, 0.0))
+        pack.value.record(start_s, end_s, revenue, life)
+        return revenue, life
+
+    def _life_used(self, pack: _Pack, state: AssetState, exported_wh: float, imported_wh: float) -> float:
+        """The module docstring's rule: the half-cycle's depth increment by Φ, plus the swings at the shallow rate."""
+        usable = state.usable_capacity_wh()
+        m = state.measurement
+        if not usable or m is None:
+            return 0.0
+        model = wear_model(state)
+        eff = state.config.efficiency
+        net_out = exported_wh - imported_wh
+        life = 0.0
+        if net_out > 0:
+            after = min(pack.run_depth + net_out / eff / usable, 1.0)
+            life += float(model.cycle_life(after)) - float(model.cycle_life(pack.run_depth))
+            pack.run_depth = after
+        elif net_out < 0:
+            pack.run_depth = 0.0
+        swung = min(exported_wh, imported_wh)
+        if swung > 0:
+            soh = m.soh if m.soh is not None else 1.0
+            rate = activation_life_per_kwh(state, usable, m.capacity_wh or usable, soh, model)
+            # no product that swings: the swing counted as one cycle of its depth
+            life += swung / 1000.0 * rate if rate is not None else float(model.cycle_life(swung / eff / usable))
+        return max(life, 0.0)
+
+    def observe(self, fleet: Fleet, now_s: float, prices: PriceTrack | None) -> None:
+        """The running agent, once per re-plan: settle each opportunity-priced pack's measured energy since its last
+        reading at the prices of the plan that ran then (none known: the period is not counted)."""
+        for state in fleet.assets.values():
+            if not self.applies(state):
+                continue
+            pack = self._pack(state)
+            reading = _reading(state)
+            if reading is None:  # no reading now: the next period starts at the next one
+                pack.reading = None
+                continue
+            before = pack.reading
+            if before is not None and reading.t_s <= before.t_s:
+                continue  # no new reading since the last settlement
+            pack.reading = reading
+            price = prices.mean(before.t_s, reading.t_s) if before is not None and prices is not None else None
+            energy = _energy(before, reading, state.config.efficiency) if before is not None else None
+            if before is None or price is None or energy is None:
+                continue
+            exported, imported = energy
+            self.settle(state, before.t_s, reading.t_s, exported_wh=exported, imported_wh=imported,
+                        price_per_kwh=price)  # fmt: skip
+            step = int(now_s // self.step_s)
+            if pack.logged_step != step:
+                pack.logged_step = step
+                value = pack.value
+                log.info("wear.value_updated", asset=state.id, value_per_life=round(value.value_per_life(now_s), 2),
+                         history_life=round(value.history_life(now_s), 6))  # fmt: skip
+
+
+def _reading(state: AssetState) -> Reading | None:
+    m: Measurement | None = state.measurement
+    if m is None:
+        return None
+    usable = state.usable_capacity_wh()
+    stored = m.soc * usable if m.soc is not None and usable else None
+    counters = [v if v is not None and math.isfinite(v) else None for v in (m.energy_import_wh, m.energy_export_wh)]
+    return Reading(m.at.timestamp(), counters[0], counters[1], stored)
+
+
+def _energy(before: Reading, after: Reading, efficiency: float) -> tuple[float, float] | None:
+    """(exported, imported) Wh at the terminals between two readings: the counters when both readings have them and
+    they did not run backwards (a reset), else the stored-energy change (only the net of the period)."""
+    if None not in (before.import_wh, before.export_wh, after.import_wh, after.export_wh):
+        imported = after.import_wh - before.import_wh  # type: ignore[operator]
+        exported = after.export_wh - before.export_wh  # type: ignore[operator]
+        if imported >= 0 and exported >= 0:
+            return exported, imported
+    if before.stored_wh is None or after.stored_wh is None:
+        return None
+    change = after.stored_wh - before.stored_wh
+    return (-change * efficiency, 0.0) if change < 0 else (0.0, change / efficiency)

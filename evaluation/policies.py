@@ -21,6 +21,10 @@ only in how the batteries' wear is configured (AssetConfig terms) and, for `full
   before (terminal energy x that step's price, plus its regulation band x the capacity price at a perfect score, and
   the life its throughput used by its fitted wear) and the pack's wear is priced at the value of a life it implies,
   seeded from the replacement cost. Not in the default strategies.
+* `aware-<s>x` (e.g. `aware-4x`): as aware with each pack's life priced at s x its replacement cost (its config's
+  `replacement_cost` scaled; the world's pack still costs 1x). An analysis, not a setting to ship: a sweep of s shows
+  whether any one level of the fitted wear meets the goals in both scorer columns (chosen in hindsight it is tuned on
+  the scorer, like the best constant). Not in the default strategies.
 * `aggregated`: aware planned through virtual batteries (agent.dispatch.aggregate), as the agent does past
   `aggregate_above_evs`.
 * `full-info-mpc`: as aware, but every step it knows every price, event and EV session 48 h ahead (future sessions
@@ -47,6 +51,7 @@ from evaluation.plant import Plant
 from evaluation.scenario import BatterySpec, Scenario
 
 CONST_PATTERN = re.compile(r"^const-(\d+(?:\.\d+)?)x$")
+AWARE_SCALED = re.compile(r"^aware-(\d+(?:\.\d+)?)x$")  # aware with its packs' life priced at s x their cost
 # the constant wear prices EMHASS users set (0.5x, 1x, 2x) and the grid the hindsight-best is chosen from
 CONST_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FULL_INFO = "full-info-mpc"
@@ -96,13 +101,19 @@ def strategy_wear(name: str, scenario: Scenario) -> dict[str, AssetWear] | None:
             b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry, wear_pricing="opportunity")
             for b in fleet.batteries
         }}  # fmt: skip
+    if match := AWARE_SCALED.match(name):
+        scale = float(match.group(1))
+        if scale <= 0:
+            raise ValueError(f"strategy {name!r}: the scale of the packs' life cost must be > 0")
+        return {**owner, **{b.id: AssetWear(replacement_cost=scale * b.replacement_cost, chemistry=b.chemistry)
+                            for b in fleet.batteries}}
     if match := CONST_PATTERN.match(name):
         m = float(match.group(1))
         # per kWh discharged: EMHASS charges the price on both directions of the cycle
         return {**owner, **{b.id: AssetWear(wear_price_per_kwh=2.0 * m * throughput_price(b)) for b in fleet.batteries}}
     raise ValueError(
         f"unknown strategy {name!r}; known: uncontrolled, blind, aware, aware-xu, aware-blast, {AWARE_VALUE}, "
-        f"aggregated, {FULL_INFO}, const-<m>x (e.g. const-1x)"
+        f"aggregated, {FULL_INFO}, const-<m>x (e.g. const-1x), aware-<s>x (e.g. aware-4x)"
     )
 
 

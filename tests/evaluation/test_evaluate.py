@@ -130,6 +130,21 @@ def test_aware_fitted_to_blast_or_xu_differ_only_in_the_wear_source(scenario: Sc
     assert dataclasses.replace(blast["bat-1"], wear_source="xu") == xu["bat-1"]
 
 
+def test_scaled_aware_prices_the_packs_life_at_a_multiple_of_their_cost_and_nothing_else(scenario: Scenario) -> None:
+    from evaluation.policies import strategy_wear
+
+    aware, scaled = strategy_wear("aware", scenario), strategy_wear("aware-4x", scenario)
+    assert aware is not None and scaled is not None
+    spec = scenario.fleet.batteries[0]
+    assert scaled["bat-1"].replacement_cost == pytest.approx(4 * spec.replacement_cost)
+    assert dataclasses.replace(scaled["bat-1"], replacement_cost=spec.replacement_cost) == aware["bat-1"]
+    assert {k: v for k, v in scaled.items() if k != "bat-1" and k != "bat-2"} == {
+        k: v for k, v in aware.items() if k != "bat-1" and k != "bat-2"
+    }  # the EVs keep their owner's price
+    with pytest.raises(ValueError, match="> 0"):
+        strategy_wear("aware-0x", scenario)
+
+
 class Reckless:
     """A strategy asking for what no device may do: 1 MW each way, a 1 MW regulation band, EVs drained."""
 

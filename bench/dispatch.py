@@ -14,7 +14,11 @@ the full LP optimum (costs net of the fixed uncontrolled-load and floor parts), 
 compare within a run. Where the full LP is skipped, the gap reference is the aggregated LP's own optimum (a lower
 bound: the aggregate is a relaxation). Where the V2G members are not re-planned (refine.V2G_MAX_COLUMNS), the same
 re-solve is run once more with them re-planned, to show the time it would take and the gap it leaves.
+With --regd the site also offers regulation: a `RegD` Reserve with hourly capacity prices and the signal's mean
+activation, nothing awarded, as evaluation/agent_view.py appends it to the agent's inputs, so the reserve path (the
+split's per-member bands, the refinement's reserve rows) is timed too.
 Usage: python bench/dispatch.py [--sizes 10 100 1000 10000 100000] [--groups 32] [--naive-max 60] [--budget 600]
+       [--skip-v2g] [--regd]
 """
 
 from __future__ import annotations
@@ -36,9 +40,16 @@ from agent.dispatch import planner, refine
 from agent.dispatch.aggregate import AggregatedSolve, solve_aggregated_detail
 from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices
 from agent.dispatch.formulation import DispatchModel, Shape
-from agent.dispatch.inputs import AssetPlan, PlanInputs, SiteForecast, UpDr
+from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
 from agent.dispatch.planner import Plan
-from sim_devices.scenarios import JST, SessionSpec, generate_prices, generate_sessions
+from sim_devices.scenarios import (
+    JST,
+    SessionSpec,
+    generate_prices,
+    generate_sessions,
+    regulation_capacity_prices,
+    regulation_values,
+)
 
 STEPS = 96
 STEP_S = 900.0
@@ -48,6 +59,21 @@ START = datetime.combine(DAY, dtime(12, 0), JST)
 EV_PACK_COST_PER_KWH = 20_000.0  # JPY, replacement cost of an EV pack per kWh
 BATTERY_COST_PER_KWH = 40_000.0
 SEGMENTS = 4
+REGD_MEDIAN_PER_KW_H = 1.5  # evaluation's default regulation capacity price (evaluation/evaluate.py)
+REGD_SAMPLE_S = 10.0  # the regulation signal's sample period, as evaluation/scenario.py draws it
+REGD = False  # --regd: offer regulation (see the module docstring)
+
+
+def regd_reserve(start: datetime, seed: int = 11) -> Reserve:
+    """The `RegD` product as evaluation/agent_view.py appends it: capacity prices (hourly, held over each hour's
+    steps, the same price up and down), nothing awarded, the signal's mean up activation."""
+    first_hour = int((start - datetime.combine(DAY, dtime(0, 0), JST)).total_seconds() // 3600)
+    hourly = regulation_capacity_prices(72, seed, REGD_MEDIAN_PER_KW_H)
+    hours = first_hour + (np.arange(STEPS) * STEP_S // 3600).astype(int)
+    price = hourly[np.minimum(hours, len(hourly) - 1)]
+    activation = float(np.maximum(regulation_values(86400, seed, REGD_SAMPLE_S), 0.0).mean())
+    zeros = np.zeros(STEPS)
+    return Reserve("RegD", price, price, zeros, zeros, activation_per_h=activation)
 
 
 def sessions_for(n: int, seed: int) -> list[SessionSpec]:
@@ -139,7 +165,8 @@ def fleet_inputs(
     site = SiteForecast(price, base, pv, import_limit_w=base[0] + 0.4 * sum(a.charge_w for a in evs) + 500_000.0)
     window = (hours >= 10) & (hours < 14) & (np.arange(STEPS) > 40)  # tomorrow 10:00–14:00
     updr = UpDr(window, base - pv, 800.0 * n, 8.0)
-    return PlanInputs(STEPS, STEP_S, evs + batteries(bess_energy), site, updr=updr)
+    reserves = [regd_reserve(start)] if REGD else []
+    return PlanInputs(STEPS, STEP_S, evs + batteries(bess_energy), site, updr=updr, reserves=reserves)
 
 
 def next_step(sessions: list[SessionSpec], plan: Plan, prices: tuple[datetime, np.ndarray], seed: int) -> PlanInputs:
@@ -297,11 +324,13 @@ def main() -> None:
     parser.add_argument("--naive-max", type=float, default=60.0, help="skip the naive LP above this estimate (s)")
     parser.add_argument("--budget", type=float, default=600.0, help="time limit of an aggregated solve (s)")
     parser.add_argument("--skip-v2g", action="store_true", help="do not measure the V2G members re-planned")
+    parser.add_argument("--regd", action="store_true", help="offer a RegD regulation product (no award)")
     args = parser.parse_args()
     from agent.dispatch.aggregate import DEFAULT_GROUPS
 
-    global BUDGET_S
+    global BUDGET_S, REGD
     BUDGET_S = args.budget
+    REGD = args.regd
     run(args.sizes, args.groups or DEFAULT_GROUPS, args.naive_max, args.skip_v2g)
 
 

@@ -31,6 +31,7 @@ from agent.signals.models import (
     SIGNAL_TYPES,
     AsActivation,
     AsAward,
+    AsOffer,
     GridFrequency,
     PriceSeries,
     SignalModel,
@@ -182,7 +183,7 @@ class AgentApp:
                 self.loop.wake(fast=True)  # the fast path: act on a changed activation now, from the last poll
         elif isinstance(signal, UpDrEvent | AsAward):
             await self.events.receive(kind, signal, now)
-        if self.dispatcher is not None and isinstance(signal, PriceSeries | UpDrEvent | AsAward):
+        if self.dispatcher is not None and isinstance(signal, PriceSeries | UpDrEvent | AsAward | AsOffer):
             self.dispatcher.request_replan()
 
     def _events_cycle(self) -> None:

@@ -8,11 +8,10 @@ code (agent.dispatch.build.plan_inputs: fleet -> inputs) and every setpoint pass
   register map serves), taken at the start of each planning step; an asset answers, so it is available;
 * the signal book as the aggregator would feed it: the JEPX prices published so far (tomorrow's from 10:00 JST), under
   them a persistence forecast sent as an older price signal for the unpublished hours (newer signals win in the
-  book), and the up-DR events announced so far (the day before at 10:00);
-* the regulation product, appended to the agent's inputs: the running agent has no path that offers capacity by
-  price (agent.dispatch.build reads only awarded reserves, `AsAward`), so the evaluation adds the `RegD` Reserve with
-  the capacity prices as published, nothing awarded, and the signal's mean activation. That is the one place the
-  strategies plan with more than the agent's build gives them; docs/evaluation.md names it.
+  book), the up-DR events announced so far (the day before at 10:00), and the regulation product as a price-only
+  reserve offer (`as_offer`, agent.signals.models.AsOffer): `RegD`, the capacity prices as published with the same
+  persistence forecast beyond, and the signal's mean activation. The agent's build turns that offer into the
+  Reserve the strategies plan with (agent.dispatch.build), nothing awarded.
 
 Nothing here copies a simulator constant: limits (tapers included) reach the agent as the devices' live limits.
 """
@@ -29,10 +28,10 @@ import numpy as np
 from agent.config import AppConfig, AssetConfig, DispatchSettings
 from agent.control.safety import SafetyEnvelope
 from agent.dispatch.build import plan_inputs
-from agent.dispatch.inputs import PlanInputs, Reserve
+from agent.dispatch.inputs import PlanInputs
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
-from agent.signals.models import PriceSeries, SignalModel, UpDrEvent
+from agent.signals.models import AsOffer, PriceSeries, SignalModel, UpDrEvent
 from evaluation.plant import Plant
 from evaluation.scenario import Scenario, persistence_forecast, published_until
 
@@ -54,8 +53,10 @@ class AssetWear:
     def config_terms(self) -> dict[str, object]:
         """The AssetConfig keys this wear sets. A key the agent's config does not offer (yet) is an error naming it,
         never silently dropped: a strategy must not run as something else."""
-        terms: dict[str, object] = {"replacement_cost": self.replacement_cost,
-                                    "wear_price_per_kwh": self.wear_price_per_kwh}
+        terms: dict[str, object] = {
+            "replacement_cost": self.replacement_cost,
+            "wear_price_per_kwh": self.wear_price_per_kwh,
+        }
         for key in ("chemistry", "wear_source", "wear_pricing"):
             value = getattr(self, key)
             if value is None:
@@ -159,8 +160,9 @@ class AgentView:
             state.available = True
 
     def book(self, plant: Plant, foresight: bool = False, price_noise: np.ndarray | None = None) -> dict:
-        """The signal book at the plant's step: prices and up-DR events as published (all of them with
-        `foresight`); `price_noise` (relative, per horizon step) perturbs every price after the current step."""
+        """The signal book at the plant's step: prices, up-DR events and the regulation offer as published (all of
+        them with `foresight`); `price_noise` (relative, per horizon step) perturbs every energy price after the
+        current step (not the capacity prices)."""
         sc, k = self.scenario, plant.k
         steps = self.steps
         known = sc.steps + steps if foresight else published_until(sc, k)
@@ -185,7 +187,7 @@ class AgentView:
                     requested_increase_w=requested,
                     price_per_kwh=price,
                 )
-        return {"prices": prices, "up_dr": events}
+        return {"prices": prices, "up_dr": events, "as_offer": self._regulation(k, known, start)}
 
     def inputs(
         self,
@@ -194,7 +196,7 @@ class AgentView:
         price_noise: np.ndarray | None = None,
         wear_basis: Mapping[str, float] | None = None,
     ) -> PlanInputs:
-        """The agent's plan inputs at the plant's step (build.plan_inputs), plus the regulation product;
+        """The agent's plan inputs at the plant's step (build.plan_inputs), the regulation offer's Reserve included;
         `wear_basis`: the opportunity-priced packs' value of a life (agent.dispatch.wear_book)."""
         self.observe(plant)
         uncontrolled = float(self.scenario.base_load_w[plant.k])
@@ -206,19 +208,20 @@ class AgentView:
             uncontrolled,
             wear_basis=wear_basis,
         )
-        regulation = self._regulation(plant.k, foresight)
-        if regulation is not None:
-            inputs = dataclasses.replace(inputs, reserves=[*inputs.reserves, regulation])
         return inputs
 
-    def _regulation(self, k: int, foresight: bool) -> Reserve | None:
+    def _regulation(self, k: int, known: int, start: datetime) -> dict[str, SignalModel]:
+        """The regulation product as the offer an aggregator would send (empty where none is offered): capacity
+        prices over the horizon, published up to step `known`, the same persistence forecast beyond."""
         sc, steps = self.scenario, self.steps
         if not sc.offers_regulation:
-            return None
-        known = sc.steps + steps if foresight else published_until(sc, k)
+            return {}
         price = persistence_forecast(sc.regulation_price_per_kw_h, k, steps, known, round(86400 / sc.step_s))
-        zeros = np.zeros(steps)
-        return Reserve("RegD", price, price, zeros, zeros, activation_per_h=sc.regulation_activation_per_h)
+        offer = AsOffer(
+            id=f"regd-{k}", product="RegD", start=start, interval_s=round(sc.step_s),
+            capacity_price_per_kw_h=[float(p) for p in price], activation_per_h=float(sc.regulation_activation_per_h),
+        )  # fmt: skip
+        return {offer.id: offer}
 
     def safe(
         self,

@@ -7,13 +7,19 @@ caller passes it (`baselines`), else the same rule with the data the planner has
 given, else the pre-event average, read as the site's demand now (the uncontrolled load plus the assets' measured
 power: what the site meter shows). Prices come from the newest price signal covering each step, else the configured
 time-of-use day (`price_profile_per_kwh`, in local time of `[events] timezone`), else the flat default.
+
+Reserves: each product's awards (`as_award`) are a Reserve the plan must hold (the awarded W, no price: the award is
+already won); each product's offers (`as_offer`) are a Reserve of their own with the offered capacity prices per step
+and nothing awarded, so the planner decides how much to hold and its band is the bid. An award and an offer of the
+same product therefore stack: the award's W are held whatever they earn, the offer is paid only for what the plan
+holds on top of them (the LP sums every Reserve into the same power and energy headroom).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,7 +34,7 @@ from agent.events.mv.intervals import Interval, interval_start
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus
 from agent.products import PRODUCTS
-from agent.signals.models import AsAward, PriceSeries, SignalModel, UpDrEvent
+from agent.signals.models import AsAward, AsOffer, PriceSeries, SignalModel, UpDrEvent
 
 
 def step_start(now: datetime, step_s: float) -> datetime:
@@ -72,6 +78,7 @@ def plan_inputs(
     site_now = base + sum(_measured_w(s) for s in fleet.assets.values())
     updr = _updr(step_starts, d.step_s, book.get("up_dr", {}), site_now, config, baselines or {}, history)
     reserves = _reserves(step_starts, d.step_s, book.get("as_award", {}))
+    reserves += _offers(step_starts, book.get("as_offer", {}))
     return PlanInputs(d.horizon_steps, d.step_s, assets, site, updr=updr, reserves=reserves), start
 
 
@@ -186,7 +193,8 @@ def activation_life_per_kwh(
     Limitation: the price is per asset, not per product (AssetPlan.activation_wear_per_kwh), and the assets are built
     before the caller knows which reserves they will hold. So a product with activations but no swing would be priced
     at this shallow price too, not at the cheapest segment. None exists today: the awarded reserves this module builds
-    carry no activations (`_reserves`), only the regulation product the evaluation adds does.
+    carry no activations (`_reserves`); an offer carries the activation its sender gives (`_offers`), in practice the
+    evaluation's regulation product.
     """
     swings = [p.swing_h for p in PRODUCTS.values() if p.swing_h]
     if not swings or usable_wh <= 0:
@@ -237,15 +245,25 @@ def profile_mean(profile: list[float], zone: ZoneInfo, start: datetime, step_s: 
 
 def _prices(step_starts: np.ndarray, signals: Mapping[str, SignalModel], default: np.ndarray) -> np.ndarray:
     """The newest price signal covering each step's start, else `default` (one price per step)."""
-    prices = default.astype(float)
-    for signal in signals.values():  # insertion order: newer signals overwrite older ones
-        if not isinstance(signal, PriceSeries):
-            continue
-        index = np.floor((step_starts - signal.start.timestamp()) / signal.interval_s).astype(int)
-        covered = (index >= 0) & (index < len(signal.prices_per_kwh))
+    series = [(s.start, s.interval_s, s.prices_per_kwh) for s in signals.values() if isinstance(s, PriceSeries)]
+    return _on_steps(step_starts, series, default)[0]
+
+
+def _on_steps(
+    step_starts: np.ndarray, series: Iterable[tuple[datetime, float, Sequence[float]]], default: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, the value of the newest series (start, interval_s, values) whose intervals cover the step's start,
+    else `default`; and which steps some series covered. The one rule for every per-interval signal (energy prices,
+    offered capacity prices): a step takes the interval its start falls in, later series overwrite earlier ones."""
+    values = default.astype(float)
+    any_covered = np.zeros(len(step_starts), dtype=bool)
+    for start, interval_s, data in series:  # insertion order: newer signals overwrite older ones
+        index = np.floor((step_starts - start.timestamp()) / interval_s).astype(int)
+        covered = (index >= 0) & (index < len(data))
         if covered.any():
-            prices[covered] = np.asarray(signal.prices_per_kwh, dtype=float)[index[covered]]
-    return prices
+            values[covered] = np.asarray(data, dtype=float)[index[covered]]
+            any_covered |= covered
+    return values, any_covered
 
 
 def _updr(
@@ -304,3 +322,31 @@ def _reserves(step_starts: np.ndarray, step_s: float, awards: Mapping[str, Signa
         down += covered * award.down_w
     zeros = np.zeros(steps)
     return [Reserve(product, zeros, zeros, up, down) for product, (up, down) in sorted(by_product.items())]
+
+
+def _offers(step_starts: np.ndarray, offers: Mapping[str, SignalModel]) -> list[Reserve]:
+    """One Reserve per product and side offered (`AsOffer.directions`) that covers a step of the horizon: the newest
+    offer's capacity price per step (`_on_steps`, the energy prices' rule; 0 where none covers), nothing awarded.
+
+    `Reserve.activation_per_h` is one number per Reserve: where several offers of a product and side cover the
+    horizon with different activations, the highest is taken (its wear and round-trip loss priced conservatively)."""
+    grouped: dict[tuple[str, str], list[AsOffer]] = {}
+    for offer in offers.values():
+        if isinstance(offer, AsOffer):
+            grouped.setdefault((offer.product, offer.directions), []).append(offer)
+    zeros = np.zeros(len(step_starts))
+    reserves = []
+    for (product, directions), group in sorted(grouped.items()):
+        covering, price = [], zeros
+        for offer in group:  # one at a time, in the book's order: which ones cover a step sets the activation
+            series = [(offer.start, offer.interval_s, offer.capacity_price_per_kw_h)]
+            price, covered = _on_steps(step_starts, series, price)
+            if covered.any():
+                covering.append(offer)
+        if not covering:
+            continue
+        up = price if directions in ("up_down", "up") else zeros
+        down = price if directions in ("up_down", "down") else zeros
+        activation = max(o.activation_per_h for o in covering)
+        reserves.append(Reserve(product, up, down, zeros, zeros, activation_per_h=activation))
+    return reserves

@@ -1,4 +1,4 @@
-"""Grid signals the agent takes in: JEPX-style prices, up-DR events, ancillary-service awards and activations.
+"""Grid signals the agent takes in: JEPX-style prices, up-DR events, ancillary-service offers, awards and activations.
 
 Each signal type has a pydantic schema (published as JSON Schema in docs/schemas/) and a topic of its own under
 `{prefix}/signals/`. Payloads are in SI units with the unit in the key (W, s), prices in currency per kWh (DESIGN.md
@@ -22,11 +22,13 @@ from typing import Annotated, Literal
 import pydantic_core
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.products import PRODUCTS
+
 # 500 times JEPX's 200 JPY/kWh price cap: beyond any market, still far inside what the LP solves with good numerics
 MAX_PRICE_PER_KWH = 100_000.0
 # a single site of a thousand 50-kW devices is 50 MW; a gigawatt is no request one agent can be given
 MAX_POWER_W = 1e9
-MAX_WINDOW = timedelta(days=7)  # the longest up-DR window or award block (real ones: hours to a day)
+MAX_WINDOW = timedelta(days=7)  # the longest up-DR window, award block or offer (real ones: hours to a day)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # times outside these are typos or unset clocks, not signals
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 REASON_MAX_CHARS = 400  # a rejection reason published and logged is bounded, whatever the payload held
@@ -48,10 +50,17 @@ def _in_era(value: datetime) -> datetime:
 
 Finite = Annotated[float, AfterValidator(_finite)]
 Price = Annotated[Finite, Field(ge=-MAX_PRICE_PER_KWH, le=MAX_PRICE_PER_KWH)]
+# paid for holding capacity, so never negative; the bounds before the finite check, so that the JSON Schema of a list
+# of them says minimum/maximum (after it, pydantic writes them as keys JSON Schema does not know)
+CapacityPrice = Annotated[float, Field(ge=0, le=MAX_PRICE_PER_KWH), AfterValidator(_finite)]
 Power = Annotated[Finite, Field(ge=0, le=MAX_POWER_W)]
 Time = Annotated[AwareDatetime, AfterValidator(_in_era)]
 SignalId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+# Awards: Japan's products (agent.products, market "JP"), the ones the event lifecycle runs with activations.
 AsProduct = Literal["FCR", "S-FRR", "FRR", "S-RR", "RR"]
+# Offers: every product of the table, the evaluation's PJM-style RegD included (an offer only prices capacity for the
+# planner; nothing is activated until an award). tests/dispatch/test_as_offer.py keeps both in step with the table.
+OfferProduct = Literal["FCR", "S-FRR", "FRR", "S-RR", "RR", "RegD"]
 
 
 class SignalModel(BaseModel):
@@ -134,6 +143,47 @@ class AsAward(SignalModel):
         return self.block_start
 
 
+class AsOffer(SignalModel):
+    """A price-only reserve offer: `product`'s capacity can be sold at these prices over these intervals; the planner
+    decides how much to hold (agent.dispatch.build: a Reserve with these prices and nothing awarded), and its plan's
+    band is the bid. Nothing is committed and nothing is activated until an `as_award` for it arrives.
+
+    One price list per interval, per kW·h of capacity held in each direction `directions` names ("up_down": up and
+    down, each paid this price; "up" / "down": that side only). Up and down at different prices are two offers, one
+    per side; a symmetric product (agent.products, RegD) is one band, so it is offered "up_down" only. No cap on the
+    capacity: the planner's Reserve has none (its power and energy headroom bound it)."""
+
+    product: OfferProduct
+    start: Time
+    interval_s: int = Field(1800, ge=60, le=86400)
+    capacity_price_per_kw_h: list[CapacityPrice] = Field(
+        min_length=1,
+        max_length=2000,
+        description=f"currency per kW·h of capacity, per interval, ≤ {MAX_PRICE_PER_KWH:g}",
+    )
+    directions: Literal["up_down", "up", "down"] = "up_down"
+    activation_per_h: Finite = Field(
+        0.0, ge=0, le=1, description="expected activation energy, kWh moved per kW·h reserved (0: rarely activated)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AsOffer:
+        span = self.ends_at() - self.start
+        if span > MAX_WINDOW:
+            n, step = len(self.capacity_price_per_kw_h), self.interval_s
+            raise ValueError(f"capacity_price_per_kw_h: {n} intervals of {step} s span {span}, more than "
+                             f"{MAX_WINDOW.days} days")  # fmt: skip
+        if self.directions != "up_down" and PRODUCTS[self.product].symmetric:
+            raise ValueError(f"directions {self.directions!r}: {self.product} is one band, offered 'up_down' only")
+        return self
+
+    def ends_at(self) -> datetime:
+        return self.start + timedelta(seconds=self.interval_s * len(self.capacity_price_per_kw_h))
+
+    def starts_at(self) -> datetime:
+        return self.start
+
+
 class AsActivation(SignalModel):
     """Activation of an award: a normalised set value in -1..1 (+1 = full up, i.e. deliver)."""
 
@@ -166,6 +216,7 @@ SIGNAL_TYPES: dict[str, type[SignalModel]] = {
     "site_target": SiteTarget,
     "prices": PriceSeries,
     "up_dr": UpDrEvent,
+    "as_offer": AsOffer,
     "as_award": AsAward,
     "as_activation": AsActivation,
     "frequency": GridFrequency,

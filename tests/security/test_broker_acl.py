@@ -42,10 +42,10 @@ from agent.preflight import preflight, start_warnings
 from agent.wiring import build_link
 from drivers.mqtt_link import LinkSettings, MqttLink
 
-KINDS = ("site_target", "prices", "up_dr", "as_award", "as_activation", "frequency")
+KINDS = ("site_target", "prices", "up_dr", "as_award", "as_offer", "as_activation", "frequency")
 # the roles of deploy/mosquitto.acl and the signal kinds each may send (to site1)
 PUBLISHERS = {
-    "market-desk": {"prices", "up_dr", "as_award"},
+    "market-desk": {"prices", "up_dr", "as_award", "as_offer"},
     "tso-gateway": {"as_activation"},
     "frequency-meter": {"frequency"},
     "fleet-coordinator": {"site_target"},

@@ -1,0 +1,186 @@
+"""A price-only reserve offer (`as_offer`, agent.signals.models.AsOffer): validated strictly, mapped onto the planning
+steps by the energy prices' rule (agent.dispatch.build), and bid by the planner only where it pays for its wear.
+
+Expected prices per step are written out by hand from the signals, so the lookup cannot share a mistake with them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import get_args
+
+import numpy as np
+import pytest
+
+from agent.config import AppConfig, AssetConfig
+from agent.dispatch.build import plan_inputs
+from agent.dispatch.planner import solve
+from agent.fleet import AssetState, Fleet
+from agent.model import AssetKind, DeviceStatus, Measurement
+from agent.products import PRODUCTS
+from agent.signals.models import (
+    SIGNAL_TYPES,
+    AsAward,
+    AsOffer,
+    AsProduct,
+    OfferProduct,
+    PriceSeries,
+    SignalRejected,
+    parse_signal,
+)
+
+START = datetime(2026, 12, 2, tzinfo=UTC)
+NOW = START + timedelta(minutes=7)  # inside the step 00:00-00:15
+
+
+def good(**changes: object) -> dict[str, object]:
+    return {"id": "o1", "product": "FRR", "start": START.isoformat(), "interval_s": 1800,
+            "capacity_price_per_kw_h": [1.5, 2.0], **changes}  # fmt: skip
+
+
+def parsed(fields: dict[str, object]) -> AsOffer:
+    signal = parse_signal("as_offer", json.dumps(fields).encode())
+    assert isinstance(signal, AsOffer)
+    return signal
+
+
+# -- the signal ---------------------------------------------------------------------------------------------------
+def test_a_good_offer_parses_with_its_defaults_and_its_times() -> None:
+    offer = parsed(good())
+    assert SIGNAL_TYPES["as_offer"] is AsOffer
+    assert offer.directions == "up_down" and offer.activation_per_h == 0.0
+    assert offer.starts_at() == START and offer.ends_at() == START + timedelta(hours=1)
+    regd = parsed(good(product="RegD", activation_per_h=0.15, interval_s=3600, capacity_price_per_kw_h=[0, 3]))
+    assert regd.capacity_price_per_kw_h == [0.0, 3.0] and regd.activation_per_h == 0.15
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"product": "XFR"}, "product"),
+        ({"product": "regd"}, "product"),
+        ({"start": "2026-12-02T00:00:00"}, "start"),  # no offset
+        ({"start": "1999-12-31T00:00:00Z"}, "start"),
+        ({"start": 1_796_000_000}, "start"),
+        ({"interval_s": 30}, "interval_s"),
+        ({"interval_s": 900.5}, "interval_s"),
+        ({"capacity_price_per_kw_h": []}, "capacity_price_per_kw_h"),
+        ({"capacity_price_per_kw_h": [1.0] * 2001}, "capacity_price_per_kw_h"),
+        ({"capacity_price_per_kw_h": [1.0, -0.5]}, "capacity_price_per_kw_h.1"),
+        ({"capacity_price_per_kw_h": [1e6]}, "capacity_price_per_kw_h.0"),
+        ({"capacity_price_per_kw_h": ["1.5"]}, "capacity_price_per_kw_h.0"),
+        ({"capacity_price_per_kw_h": 1.5}, "capacity_price_per_kw_h"),
+        ({"interval_s": 86400, "capacity_price_per_kw_h": [1.0] * 8}, "capacity_price_per_kw_h: 8 intervals"),
+        ({"directions": "sideways"}, "directions"),
+        ({"product": "RegD", "directions": "up"}, "directions 'up': RegD is one band"),
+        ({"activation_per_h": 1.5}, "activation_per_h"),
+        ({"activation_per_h": -0.1}, "activation_per_h"),
+        ({"activation_per_h": True}, "activation_per_h"),
+        ({"max_up_w": 5_000}, "max_up_w"),  # no caps: the planner's Reserve has none
+        ({"id": "a b"}, "id"),
+    ],
+)
+def test_each_bad_key_is_refused_with_its_name(changes: dict[str, object], named: str) -> None:
+    with pytest.raises(SignalRejected) as refused:
+        parsed(good(**changes))
+    assert named in str(refused.value)
+
+
+def test_nan_and_infinity_prices_are_refused() -> None:
+    payload = json.dumps(good()).replace("[1.5, 2.0]", "[NaN, Infinity]").encode()
+    with pytest.raises(SignalRejected, match=r"capacity_price_per_kw_h\.0: Input should be a finite number"):
+        parse_signal("as_offer", payload)
+
+
+def test_offers_name_every_product_of_the_table_and_awards_its_japanese_ones() -> None:
+    assert set(get_args(OfferProduct)) == set(PRODUCTS)
+    assert set(get_args(AsProduct)) == {name for name, p in PRODUCTS.items() if p.market == "JP"}
+
+
+# -- onto the planning steps --------------------------------------------------------------------------------------
+def config(steps: int = 8, **dispatch: object) -> AppConfig:
+    return AppConfig.model_validate(
+        {"dispatch": {"step_s": 900, "horizon_steps": steps, "default_price_per_kwh": 20.0, **dispatch}}
+    )
+
+
+def offer(offer_id: str = "o", **fields: object) -> AsOffer:
+    values: dict[str, object] = {"product": "FRR", "start": START, "interval_s": 1800,
+                                 "capacity_price_per_kw_h": [1.0, 2.0, 3.0], **fields}  # fmt: skip
+    return AsOffer(id=offer_id, **values)  # type: ignore[arg-type]
+
+
+def test_an_offer_is_a_reserve_with_its_prices_per_step_and_nothing_awarded() -> None:
+    newer = offer("o2", start=START + timedelta(minutes=30), interval_s=900, capacity_price_per_kw_h=[7.0, 8.0],
+                  activation_per_h=0.1)  # fmt: skip
+    book = {"as_offer": {"o1": offer("o1", activation_per_h=0.05), "o2": newer}}
+    inputs, step_start = plan_inputs(Fleet({}), config(), NOW, book, 0.0)
+    assert step_start == START
+    (reserve,) = inputs.reserves
+    assert reserve.product == "FRR"
+    # steps: 00:00 00:15 (o1) | 00:30 00:45 (o2) | 01:00 01:15 (o1's third half hour) | 01:30 01:45 (none: 0)
+    assert reserve.up_price_per_kw_h.tolist() == [1, 1, 7, 8, 3, 3, 0, 0]
+    assert reserve.down_price_per_kw_h.tolist() == [1, 1, 7, 8, 3, 3, 0, 0]
+    assert not reserve.awarded_up_w.any() and not reserve.awarded_down_w.any()
+    assert reserve.activation_per_h == 0.1  # the higher of the two offers covering the horizon
+
+
+def test_offer_prices_follow_the_same_steps_as_energy_prices() -> None:
+    """One mapping rule for both: a price series and an offer with the same intervals give the same per-step list."""
+    values = [4.0, 5.0, 6.0]
+    start = START + timedelta(minutes=20)  # not on a step boundary: each step takes the interval its start falls in
+    prices = PriceSeries(id="p", start=start, interval_s=1800, prices_per_kwh=values)
+    book = {"prices": {"p": prices}, "as_offer": {"o": offer(start=start, capacity_price_per_kw_h=values)}}
+    inputs, _ = plan_inputs(Fleet({}), config(default_price_per_kwh=0.0), NOW, book, 0.0)
+    assert inputs.reserves[0].up_price_per_kw_h.tolist() == inputs.site.price_per_kwh.tolist()
+    assert inputs.site.price_per_kwh.tolist() == [0, 0, 4, 4, 5, 5, 6, 6]
+
+
+def test_sides_offered_and_offers_outside_the_horizon() -> None:
+    later = offer("late", start=START + timedelta(days=1))  # covers no step: no Reserve
+    book = {"as_offer": {"up": offer("up", directions="up"), "down": offer("down", directions="down"), "late": later}}
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, book, 0.0)
+    down, up = inputs.reserves  # sorted by (product, side)
+    assert up.up_price_per_kw_h[:2].tolist() == [1, 1] and not up.down_price_per_kw_h.any()
+    assert down.down_price_per_kw_h[:2].tolist() == [1, 1] and not down.up_price_per_kw_h.any()
+
+
+def test_an_award_and_an_offer_of_one_product_are_two_reserves() -> None:
+    award = AsAward(id="a", product="FRR", block_start=START, block_end=START + timedelta(hours=1), up_w=4_000,
+                    down_w=0)  # fmt: skip
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, {"as_award": {"a": award}, "as_offer": {"o": offer()}}, 0.0)
+    held, offered = inputs.reserves
+    assert held.awarded_up_w.tolist() == [4_000] * 4 + [0] * 4 and not held.up_price_per_kw_h.any()
+    assert offered.up_price_per_kw_h[:6].tolist() == [1, 1, 2, 2, 3, 3] and not offered.awarded_up_w.any()
+
+
+# -- the planner's bid ---------------------------------------------------------------------------------------------
+def battery_fleet(wear_per_kwh: float) -> Fleet:
+    """A 100 kWh, 50 kW battery half full, its wear priced flat (activations pay it per kWh discharged)."""
+    cfg = AssetConfig(id="b", map="vppsim_battery", rated_charge_w=50_000, rated_discharge_w=50_000,
+                      efficiency=0.95, wear_price_per_kwh=wear_per_kwh)  # fmt: skip
+    state = AssetState("b", AssetKind.BATTERY, cfg, available=True)
+    state.measurement = Measurement("b", NOW, 0.0, DeviceStatus.STANDBY, soc=0.5, soh=1.0, capacity_wh=100_000)
+    return Fleet({"b": state})
+
+
+def bid(price_per_kw_h: float, wear_per_kwh: float = 15.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """The planned RegD band (up, down; W per step) and its revenue for an offer at a flat capacity price."""
+    regd = offer(product="RegD", interval_s=900, capacity_price_per_kw_h=[price_per_kw_h] * 4, activation_per_h=0.2)
+    inputs, _ = plan_inputs(battery_fleet(wear_per_kwh), config(steps=4), NOW, {"as_offer": {"o": regd}}, 0.0)
+    plan = solve(inputs)
+    assert plan.status == "optimal", plan.status
+    return plan.reserve_up_w[0], plan.reserve_down_w[0], plan.breakdown["reserve_revenue"]
+
+
+def test_the_planner_bids_where_the_offer_pays_for_the_wear_and_not_at_a_price_of_0() -> None:
+    # a symmetric kW·h earns the price up and again down, and moves 0.2 kWh up: at 15 per kWh of wear it costs 3.0,
+    # plus the round trip's loss, 0.2 x (1/0.95 - 0.95) kWh bought back at 20 (0.41): 3.41 per kW·h of band
+    up, down, revenue = bid(2.5)  # earns 5.0
+    assert up == pytest.approx(np.full(4, 50_000), rel=1e-4)  # the whole rating: nothing else competes for it
+    assert down == pytest.approx(up, abs=1e-3)  # RegD is one band
+    assert abs(revenue) == pytest.approx(2 * 2.5 * 50 * 0.25 * 4, rel=1e-4)  # price x (up + down) kW x hours
+    for price in (1.5, 0.0):  # earns 3.0 < 3.41; nothing
+        up, down, _ = bid(price)
+        assert np.all(up < 1e-3) and np.all(down < 1e-3), price

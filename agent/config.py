@@ -761,16 +761,7 @@ class AssetConfig(Strict):
             if self.map is None and self.kind is None:
                 raise ValueError("transport = 'sunspec' needs kind (battery, ev_charger, meter) or map (a SunSpec "
                                  "product map in drivers/sunspec/products, or a path)")
-            if self.map is not None:
-                from drivers.sunspec.profile import ProfileError, load_product  # no pysunspec2 import
-
-                try:
-                    product = load_product(self.map)
-                except ProfileError as exc:
-                    raise ValueError(f"map: {exc}") from exc
-                if self.kind is not None and self.kind != product.product.kind.value:
-                    raise ValueError(f"kind = {self.kind!r} but map {self.map!r} is a {product.product.kind.value}")
-            return self
+            return self  # the product map itself is loaded and checked with the others (agent.wiring.asset_problems)
         if self.transport == "ocpp":
             if self.station is None:
                 raise ValueError("transport = 'ocpp' needs station (the charging station identity)")

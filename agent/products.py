@@ -33,6 +33,10 @@ class ProductProfile:
     # (hours); it sets the depth of the shallow cycles the planner prices activations at (agent.dispatch.build).
     # None for products whose activations are rare, sustained moves rather than a continuous swing
     swing_h: float | None = None
+    # regulation only: the mean of the signal's positive part, kWh an up activation moves per kW·h reserved; what an
+    # offer (agent.signals.models.AsOffer) that gives no activation of its own prices the activations' wear and loss
+    # at. None: no figure (an offer without one is priced as rarely activated, 0)
+    activation_per_h: float | None = None
 
 
 PRODUCTS: dict[str, ProductProfile] = {
@@ -44,8 +48,18 @@ PRODUCTS: dict[str, ProductProfile] = {
     # PJM-style regulation following a RegD-like signal (sim_devices.scenarios.regulation): energy neutral over each
     # 15 min, so holding 15 min of full output each way never runs out (conservative). swing_h: measured on that
     # signal (sim_devices.scenarios.regulation.swing_h, 0.0060-0.0062 h for seeds 1-3 at 10 s; a test keeps it in step)
+    # activation_per_h: the mean of that signal's positive part, as evaluation.scenario computes it (0.1710-0.1714
+    # kWh per kW·h for seeds 1-3, a week at 10 s; a test keeps it in step)
     "RegD": ProductProfile(
-        "RegD", "RegD", "regulation", response_s=2, sustain_s=15 * 60, symmetric=True, market="PJM", swing_h=0.0061
+        "RegD",
+        "RegD",
+        "regulation",
+        response_s=2,
+        sustain_s=15 * 60,
+        symmetric=True,
+        market="PJM",
+        swing_h=0.0061,
+        activation_per_h=0.171,
     ),
 }
 

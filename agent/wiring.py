@@ -112,8 +112,9 @@ def _checked(index: int, asset: AssetConfig, made: Mapping[str, Driver]) -> Mapp
         raise ConfigError(f"{where}: the driver factory returned {got}, not one driver for each of {sorted(wanted)}")
     for asset_id, driver in made.items():
         if not isinstance(driver, Driver) or driver.asset_id != asset_id:
-            raise ConfigError(f"{where}: {asset_id!r} is a {type(driver).__name__}, not an agent.ports.Driver with "
-                              "that asset_id")
+            raise ConfigError(
+                f"{where}: {asset_id!r} is a {type(driver).__name__}, not an agent.ports.Driver with that asset_id"
+            )
     return made
 
 
@@ -123,8 +124,10 @@ def modbus_drivers(asset: AssetConfig, context: DriverContext) -> dict[str, Driv
 
     assert asset.map is not None  # the config requires one for Modbus
     register_map = context.register_map(asset.map, asset.connector)
-    line = None if asset.serial is None else SerialLine(
-        asset.serial, asset.baudrate, asset.parity, asset.stopbits, asset.bytesize
+    line = (
+        None
+        if asset.serial is None
+        else SerialLine(asset.serial, asset.baudrate, asset.parity, asset.stopbits, asset.bytesize)
     )
     drivers: dict[str, Driver] = {}
     for placement in asset.placements():
@@ -155,8 +158,9 @@ def ocpp_drivers(asset: AssetConfig, context: DriverContext) -> dict[str, Driver
     stale_s = context.config.ocpp.meter_stale_after_s
     tail_s = context.config.events.interval_s  # a restored transaction log rebooks at most one interval back
     return {
-        asset_id: OcppEvseDriver(asset_id, station, evse, context.now, stale_s, memory=context.memory,
-                                 memory_tail_s=tail_s)
+        asset_id: OcppEvseDriver(
+            asset_id, station, evse, context.now, stale_s, memory=context.memory, memory_tail_s=tail_s
+        )
         for asset_id, station, evse in asset.ocpp_targets()
     }
 
@@ -176,9 +180,10 @@ def build_csms(config: AppConfig, drivers: dict[str, Driver], now: Callable[[], 
 
 
 def asset_problems(config: AppConfig, least_lease_s: float) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of the assets past the config's own validation, as check-config reports them: each map
-    loaded the way its transport loads it, and each plugin transport's factory imported (a broken plugin is named
-    here, not at start). `least_lease_s` is what the agent needs between lease refreshes (lease_check)."""
+    """(errors, warnings) of the assets past the config's own validation, as check-config and run report them: each
+    map (register, MQTT or SunSpec product map) loaded the way its transport loads it, and each plugin transport's
+    factory imported (a broken plugin is named here, not at start). `least_lease_s` is what the agent needs between
+    lease refreshes (lease_check)."""
     from drivers.mqtt_map import load_mqtt_map
     from drivers.registermap import MapError, check_asset_map
 
@@ -194,8 +199,9 @@ def asset_problems(config: AppConfig, least_lease_s: float) -> tuple[list[str], 
         if asset.map is None:
             continue
         if asset.transport == "modbus":  # the map, the asset's connector and the lease against the device's maximum
-            map_errors, map_warnings = check_asset_map(asset.map, asset.connector, config.agent.lease_timeout_s,
-                                                       least_lease_s)
+            map_errors, map_warnings = check_asset_map(
+                asset.map, asset.connector, config.agent.lease_timeout_s, least_lease_s
+            )
             errors += [f"{where}.map: {e}" for e in map_errors]
             warnings += [f"{where}.map: {w}" for w in map_warnings]
         elif asset.transport == "mqtt":
@@ -203,5 +209,15 @@ def asset_problems(config: AppConfig, least_lease_s: float) -> tuple[list[str], 
                 load_mqtt_map(asset.map)
             except MapError as exc:
                 errors.append(f"{where}.map: {exc}")
-        # sunspec: its product map is checked with the config; ocpp has none; a plugin checks its own when it builds
+        elif asset.transport == "sunspec":  # the product map, and the kind it gives against the one the asset names
+            from drivers.sunspec.profile import ProfileError, load_product  # only with a SunSpec asset; no pysunspec2
+
+            try:
+                kind = load_product(asset.map).product.kind.value
+            except ProfileError as exc:
+                errors.append(f"{where}.map: {exc}")
+                continue
+            if asset.kind is not None and asset.kind != kind:
+                errors.append(f"{where}.kind: {asset.kind!r} but map {asset.map!r} is a {kind}")
+        # ocpp has no map; a plugin checks its own when it builds
     return errors, warnings

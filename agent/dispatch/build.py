@@ -192,9 +192,8 @@ def activation_life_per_kwh(
 
     Limitation: the price is per asset, not per product (AssetPlan.activation_wear_per_kwh), and the assets are built
     before the caller knows which reserves they will hold. So a product with activations but no swing would be priced
-    at this shallow price too, not at the cheapest segment. None exists today: the awarded reserves this module builds
-    carry no activations (`_reserves`); an offer carries the activation its sender gives (`_offers`), in practice the
-    evaluation's regulation product.
+    at this shallow price too, not at the cheapest segment. Awarded reserves carry no activations (`_reserves`); an
+    offer carries the activation its sender gives, else its product's figure (`_offers`): only RegD has one today.
     """
     swings = [p.swing_h for p in PRODUCTS.values() if p.swing_h]
     if not swings or usable_wh <= 0:
@@ -328,8 +327,9 @@ def _offers(step_starts: np.ndarray, offers: Mapping[str, SignalModel]) -> list[
     """One Reserve per product and side offered (`AsOffer.directions`) that covers a step of the horizon: the newest
     offer's capacity price per step (`_on_steps`, the energy prices' rule; 0 where none covers), nothing awarded.
 
-    `Reserve.activation_per_h` is one number per Reserve: where several offers of a product and side cover the
-    horizon with different activations, the highest is taken (its wear and round-trip loss priced conservatively)."""
+    `Reserve.activation_per_h` is one number per Reserve (each offer's `AsOffer.expected_activation_per_h`: its own
+    figure, else its product's): where several offers of a product and side cover the horizon with different
+    activations, the highest is taken (its wear and round-trip loss priced conservatively)."""
     grouped: dict[tuple[str, str], list[AsOffer]] = {}
     for offer in offers.values():
         if isinstance(offer, AsOffer):
@@ -347,6 +347,6 @@ def _offers(step_starts: np.ndarray, offers: Mapping[str, SignalModel]) -> list[
             continue
         up = price if directions in ("up_down", "up") else zeros
         down = price if directions in ("up_down", "down") else zeros
-        activation = max(o.activation_per_h for o in covering)
+        activation = max(o.expected_activation_per_h() for o in covering)
         reserves.append(Reserve(product, up, down, zeros, zeros, activation_per_h=activation))
     return reserves

@@ -54,6 +54,8 @@ Price = Annotated[Finite, Field(ge=-MAX_PRICE_PER_KWH, le=MAX_PRICE_PER_KWH)]
 # of them says minimum/maximum (after it, pydantic writes them as keys JSON Schema does not know)
 CapacityPrice = Annotated[float, Field(ge=0, le=MAX_PRICE_PER_KWH), AfterValidator(_finite)]
 Power = Annotated[Finite, Field(ge=0, le=MAX_POWER_W)]
+# kWh moved per kW·h reserved; bounds first, as CapacityPrice's, so the optional field's JSON Schema says them
+Activation = Annotated[float, Field(ge=0, le=1), AfterValidator(_finite)]
 Time = Annotated[AwareDatetime, AfterValidator(_in_era)]
 SignalId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # Awards: Japan's products (agent.products, market "JP"), the ones the event lifecycle runs with activations.
@@ -162,8 +164,10 @@ class AsOffer(SignalModel):
         description=f"currency per kW·h of capacity, per interval, ≤ {MAX_PRICE_PER_KWH:g}",
     )
     directions: Literal["up_down", "up", "down"] = "up_down"
-    activation_per_h: Finite = Field(
-        0.0, ge=0, le=1, description="expected activation energy, kWh moved per kW·h reserved (0: rarely activated)"
+    activation_per_h: Activation | None = Field(
+        None,
+        description="expected activation energy, kWh moved per kW·h reserved (0: rarely activated); omitted or null: "
+        "the product's own figure (RegD: its signal's), else 0",
     )
 
     @model_validator(mode="after")
@@ -176,6 +180,14 @@ class AsOffer(SignalModel):
         if self.directions != "up_down" and PRODUCTS[self.product].symmetric:
             raise ValueError(f"directions {self.directions!r}: {self.product} is one band, offered 'up_down' only")
         return self
+
+    def expected_activation_per_h(self) -> float:
+        """kWh an activation moves per kW·h reserved: the sender's figure where it gave one (an explicit 0 included),
+        else the product's (agent.products.ProductProfile.activation_per_h), else 0. The one home of that rule: a RegD
+        offer sent without one would otherwise price its activations' wear at nothing."""
+        if self.activation_per_h is not None:
+            return self.activation_per_h
+        return PRODUCTS[self.product].activation_per_h or 0.0
 
     def ends_at(self) -> datetime:
         return self.start + timedelta(seconds=self.interval_s * len(self.capacity_price_per_kw_h))

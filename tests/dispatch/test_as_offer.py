@@ -49,7 +49,7 @@ def parsed(fields: dict[str, object]) -> AsOffer:
 def test_a_good_offer_parses_with_its_defaults_and_its_times() -> None:
     offer = parsed(good())
     assert SIGNAL_TYPES["as_offer"] is AsOffer
-    assert offer.directions == "up_down" and offer.activation_per_h == 0.0
+    assert offer.directions == "up_down" and offer.activation_per_h is None  # omitted: the product's figure
     assert offer.starts_at() == START and offer.ends_at() == START + timedelta(hours=1)
     regd = parsed(good(product="RegD", activation_per_h=0.15, interval_s=3600, capacity_price_per_kw_h=[0, 3]))
     assert regd.capacity_price_per_kw_h == [0.0, 3.0] and regd.activation_per_h == 0.15
@@ -124,6 +124,22 @@ def test_an_offer_is_a_reserve_with_its_prices_per_step_and_nothing_awarded() ->
     assert reserve.down_price_per_kw_h.tolist() == [1, 1, 7, 8, 3, 3, 0, 0]
     assert not reserve.awarded_up_w.any() and not reserve.awarded_down_w.any()
     assert reserve.activation_per_h == 0.1  # the higher of the two offers covering the horizon
+
+
+def test_an_offer_without_an_activation_takes_its_products_and_an_explicit_one_wins() -> None:
+    def activation(**fields: object) -> float:
+        inputs, _ = plan_inputs(Fleet({}), config(), NOW, {"as_offer": {"o": offer(**fields)}}, 0.0)
+        (reserve,) = inputs.reserves
+        return reserve.activation_per_h
+
+    regd = PRODUCTS["RegD"].activation_per_h
+    assert regd is not None and regd > 0.1  # RegD's figure: a continuous signal, not rare activations
+    assert activation(product="RegD") == regd
+    assert activation(product="RegD", activation_per_h=None) == regd  # null is the same as omitted
+    assert activation(product="RegD", activation_per_h=0.0) == 0.0  # an explicit 0 stays 0
+    assert activation(product="RegD", activation_per_h=0.05) == 0.05
+    assert PRODUCTS["FRR"].activation_per_h is None
+    assert activation(product="FRR") == 0.0  # no figure of its own: rarely activated
 
 
 def test_offer_prices_follow_the_same_steps_as_energy_prices() -> None:

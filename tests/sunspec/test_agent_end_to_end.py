@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from pathlib import Path
 
 import pytest
 from sunspeckit import HOST, free_port
 
+from agent.cli import main
 from agent.config import ConfigError, parse_config
 from agent.control.loop import ControlLoop
 from agent.wiring import build_drivers
@@ -75,8 +77,14 @@ async def test_agent_discharges_the_sunspec_battery_within_its_envelope() -> Non
     sim_config = parse_simulation(tomllib.loads(text)["simulation"])
     bess_port = config.assets[0].port
     async with SimSite.from_config(sim_config) as site:
-        battery = Battery(capacity_wh=50_000.0, soc=0.8, rated_charge_w=20_000.0, rated_discharge_w=20_000.0,
-                          ramp_w_per_s=1e6, lease_timeout_s=30.0)
+        battery = Battery(
+            capacity_wh=50_000.0,
+            soc=0.8,
+            rated_charge_w=20_000.0,
+            rated_discharge_w=20_000.0,
+            ramp_w_per_s=1e6,
+            lease_timeout_s=30.0,
+        )
         site.site.add_device("bess", battery)  # the site meter measures it with the base load
         image = SunSpecImage("sunspec_battery_inverter", battery, "bess", order="b")
         server = PortServer(HOST, bess_port, [SunSpecEndpoint("bess", 1, image, DeviceFaults("bess", battery))])
@@ -106,9 +114,42 @@ def test_config_errors_name_the_sunspec_keys() -> None:
     base = "[[assets]]\nid = 'x'\ntransport = 'sunspec'\nport = 1502\n"
     with pytest.raises(ConfigError, match="needs kind"):
         parse_config(base, "c.toml")
-    with pytest.raises(ConfigError, match="not found"):
-        parse_config(base + "map = 'no_such_product'\n", "c.toml")
     with pytest.raises(ConfigError, match="only for transport = 'sunspec'"):
         parse_config("[[assets]]\nid = 'y'\nmap = 'vppsim_battery'\nkind = 'battery'\n", "c.toml")
     config = parse_config(base + "map = 'fronius_gen24'\n", "c.toml")
     assert config.assets[0].transport == "sunspec"
+
+
+@pytest.mark.parametrize(
+    ("asset", "expected"),
+    [
+        ("map = 'no_such_product'", ["assets[0].map: SunSpec product map 'no_such_product' not found", "known:"]),
+        ("map = 'fronius_gen24'\nkind = 'meter'", ["assets[0].kind: 'meter' but map 'fronius_gen24' is a battery"]),
+        ("map = '{bad}'", ["assets[0].map: ", "bad.toml", "product.kind"]),  # names the asset, the file and the key
+    ],
+)
+def test_check_config_and_run_refuse_a_bad_product_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], asset: str, expected: list[str]
+) -> None:
+    """The product map is loaded with the other device maps (agent.wiring.asset_problems), not by the config's
+    validation: check-config and run meet it alike, before anything starts, and say the same."""
+    shipped = Path(__file__).resolve().parents[2] / "drivers" / "sunspec" / "products" / "fronius_gen24.toml"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(shipped.read_text().replace('kind = "battery"', 'kind = "car"', 1))
+    config = tmp_path / "site.toml"
+    head = (
+        f'[agent]\nstate_file = "{tmp_path / "state.db"}"\n[control]\nmode = "idle"\n[trust]\n'
+        "require_signatures = false\n[[assets]]\nid = 'x'\ntransport = 'sunspec'\nport = 1502\n"
+    )
+    config.write_text(head + "map = 'fronius_gen24'\n")
+    assert main(["check-config", str(config)]) == 0, capsys.readouterr().err
+    config.write_text(head + asset.format(bad=bad) + "\n")
+    said = []
+    for argv in (["check-config", str(config)], ["run", "--config", str(config), "--duration", "1"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: {config}") and "Traceback" not in err, (argv, err)
+        assert all(part in err for part in expected), (argv, err)
+        said.append(err)
+    assert said[0] == said[1]
+    assert not (tmp_path / "state.db").exists()  # run stopped before opening its state

@@ -4,6 +4,9 @@
   reached into agent.config or agent.telemetry would tie every protocol adapter to the agent's config classes.
 - agent/wiring.py is the one module of `agent` that picks a driver class per asset; agent/probe.py builds one
   ModbusDriver for `vpp-agent probe`, a map and an address from the command line, no asset (the one exception).
+- `agent` reaches `drivers` only through the composition root and the few modules named in REACHES_DRIVERS: a config
+  validator that loaded a driver's map (as agent/config.py once did for SunSpec product maps) would tie the config
+  classes to the protocol adapters; such checks live in agent.wiring.asset_problems.
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVERS_MAY_IMPORT = {"agent.ports", "agent.model", "agent.domain"}
 DRIVER_CLASSES = {"ModbusDriver", "MqttDriver", "OcppEvseDriver", "SunSpecDriver"}
 PICKS_DRIVERS = {"agent/wiring.py", "agent/probe.py"}
+# the modules of `agent` that import anything of `drivers`, and why; every other one (agent/config.py included) none
+REACHES_DRIVERS = {
+    "agent/wiring.py": "the composition root",
+    "agent/probe.py": "`vpp-agent probe`: a driver for a map and an address, no asset",
+    "agent/plugins.py": "the transport registry: drivers.entrypoints names the built-in and installed factories",
+    "agent/app.py": "a type only (MqttLink, under TYPE_CHECKING); wiring builds it",
+}
 
 
 def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
@@ -55,10 +65,33 @@ def test_only_the_wiring_picks_driver_classes() -> None:
     assert not wrong, "a driver class is chosen outside agent/wiring.py:\n" + "\n".join(wrong)
 
 
+def test_only_the_composition_root_and_its_named_neighbours_import_drivers() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in sorted((ROOT / "agent").rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in REACHES_DRIVERS
+        for line, module, _ in _imports(path)
+        if module == "drivers" or module.startswith("drivers.")
+    ]
+    why = "agent reaches drivers outside agent/wiring.py (a map is checked in agent.wiring.asset_problems):"
+    assert not wrong, "\n".join([why, *wrong])
+    assert all((ROOT / name).is_file() for name in REACHES_DRIVERS)  # no stale entry
+
+
+def test_the_walk_sees_a_lazy_drivers_import_in_a_validator(tmp_path: Path) -> None:
+    """The shape agent/config.py had: an import of drivers inside a method, not at the top."""
+    source = tmp_path / "config.py"
+    source.write_text("class A:\n    def check(self):\n        from drivers.sunspec.profile import load_product\n"
+                      "        import drivers.registermap\n")  # fmt: skip
+    assert [m for _, m, _ in _imports(source)] == ["drivers.sunspec.profile", "drivers.registermap"]
+
+
 def test_the_rule_would_catch_a_config_import(tmp_path: Path) -> None:
     """The walk sees imports inside functions and TYPE_CHECKING blocks, where the old factory's were."""
     source = tmp_path / "x.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent.config import AppConfig\n"
-                      "def f():\n    import agent.telemetry\n")
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent.config import AppConfig\n"
+        "def f():\n    import agent.telemetry\n"
+    )
     modules = [module for _, module, _ in _imports(source)]
     assert [m for m in modules if m.startswith("agent") and not _allowed(m)] == ["agent.config", "agent.telemetry"]

@@ -711,9 +711,18 @@ class AssetConfig(Strict):
     @model_validator(mode="after")
     def _opportunity_pricing(self) -> AssetConfig:
         """Opportunity pricing learns the value of a life from the replacement cost up (its seed), and it prices the
-        wear the replacement cost would: an owner's own price per kWh leaves it nothing to replace."""
+        wear the replacement cost would: an owner's own price per kWh leaves it nothing to replace. Stationary
+        batteries only: an EV's driving takes its energy at no price, so the value of its life would go to 0. Where
+        the kind is known here (OCPP: a charger; `kind`) it is checked here, else once the map is loaded
+        (agent.wiring.asset_problems)."""
         if self.wear_pricing != "opportunity":
             return self
+        if self.transport == "ocpp" or self.kind not in (None, "battery"):
+            what = "an EV charger (transport = 'ocpp')" if self.transport == "ocpp" else f"kind = {self.kind!r}"
+            raise ValueError(
+                f"asset {self.id!r}: wear_pricing = 'opportunity' is for stationary batteries, not {what} (an EV's "
+                f"driving takes its energy at no price: its value of a life would go to 0)"
+            )
         if self.wear_price_per_kwh is not None:
             raise ValueError(
                 f"asset {self.id!r}: wear_pricing = 'opportunity' and wear_price_per_kwh exclude each other (the "

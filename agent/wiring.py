@@ -185,7 +185,7 @@ def asset_problems(config: AppConfig, least_lease_s: float) -> tuple[list[str], 
     factory imported (a broken plugin is named here, not at start). `least_lease_s` is what the agent needs between
     lease refreshes (lease_check)."""
     from drivers.mqtt_map import load_mqtt_map
-    from drivers.registermap import MapError, check_asset_map
+    from drivers.registermap import MapError, check_asset_map, load_map
 
     errors: list[str] = []
     warnings: list[str] = []
@@ -198,15 +198,18 @@ def asset_problems(config: AppConfig, least_lease_s: float) -> tuple[list[str], 
             continue
         if asset.map is None:
             continue
+        kind: str | None = None  # what the map says the device is, where it was loaded
         if asset.transport == "modbus":  # the map, the asset's connector and the lease against the device's maximum
             map_errors, map_warnings = check_asset_map(
                 asset.map, asset.connector, config.agent.lease_timeout_s, least_lease_s
             )
             errors += [f"{where}.map: {e}" for e in map_errors]
             warnings += [f"{where}.map: {w}" for w in map_warnings]
+            if not map_errors and asset.wear_pricing == "opportunity":
+                kind = load_map(asset.map, asset.connector).kind.value
         elif asset.transport == "mqtt":
             try:
-                load_mqtt_map(asset.map)
+                kind = load_mqtt_map(asset.map).kind.value
             except MapError as exc:
                 errors.append(f"{where}.map: {exc}")
         elif asset.transport == "sunspec":  # the product map, and the kind it gives against the one the asset names
@@ -220,4 +223,8 @@ def asset_problems(config: AppConfig, least_lease_s: float) -> tuple[list[str], 
             if asset.kind is not None and asset.kind != kind:
                 errors.append(f"{where}.kind: {asset.kind!r} but map {asset.map!r} is a {kind}")
         # ocpp has no map; a plugin checks its own when it builds
+        if asset.wear_pricing == "opportunity" and kind not in (None, "battery"):  # AssetConfig checks what it knows
+            errors.append(f"{where}.wear_pricing: 'opportunity' is for stationary batteries, but map {asset.map!r} is "
+                          f"an {kind} (an EV's driving takes its energy at no price: its value of a life would go to "
+                          "0)")  # fmt: skip
     return errors, warnings

@@ -62,7 +62,7 @@ def trust_toml(desk: Signer, tso: Signer) -> str:
     return (
         f'\n[trust]\nrequire_signatures = true\nsite_id = "{SITE_ID}"\n'
         f'[[trust.keys]]\nkid = "{desk.kid}"\npublic_key = "{desk.public_key}"\n'
-        'kinds = ["prices", "up_dr", "as_award"]\n'
+        'kinds = ["prices", "up_dr", "as_award", "as_offer"]\n'
         f'[[trust.keys]]\nkid = "{tso.kid}"\npublic_key = "{tso.public_key}"\nkinds = ["as_activation"]\n'
     )
 

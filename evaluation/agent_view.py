@@ -31,7 +31,7 @@ from agent.dispatch.build import plan_inputs
 from agent.dispatch.inputs import PlanInputs
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
-from agent.signals.models import AsOffer, PriceSeries, SignalModel, UpDrEvent
+from agent.signals.models import MAX_CAPACITY_PRICE_PER_KW_H, AsOffer, PriceSeries, SignalModel, UpDrEvent
 from evaluation.plant import Plant
 from evaluation.scenario import Scenario, persistence_forecast, published_until
 
@@ -217,6 +217,9 @@ class AgentView:
         if not sc.offers_regulation:
             return {}
         price = persistence_forecast(sc.regulation_price_per_kw_h, k, steps, known, round(86400 / sc.step_s))
+        # an offer dearer than the signal's bound would be refused by the agent; the ledger still pays the world's
+        # price, so an hour above the bound (rare at the default median) is under-offered, never a crash
+        price = np.minimum(price, MAX_CAPACITY_PRICE_PER_KW_H)
         offer = AsOffer(
             id=f"regd-{k}", product="RegD", start=start, interval_s=round(sc.step_s),
             capacity_price_per_kw_h=[float(p) for p in price], activation_per_h=float(sc.regulation_activation_per_h),

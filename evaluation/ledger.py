@@ -72,7 +72,10 @@ class Ledger:
     def cash(self) -> float:
         """Money so far besides battery wear: energy (devices' share), up-DR, settled regulation, EV costs."""
         return (
-            -(self.energy_cost - self.base_cost) + self.updr_revenue + self.regulation_revenue - self.ev_wear_paid
+            -(self.energy_cost - self.base_cost)
+            + self.updr_revenue
+            + self.regulation_revenue
+            - self.ev_wear_paid
             - self.ev_penalty
         )
 
@@ -133,7 +136,7 @@ class Ledger:
         if reg is None or reg.capacity_w <= 0:
             return
         price = float(sc.regulation_price_per_kw_h[k])
-        self._hour_payment += (reg.up_w + reg.down_w) / 1000.0 * sc.step_h * price
+        self._hour_payment += regulation_payment(reg.up_w, reg.down_w, sc.step_h, price)
         self.regulation_reserved_kwh += (reg.up_w + reg.down_w) / 1000.0 * sc.step_h
         self._hour_capacity = max(self._hour_capacity, reg.capacity_w)
         self._hour_signal.append(reg.target_w)
@@ -162,6 +165,13 @@ class Ledger:
         if self.regulation_capacity_value <= 0:
             return None
         return self.regulation_revenue / self.regulation_capacity_value
+
+
+def regulation_payment(up_w: float, down_w: float, step_h: float, price_per_kw_h: float) -> float:
+    """The capacity payment for holding `up_w` and `down_w` W of regulation for a step of `step_h` hours, each side
+    paid `price_per_kw_h` per kW·h, before the hour's performance score. The one rule: the ledger books it for the
+    site, the opportunity-priced packs' wear book (evaluation.policies) for each pack's own band."""
+    return (up_w + down_w) / 1000.0 * step_h * price_per_kw_h
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from agent.dispatch.inputs import AssetPlan, PlanInputs
 from agent.dispatch.planner import Plan, PlanError, solve
 from agent.dispatch.wear_book import WearBook
 from evaluation.agent_view import AgentView, AssetWear, Safe
+from evaluation.ledger import regulation_payment
 from evaluation.plant import Plant
 from evaluation.scenario import BatterySpec, Scenario
 
@@ -82,8 +83,10 @@ def strategy_wear(name: str, scenario: Scenario) -> dict[str, AssetWear] | None:
     if name == "blind":
         return {}
     if name in ("aware", "aggregated", FULL_INFO):
-        return {**owner, **{b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry)
-                            for b in fleet.batteries}}
+        return {
+            **owner,
+            **{b.id: AssetWear(replacement_cost=b.replacement_cost, chemistry=b.chemistry) for b in fleet.batteries},
+        }
     if name in ("aware-blast", "aware-xu"):
         source = name.removeprefix("aware-")
         if "wear_source" not in AssetConfig.model_fields:
@@ -105,8 +108,13 @@ def strategy_wear(name: str, scenario: Scenario) -> dict[str, AssetWear] | None:
         scale = float(match.group(1))
         if scale <= 0:
             raise ValueError(f"strategy {name!r}: the scale of the packs' life cost must be > 0")
-        return {**owner, **{b.id: AssetWear(replacement_cost=scale * b.replacement_cost, chemistry=b.chemistry)
-                            for b in fleet.batteries}}
+        return {
+            **owner,
+            **{
+                b.id: AssetWear(replacement_cost=scale * b.replacement_cost, chemistry=b.chemistry)
+                for b in fleet.batteries
+            },
+        }
     if match := CONST_PATTERN.match(name):
         m = float(match.group(1))
         # per kWh discharged: EMHASS charges the price on both directions of the cycle
@@ -202,11 +210,11 @@ class MpcPolicy:
                 continue
             device = plant.devices[asset_id]
             imported0, exported0 = before[asset_id]
-            band_kw = (safe.reserve_up_w.get(asset_id, 0.0) + safe.reserve_down_w.get(asset_id, 0.0)) / 1000.0
+            up, down = safe.reserve_up_w.get(asset_id, 0.0), safe.reserve_down_w.get(asset_id, 0.0)
             self.wear_book.settle(
                 state, end_s - sc.step_s, end_s, exported_wh=device.export_wh - exported0,
                 imported_wh=device.import_wh - imported0, price_per_kwh=float(sc.price_per_kwh[k]),
-                reserve_revenue=band_kw * sc.step_h * capacity_price,
+                reserve_revenue=regulation_payment(up, down, sc.step_h, capacity_price),
             )  # fmt: skip
 
     def _request(self, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:

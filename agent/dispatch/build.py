@@ -10,9 +10,10 @@ time-of-use day (`price_profile_per_kwh`, in local time of `[events] timezone`),
 
 Reserves: each product's awards (`as_award`) are a Reserve the plan must hold (the awarded W, no price: the award is
 already won); each product's offers (`as_offer`) are a Reserve of their own with the offered capacity prices per step
-and nothing awarded, so the planner decides how much to hold and its band is the bid. An award and an offer of the
-same product therefore stack: the award's W are held whatever they earn, the offer is paid only for what the plan
-holds on top of them (the LP sums every Reserve into the same power and energy headroom).
+(an up and a down price series) and nothing awarded, so the planner decides how much to hold. That band is not
+published as a bid (AsOffer says where it shows). Where an award of the product covers a step, its offer's price
+there is 0: that capacity is already sold, so the offer adds nothing on top of the award's W (the LP sums every
+Reserve into the same power and energy headroom).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def plan_inputs(
     site_now = base + sum(_measured_w(s) for s in fleet.assets.values())
     updr = _updr(step_starts, d.step_s, book.get("up_dr", {}), site_now, config, baselines or {}, history)
     reserves = _reserves(step_starts, d.step_s, book.get("as_award", {}))
-    reserves += _offers(step_starts, book.get("as_offer", {}))
+    reserves += _offers(step_starts, d.step_s, book.get("as_offer", {}), book.get("as_award", {}))
     return PlanInputs(d.horizon_steps, d.step_s, assets, site, updr=updr, reserves=reserves), start
 
 
@@ -323,30 +324,47 @@ def _reserves(step_starts: np.ndarray, step_s: float, awards: Mapping[str, Signa
     return [Reserve(product, zeros, zeros, up, down) for product, (up, down) in sorted(by_product.items())]
 
 
-def _offers(step_starts: np.ndarray, offers: Mapping[str, SignalModel]) -> list[Reserve]:
-    """One Reserve per product and side offered (`AsOffer.directions`) that covers a step of the horizon: the newest
-    offer's capacity price per step (`_on_steps`, the energy prices' rule; 0 where none covers), nothing awarded.
+def _offers(
+    step_starts: np.ndarray, step_s: float, offers: Mapping[str, SignalModel], awards: Mapping[str, SignalModel]
+) -> list[Reserve]:
+    """One Reserve per product offered (`as_offer`) that covers a step of the horizon, nothing awarded, with an up and
+    a down capacity price per step. Each side is the energy prices' rule (`_on_steps`) over the offers naming it, in
+    the book's order (newer overwrite older): an "up_down" offer feeds both sides, an "up" one the up side only, a
+    "down" one the down side only; 0 where none covers. Steps an award of the same product covers (`_covering`, the
+    award's own rule) are priced 0 on both sides: already sold (AsOffer).
 
-    `Reserve.activation_per_h` is one number per Reserve (each offer's `AsOffer.expected_activation_per_h`: its own
-    figure, else its product's): where several offers of a product and side cover the horizon with different
-    activations, the highest is taken (its wear and round-trip loss priced conservatively)."""
-    grouped: dict[tuple[str, str], list[AsOffer]] = {}
+    `Reserve.activation_per_h` is one number per Reserve: the highest `AsOffer.expected_activation_per_h` of the
+    offers whose price is in force at some step (its wear and round-trip loss priced conservatively)."""
+    by_product: dict[str, list[AsOffer]] = {}
     for offer in offers.values():
         if isinstance(offer, AsOffer):
-            grouped.setdefault((offer.product, offer.directions), []).append(offer)
-    zeros = np.zeros(len(step_starts))
+            by_product.setdefault(offer.product, []).append(offer)
+    steps = len(step_starts)
+    none = np.full(steps, -1.0)
     reserves = []
-    for (product, directions), group in sorted(grouped.items()):
-        covering, price = [], zeros
-        for offer in group:  # one at a time, in the book's order: which ones cover a step sets the activation
-            series = [(offer.start, offer.interval_s, offer.capacity_price_per_kw_h)]
-            price, covered = _on_steps(step_starts, series, price)
-            if covered.any():
-                covering.append(offer)
-        if not covering:
+    for product, group in sorted(by_product.items()):
+        prices, in_force = [], set()
+        for side in ("up", "down"):
+            named = [k for k, o in enumerate(group) if o.directions in ("up_down", side)]
+            # the same rule twice: each step's price, and which offer set it (its index in `group`)
+            price, _ = _on_steps(step_starts, [_series(group[k]) for k in named], np.zeros(steps))
+            which, _ = _on_steps(step_starts, [_series(group[k], k) for k in named], none)
+            prices.append(price)
+            in_force |= {int(k) for k in which if k >= 0}
+        if not in_force:
             continue
-        up = price if directions in ("up_down", "up") else zeros
-        down = price if directions in ("up_down", "down") else zeros
-        activation = max(o.expected_activation_per_h() for o in covering)
+        sold = np.zeros(steps, dtype=bool)
+        for award in awards.values():
+            if isinstance(award, AsAward) and award.product == product:
+                sold |= _covering(step_starts, step_s, award.block_start, award.block_end)
+        up, down = (np.where(sold, 0.0, price) for price in prices)
+        activation = max(group[k].expected_activation_per_h() for k in in_force)
+        zeros = np.zeros(steps)
         reserves.append(Reserve(product, up, down, zeros, zeros, activation_per_h=activation))
     return reserves
+
+
+def _series(offer: AsOffer, index: int | None = None) -> tuple[datetime, float, Sequence[float]]:
+    """The offer as `_on_steps` reads it: its prices, or (`index` given) that index in every interval."""
+    values = offer.capacity_price_per_kw_h
+    return offer.start, offer.interval_s, values if index is None else [float(index)] * len(values)

@@ -68,6 +68,7 @@ class Dispatcher:
         # packs priced at the opportunity value of their life (docs/wear.md): settled from measured energy per re-plan
         self.wear = WearBook(d.step_s)
         self._opportunity = any(a.wear_pricing == "opportunity" for a in config.assets)
+        self._last_basis: dict[str, float] = {}  # planned with when settling fails (`_wear_basis`)
 
     def request_replan(self) -> None:
         """Called when a signal arrives: plan again now rather than at the next step."""
@@ -137,12 +138,18 @@ class Dispatcher:
 
     def _wear_basis(self, fleet: Fleet, now: datetime) -> dict[str, float]:
         """Settle the packs' measured energy since the last re-plan at the prices the last plan used, then each
-        opportunity-priced pack's value of a whole life (build.plan_inputs' `wear_basis`)."""
+        opportunity-priced pack's value of a whole life (build.plan_inputs' `wear_basis`). A failure of the book
+        (a bug, a period it refuses to record) is logged and the plan made with the last basis: pricing wear a step
+        late must not stop the dispatcher."""
         prices = None
         if self.plan is not None and self.plan_start is not None and self.plan_site is not None:
             prices = PriceTrack(self.plan_start.timestamp(), self.plan.step_s, self.plan_site.price_per_kwh)
-        self.wear.observe(fleet, now.timestamp(), prices)
-        return self.wear.basis(now.timestamp())
+        try:
+            self.wear.observe(fleet, now.timestamp(), prices)
+            self._last_basis = self.wear.basis(now.timestamp())
+        except Exception as exc:
+            log.error("wear.settle_failed", error=repr(exc), exc_info=True)
+        return self._last_basis
 
     def _failed(self, now: datetime, event: str, error: str, exc_info: bool = False) -> None:
         """Count and log a re-plan that produced nothing; the last plan (then the rule) keeps control."""

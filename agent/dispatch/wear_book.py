@@ -14,14 +14,21 @@ What a step counts, per pack:
 * life used: the cycle life its throughput used by the pack's own fitted wear (`build.wear_model`, the fit its
   prices come from). Net discharge extends the current half cycle (depth from where the pack last charged, as a
   fraction of its usable energy): it uses Φ(depth after) − Φ(depth before), so a discharge spread over several steps
-  costs what one cycle of its whole depth costs, as the planner's segment prices charge it; a net charge ends the
-  half cycle (Xu's convention: a cycle is charged once, on discharge). Energy that went out and came back within
-  the step (regulation swings) uses the pack's shallow-swing life per kWh (`build.activation_life_per_kwh`).
+  costs what one cycle of its whole depth costs, as the planner's segment prices charge it; a net charge refills
+  the half cycle by what it stored (depth − charged × efficiency / usable, at least 0), as the planner's segments
+  refill by the amount charged, so a small top-up between two discharges leaves them nearly one deep cycle (Xu's
+  convention: a cycle is charged once, on discharge). Energy that went out and came back within the step
+  (regulation swings) uses the pack's shallow-swing life per kWh (`build.activation_life_per_kwh`).
 
 Measured energy in the running agent (`observe`): the device's import/export counters between two readings, else
 its SoC change × usable energy, converted to terminal energy with the configured efficiency (which sees only the
-net of a step). Never the plan's intention. History is held in memory only: after a restart each pack re-seeds from
-its replacement cost.
+net of a step). Never the plan's intention. A period whose imported or exported energy exceeds what the pack's
+rating could move in it (rated power × period × PLAUSIBLE_FACTOR + PLAUSIBLE_SLACK_WH) is not recorded: a counter
+that jumped (a replaced meter, a wrong scale) would otherwise set the value of a life to 0 or to thousands of
+replacement costs for the whole window. It is logged (`wear.reading_refused`, once per pack and hour) and the next
+period starts at the jumped reading, which is the new counter baseline: keeping the reading before the jump would
+refuse every later period too. A pack with no rating (none configured, none reported) is not checked. History is
+held in memory only: after a restart each pack re-seeds from its replacement cost.
 """
 
 from __future__ import annotations
@@ -35,11 +42,17 @@ import structlog
 from agent.dispatch.build import activation_life_per_kwh, wear_model
 from agent.dispatch.wear_value import OpportunityWearValue
 from agent.fleet import AssetState, Fleet
-from agent.model import Measurement
+from agent.model import AssetKind, Measurement
 
 log = structlog.get_logger("agent.dispatch")
 
 OPPORTUNITY = "opportunity"
+# a period's measured energy above rating × period × this (+ the slack) is a counter jump, not the pack's doing: the
+# margin covers a rating the config sets below the device's and readings' timing; the slack, counters that count in
+# whole kWh and periods of a few seconds
+PLAUSIBLE_FACTOR = 1.5
+PLAUSIBLE_SLACK_WH = 1_000.0
+REFUSAL_LOG_S = 3600.0  # `wear.reading_refused` at most once per pack in this long
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class _Pack:
     run_depth: float = 0.0  # depth of the discharge since the pack last charged (fraction of its usable energy)
     reading: Reading | None = None
     logged_step: int | None = None
+    refusal_logged_s: float | None = None
 
 
 @dataclass
@@ -91,7 +105,10 @@ class WearBook:
 
     @staticmethod
     def applies(state: AssetState) -> bool:
-        return state.config.wear_pricing == OPPORTUNITY and bool(state.config.replacement_cost)
+        """Opportunity-priced stationary batteries only: an EV's driving takes its energy at no price, so its value
+        of a life would go to 0 (the config refuses it too; this is the second guard)."""
+        cfg = state.config
+        return state.kind is AssetKind.BATTERY and cfg.wear_pricing == OPPORTUNITY and bool(cfg.replacement_cost)
 
     def value(self, state: AssetState) -> OpportunityWearValue:
         """The pack's estimate (created at its replacement cost on first sight)."""
@@ -140,8 +157,8 @@ class WearBook:
             after = min(pack.run_depth + net_out / eff / usable, 1.0)
             life += float(model.cycle_life(after)) - float(model.cycle_life(pack.run_depth))
             pack.run_depth = after
-        elif net_out < 0:
-            pack.run_depth = 0.0
+        elif net_out < 0:  # the charge refills the half cycle by what it stored
+            pack.run_depth = max(0.0, pack.run_depth + net_out * eff / usable)
         swung = min(exported_wh, imported_wh)
         if swung > 0:
             soh = m.soh if m.soh is not None else 1.0
@@ -170,6 +187,8 @@ class WearBook:
             if before is None or price is None or energy is None:
                 continue
             exported, imported = energy
+            if not self._plausible(pack, state, reading.t_s - before.t_s, exported, imported, now_s):
+                continue
             self.settle(state, before.t_s, reading.t_s, exported_wh=exported, imported_wh=imported,
                         price_per_kwh=price)  # fmt: skip
             step = int(now_s // self.step_s)
@@ -178,6 +197,28 @@ class WearBook:
                 value = pack.value
                 log.info("wear.value_updated", asset=state.id, value_per_life=round(value.value_per_life(now_s), 2),
                          history_life=round(value.history_life(now_s), 6))  # fmt: skip
+
+    @staticmethod
+    def _plausible(pack: _Pack, state: AssetState, period_s: float, exported: float, imported: float,
+                   now_s: float) -> bool:  # fmt: skip
+        """Whether the pack's rating could have moved this much energy in the period (the module docstring)."""
+        rating = max(state.rated_charge_w(), state.rated_discharge_w())
+        if rating <= 0:
+            return True
+        bound = rating * period_s / 3600.0 * PLAUSIBLE_FACTOR + PLAUSIBLE_SLACK_WH
+        if imported <= bound and exported <= bound:
+            return True
+        if pack.refusal_logged_s is None or now_s - pack.refusal_logged_s >= REFUSAL_LOG_S:
+            pack.refusal_logged_s = now_s
+            log.warning(
+                "wear.reading_refused",
+                asset=state.id,
+                imported_wh=round(imported, 1),
+                exported_wh=round(exported, 1),
+                bound_wh=round(bound, 1),
+                period_s=round(period_s, 1),
+            )
+        return False
 
 
 def _reading(state: AssetState) -> Reading | None:

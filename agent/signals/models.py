@@ -26,6 +26,13 @@ from agent.products import PRODUCTS
 
 # 500 times JEPX's 200 JPY/kWh price cap: beyond any market, still far inside what the LP solves with good numerics
 MAX_PRICE_PER_KWH = 100_000.0
+# An offer's capacity price (AsOffer) is what the planner earns per kW·h it holds, in the same objective as the
+# penalties that keep its obligations (agent.dispatch.inputs.Penalties: up-DR shortfall 100, EV tier 1 200, an
+# award's reserve shortfall 1000, the site limit 10,000 per kWh). A price above the smallest of them would make the
+# plan drop an obligation to hold the offer instead (5,000 dropped a 40 kW award). An "up_down" kW·h earns the price
+# twice, so the bound is half the smallest penalty: 50, several times Japan's balancing-market ΔkW prices (a few to
+# tens of JPY/kW·h). tests/dispatch/test_as_offer.py keeps it at most half of every penalty.
+MAX_CAPACITY_PRICE_PER_KW_H = 50.0
 # a single site of a thousand 50-kW devices is 50 MW; a gigawatt is no request one agent can be given
 MAX_POWER_W = 1e9
 MAX_WINDOW = timedelta(days=7)  # the longest up-DR window, award block or offer (real ones: hours to a day)
@@ -50,9 +57,10 @@ def _in_era(value: datetime) -> datetime:
 
 Finite = Annotated[float, AfterValidator(_finite)]
 Price = Annotated[Finite, Field(ge=-MAX_PRICE_PER_KWH, le=MAX_PRICE_PER_KWH)]
-# paid for holding capacity, so never negative; the bounds before the finite check, so that the JSON Schema of a list
-# of them says minimum/maximum (after it, pydantic writes them as keys JSON Schema does not know)
-CapacityPrice = Annotated[float, Field(ge=0, le=MAX_PRICE_PER_KWH), AfterValidator(_finite)]
+# paid for holding capacity, so never negative, and below the planner's obligations (MAX_CAPACITY_PRICE_PER_KW_H);
+# the bounds before the finite check, so that the JSON Schema of a list of them says minimum/maximum (after it,
+# pydantic writes them as keys JSON Schema does not know)
+CapacityPrice = Annotated[float, Field(ge=0, le=MAX_CAPACITY_PRICE_PER_KW_H), AfterValidator(_finite)]
 Power = Annotated[Finite, Field(ge=0, le=MAX_POWER_W)]
 # kWh moved per kW·h reserved; bounds first, as CapacityPrice's, so the optional field's JSON Schema says them
 Activation = Annotated[float, Field(ge=0, le=1), AfterValidator(_finite)]
@@ -147,13 +155,23 @@ class AsAward(SignalModel):
 
 class AsOffer(SignalModel):
     """A price-only reserve offer: `product`'s capacity can be sold at these prices over these intervals; the planner
-    decides how much to hold (agent.dispatch.build: a Reserve with these prices and nothing awarded), and its plan's
-    band is the bid. Nothing is committed and nothing is activated until an `as_award` for it arrives.
+    decides how much to hold (agent.dispatch.build: a Reserve with these prices and nothing awarded). Nothing is
+    committed and nothing is activated until an `as_award` for it arrives, and no bid is published: the band the plan
+    holds shows only in its `reserve_revenue` (the `dispatch.planned` log line, the audit trail's plan record) and as
+    "holds N kW in reserve" per asset on the terminal screen (agent.ui), summed over products. Sending the band back
+    as a bid is not built.
 
     One price list per interval, per kW·h of capacity held in each direction `directions` names ("up_down": up and
-    down, each paid this price; "up" / "down": that side only). Up and down at different prices are two offers, one
-    per side; a symmetric product (agent.products, RegD) is one band, so it is offered "up_down" only. No cap on the
-    capacity: the planner's Reserve has none (its power and energy headroom bound it)."""
+    down, each paid this price; "up" / "down": that side only). Per product and side the newest offer covering a step
+    sets its price, so a newer "up" offer replaces an older "up_down" one's up price and leaves its down price. Up and
+    down at different prices are two offers, one per side; a symmetric product (agent.products, RegD) is one band, so
+    it is offered "up_down" only. Steps an `as_award` of the same product covers are already sold: the offer's price
+    there is 0 (the award is held at its own terms, the offer adds nothing on top). No cap on the capacity: the
+    planner's Reserve has none (its power and energy headroom bound it). Prices are at most
+    MAX_CAPACITY_PRICE_PER_KW_H, below what the planner's obligations cost to break.
+
+    `activation_per_h` > 0 needs the up side ("up_down" or "up"): the planner prices activations' wear and round-trip
+    loss on the up reservation only, so a down-only offer's activations would cost nothing."""
 
     product: OfferProduct
     start: Time
@@ -161,13 +179,14 @@ class AsOffer(SignalModel):
     capacity_price_per_kw_h: list[CapacityPrice] = Field(
         min_length=1,
         max_length=2000,
-        description=f"currency per kW·h of capacity, per interval, ≤ {MAX_PRICE_PER_KWH:g}",
+        description=f"currency per kW·h of capacity, per interval, ≤ {MAX_CAPACITY_PRICE_PER_KW_H:g} (below the "
+        "planner's penalties for breaking an obligation)",
     )
     directions: Literal["up_down", "up", "down"] = "up_down"
     activation_per_h: Activation | None = Field(
         None,
         description="expected activation energy, kWh moved per kW·h reserved (0: rarely activated); omitted or null: "
-        "the product's own figure (RegD: its signal's), else 0",
+        "the product's own figure (RegD: its signal's), else 0; above 0 only with the up side offered",
     )
 
     @model_validator(mode="after")
@@ -179,6 +198,10 @@ class AsOffer(SignalModel):
                              f"{MAX_WINDOW.days} days")  # fmt: skip
         if self.directions != "up_down" and PRODUCTS[self.product].symmetric:
             raise ValueError(f"directions {self.directions!r}: {self.product} is one band, offered 'up_down' only")
+        if self.directions == "down" and self.expected_activation_per_h() > 0:  # the product's own figure included
+            activation = self.expected_activation_per_h()
+            raise ValueError(f"activation_per_h {activation:g}: a 'down' offer's activations are not priced (the "
+                             "planner prices them on the up side); send 0 or offer 'up_down'")  # fmt: skip
         return self
 
     def expected_activation_per_h(self) -> float:

@@ -15,11 +15,13 @@ import pytest
 
 from agent.config import AppConfig, AssetConfig
 from agent.dispatch.build import plan_inputs
+from agent.dispatch.inputs import Penalties
 from agent.dispatch.planner import solve
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
 from agent.products import PRODUCTS
 from agent.signals.models import (
+    MAX_CAPACITY_PRICE_PER_KW_H,
     SIGNAL_TYPES,
     AsAward,
     AsOffer,
@@ -85,6 +87,40 @@ def test_each_bad_key_is_refused_with_its_name(changes: dict[str, object], named
     with pytest.raises(SignalRejected) as refused:
         parsed(good(**changes))
     assert named in str(refused.value)
+
+
+def test_a_price_above_the_bound_is_refused_naming_the_key_and_the_bound() -> None:
+    assert MAX_CAPACITY_PRICE_PER_KW_H == 50
+    parsed(good(capacity_price_per_kw_h=[50.0]))
+    with pytest.raises(SignalRejected, match=r"capacity_price_per_kw_h\.1: Input should be less than or equal to 50"):
+        parsed(good(capacity_price_per_kw_h=[1.0, 50.5]))
+
+
+def test_the_capacity_price_bound_stays_below_every_obligation_penalty() -> None:
+    """An "up_down" kW·h earns the price on both sides: twice the bound must not outbid any penalty the planner
+    keeps an obligation with (else an offer buys its way out of an award, an EV's need or the site limit)."""
+    penalties = Penalties()
+    per_kwh = {k: v for k, v in vars(penalties).items() if k.endswith("_per_kwh")}
+    assert set(per_kwh) >= {"dr_short_per_kwh", "reserve_short_per_kwh", "ev_short_tier1_per_kwh", "site_limit_per_kwh"}
+    assert min(per_kwh.values()) >= 2 * MAX_CAPACITY_PRICE_PER_KW_H, per_kwh
+
+
+@pytest.mark.parametrize(
+    ("changes", "allowed"),
+    [
+        ({"directions": "down", "activation_per_h": 0.1}, False),
+        ({"directions": "down", "activation_per_h": 0.0}, True),
+        ({"directions": "down"}, True),  # FRR has no figure of its own: 0
+        ({"directions": "up", "activation_per_h": 0.1}, True),
+        ({"directions": "up_down", "activation_per_h": 0.1}, True),
+    ],
+)
+def test_activations_need_the_up_side_where_the_planner_prices_them(changes: dict, allowed: bool) -> None:
+    if allowed:
+        parsed(good(**changes))
+        return
+    with pytest.raises(SignalRejected, match=r"activation_per_h 0\.1: a 'down' offer's activations are not priced"):
+        parsed(good(**changes))
 
 
 def test_nan_and_infinity_prices_are_refused() -> None:
@@ -155,11 +191,49 @@ def test_offer_prices_follow_the_same_steps_as_energy_prices() -> None:
 
 def test_sides_offered_and_offers_outside_the_horizon() -> None:
     later = offer("late", start=START + timedelta(days=1))  # covers no step: no Reserve
-    book = {"as_offer": {"up": offer("up", directions="up"), "down": offer("down", directions="down"), "late": later}}
+    down = offer("down", directions="down", capacity_price_per_kw_h=[4.0])
+    book = {"as_offer": {"up": offer("up", directions="up"), "down": down, "late": later}}
     inputs, _ = plan_inputs(Fleet({}), config(), NOW, book, 0.0)
-    down, up = inputs.reserves  # sorted by (product, side)
-    assert up.up_price_per_kw_h[:2].tolist() == [1, 1] and not up.down_price_per_kw_h.any()
-    assert down.down_price_per_kw_h[:2].tolist() == [1, 1] and not down.up_price_per_kw_h.any()
+    (reserve,) = inputs.reserves  # one per product, both sides in it
+    assert reserve.up_price_per_kw_h.tolist() == [1, 1, 2, 2, 3, 3, 0, 0]
+    assert reserve.down_price_per_kw_h.tolist() == [4, 4, 0, 0, 0, 0, 0, 0]
+
+
+def test_a_newer_one_sided_offer_replaces_that_side_of_an_older_offer_only() -> None:
+    """An older FRR up_down offer at 5 and a newer FRR up offer at 1 over the same hour: the up price is the newer
+    one's, the down price stays the older one's (before: two Reserves, and the LP took the dearer up price)."""
+    old = offer("old", capacity_price_per_kw_h=[5.0, 5.0])
+    new = offer("new", directions="up", capacity_price_per_kw_h=[1.0, 1.0])
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, {"as_offer": {"old": old, "new": new}}, 0.0)
+    (reserve,) = inputs.reserves
+    assert reserve.up_price_per_kw_h.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert reserve.down_price_per_kw_h.tolist() == [5, 5, 5, 5, 0, 0, 0, 0]
+    # the other way round, the newer up_down offer sets both sides
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, {"as_offer": {"new": new, "old": old}}, 0.0)
+    (reserve,) = inputs.reserves
+    assert reserve.up_price_per_kw_h[:4].tolist() == [5] * 4 and reserve.down_price_per_kw_h[:4].tolist() == [5] * 4
+
+
+def test_the_activation_is_the_highest_of_the_offers_in_force_not_of_one_overwritten() -> None:
+    old = offer("old", capacity_price_per_kw_h=[5.0, 5.0], activation_per_h=0.3)
+    new = offer("new", capacity_price_per_kw_h=[1.0, 1.0], activation_per_h=0.05)
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, {"as_offer": {"old": old, "new": new}}, 0.0)
+    (reserve,) = inputs.reserves
+    assert reserve.activation_per_h == 0.05
+
+
+def test_an_offer_is_priced_0_where_an_award_of_its_product_already_sold_the_capacity() -> None:
+    """A still-valid offer must not bid the awarded block's capacity again on top of the award."""
+    award = AsAward(id="a", product="FRR", block_start=START, block_end=START + timedelta(minutes=30), up_w=4_000,
+                    down_w=0)  # fmt: skip
+    other = AsAward(id="x", product="S-FRR", block_start=START + timedelta(minutes=30),
+                    block_end=START + timedelta(hours=1), up_w=4_000, down_w=0)  # fmt: skip
+    book = {"as_award": {"a": award, "x": other}, "as_offer": {"o": offer()}}
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, book, 0.0)
+    offered = next(r for r in inputs.reserves if r.product == "FRR" and not r.awarded_up_w.any())
+    # the FRR award covers 00:00-00:30 (steps 0, 1); the S-FRR award is another product: the offer still bids there
+    assert offered.up_price_per_kw_h[:6].tolist() == [0, 0, 2, 2, 3, 3]
+    assert offered.down_price_per_kw_h[:6].tolist() == [0, 0, 2, 2, 3, 3]
 
 
 def test_an_award_and_an_offer_of_one_product_are_two_reserves() -> None:
@@ -168,7 +242,8 @@ def test_an_award_and_an_offer_of_one_product_are_two_reserves() -> None:
     inputs, _ = plan_inputs(Fleet({}), config(), NOW, {"as_award": {"a": award}, "as_offer": {"o": offer()}}, 0.0)
     held, offered = inputs.reserves
     assert held.awarded_up_w.tolist() == [4_000] * 4 + [0] * 4 and not held.up_price_per_kw_h.any()
-    assert offered.up_price_per_kw_h[:6].tolist() == [1, 1, 2, 2, 3, 3] and not offered.awarded_up_w.any()
+    # the award's hour is sold already: the offer bids only after it
+    assert offered.up_price_per_kw_h[:6].tolist() == [0, 0, 0, 0, 3, 3] and not offered.awarded_up_w.any()
 
 
 # -- the planner's bid ---------------------------------------------------------------------------------------------
@@ -200,3 +275,31 @@ def test_the_planner_bids_where_the_offer_pays_for_the_wear_and_not_at_a_price_o
     for price in (1.5, 0.0):  # earns 3.0 < 3.41; nothing
         up, down, _ = bid(price)
         assert np.all(up < 1e-3) and np.all(down < 1e-3), price
+
+
+def test_an_offer_at_the_highest_price_keeps_every_obligation() -> None:
+    """A battery and an EV, an FRR award of 40 kW up and an S-FRR up offer at the highest price a signal may carry:
+    the plan holds the award, meets the EV and keeps the site limit (at 5,000 per kW·h it dropped the award: 80 kWh
+    short over the two hours)."""
+    b = AssetConfig(id="b", map="vppsim_battery", rated_charge_w=50_000, rated_discharge_w=50_000, efficiency=0.95,
+                    replacement_cost=3_000_000)  # fmt: skip
+    battery = AssetState("b", AssetKind.BATTERY, b, available=True)
+    battery.measurement = Measurement("b", NOW, 0.0, DeviceStatus.STANDBY, soc=0.5, soh=1.0, capacity_wh=100_000)
+    e = AssetConfig(id="ev", map="vppsim_v2g_dc", rated_charge_w=11_000, rated_discharge_w=11_000, efficiency=0.95,
+                    wear_price_per_kwh=10.0)  # fmt: skip
+    ev = AssetState("ev", AssetKind.EV_CHARGER, e, available=True)
+    ev.measurement = Measurement("ev", NOW, 0.0, DeviceStatus.CHARGING, soc=0.3, soh=1.0, capacity_wh=60_000,
+                                 ev_connected=True, ev_target_soc=0.6, ev_min_soc=0.1,
+                                 ev_departure=START + timedelta(hours=2))  # fmt: skip
+    cfg = AppConfig.model_validate({"dispatch": {"step_s": 900, "horizon_steps": 8, "default_price_per_kwh": 20.0},
+                                    "site": {"import_limit_w": 40_000, "export_limit_w": 40_000}})  # fmt: skip
+    award = AsAward(id="a", product="FRR", block_start=START, block_end=START + timedelta(hours=2), up_w=40_000,
+                    down_w=0)  # fmt: skip
+    top = parsed(good(product="S-FRR", directions="up", capacity_price_per_kw_h=[MAX_CAPACITY_PRICE_PER_KW_H] * 4))
+    book = {"as_award": {"a": award}, "as_offer": {"o": top}}
+    plan = solve(plan_inputs(Fleet({"b": battery, "ev": ev}), cfg, NOW, book, 0.0)[0])
+    assert plan.status == "optimal", plan.status
+    assert plan.violations["reserve_short_kwh"] == pytest.approx(0, abs=1e-6)
+    assert plan.violations["ev_short_kwh"] == pytest.approx(0, abs=1e-6)
+    assert plan.violations["site_limit_excess_kwh"] == pytest.approx(0, abs=1e-6)
+    assert plan.breakdown["reserve_revenue"] != 0  # the offer is bid where it does not crowd out the award

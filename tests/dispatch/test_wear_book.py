@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from agent.config import AppConfig, AssetConfig, ConfigError, parse_config
@@ -17,6 +18,7 @@ from agent.dispatch.runner import Dispatcher
 from agent.dispatch.wear_book import PriceTrack, WearBook
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
+from agent.wiring import asset_problems
 
 R = 3_000_000.0
 CAPACITY_WH = 100_000.0
@@ -128,8 +130,8 @@ def test_a_discharge_over_several_steps_costs_one_cycle_of_its_whole_depth() -> 
     lives = [book.settle(state, k * HOUR, (k + 1) * HOUR, exported_wh=9_500.0, imported_wh=0.0, price_per_kwh=0.0)[1]
              for k in range(3)]  # fmt: skip
     assert sum(lives) == pytest.approx(float(model.cycle_life(0.3)))
-    # a charge ends the half cycle: the next discharge starts shallow again
-    book.settle(state, 3 * HOUR, 4 * HOUR, exported_wh=0.0, imported_wh=5_000.0, price_per_kwh=0.0)
+    # a charge refills the half cycle by what it stored: refilled whole, the next discharge starts shallow again
+    book.settle(state, 3 * HOUR, 4 * HOUR, exported_wh=0.0, imported_wh=30_000.0 / 0.95, price_per_kwh=0.0)
     _, again = book.settle(state, 4 * HOUR, 5 * HOUR, exported_wh=9_500.0, imported_wh=0.0, price_per_kwh=0.0)
     assert again == pytest.approx(lives[0])
 
@@ -197,3 +199,125 @@ async def test_the_dispatcher_plans_with_the_basis_its_book_learnt(monkeypatch: 
     assert basis == pytest.approx(d.wear.value(state).cost_basis(clock[0].timestamp()))
     assert basis != pytest.approx(R, rel=1e-3)
     assert made[1].assets[0].wear_prices == pytest.approx(made[0].assets[0].wear_prices * basis / R)
+
+
+# -- review findings: depth refilled by a charge, implausible readings, EVs, a failing book -------------------------
+
+
+def test_a_small_top_up_between_two_discharges_refills_the_depth_by_what_it_stored() -> None:
+    """Two 28.5 kWh discharges (0.3 of the pack each) with a 50 Wh top-up between are nearly one half cycle of 0.6:
+    the second costs Φ(0.6 − δ) − Φ(0.3 − δ), δ = the top-up's stored share, not a fresh Φ(0.3) (3-13 % less)."""
+    state = battery(wear_pricing="opportunity")
+    book = WearBook(step_s=HOUR)
+    model = wear_model(state)
+    _, first = book.settle(state, 0.0, HOUR, exported_wh=28_500.0, imported_wh=0.0, price_per_kwh=0.0)
+    assert first == pytest.approx(float(model.cycle_life(0.3)))
+    book.settle(state, HOUR, 2 * HOUR, exported_wh=0.0, imported_wh=50.0, price_per_kwh=0.0)
+    _, second = book.settle(state, 2 * HOUR, 3 * HOUR, exported_wh=28_500.0, imported_wh=0.0, price_per_kwh=0.0)
+    refilled = 50.0 * 0.95 / CAPACITY_WH
+    expected = float(model.cycle_life(0.6 - refilled)) - float(model.cycle_life(0.3 - refilled))
+    assert second == pytest.approx(expected)
+    assert second > 1.03 * first  # the deeper cycle's marginal life, not a fresh shallow one
+
+
+def _jump(imported: float, exported: float) -> tuple[WearBook, AssetState, list[dict], dict[str, float]]:
+    """A 50 kW pack whose counters jump by (imported, exported) Wh in one hour, then move 19 kWh out in the next."""
+    state = battery(soc=0.8, imported=0.0, exported=0.0, wear_pricing="opportunity")
+    book = WearBook(step_s=HOUR)
+    prices = PriceTrack(NOW.timestamp(), HOUR, np.array([20.0, 20.0, 20.0]))
+    fleet = Fleet({"b": state})
+    book.observe(fleet, NOW.timestamp(), prices)
+    with capture_logs() as logs:
+        measure(state, NOW + timedelta(hours=1), 0.8, imported, exported)
+        book.observe(fleet, (NOW + timedelta(hours=1)).timestamp(), prices)
+        first = book.basis((NOW + timedelta(hours=1)).timestamp())
+        measure(state, NOW + timedelta(hours=2), 0.6, imported, exported + 19_000.0)
+        book.observe(fleet, (NOW + timedelta(hours=2)).timestamp(), prices)
+    return book, state, logs, first
+
+
+@pytest.mark.parametrize(("imported", "exported"), [(1e9, 0.0), (0.0, 1e9)])
+def test_an_implausible_counter_jump_is_refused_and_the_next_period_settles_from_it(
+    imported: float, exported: float
+) -> None:
+    """1 GWh in an hour on a 50 kW pack: before, an import jump set the basis to 0 for 90 days and an export jump
+    to ~3000 × R. The period is refused and logged; the next one starts at the jumped reading and counts normally."""
+    book, state, logs, first = _jump(imported, exported)
+    assert first == {"b": R}  # nothing recorded for the jump's hour
+    refused = [e for e in logs if e["event"] == "wear.reading_refused"]
+    assert len(refused) == 1 and refused[0]["asset"] == "b"
+    assert refused[0]["bound_wh"] == pytest.approx(50_000 * 1.5 + 1_000)
+    assert max(refused[0]["imported_wh"], refused[0]["exported_wh"]) == pytest.approx(1e9)
+    value = book.value(state)
+    later = (NOW + timedelta(hours=2)).timestamp()
+    life = float(wear_model(state).cycle_life(19_000.0 / 0.95 / CAPACITY_WH))
+    assert value.history_life(later) == pytest.approx(life)  # only the second hour's 19 kWh
+    prior = WearBook.prior_life
+    assert value.value_per_life(later) == pytest.approx((19.0 * 20.0 + R * prior) / (life + prior))
+
+
+def test_a_flow_within_the_rating_is_recorded() -> None:
+    """The bound keeps ordinary hours: 50 kW for an hour (the rating) is settled, not refused."""
+    book, state, logs, first = _jump(0.0, 50_000.0)
+    assert first["b"] != pytest.approx(R, rel=1e-6)
+    assert not [e for e in logs if e["event"] == "wear.reading_refused"]
+    assert book.value(state).history_life((NOW + timedelta(hours=2)).timestamp()) > 0
+
+
+def test_an_ev_is_never_priced_at_its_opportunity_value() -> None:
+    """Driving takes an EV's energy away at no price: its basis would go to 0. The config refuses it (an OCPP charger
+    is an EV charger) and the book passes over an EV whatever its config says."""
+    for where in ({"transport": "ocpp", "station": "CP1"}, {"transport": "sunspec", "kind": "ev_charger"}):
+        with pytest.raises(ValidationError, match=r"wear_pricing = 'opportunity' is for stationary batteries"):
+            AssetConfig(id="ev", replacement_cost=R, wear_pricing="opportunity", **where)  # type: ignore[arg-type]
+    # a map's kind is known once it is loaded: agent.wiring.asset_problems, as check-config and run report it
+    config = parse_config(f"[[assets]]\nid = 'ev'\nmap = 'vppsim_v2g_dc'\nwear_pricing = 'opportunity'\n"
+                          f"replacement_cost = {R}\n")  # fmt: skip
+    errors, _ = asset_problems(config, 1.0)
+    assert errors == [
+        "assets[0].wear_pricing: 'opportunity' is for stationary batteries, but map 'vppsim_v2g_dc' is an ev_charger "
+        "(an EV's driving takes its energy at no price: its value of a life would go to 0)"
+    ]
+    battery_config = parse_config(f"[[assets]]\nid = 'b'\nmap = 'vppsim_battery'\nwear_pricing = 'opportunity'\n"
+                                  f"replacement_cost = {R}\n")  # fmt: skip
+    assert asset_problems(battery_config, 1.0)[0] == []
+    cfg = AssetConfig(id="ev", map="vppsim_v2g_dc", replacement_cost=R, wear_pricing="opportunity")
+    ev = AssetState("ev", AssetKind.EV_CHARGER, cfg, available=True)
+    assert not WearBook.applies(ev)
+    assert WearBook.applies(battery(wear_pricing="opportunity"))
+
+
+async def test_a_book_that_fails_does_not_stop_planning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception from the book (e.g. OpportunityWearValue.record's overlap ValueError) is logged and the plan is
+    made with the last basis, instead of ending the dispatcher's loop."""
+    config = parse_config(
+        "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 20\n"
+        f"[[assets]]\nid = 'b'\nmap = 'vppsim_battery'\nrated_charge_w = 50000\nrated_discharge_w = 50000\n"
+        f"replacement_cost = {R}\nwear_pricing = 'opportunity'\n"
+    )
+    state = AssetState("b", AssetKind.BATTERY, config.assets[0], available=True)
+    state.measurement = Measurement("b", NOW, 0.0, DeviceStatus.STANDBY, soc=0.8, soh=1.0, capacity_wh=CAPACITY_WH,
+                                    energy_import_wh=0.0, energy_export_wh=0.0)  # fmt: skip
+    fleet = Fleet({"b": state})
+    seen: list[dict] = []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(dict(kwargs))
+        return plan_inputs(*args, **kwargs)  # type: ignore[arg-type]
+
+    class Broken(WearBook):
+        def observe(self, fleet: Fleet, now_s: float, prices: PriceTrack | None) -> None:
+            raise ValueError("a period overlapping one already recorded")
+
+    monkeypatch.setattr(runner, "plan_inputs", recording)
+    d = Dispatcher(config, lambda: NOW)
+    try:
+        assert await d.replan(fleet, 0.0) is not None
+        d.wear = Broken(HOUR)
+        with capture_logs() as logs:
+            assert await d.replan(fleet, 0.0) is not None
+    finally:
+        await d.aclose()
+    assert seen[1]["wear_basis"] == seen[0]["wear_basis"] == {"b": R}  # the last basis
+    (failed,) = [e for e in logs if e["event"] == "wear.settle_failed"]
+    assert "overlapping" in failed["error"]

@@ -23,7 +23,7 @@ async def test_an_offer_is_taken_planned_as_a_bid_and_kept_across_a_restart(tmp_
         step_s = app.config.dispatch.step_s
         start = step_start(site.clock.now(), step_s)
         offer = {"id": "o1", "product": "FRR", "start": start, "interval_s": round(step_s),
-                 "capacity_price_per_kw_h": [80.0] * 8, "directions": "up"}  # fmt: skip
+                 "capacity_price_per_kw_h": [50.0] * 8, "directions": "up"}  # fmt: skip
         assert (await app.ingest.receive("as_offer", payload(**offer))).status == "accepted"
         assert (await app.ingest.receive("as_offer", payload(**offer))).status == "duplicate"
         bad = await app.ingest.receive("as_offer", payload(**{**offer, "id": "o2", "product": "RegD"}))
@@ -35,7 +35,9 @@ async def test_an_offer_is_taken_planned_as_a_bid_and_kept_across_a_restart(tmp_
         await eventually(lambda: app.dispatcher.solves > solves, what="a plan with the offer")
         plan = app.dispatcher.plan
         assert plan is not None
-        assert plan.reserve_up_w[:, 0].sum() > 1_000  # capacity held up for the offer's price
+        # capacity held up for the offer's price in the steps it covers (which ones is the planner's choice: the
+        # burning re-solve, planner._forbid_burning, can leave an idle step's up headroom unused)
+        assert plan.reserve_up_w[:, :8].sum(axis=0).max() > 1_000
         assert not plan.reserve_down_w.any()  # only up was offered
     async with agent(tmp_path, mode="dispatch") as (_, app):  # stored before its ack: back after a restart
         assert set(app.ingest.book["as_offer"]) == {"o1"}

@@ -161,9 +161,8 @@ def test_the_basis_moves_from_the_replacement_cost_to_what_the_pack_earns_per_li
 # -- the running agent -----------------------------------------------------------------------------------------------
 
 
-async def test_the_dispatcher_plans_with_the_basis_its_book_learnt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two re-plans: the first prices the pack at its replacement cost; between them the pack exports 19 kWh by its
-    counters at the plan's price, and the second plan's wear prices follow the value the book now holds."""
+def _opportunity_pack() -> tuple[AppConfig, AssetState, Fleet]:
+    """A dispatching agent's config with one opportunity-priced 50 kW pack at 80 % SoC, its state and fleet."""
     config = parse_config(
         "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 20\n"
         f"[[assets]]\nid = 'b'\nmap = 'vppsim_battery'\nrated_charge_w = 50000\nrated_discharge_w = 50000\n"
@@ -173,6 +172,13 @@ async def test_the_dispatcher_plans_with_the_basis_its_book_learnt(monkeypatch: 
     state.measurement = Measurement("b", NOW, 0.0, DeviceStatus.STANDBY, soc=0.8, soh=1.0, capacity_wh=CAPACITY_WH,
                                     energy_import_wh=0.0, energy_export_wh=0.0)  # fmt: skip
     fleet = Fleet({"b": state})
+    return config, state, fleet
+
+
+async def test_the_dispatcher_plans_with_the_basis_its_book_learnt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two re-plans: the first prices the pack at its replacement cost; between them the pack exports 19 kWh by its
+    counters at the plan's price, and the second plan's wear prices follow the value the book now holds."""
+    config, state, fleet = _opportunity_pack()
     clock = [NOW]
     seen: list[dict] = []
     made = []
@@ -290,15 +296,7 @@ def test_an_ev_is_never_priced_at_its_opportunity_value() -> None:
 async def test_a_book_that_fails_does_not_stop_planning(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception from the book (e.g. OpportunityWearValue.record's overlap ValueError) is logged and the plan is
     made with the last basis, instead of ending the dispatcher's loop."""
-    config = parse_config(
-        "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 20\n"
-        f"[[assets]]\nid = 'b'\nmap = 'vppsim_battery'\nrated_charge_w = 50000\nrated_discharge_w = 50000\n"
-        f"replacement_cost = {R}\nwear_pricing = 'opportunity'\n"
-    )
-    state = AssetState("b", AssetKind.BATTERY, config.assets[0], available=True)
-    state.measurement = Measurement("b", NOW, 0.0, DeviceStatus.STANDBY, soc=0.8, soh=1.0, capacity_wh=CAPACITY_WH,
-                                    energy_import_wh=0.0, energy_export_wh=0.0)  # fmt: skip
-    fleet = Fleet({"b": state})
+    config, _, fleet = _opportunity_pack()
     seen: list[dict] = []
 
     def recording(*args: object, **kwargs: object) -> object:

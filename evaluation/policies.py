@@ -177,7 +177,6 @@ class MpcPolicy:
             noise = self.rng.normal(0.0, self.price_error, self.view.steps)
         basis = None
         if self.wear_book is not None:
-            self.view.observe(plant)
             basis = self.wear_basis = self.wear_book.basis(self.view.now(plant).timestamp())
         inputs = self.view.inputs(plant, self.foresight, noise, wear_basis=basis)
         if self.foresight:

@@ -246,24 +246,22 @@ def profile_mean(profile: list[float], zone: ZoneInfo, start: datetime, step_s: 
 def _prices(step_starts: np.ndarray, signals: Mapping[str, SignalModel], default: np.ndarray) -> np.ndarray:
     """The newest price signal covering each step's start, else `default` (one price per step)."""
     series = [(s.start, s.interval_s, s.prices_per_kwh) for s in signals.values() if isinstance(s, PriceSeries)]
-    return _on_steps(step_starts, series, default)[0]
+    return _on_steps(step_starts, series, default)
 
 
 def _on_steps(
     step_starts: np.ndarray, series: Iterable[tuple[datetime, float, Sequence[float]]], default: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Per step, the value of the newest series (start, interval_s, values) whose intervals cover the step's start,
-    else `default`; and which steps some series covered. The one rule for every per-interval signal (energy prices,
-    offered capacity prices): a step takes the interval its start falls in, later series overwrite earlier ones."""
+    else `default`. The one rule for every per-interval signal (energy prices, offered capacity prices): a step takes
+    the interval its start falls in, later series overwrite earlier ones."""
     values = default.astype(float)
-    any_covered = np.zeros(len(step_starts), dtype=bool)
     for start, interval_s, data in series:  # insertion order: newer signals overwrite older ones
         index = np.floor((step_starts - start.timestamp()) / interval_s).astype(int)
         covered = (index >= 0) & (index < len(data))
         if covered.any():
             values[covered] = np.asarray(data, dtype=float)[index[covered]]
-            any_covered |= covered
-    return values, any_covered
+    return values
 
 
 def _updr(
@@ -347,8 +345,8 @@ def _offers(
         for side in ("up", "down"):
             named = [k for k, o in enumerate(group) if o.directions in ("up_down", side)]
             # the same rule twice: each step's price, and which offer set it (its index in `group`)
-            price, _ = _on_steps(step_starts, [_series(group[k]) for k in named], np.zeros(steps))
-            which, _ = _on_steps(step_starts, [_series(group[k], k) for k in named], none)
+            price = _on_steps(step_starts, [_series(group[k]) for k in named], np.zeros(steps))
+            which = _on_steps(step_starts, [_series(group[k], k) for k in named], none)
             prices.append(price)
             in_force |= {int(k) for k in which if k >= 0}
         if not in_force:

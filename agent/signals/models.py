@@ -56,12 +56,15 @@ def _in_era(value: datetime) -> datetime:
 
 
 Finite = Annotated[float, AfterValidator(_finite)]
-Price = Annotated[Finite, Field(ge=-MAX_PRICE_PER_KWH, le=MAX_PRICE_PER_KWH)]
-# paid for holding capacity, so never negative, and below the planner's obligations (MAX_CAPACITY_PRICE_PER_KW_H);
-# the bounds before the finite check, so that the JSON Schema of a list of them says minimum/maximum (after it,
-# pydantic writes them as keys JSON Schema does not know)
+# Bounded numbers put their bounds before the finite check: after an AfterValidator pydantic writes a list item's
+# bounds into its JSON Schema as `ge`/`le`, keys JSON Schema does not know, instead of minimum/maximum.
+Price = Annotated[float, Field(ge=-MAX_PRICE_PER_KWH, le=MAX_PRICE_PER_KWH), AfterValidator(_finite)]
+# a reward, never negative: its own type, since a field-level ge=0 on top of Price validates but its schema keeps
+# only the inner minimum
+Reward = Annotated[float, Field(ge=0, le=MAX_PRICE_PER_KWH), AfterValidator(_finite)]
+# paid for holding capacity, so never negative, and below the planner's obligations (MAX_CAPACITY_PRICE_PER_KW_H)
 CapacityPrice = Annotated[float, Field(ge=0, le=MAX_CAPACITY_PRICE_PER_KW_H), AfterValidator(_finite)]
-Power = Annotated[Finite, Field(ge=0, le=MAX_POWER_W)]
+Power = Annotated[float, Field(ge=0, le=MAX_POWER_W), AfterValidator(_finite)]
 # kWh moved per kW·h reserved; bounds first, as CapacityPrice's, so the optional field's JSON Schema says them
 Activation = Annotated[float, Field(ge=0, le=1), AfterValidator(_finite)]
 Time = Annotated[AwareDatetime, AfterValidator(_in_era)]
@@ -114,7 +117,7 @@ class UpDrEvent(SignalModel):
     start: Time
     end: Time
     requested_increase_w: Power = Field(gt=0)
-    price_per_kwh: Price = Field(ge=0, description="reward per kWh above the baseline")
+    price_per_kwh: Reward = Field(description="reward per kWh above the baseline")
     baseline_method: Literal["high4of5", "pre_event_average"] = "high4of5"
 
     @model_validator(mode="after")
@@ -137,7 +140,7 @@ class AsAward(SignalModel):
     block_end: Time
     up_w: Power = Field(description="capacity to increase export / reduce consumption")
     down_w: Power = Field(description="capacity to increase consumption")
-    capacity_price_per_kw_h: Price = Field(0.0, ge=0)
+    capacity_price_per_kw_h: Reward = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> AsAward:

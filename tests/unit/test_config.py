@@ -185,6 +185,55 @@ def test_committed_json_schemas_match_the_code() -> None:
         )
 
 
+# JSON Schema 2020-12 keywords (core, applicator, validation, format, meta-data) the generated schemas may use; a
+# key outside it (pydantic wrote `ge`/`le` for a bounded list item once) is ignored by every validator peers run
+SCHEMA_KEYWORDS = frozenset(
+    {
+        "$schema", "$id", "$ref", "$defs", "$comment", "$anchor", "allOf", "anyOf", "oneOf", "not", "if", "then",
+        "else", "dependentSchemas", "prefixItems", "items", "contains", "properties", "patternProperties",
+        "additionalProperties", "propertyNames", "unevaluatedItems", "unevaluatedProperties", "type", "enum", "const",
+        "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum", "maxLength", "minLength", "pattern",
+        "maxItems", "minItems", "uniqueItems", "maxContains", "minContains", "maxProperties", "minProperties",
+        "required", "dependentRequired", "format", "title", "description", "default", "deprecated", "readOnly",
+        "writeOnly", "examples", "discriminator",
+    }
+)
+
+
+def _unknown_keywords(schema: object, where: str) -> list[str]:
+    if isinstance(schema, list):
+        return [bad for i, item in enumerate(schema) for bad in _unknown_keywords(item, f"{where}[{i}]")]
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{where}.{key}" for key in schema if key not in SCHEMA_KEYWORDS]
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "patternProperties", "dependentSchemas"):
+            found += [bad for name, sub in value.items() for bad in _unknown_keywords(sub, f"{where}.{key}.{name}")]
+        elif key not in ("enum", "const", "default", "examples", "required", "discriminator"):
+            found += _unknown_keywords(value, f"{where}.{key}")
+    return found
+
+
+def test_json_schemas_use_only_json_schema_keywords() -> None:
+    from agent.schemas import all_schemas
+
+    unknown = [bad for name, schema in all_schemas().items() for bad in _unknown_keywords(schema, name)]
+    assert unknown == []
+
+
+@pytest.mark.parametrize("field", ["capacity_price_per_kw_h", "up_w"])
+def test_an_award_refuses_a_negative_price_or_power(field: str) -> None:
+    from pydantic import ValidationError
+
+    from agent.signals.models import AsAward
+
+    block = {"block_start": "2026-12-03T00:00:00+09:00", "block_end": "2026-12-03T01:00:00+09:00"}
+    award = {"id": "a1", "product": "FCR", **block}
+    award |= {"up_w": 1000.0, "down_w": 0.0, field: -1.0}
+    with pytest.raises(ValidationError, match=field):
+        AsAward.model_validate(award)
+
+
 # -- through the CLI: `check-config` and `run` refuse the same inputs with exit 2, the key path and the value ------
 
 

@@ -160,9 +160,9 @@ class AsOffer(SignalModel):
     """A price-only reserve offer: `product`'s capacity can be sold at these prices over these intervals; the planner
     decides how much to hold (agent.dispatch.build: a Reserve with these prices and nothing awarded). Nothing is
     committed and nothing is activated until an `as_award` for it arrives, and no bid is published: the band the plan
-    holds shows only in its `reserve_revenue` (the `dispatch.planned` log line, the audit trail's plan record) and as
-    "holds N kW in reserve" per asset on the terminal screen (agent.ui), summed over products. Sending the band back
-    as a bid is not built.
+    holds shows in its `reserve_revenue` (the `dispatch.planned` log line, the audit trail's plan record), as "holds
+    N kW in reserve" per asset on the terminal screen (agent.ui), summed over products, and on the status page with
+    the offers priced now (agent.web.snapshot). Sending the band back as a bid is not built.
 
     One price list per interval, per kW·h of capacity held in each direction `directions` names ("up_down": up and
     down, each paid this price; "up" / "down": that side only). Per product and side the newest offer covering a step

@@ -71,6 +71,7 @@ HTML = """<!doctype html>
 <section id="plan" class="wide">
   <h2>Plan against price</h2>
   <p id="plan-line"></p>
+  <p id="plan-reserve"></p>
   <ul id="plan-terms"></ul>
   <div id="plan-chart" class="chart"></div>
 </section>
@@ -163,6 +164,7 @@ function renderSummary(s) {
   const plan = s.plan;
   const line = document.getElementById('plan-line');
   const terms = document.getElementById('plan-terms');
+  document.getElementById('plan-reserve').textContent = (plan && plan.reserve) || '';
   if (!plan) {
     line.textContent = 'No optimiser in this mode: the rule controller steers to the site target.';
     terms.replaceChildren();

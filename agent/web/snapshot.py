@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 from agent import installed_version, money
 from agent.events.lifecycle import OPEN_STATES, Event, EventState
 from agent.model import AssetKind, DeviceStatus
-from agent.signals.models import AsAward, UpDrEvent
+from agent.signals.models import AsAward, AsOffer, UpDrEvent
 from agent.web import delivery, fmt, svg
 
 if TYPE_CHECKING:
@@ -267,8 +267,30 @@ class Snapshot:
                 for term, value in sorted(plan.breakdown.items())
             ],
             violations=[f"{k}: {fmt.kwh(v)} short" for k, v in sorted(plan.violations.items()) if v > 1e-6],
+            reserve=self._reserve_now(plan, start, now),
         )
         return out
+
+    def _reserve_now(self, plan: Plan, start: datetime, now: datetime) -> str:
+        """The band the plan holds in the step that covers now, and the reserve offers (`as_offer`) priced now: an
+        offer is only priced into the plan (no bid is published), so this line is where an operator sees its effect."""
+        step = self._step_index(plan, start, now)
+        if 0 <= step < plan.reserve_up_w.shape[1]:
+            up, down = float(plan.reserve_up_w[:, step].sum()), float(plan.reserve_down_w[:, step].sum())
+            held = f"reserve held now: up {fmt.magnitude(up)}, down {fmt.magnitude(down)}"
+        else:
+            held = "reserve held now: none (the plan does not cover now)"
+        offers = []
+        for offer in self.app.ingest.book.get("as_offer", {}).values():
+            if not isinstance(offer, AsOffer) or not offer.start <= now < offer.ends_at():
+                continue
+            price = offer.capacity_price_per_kw_h[int((now - offer.start).total_seconds() // offer.interval_s)]
+            offers.append(f"{offer.product} offered {offer.directions.replace('_', '/')} at "
+                          f"{money.price(price)} {self.currency} per kW·h until "
+                          f"{fmt.local_time(offer.ends_at(), self.zone, False)}")  # fmt: skip
+        if not offers:
+            return held
+        return f"{held}; {'; '.join(offers)} (priced into the plan, no bid published)"
 
     @staticmethod
     def _step_index(plan: Plan, start: datetime, now: datetime) -> int:

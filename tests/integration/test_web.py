@@ -295,6 +295,15 @@ async def test_plan_against_price_and_an_assets_schedule(browser: Browser, tmp_p
         assert await browser.text(f"{row} td:nth-child(2)") == "award FCR"
         assert await browser.text(f"{row} td:nth-child(9)") == "2 JPY per kW·h of capacity earned"
         assert await browser.js("return document.querySelectorAll('#event-charts svg').length") == 0
+        # the band the re-plan holds now, as the plan says it
+        band = await browser.wait_text("#plan-reserve", lambda t: "up 5.0 kW, down 5.0 kW" in t, "award's band shown")
+        assert band.startswith("reserve held now:") and "offered" not in band, band
+        # a price-only offer: listed with its price now (no bid is published, so this line is where it shows)
+        offer = json.dumps({"id": "o1", "product": "FRR", "start": str(now), "interval_s": 1800,
+                            "capacity_price_per_kw_h": [3.5, 4], "directions": "up"}).encode()  # fmt: skip
+        assert (await app.ingest.receive("as_offer", offer)).status == "accepted"
+        await browser.wait_text("#plan-reserve", lambda t: "FRR offered up at 3.5 JPY per kW·h until" in t,
+                                "offer shown")  # fmt: skip
 
 
 # -- login, TLS, binding --------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ class AgentApp:
         if config.control.mode == "dispatch":
             from agent.dispatch.runner import Dispatcher  # deferred: its plan inputs need numpy (~10 MB of RSS)
 
-            self.dispatcher = Dispatcher(config, now, self.ingest.book, time_scale=time_scale)
+            self.dispatcher = Dispatcher(config, now, self.ingest.book, time_scale=time_scale, store=self.store)
             self.loop.schedule = self.dispatcher.requests
             self.loop.reserve_source = self.dispatcher.reserves
             self.dispatcher.adopted.append(self.audit.plan)

@@ -1,6 +1,6 @@
 """The agent's durable state (SQLite): accepted signals, the lifecycle of grid events, their meter samples, the
 latest activation of each award, site-meter interval history, each asset's own interval energy (attribution of
-M&V), and the audit trail (agent/audit, docs/audit.md).
+M&V), the audit trail (agent/audit, docs/audit.md) and what opportunity-priced packs' wear book learnt (docs/wear.md).
 
 An acknowledged signal and an event's progress must survive any restart (an active event resumes), so a signal or
 an activation is on disk (synchronous=FULL) before its acknowledgement goes out, and an active event's meter samples
@@ -11,9 +11,11 @@ Every table has a retention rule (`prune`): signals go `[signals] keep_days` aft
 their reports `[events] report_keep_days` after they end, samples with their event's report, intervals (site
 and per asset) after `[events] history_days`, driver memory a week after its last write (at start), audit rows
 after `[trust] audit_keep_days` (the newest row always stays: it carries the chain on; a `pruned` row records each
-prune in the chain). A failing disk (full,
-read-only, gone) raises StoreError naming the file and the operation; callers report it and carry on from memory,
-so a full disk degrades the agent instead of stopping it.
+prune in the chain), the opportunity-priced packs' wear book (`wear_packs`, `wear_settlements`:
+agent.dispatch.wear_book) at the dispatcher's start and at each save of the book: periods once they leave the book's
+90-day window, a pack's header (with its periods) when not written for that long (an asset gone from the config).
+A failing disk (full, read-only, gone) raises StoreError naming the file and the operation; callers report it and
+carry on from memory, so a full disk degrades the agent instead of stopping it.
 """
 
 from __future__ import annotations
@@ -141,6 +143,31 @@ def _driver_memory(db: sqlite3.Connection) -> None:
     )
 
 
+def _wear_book(db: sqlite3.Connection) -> None:
+    """Migration 4: opportunity-priced packs' wear book (agent.dispatch.wear_book, docs/wear.md), so a restart
+    resumes the learnt value of a life instead of re-seeding it. Per pack one header row (the book's own `format`
+    number and its JSON `state`, written at `updated_ts`) and its settled periods, appended as they settle (a
+    pack's 90 days are ~9000 rows at 15-min steps: rewriting them as one value per step would wear the flash)."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS wear_packs (
+            asset_id TEXT PRIMARY KEY,
+            format INTEGER NOT NULL,
+            updated_ts REAL NOT NULL,
+            state TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS wear_settlements (
+            asset_id TEXT NOT NULL,
+            start_ts REAL NOT NULL,
+            end_ts REAL NOT NULL,
+            revenue REAL NOT NULL,
+            life_used REAL NOT NULL,
+            PRIMARY KEY (asset_id, start_ts)
+        )"""
+    )
+
+
 # Numbered migrations: the file's `PRAGMA user_version` is the number of the last one applied. Each runs once, in
 # its own transaction with the version bump, so a crash leaves the file at one version or the next. A schema change
 # appends one entry here (never edits a released one): e.g. (2, "signals.source", lambda db: db.execute(...)).
@@ -150,6 +177,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], object]]] = [
     (1, "baseline: tables of the first versioned release; columns added before versions", _baseline),
     (2, "asset_intervals: per-asset energy per settlement interval", _asset_intervals),
     (3, "driver_memory: driver state kept across restarts", _driver_memory),
+    (4, "wear_packs, wear_settlements: the opportunity-cost wear book", _wear_book),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -192,6 +220,35 @@ class AssetEnergy(NamedTuple):
     start_ts: float
     import_wh: float
     export_wh: float
+
+
+class StoredWear(NamedTuple):
+    """A pack's stored wear book as read: the book's format number and JSON state (as stored, unchecked: the book
+    judges them) and its settled periods (start, end, revenue, life used), oldest first."""
+
+    format: Any
+    state: Any
+    settlements: list[tuple[Any, ...]]
+
+
+class WearPackRow(NamedTuple):
+    """A pack's header to write; `rewrite`: delete its stored periods first (agent.dispatch.wear_book)."""
+
+    asset_id: str
+    format: int
+    updated_ts: float
+    state: str
+    rewrite: bool
+
+
+class WearSettlementRow(NamedTuple):
+    """One settled period of a pack to write (unix s; currency; life fraction)."""
+
+    asset_id: str
+    start_ts: float
+    end_ts: float
+    revenue: float
+    life_used: float
 
 
 class SequenceRow(NamedTuple):
@@ -509,6 +566,51 @@ class Store:
 
         self._run("save driver memory", work, transaction=True)
 
+    # -- the wear book (agent.dispatch.wear_book) ---------------------------------------------------------------
+    def load_wear(self, forget_before_ts: float) -> dict[str, StoredWear]:
+        """Every pack's stored book, without what `forget_wear` would delete. Only reads (a read-only disk still
+        resumes the book); blocking: read once at start, as the other loads are."""
+
+        def work(db: sqlite3.Connection) -> dict[str, StoredWear]:
+            headers = db.execute("SELECT asset_id, format, state FROM wear_packs WHERE updated_ts >= ?",
+                                 (forget_before_ts,))  # fmt: skip
+            out = {str(a): StoredWear(f, s, []) for a, f, s in headers}
+            query = ("SELECT asset_id, start_ts, end_ts, revenue, life_used FROM wear_settlements WHERE end_ts > ? "
+                     "ORDER BY asset_id, start_ts")
+            for asset_id, *period in db.execute(query, (forget_before_ts,)):
+                if str(asset_id) in out:
+                    out[str(asset_id)].settlements.append(tuple(period))
+            return out
+
+        return self._run("load wear book", work, transaction=True)
+
+    def forget_wear(self, before_ts: float) -> None:
+        """The wear book's retention alone (at start; each save applies it too): `_forget_wear`."""
+        self._run("prune wear book", lambda db: _forget_wear(db, before_ts), transaction=True)
+
+    def save_wear(
+        self, packs: list[WearPackRow], settlements: list[WearSettlementRow], forget_before_ts: float
+    ) -> None:
+        """Write packs' headers and their newly settled periods in one transaction (a worker thread calls it): a pack
+        marked `rewrite` loses its stored periods first (it started afresh: those were another book's). Then
+        deletes what `forget_wear` deletes."""
+
+        def work(db: sqlite3.Connection) -> None:
+            fresh = [(p.asset_id,) for p in packs if p.rewrite]
+            db.executemany("DELETE FROM wear_settlements WHERE asset_id = ?", fresh)
+            db.executemany(
+                "INSERT OR REPLACE INTO wear_packs (asset_id, format, updated_ts, state) VALUES (?, ?, ?, ?)",
+                [(p.asset_id, p.format, p.updated_ts, p.state) for p in packs],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO wear_settlements (asset_id, start_ts, end_ts, revenue, life_used) "
+                "VALUES (?, ?, ?, ?, ?)",
+                settlements,
+            )
+            _forget_wear(db, forget_before_ts)
+
+        self._run("save wear book", work, transaction=True)
+
     # -- per-asset interval energy --------------------------------------------------------------------------
     async def add_asset_intervals(self, rows: list[AssetEnergy], keep_days: float = 60.0) -> None:
         """Merge bookings: each (asset, source, interval) takes the newest value its source computed (a source
@@ -735,6 +837,15 @@ def _save_sequence(db: sqlite3.Connection, sequence: SequenceRow) -> None:
 def _canonical(payload: object) -> str:
     """One text per content: a re-sent signal compares equal whatever its key order or spacing."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _forget_wear(db: sqlite3.Connection, before_ts: float) -> None:
+    """The wear book's retention: settled periods that ended by `before_ts` (the caller passes now − the book's
+    window: they no longer count), and a pack's header not written since then with its periods (an asset removed
+    from the config, or no longer opportunity-priced)."""
+    db.execute("DELETE FROM wear_settlements WHERE end_ts <= ?", (before_ts,))
+    db.execute("DELETE FROM wear_packs WHERE updated_ts < ?", (before_ts,))
+    db.execute("DELETE FROM wear_settlements WHERE asset_id NOT IN (SELECT asset_id FROM wear_packs)")
 
 
 def _merge_asset_intervals(db: sqlite3.Connection, rows: list[AssetEnergy], keep_days: float) -> None:

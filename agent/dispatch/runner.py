@@ -19,10 +19,11 @@ from agent.config import AppConfig
 from agent.dispatch.build import plan_inputs
 from agent.dispatch.inputs import PlanInputs, SiteForecast, UpDr
 from agent.dispatch.plan import Plan, PlanError
-from agent.dispatch.wear_book import PriceTrack, WearBook
+from agent.dispatch.wear_book import PriceTrack, WearBook, WearSave
 from agent.dispatch.worker import SolverWorker, WorkerDied, WorkerError, aggregated_plan, full_plan
 from agent.fleet import Fleet
 from agent.signals.models import SignalModel
+from agent.store import Store, StoreError
 
 log = structlog.get_logger("agent.dispatch")
 
@@ -41,6 +42,7 @@ class Dispatcher:
         worker: SolverWorker | None = None,
         time_scale: float = 1.0,
         baselines: Callable[[], Mapping[str, Mapping[float, float]]] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -69,6 +71,13 @@ class Dispatcher:
         self.wear = WearBook(d.step_s)
         self._opportunity = any(a.wear_pricing == "opportunity" for a in config.assets)
         self._last_basis: dict[str, float] = {}  # planned with when settling fails (`_wear_basis`)
+        # the book across restarts (agent.store; None: memory only): read here, written after the re-plans that
+        # settled something, one write at a time, and at the end of `run`
+        self.store = store
+        self._wear_write: asyncio.Task[None] | None = None
+        self._wear_store_failing = False
+        if store is not None:
+            self._load_wear(store)
 
     def request_replan(self) -> None:
         """Called when a signal arrives: plan again now rather than at the next step."""
@@ -149,7 +158,57 @@ class Dispatcher:
             self._last_basis = self.wear.basis(now.timestamp())
         except Exception as exc:
             log.error("wear.settle_failed", error=repr(exc), exc_info=True)
+        self._save_wear_soon(now)
         return self._last_basis
+
+    # -- the wear book across restarts ------------------------------------------------------------------------------
+    def _load_wear(self, store: Store) -> None:
+        """Read the stored book (each pack takes its own up at first sight), then apply the store's retention to it.
+        A failing disk leaves the book at its seeds (a read) or the old rows in place (the retention): both are
+        logged and the agent goes on."""
+        forget_before = self.clock().timestamp() - self.wear.window_s
+        try:
+            self.wear.restore(store.load_wear(forget_before), store.path)
+            store.forget_wear(forget_before)
+        except StoreError as exc:
+            self._wear_store_failed(exc)
+
+    def _save_wear_soon(self, now: datetime) -> None:
+        """Start a background write of what the book settled since the last one, unless one is still running (what
+        it leaves waits for the next re-plan): a re-plan never waits on the disk."""
+        if self.store is None or (self._wear_write is not None and not self._wear_write.done()):
+            return
+        save = self.wear.unsaved(now.timestamp())
+        if save is not None:
+            self._wear_write = asyncio.get_running_loop().create_task(self._save_wear(self.store, save))
+
+    async def _save_wear(self, store: Store, save: WearSave) -> None:
+        try:
+            await asyncio.to_thread(store.save_wear, save.packs, save.settlements, save.forget_before_ts)
+        except StoreError as exc:  # the periods stay unsaved for the next write
+            self._wear_store_failed(exc)
+            return
+        except Exception as exc:  # a bug here must not end the dispatcher (nor the shutdown's last write)
+            log.error("wear.save_failed", error=repr(exc), exc_info=True)
+            return
+        self.wear.saved(save)
+        self._wear_store_failing = False
+
+    def _wear_store_failed(self, exc: StoreError) -> None:
+        """Log a failing state file once per run of failures (the store's `last_error` puts it in the agent's
+        health); the book carries on from memory."""
+        if not self._wear_store_failing:
+            log.error("wear.store_failed", error=str(exc), action="the wear book carries on in memory")
+        self._wear_store_failing = True
+
+    async def flush_wear(self) -> None:
+        """Wait for a write under way, then write what is still unsaved (the end of `run`; tests)."""
+        if self._wear_write is not None:
+            await self._wear_write
+        if self.store is not None:
+            save = self.wear.unsaved(self.clock().timestamp())
+            if save is not None:
+                await self._save_wear(self.store, save)
 
     def _failed(self, now: datetime, event: str, error: str, exc_info: bool = False) -> None:
         """Count and log a re-plan that produced nothing; the last plan (then the rule) keeps control."""
@@ -177,6 +236,7 @@ class Dispatcher:
             await self._run(fleet, uncontrolled, stop)
         finally:
             try:
+                await self.flush_wear()
                 await self.worker.aclose()
             except asyncio.CancelledError:
                 self.worker.kill()

@@ -27,13 +27,22 @@ rating could move in it (rated power × period × PLAUSIBLE_FACTOR + PLAUSIBLE_S
 that jumped (a replaced meter, a wrong scale) would otherwise set the value of a life to 0 or to thousands of
 replacement costs for the whole window. It is logged (`wear.reading_refused`, once per pack and hour) and the next
 period starts at the jumped reading, which is the new counter baseline: keeping the reading before the jump would
-refuse every later period too. A pack with no rating (none configured, none reported) is not checked. History is
-held in memory only: after a restart each pack re-seeds from its replacement cost.
+refuse every later period too. A pack with no rating (none configured, none reported) is not checked.
+
+Across restarts (`restore`, `unsaved`, `saved`; the running agent's dispatcher moves them to and from agent.store):
+a pack resumes from its settled periods still in the window and the depth of its current half cycle, which is all
+its estimate and the life rule are made of (the last reading is not kept: the period over a restart has no plan's
+price, so it would not be counted anyway). A stored book is taken up only when it is of this `FORMAT` and was
+measured in the same life measure (chemistry, temperature and source of the pack's fit: a life fraction of another
+fit is another unit); otherwise, or when it does not decode, it is logged (`wear.stored_ignored`: asset, the file,
+why) and the pack starts from its seed, and its first save replaces the stored rows.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +52,7 @@ from agent.dispatch.build import activation_life_per_kwh, wear_model
 from agent.dispatch.wear_value import OpportunityWearValue
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, Measurement
+from agent.store import StoredWear, WearPackRow, WearSettlementRow
 
 log = structlog.get_logger("agent.dispatch")
 
@@ -53,6 +63,10 @@ OPPORTUNITY = "opportunity"
 PLAUSIBLE_FACTOR = 1.5
 PLAUSIBLE_SLACK_WH = 1_000.0
 REFUSAL_LOG_S = 3600.0  # `wear.reading_refused` at most once per pack in this long
+# the layout of a stored pack's `state` (agent.store `wear_packs.format`): a row of another number (an older or newer
+# agent's) is refused with its number, never read as this one; a change of layout takes the next number
+FORMAT = 1
+Period = tuple[float, float, float, float]  # one settled period: start (unix s), end, revenue, life used
 
 
 @dataclass(frozen=True)
@@ -85,13 +99,28 @@ class Reading:
     stored_wh: float | None
 
 
+@dataclass(frozen=True)
+class WearSave:
+    """What the state file lacks of the book (`WearBook.unsaved`), as rows for agent.store.Store.save_wear, and how
+    much of each pack's unsaved list they are (`WearBook.saved` drops that much once they are on disk)."""
+
+    packs: list[WearPackRow]
+    settlements: list[WearSettlementRow]
+    forget_before_ts: float  # the store's retention: what left the book's window by now
+    written: dict[str, tuple[int, float]]  # asset id -> (periods written, run depth written)
+
+
 @dataclass
 class _Pack:
     value: OpportunityWearValue
+    measure: dict[str, object]  # the life measure its periods are in (`_life_measure`)
     run_depth: float = 0.0  # depth of the discharge since the pack last charged (fraction of its usable energy)
     reading: Reading | None = None
     logged_step: int | None = None
     refusal_logged_s: float | None = None
+    unsaved: list[Period] = field(default_factory=list)  # settled, not yet on disk (oldest first)
+    saved_depth: float = 0.0  # run_depth as last written
+    rewrite: bool = True  # not resumed: its first save replaces whatever periods the file holds for its id
 
 
 @dataclass
@@ -102,6 +131,8 @@ class WearBook:
     prior_life: float = OpportunityWearValue.prior_life
     window_s: float = OpportunityWearValue.window_s
     packs: dict[str, _Pack] = field(default_factory=dict)
+    stored: dict[str, StoredWear] = field(default_factory=dict)  # read at start, each taken up at its first sight
+    stored_where: str = "the state file"
 
     @staticmethod
     def applies(state: AssetState) -> bool:
@@ -117,9 +148,58 @@ class WearBook:
     def _pack(self, state: AssetState) -> _Pack:
         pack = self.packs.get(state.id)
         if pack is None:
-            seed = OpportunityWearValue(float(state.config.replacement_cost or 0.0), self.prior_life, self.window_s)
-            pack = self.packs[state.id] = _Pack(seed)
+            pack = self.packs[state.id] = _Pack(self._seed(state), _life_measure(state))
+            stored = self.stored.pop(state.id, None)
+            if stored is not None:
+                self._resume(pack, state, stored)
         return pack
+
+    def _seed(self, state: AssetState) -> OpportunityWearValue:
+        return OpportunityWearValue(float(state.config.replacement_cost or 0.0), self.prior_life, self.window_s)
+
+    # -- across restarts (the module docstring) ----------------------------------------------------------------------
+    def restore(self, stored: Mapping[str, StoredWear], where: str) -> None:
+        """Books read from the state file `where` (agent.store.Store.load_wear); each pack takes up its own at its
+        first sight, when it has the fleet state to judge it by."""
+        self.stored, self.stored_where = dict(stored), where
+
+    def _resume(self, pack: _Pack, state: AssetState, stored: StoredWear) -> None:
+        try:
+            depth, periods = _decode(stored, pack.measure)
+            value = self._seed(state)
+            for period in periods:
+                value.record(*period)  # refuses a period out of order or not a number of its kind
+        except ValueError as exc:
+            where = f"{self.stored_where}: wear_packs / wear_settlements, asset_id {state.id!r}"
+            log.warning("wear.stored_ignored", asset=state.id, where=where, error=str(exc)[:300],
+                        action="starts from its replacement cost; its first save replaces the rows")  # fmt: skip
+            return
+        pack.value, pack.run_depth, pack.saved_depth, pack.rewrite = value, depth, depth, False
+        log.info("wear.resumed", asset=state.id, periods=len(periods), run_depth=round(depth, 4))
+
+    def unsaved(self, now_s: float) -> WearSave | None:
+        """The packs' periods settled since the last save and their changed depths (None: nothing new). Periods
+        that left the window by now are dropped unsaved: a disk that fails for long does not grow the list."""
+        forget_before = now_s - self.window_s
+        packs: list[WearPackRow] = []
+        settlements: list[WearSettlementRow] = []
+        written: dict[str, tuple[int, float]] = {}
+        for asset_id, pack in self.packs.items():
+            pack.unsaved = [p for p in pack.unsaved if p[1] > forget_before]
+            if not pack.unsaved and pack.run_depth == pack.saved_depth:
+                continue
+            text = json.dumps({"life_measure": pack.measure, "run_depth": pack.run_depth}, separators=(",", ":"))
+            packs.append(WearPackRow(asset_id, FORMAT, now_s, text, pack.rewrite))
+            settlements += [WearSettlementRow(asset_id, *p) for p in pack.unsaved]
+            written[asset_id] = (len(pack.unsaved), pack.run_depth)
+        return WearSave(packs, settlements, forget_before, written) if packs else None
+
+    def saved(self, save: WearSave) -> None:
+        """`save` is on disk: those periods leave the unsaved lists (periods settled meanwhile stay)."""
+        for asset_id, (count, depth) in save.written.items():
+            pack = self.packs[asset_id]
+            del pack.unsaved[:count]
+            pack.saved_depth, pack.rewrite = depth, False
 
     def basis(self, now_s: float) -> dict[str, float]:
         """Asset id → currency per whole life to price its wear at now (build.plan_inputs' `wear_basis`)."""
@@ -141,6 +221,7 @@ class WearBook:
         revenue = (exported_wh - imported_wh) / 1000.0 * price_per_kwh + reserve_revenue
         life = self._life_used(pack, state, max(exported_wh, 0.0), max(imported_wh, 0.0))
         pack.value.record(start_s, end_s, revenue, life)
+        pack.unsaved.append((start_s, end_s, revenue, life))
         return revenue, life
 
     def _life_used(self, pack: _Pack, state: AssetState, exported_wh: float, imported_wh: float) -> float:
@@ -219,6 +300,30 @@ class WearBook:
                 period_s=round(period_s, 1),
             )
         return False
+
+
+def _life_measure(state: AssetState) -> dict[str, object]:
+    """What a pack's life fractions are measured in: its fit (build.wear_model), by the fit's own resolved names."""
+    model = wear_model(state)
+    return {"chemistry": model.chemistry, "source": model.source, "temperature_c": model.temperature_c}
+
+
+def _decode(stored: StoredWear, measure: dict[str, object]) -> tuple[float, list[Period]]:
+    """A stored pack's (run depth, periods), or ValueError saying why it cannot be taken up."""
+    if stored.format != FORMAT:
+        raise ValueError(f"format {stored.format!r} is not the one this agent reads ({FORMAT}): written by another "
+                         "version of vpp-agent")  # fmt: skip
+    try:
+        state = json.loads(stored.state)
+        found, depth = state["life_measure"], float(state["run_depth"])
+        periods = [(float(a), float(b), float(c), float(d)) for a, b, c, d in stored.settlements]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"corrupt row: {exc!r}") from exc
+    if found != measure:
+        raise ValueError(f"measured for another pack: life in {found}, the pack's fit now {measure}")
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"run_depth {depth!r} is not a depth in 0..1")
+    return depth, periods
 
 
 def _reading(state: AssetState) -> Reading | None:

@@ -7,7 +7,6 @@ the simulator, which serves the same map with its own code, shares the mistake.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,14 +16,15 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus import GatewayPool, ModbusDriver
 from drivers.registermap import load_map
+from sim_devices.ports import free_port_block
 
 UNIT = 1
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A reserved port outside the ephemeral range (sim_devices/ports.py): a port-0 pick closed before the server
+    binds it can go to any client socket or another test in the meantime."""
+    return free_port_block(1)
 
 
 @dataclass

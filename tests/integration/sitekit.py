@@ -23,17 +23,24 @@ from agent.wiring import build_drivers
 from drivers.modbus import GatewayPool
 from sim_devices.clock import Clock
 from sim_devices.config import parse_simulation
-from sim_devices.ports import free_port_block
+from sim_devices.ports import astart_on_free_ports, free_port_block
 from sim_devices.runner import SimSite
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SHIPPED_PORTS = 30  # the block config.toml's ports move to: devices at base+1..base+22, the status page at base+29
+
+
 def shipped_config_on_free_ports(tmp_path: Path) -> Path:
     """config.toml with its ports moved to a free block, so tests never collide with a running demo."""
+    return shipped_config(tmp_path, free_port_block(SHIPPED_PORTS))
+
+
+def shipped_config(tmp_path: Path, base: int) -> Path:
+    """config.toml with its ports moved to the block of SHIPPED_PORTS starting at `base`."""
     text = (ROOT / "config.toml").read_text()
-    base = free_port_block(30)
     for old in (15021, 15022, 15023, 15024, 15031, 15032, 15041, 15042):
         text = text.replace(f"port = {old}\n", f"port = {base + old - 15020}\n")
     # the shipped state file is relative and the commands run in the repo: keep each test's state in its tmp_path,
@@ -46,6 +53,78 @@ def shipped_config_on_free_ports(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
+
+
+@dataclass
+class SimProcess:
+    """A `vpp-sim` child serving a config; stdout and stderr are read all along (a full pipe would stall it)."""
+
+    config: Path
+    proc: asyncio.subprocess.Process
+    output: bytearray
+    readers: list[asyncio.Task[None]]
+
+    async def stop(self) -> int:
+        """SIGTERM (SIGKILL if it does not stop), then the rest of its output; returns the exit code."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+            await asyncio.gather(*self.readers)
+        return self.proc.returncode
+
+
+async def launch_sim(config: Path, env: dict[str, str] | None = None, ready: bytes = b"sim.ready") -> SimProcess:
+    """`vpp-sim --config config`, once it has logged `ready` (sim.ready: every port listens). Raises OSError with
+    its output if it exits first, so sim_devices.ports.address_in_use can tell whether a port was taken."""
+    cli = Path(sys.executable).parent / "vpp-sim"  # the console script a user runs, else the module it points at
+    args = [str(cli)] if cli.exists() else [sys.executable, "-m", "sim_devices.cli"]
+    proc = await asyncio.create_subprocess_exec(
+        *args, "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+    output = bytearray()
+
+    async def drain(stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        while chunk := await stream.read(65536):
+            output.extend(chunk)
+
+    sim = SimProcess(config, proc, output, [asyncio.create_task(drain(s)) for s in (proc.stdout, proc.stderr)])
+    await eventually(lambda: ready in output or proc.returncode is not None, 60, f"vpp-sim logs {ready!r}")
+    if ready not in output:
+        await sim.stop()
+        text = output.decode(errors="replace")
+        raise OSError(f"vpp-sim exited with {proc.returncode} before serving {config}: {text}")
+    return sim
+
+
+@contextlib.asynccontextmanager
+async def shipped_sim(
+    tmp_path: Path,
+    edit: Callable[[Path], None] | None = None,
+    env: dict[str, str] | None = None,
+    pick: Callable[[int], int] = free_port_block,
+) -> AsyncIterator[SimProcess]:
+    """vpp-sim serving the shipped config (shipped_config, then `edit(path)`) on a free block; if a port of the
+    block was taken before vpp-sim bound it, the config is written again on a new block (ports.astart_on_free_ports).
+    The agent's ports are in the same block, so `sim.config` is the file to run the agent with too."""
+
+    async def start(base: int) -> SimProcess:
+        config = shipped_config(tmp_path, base)
+        if edit is not None:
+            edit(config)
+        return await launch_sim(config, env)
+
+    sim = await astart_on_free_ports(SHIPPED_PORTS, start, pick=pick)
+    try:
+        yield sim
+    finally:
+        await sim.stop()
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 15.0, what: str = "") -> None:

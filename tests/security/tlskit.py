@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "mqtt"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 
 from brokerkit import HOST, Broker, free_port
-from sitekit import ROOT, eventually, shipped_config_on_free_ports
+from sitekit import ROOT, eventually, shipped_config_on_free_ports, shipped_sim
 
 # re-exported: test modules import the kits through this one (ruff sorts `sitekit` before `tlskit`, which puts the
 # integration folder on sys.path); a tests/security/conftest.py doing the sys.path set-up would make this unneeded
@@ -46,6 +46,7 @@ __all__ = [
     "eventually",
     "password_file",
     "shipped_config_on_free_ports",
+    "shipped_sim",
 ]
 
 DEPLOY = Path(__file__).parents[2] / "deploy"

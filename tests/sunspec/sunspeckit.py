@@ -6,7 +6,6 @@ the simulator's PortServer; `step` advances the physics by hand, so nothing move
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from sim_devices.battery import Battery
 from sim_devices.ev_charger import EVCharger
 from sim_devices.ev_sessions import EVSession
 from sim_devices.faults import DeviceFaults
+from sim_devices.ports import free_port_block
 from sim_devices.server import PortServer
 from sim_devices.sunspec.image import PRODUCTS, SunSpecEndpoint, SunSpecImage
 
@@ -25,9 +25,9 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A reserved port outside the ephemeral range (sim_devices/ports.py): a port-0 pick closed before the server
+    binds it can go to any client socket or another test in the meantime."""
+    return free_port_block(1)
 
 
 def physics(product: str) -> Battery | EVCharger:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.config import parse_config
 from drivers.entrypoints import installed
+from sim_devices.ports import free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,12 +133,6 @@ port = {port}
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_check_config_takes_the_plugins_transport_and_map(tmp_path: Path) -> None:
     site = _acme(tmp_path / "site")
     done = _cli([site], "check-config", str(_config(tmp_path, PLUGIN_ASSETS.format(port=1502))), cwd=tmp_path)
@@ -162,7 +156,7 @@ async def test_run_drives_the_plugins_device_and_reads_through_its_map(tmp_path:
     """`vpp-agent run` polls the plugin's in-memory batteries and a bare Modbus meter through the plugin's map; the
     server holds only the map's registers (7000-7001), so a read through any other map would fail."""
     site = _acme(tmp_path / "site")
-    port = _free_port()
+    port = free_port_block(1)
     words = [0xFFFF, 0xFC18]  # s32 -1000 W: exporting
     server = ModbusTcpServer([SimDevice(id=1, simdata=[SimData(address=7000, count=2, values=words,
                                                               datatype=DataType.REGISTERS)])],

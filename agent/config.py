@@ -655,6 +655,14 @@ class AssetConfig(Strict):
         description="batteries: price a unit of life at the pack's cost (depreciation, default) or at what it "
         "earns, learnt online (opportunity; docs/wear.md)",
     )
+    charge_taper_soc: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="SoC (0..1) above which the charge limit falls linearly to 0 at full (CC-CV), for the plan; "
+        "1: no taper. Unset: EV chargers learn it from their live limits (agent/dispatch/taper.py)",
+    )
     # Modbus links other than Modbus TCP, and per-connector objects (drivers/modbus.py, docs/devices.md)
     framing: Literal["tcp", "rtu"] = Field(
         "tcp", description="Modbus over TCP: 'tcp' (Modbus TCP) or 'rtu' (RTU frames through a serial gateway)"

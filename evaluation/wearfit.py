@@ -13,8 +13,9 @@ pack's first year, by simulation of the cell model, as a fraction of the life to
   of this curve over the window they span (agent.dispatch.degradation.segment_prices);
 * shallow (regulation) swings of depth d: continuous triangle swings centred on 0.5 at the C-rate of the evaluation's
   RegD-like signal (mean |signal| 0.34 × 0.5 C = 0.17 C); life per swing likewise, net of the rest year;
-* calendar: a year at constant SoC s; life per hour = fade / 20 % / 8760, fitted linear in s over 10–90 % by least
-  squares (the planner's calendar price is linear in stored energy).
+* calendar: a year at constant SoC s; life per hour = fade / 20 % / 8760, fitted by least squares over 10–90 % twice:
+  as a line in s (what EVs are priced with, linear in stored energy) and as the closest convex, non-decreasing
+  piecewise-linear curve on the SoC grid (what stationary packs are priced with: convex, so the LP stays an LP).
 
 BLAST-Lite simulates a series chunk by chunk (a chunk is a day or one equivalent full cycle, whichever is shorter);
 the duty here is one such chunk repeated for 365 days, its stressors extracted once and the depth of discharge
@@ -197,7 +198,8 @@ def _finish(grid: Grid, curve: np.ndarray, shallow: np.ndarray, calendar: np.nda
     socs = np.array(grid.calendar_socs)
     slope, base = np.polyfit(socs, calendar, 1)
     cal_fit = base + slope * socs
-    cal_err = float(np.max(np.abs(cal_fit - calendar)) / np.mean(calendar)) if np.mean(calendar) > 0 else 0.0
+    cal_err = _max_rel_err(cal_fit, calendar)
+    convex = convex_calendar(socs, calendar)
     inside = (depths >= CHECK_WINDOW / CHECK_SEGMENTS - 1e-12) & (depths <= CHECK_WINDOW + 1e-12)
     seg = segment_cost_curve(depths, curve, depths[inside], CHECK_SEGMENTS, CHECK_WINDOW)
     ref = curve[inside]
@@ -208,11 +210,38 @@ def _finish(grid: Grid, curve: np.ndarray, shallow: np.ndarray, calendar: np.nda
         "calendar_life_per_h": [_sig(x) for x in calendar],
         "calendar_base_per_h": _sig(base),
         "calendar_slope_per_h": _sig(slope),
+        "calendar_convex_per_h": [_sig(x) for x in convex],
         "residuals": {
             "segments_max_rel_err": round(seg_err, 4),
             "calendar_linear_max_rel_err": round(cal_err, 4),
+            "calendar_convex_max_rel_err": round(_max_rel_err(convex, calendar), 4),
         },
     }
+
+
+def _max_rel_err(fitted: np.ndarray, model: np.ndarray) -> float:
+    """The largest gap between a fitted calendar curve and the model's points, over the points' mean."""
+    return float(np.max(np.abs(fitted - model)) / np.mean(model)) if np.mean(model) > 0 else 0.0
+
+
+def convex_calendar(socs: np.ndarray, calendar: np.ndarray) -> np.ndarray:
+    """The least-squares fit to `calendar` (life per hour at each SoC of `socs`) among curves that are convex and
+    non-decreasing in SoC, as values at `socs` (linear between them at runtime).
+
+    Convex because the LP can price a convex cost of stored energy exactly (one variable per knee and step) and
+    nothing else; non-decreasing because a negative price of a Wh held would pay the planner to keep packs full. A
+    model that is convex already (Xu's exponential SoC stress, BLAST-Lite's NMC) is reproduced up to its curvature
+    between grid points; one that bends the other way (BLAST-Lite's LFP around SoC 0.5) gets its closest convex
+    curve, whose residual the data file records."""
+    from scipy.optimize import nnls
+
+    # every such curve is f0 + Σ_j a_j·max(0, s − s_j) over the knees s_0 … s_{n−2} with every a_j ≥ 0 (a_0 the first
+    # slope, a_j the bend at s_j): a non-negative least-squares problem, with f0 = p − q split into two non-negatives
+    knees = np.maximum(socs[:, None] - socs[None, :-1], 0.0)
+    basis = np.column_stack([np.ones(len(socs)), -np.ones(len(socs)), knees])
+    scale = float(np.mean(calendar)) or 1.0  # numbers near 1 for the solver, not 1e-6
+    weights, _ = nnls(basis, calendar / scale)
+    return basis @ weights * scale
 
 
 def _sig(x: float) -> float:
@@ -241,7 +270,8 @@ def fit_all(grid: Grid, log=print) -> dict[str, Any]:
             "(Xu: damage / damage at 20 % fade). Cycle depth: one cycle a day centred on SoC 0.5 at 0.5 C, net of a "
             "year at rest at 0.5, per cycle; curve made non-decreasing. Shallow: continuous triangle swings at 0.17 C "
             "centred on 0.5, net of rest, per swing. Calendar: a year at constant SoC, per hour, least-squares line "
-            "over SoC 0.1-0.9. Runtime: linear in depth and temperature, linear in log depth for shallow swings."
+            "over SoC 0.1-0.9 and least-squares convex non-decreasing curve on the SoC grid. Runtime: linear in depth "
+            "and temperature, linear in log depth for shallow swings."
         ),
         "reference": {
             "centre_soc": CENTRE_SOC,
@@ -326,8 +356,10 @@ def plot(data: dict[str, Any], out_dir: Path, temperature_c: float = 25.0) -> li
         fits = data["chemistries"][name]["fits"]["blast"]
         f = fits[key]
         (line,) = ax1.plot(socs, pack * np.array(f["calendar_life_per_h"]) * 24, "o", ms=4, label=f"{name} BLAST")
-        ax1.plot(socs, pack * (f["calendar_base_per_h"] + f["calendar_slope_per_h"] * socs) * 24, "-",
-                 color=line.get_color(), label=f"{name} linear fit")  # fmt: skip
+        ax1.plot(socs, pack * (f["calendar_base_per_h"] + f["calendar_slope_per_h"] * socs) * 24, ":",
+                 color=line.get_color(), label=f"{name} line (EVs)")  # fmt: skip
+        ax1.plot(socs, pack * np.array(f["calendar_convex_per_h"]) * 24, "-", color=line.get_color(),
+                 label=f"{name} convex (stationary)")  # fmt: skip
         mid = [np.interp(0.5, socs, fits[f"{t:g}"]["calendar_life_per_h"]) for t in temps]
         ax2.plot(temps, pack * np.array(mid) * 24, "-o", ms=4, color=line.get_color(), label=f"{name} BLAST")
     xu = data["chemistries"][chems[0]]["fits"]["xu"]
@@ -351,13 +383,13 @@ def plot(data: dict[str, Any], out_dir: Path, temperature_c: float = 25.0) -> li
 
 def summary(data: dict[str, Any], temperature_c: float = 25.0) -> str:
     """docs/wear.md's table: the planner's prices for the figures' pack (100 kWh, 30,000 JPY/kWh, η 0.95, SoH 1)."""
-    from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices, shallow_cycle_price
+    from agent.dispatch.degradation import calendar_bends, calendar_price_per_wh_h, segment_prices, shallow_cycle_price
     from agent.dispatch.wear_fits import WearFit
 
     rows = [
         "| chemistry | source | segments, 10-90 % window (JPY/kWh) | shallow, 0.3 % swings (JPY/kWh) | calendar "
-        "(JPY per kWh held a day) | calendar life used, year 1 at SoC 0.5 | residuals: segments / calendar line / "
-        "depth interp. |",
+        "(JPY per kWh held a day): line; convex at SoC 0.15 / 0.5 / 0.85 | calendar life used, year 1 at SoC 0.5 | "
+        "residuals: segments / calendar line / calendar convex / depth interp. |",
         "|---|---|---|---|---|---|---|",
     ]
     key = f"{temperature_c:g}"
@@ -369,16 +401,21 @@ def summary(data: dict[str, Any], temperature_c: float = 25.0) -> str:
                 name, source, temperature_c, np.concatenate([[0.0], data["depths"]]),
                 np.concatenate([[0.0], f["life_per_cycle"]]), np.array(data["shallow_depths"]),
                 np.array(f["shallow_life_per_cycle"]), f["calendar_base_per_h"], f["calendar_slope_per_h"],
+                np.array(data["calendar_socs"]), np.array(f["calendar_convex_per_h"]),
             )  # fmt: skip
             seg = segment_prices(cost, pack_wh, 1.0, PLOT_EFFICIENCY, CHECK_SEGMENTS, window=CHECK_WINDOW, model=model)
             shallow = shallow_cycle_price(cost, pack_wh, 1.0, PLOT_EFFICIENCY, 0.003, model=model)
             cal = calendar_price_per_wh_h(cost, pack_wh, model=model) * 1000 * 24
+            base, bends = calendar_bends(cost, pack_wh, pack_wh, model)
+            convex = [(base + sum(x for knee, x in bends if soc * pack_wh > knee)) * 1000 * 24
+                      for soc in (0.15, 0.5, 0.85)]  # fmt: skip
             life = np.interp(CENTRE_SOC, data["calendar_socs"], f["calendar_life_per_h"]) * 8760
             r = f["residuals"]
             rows.append(
-                f"| {name} | {source} | {' / '.join(f'{x:.2f}' for x in seg)} | {shallow:.2f} | {cal:.2f} | "
-                f"{100 * life:.1f} % | {100 * r['segments_max_rel_err']:.1f} % / "
-                f"{100 * r['calendar_linear_max_rel_err']:.1f} % / {100 * r['depth_interpolation_max_rel_err']:.1f} % |"
+                f"| {name} | {source} | {' / '.join(f'{x:.2f}' for x in seg)} | {shallow:.2f} | {cal:.2f}; "
+                f"{' / '.join(f'{x:.2f}' for x in convex)} | {100 * life:.1f} % | "
+                f"{100 * r['segments_max_rel_err']:.1f} % / {100 * r['calendar_linear_max_rel_err']:.1f} % / "
+                f"{100 * r['calendar_convex_max_rel_err']:.1f} % / {100 * r['depth_interpolation_max_rel_err']:.1f} % |"
             )
     return "\n".join(rows)
 

@@ -27,8 +27,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from agent.config import AppConfig
-from agent.dispatch.degradation import calendar_price_per_wh_h, segment_prices, shallow_cycle_price
+from agent.dispatch.degradation import calendar_bends, calendar_price_per_wh_h, segment_prices, shallow_cycle_price
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
+from agent.dispatch.taper import TaperBook, taper_book
 from agent.dispatch.wear_fits import WearFit, fit
 from agent.events.mv.baseline import BaselineError, updr_baseline
 from agent.events.mv.intervals import Interval, interval_start
@@ -66,7 +67,13 @@ def plan_inputs(
     times = [start + timedelta(seconds=d.step_s * k) for k in range(d.horizon_steps)]
     step_starts = start.timestamp() + d.step_s * np.arange(d.horizon_steps)
     basis = wear_basis or {}
-    planned = (_asset(s, d.step_s, start, d.horizon_steps, d.wear_segments, basis) for s in _plannable(fleet))
+    tapers = taper_book(fleet)
+    for state in fleet.assets.values():
+        tapers.observe(state)
+    planned = (
+        _asset(s, d.step_s, start, d.horizon_steps, d.wear_segments, basis, charge_taper(s, tapers))
+        for s in _plannable(fleet)
+    )
     assets = [a for a in planned if a]
     base = d.base_load_w if d.base_load_w is not None else uncontrolled_w
     site = SiteForecast(
@@ -102,6 +109,15 @@ def _plannable(fleet: Fleet) -> list[AssetState]:
     ]
 
 
+def charge_taper(state: AssetState, tapers: TaperBook) -> float | None:
+    """The knee SoC of the asset's charge taper for the plan (AssetPlan.charge_taper_soc): its config's when set
+    (1: no taper), else what its live limits taught (agent.dispatch.taper), else None."""
+    knee = state.config.charge_taper_soc
+    if knee is None:
+        knee = tapers.knee(state.id)
+    return None if knee is None or knee >= 1.0 else knee
+
+
 def life_cost(state: AssetState, wear_basis: Mapping[str, float]) -> float | None:
     """What a whole life of this pack is priced at (currency), the R of every wear price: the opportunity value the
     caller learnt for it (`wear_basis`, agent.dispatch.wear_book), else its replacement cost; None: no wear cost."""
@@ -121,8 +137,27 @@ def _wear_model(chemistry: str | None, temperature_c: float | None, source: str 
     return fit(chemistry, temperature_c, source)
 
 
+def _calendar(
+    cost: float | None, nominal_wh: float, usable_wh: float, model: WearFit, is_ev: bool
+) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """A pack's calendar price: convex in the energy held for a stationary pack (its fit's convex curve), the line
+    for an EV, whose member LP on the aggregated path (agent.dispatch.member_lp) prices calendar as flows, linear in
+    the energy held (docs/wear.md)."""
+    if not cost:
+        return 0.0, ()
+    if is_ev:
+        return calendar_price_per_wh_h(cost, nominal_wh, model=model), ()
+    return calendar_bends(cost, nominal_wh, usable_wh, model)
+
+
 def _asset(
-    state: AssetState, step_s: float, start: datetime, steps: int, segments: int, wear_basis: Mapping[str, float]
+    state: AssetState,
+    step_s: float,
+    start: datetime,
+    steps: int,
+    segments: int,
+    wear_basis: Mapping[str, float],
+    taper_soc: float | None = None,
 ) -> AssetPlan | None:
     m = state.measurement
     usable = state.usable_capacity_wh()
@@ -150,7 +185,7 @@ def _asset(
         wear = segment_prices(cost, nominal, soh, cfg.efficiency, segments, window=window, model=model)
     else:
         wear = np.zeros(1)
-    calendar = calendar_price_per_wh_h(cost, nominal, model=model) if cost else 0.0
+    calendar, bends = _calendar(cost, nominal, usable, model, is_ev)
     activation = None
     if cfg.wear_price_per_kwh is None and cost:
         life = activation_life_per_kwh(state, usable, nominal, soh, model)
@@ -175,7 +210,9 @@ def _asset(
         wear_prices=wear,
         activation_wear_per_kwh=activation,
         calendar_price_per_wh_h=calendar,
+        calendar_bends=bends,
         is_ev=is_ev,
+        charge_taper_soc=taper_soc,
     )
 
 

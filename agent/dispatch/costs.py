@@ -15,7 +15,8 @@ it by its W or Wh variable and sums. Which terms are revenues (earned, subtracte
 Terms (name: what its coefficient multiplies → the coefficient function; "revenue" terms are earned):
   energy: W at the site meter per step (import cost = export revenue) → `energy_per_w`
   wear_cycle: W discharged from wear segment j per step (Xu's cycle depth) → `wear_per_w`
-  wear_calendar: Wh held at each step end (SoC-dependent ageing) → `calendar_per_wh`
+  wear_calendar: Wh held at each step end (SoC-dependent ageing) → `calendar_per_wh`, and Wh held above each of a
+    stationary pack's calendar bends (convex in SoC) → `calendar_bends_per_wh`
   terminal_value (revenue): Wh left above the floor at the horizon's end → `terminal_per_wh`
   ev_shortfall_penalty: Wh short of a departure need, two tiers → `ev_shortfall_per_wh`, `tier1_wh`
   site_limit_penalty: W over an import/export limit per step → `site_excess_per_w`
@@ -90,6 +91,15 @@ def wear_per_w(asset: AssetPlan, step_h: float) -> np.ndarray:
 def calendar_per_wh(asset: AssetPlan, step_h: float) -> float:
     """Currency per Wh stored at a step's end: the SoC-dependent calendar ageing over that step."""
     return float(asset.calendar_price_per_wh_h) * step_h
+
+
+def calendar_bends_per_wh(asset: AssetPlan, step_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """(Wh, currency per Wh stored above it at a step's end) of each calendar bend: the convex part of calendar
+    ageing (AssetPlan.calendar_bends), max(0, E − bend) per step end times its price. Empty for a linear price."""
+    if not asset.calendar_bends:
+        return np.zeros(0), np.zeros(0)
+    bends = np.asarray(asset.calendar_bends, dtype=float)
+    return bends[:, 0], bends[:, 1] * step_h
 
 
 def terminal_per_wh(asset: AssetPlan, inputs: PlanInputs) -> float:

@@ -133,6 +133,33 @@ def calendar_price_per_wh_h(replacement_cost: float, nominal_wh: float, *, model
     return replacement_cost * per_hour / damage_at_end_of_life()
 
 
+BEND_TOLERANCE = 1e-4
+
+
+def calendar_bends(
+    replacement_cost: float, nominal_wh: float, usable_wh: float, model: WearFit | None
+) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """The calendar price as a convex piecewise-linear cost of the energy held: (price per Wh·h below the first
+    bend, ((bend Wh, extra price per Wh·h above it), ...)), every extra ≥ 0.
+
+    From the fit's convex curve (wear_fits: the closest convex, non-decreasing curve to the model's calendar rate
+    over the SoC grid): the first slope is the price from SoC 0, each grid SoC where the slope rises is a bend at
+    that SoC of the usable energy (the SoC a device reports). Beyond the grid the end slopes go on. Priced per Wh
+    as the line is (`calendar_price_per_wh_h`: over the nominal energy). Without a model or a convex curve: the line,
+    no bends. Why convex: BLAST-Lite's NMC ages 0.4 % of a life a year at SoC 0.2 and 24 % at 0.9, which a line
+    misses by 65 % of its mean (docs/wear.md); a convex cost is what an LP prices exactly."""
+    line = calendar_price_per_wh_h(replacement_cost, nominal_wh, model=model)
+    if model is None or len(model.calendar_socs) < 2 or nominal_wh <= 0:
+        return line, ()
+    socs, rate = model.calendar_socs, model.calendar_convex_per_h
+    per_wh = replacement_cost * np.maximum(np.diff(rate) / np.diff(socs), 0.0) / nominal_wh  # per band of the grid
+    rises = np.diff(per_wh)
+    # a rise below 0.01 % of the steepest slope is the rounding of fits.json's 6 digits (~0.001 % here), not a bend
+    real = rises > BEND_TOLERANCE * float(per_wh.max(initial=0.0))
+    bends = tuple((float(s * usable_wh), float(r)) for s, r, keep in zip(socs[1:-1], rises, real, strict=True) if keep)
+    return float(per_wh[0]), bends
+
+
 def calendar_base_cost_per_h(replacement_cost: float, *, model: WearFit | None = None) -> float:
     """The SoC-independent part of calendar ageing per hour (reported in the breakdown; no decision changes it)."""
     if model is not None:

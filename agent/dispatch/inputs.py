@@ -49,10 +49,16 @@ class AssetPlan:
     target_step: int | None = None  # departure: the energy after this many steps must reach target_wh
     wear_prices: np.ndarray = field(default_factory=lambda: np.zeros(1))  # currency per kWh discharged, per segment
     calendar_price_per_wh_h: float = 0.0
+    # a calendar cost convex in the energy held: (Wh, extra currency per Wh·h held above it), on top of
+    # calendar_price_per_wh_h (degradation.calendar_bends); stationary packs only, () = linear
+    calendar_bends: tuple[tuple[float, float], ...] = ()
     is_ev: bool = False
     # currency per kWh discharged while following activations (shallow cycles, degradation.shallow_cycle_price; an
     # EV: its owner's price); None: the cheapest wear segment
     activation_wear_per_kwh: float | None = None
+    # the charge taper's knee: SoC (fraction of max_wh) above which the charge limit falls linearly to 0 at full
+    # (agent.dispatch.taper); None: the rating up to full
+    charge_taper_soc: float | None = None
     # currency per kWh (pack side) of energy above the floor left at the horizon's end, stationary assets only
     # (EVs: always 0, see `terminal_price`); None: the horizon's lowest price
     terminal_price_per_kwh: float | None = None

@@ -22,6 +22,7 @@ from agent.dispatch.inputs import (
 )
 from agent.dispatch.plan import Plan, PlanError
 from agent.dispatch.pricing import need_above
+from agent.dispatch.taper import held_step_fraction
 
 PATH_MARGIN_WH = 1e-3
 
@@ -93,9 +94,16 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     p.wear.value = wear
     h = inputs.step_h
     p.calendar.value = np.array([costs.calendar_per_wh(a, h) for a in inputs.assets])
+    if model.shape.bent:
+        bends = [(a.min_wh, *costs.calendar_bends_per_wh(a, h)) for a in inputs.assets if a.calendar_bends]
+        above_floor = np.concatenate([knees - floor for floor, knees, _ in bends])
+        p.bend_above_floor.value = np.repeat(above_floor[:, None], inputs.steps, axis=1)
+        p.bend_price.value = np.concatenate([per_wh for _, _, per_wh in bends])
     p.terminal.value = np.array([costs.terminal_per_wh(a, inputs) for a in inputs.assets])
     p.charge_max.value = charge_max
     p.discharge_max.value = discharge_max
+    p.charge_flow_max.value = charge_max  # the burning re-solve cuts these; a fill restores them
+    p.discharge_flow_max.value = discharge_max
     site = inputs.site
     p.price.value = costs.energy_per_w(inputs)
     p.base_minus_pv.value = np.asarray(site.base_load_w[:t] - site.pv_w[:t], dtype=float)
@@ -108,6 +116,8 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     if shape.paths:
         p.floor_at.value = floor_at
         p.ceiling_at.value = ceiling_at
+    if shape.tapers:
+        p.taper_fraction.value, p.taper_room.value, p.taper_down.value = _taper_rows(inputs, headroom, charge_max)
     p.ev_tier1_price.value, p.ev_tier2_price.value = costs.ev_shortfall_per_wh(pen)
     if shape.updr and inputs.updr is not None:
         dr = inputs.updr
@@ -126,6 +136,26 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.activation[k].value = np.array([costs.activation_per_w(a, reserve, h) for a in inputs.assets])
     if shape.products:
         p.reserve_penalty.value = costs.reserve_short_per_w(pen, h)
+
+
+def _taper_rows(
+    inputs: PlanInputs, headroom: np.ndarray, charge_max: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """β, β x headroom and the down reserve's weight η·h·(1 − β) per asset, for formulation._taper. An asset without a
+    taper gets β = 0, no down weight and, as its right-hand side, the most its charge limit could store in a step (so
+    its row never binds)."""
+    h = inputs.step_h
+    beta = np.zeros((len(inputs.assets), 1))
+    room = np.zeros_like(beta)
+    down = np.zeros_like(beta)
+    for i, a in enumerate(inputs.assets):
+        if a.charge_taper_soc is None:
+            room[i, 0] = a.efficiency * h * float(np.max(charge_max[i], initial=0.0))
+            continue
+        beta[i, 0] = held_step_fraction(a.charge_taper_soc, a.max_wh, a.charge_w, a.efficiency, h)
+        room[i, 0] = beta[i, 0] * headroom[i, 0]
+        down[i, 0] = a.efficiency * h * (1.0 - beta[i, 0])
+    return beta, room, down
 
 
 FALLBACK_OPTIONS: dict[str, object] = {"solver": "ipm"}
@@ -157,7 +187,7 @@ def solve(
         if not burning.any() or left <= 0:
             break
         try:
-            _run(model, left, solver_options or {})  # with the burning sides' limits at 0
+            _run(model, left, solver_options or {})  # with the burning sides' flows at 0
         except PlanError:
             break  # keep the plan that burns: a lossy plan beats none
         plan = _read_plan(model, inputs, time.perf_counter() - started)
@@ -173,21 +203,24 @@ def _forbid_burning(model: DispatchModel) -> np.ndarray:
 
     The LP relaxation allows both at once, which burns energy through the losses; it pays where stored energy is
     capped but power is not, e.g. a full battery that keeps "charging" to keep its reserve headroom, or consumes
-    more in an up-DR window than it can store. No device can do it. Zeroing the smaller side's limit at those
-    (asset, step) pairs (Parameters, so the compiled problem is reused) and solving again removes it; it is rare,
-    so the extra solve is too. Returns the mask of burning pairs (the limits are already changed for a re-run).
+    more in an up-DR window than it can store, or counts the net charge of a full pack as up headroom. No device
+    can do it. Zeroing the smaller side's *flow* bound at those (asset, step) pairs (Parameters, so the compiled
+    problem is reused) and solving again removes it; it is rare, so the extra solve is too. The power limits the
+    reserve headroom reads stay: an idle pack forbidden to discharge in a step can still discharge if an up reserve
+    is activated there (a full pack kept no up reserve in its burning steps when the limits themselves were cut).
+    Returns the mask of burning pairs (the flow bounds are already changed for a re-run).
     """
     charge = np.asarray(model.charge.value)
     discharge = np.asarray(model.discharge.value)
     burning = (charge > BURN_TOLERANCE_W) & (discharge > BURN_TOLERANCE_W)
     if burning.any():
         p = model.params
-        charge_max = np.array(p.charge_max.value)
-        discharge_max = np.array(p.discharge_max.value)
+        charge_max = np.array(p.charge_flow_max.value)
+        discharge_max = np.array(p.discharge_flow_max.value)
         discharge_max[burning & (discharge <= charge)] = 0.0
         charge_max[burning & (charge < discharge)] = 0.0
-        p.charge_max.value = charge_max
-        p.discharge_max.value = discharge_max
+        p.charge_flow_max.value = charge_max
+        p.discharge_flow_max.value = discharge_max
     return burning
 
 

@@ -101,6 +101,17 @@ def _ev_shortfalls(inputs: PlanInputs, energy: np.ndarray) -> tuple[float, float
     return float(tier1.sum()), float((short - tier1).sum())
 
 
+def _calendar_bends_cost(inputs: PlanInputs, energy: np.ndarray) -> float:
+    """The convex part of calendar ageing: each bend's price times the Wh held above it at each step end."""
+    total = 0.0
+    for i, asset in enumerate(inputs.assets):
+        knees, per_wh = costs.calendar_bends_per_wh(asset, inputs.step_h)
+        if len(knees):
+            above = np.maximum(energy[i, 1:][None, :] - knees[:, None], 0.0)
+            total += float(per_wh @ above.sum(axis=1))
+    return total
+
+
 def plan_cost(inputs: PlanInputs, power: np.ndarray, energy: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
     """Breakdown and violations of per-asset trajectories, priced as the planner prices a plan (its `Plan` keys).
 
@@ -115,6 +126,7 @@ def plan_cost(inputs: PlanInputs, power: np.ndarray, energy: np.ndarray) -> tupl
     breakdown["wear_cycle"] = _cycle_wear(inputs, power)
     calendar = np.array([costs.calendar_per_wh(a, h) for a in inputs.assets])
     breakdown["wear_calendar"] = float(np.dot(calendar, energy[:, 1:].sum(axis=1))) if len(calendar) else 0.0
+    breakdown["wear_calendar"] += _calendar_bends_cost(inputs, energy)
     breakdown["terminal_value"] = sum(  # EVs' energy left is worth nothing to the plan (inputs.terminal_price)
         costs.terminal_per_wh(a, inputs) * max(0.0, float(energy[i, t]) - a.min_wh)
         for i, a in enumerate(inputs.assets)

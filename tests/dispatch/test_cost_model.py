@@ -2,8 +2,8 @@
 
 * cvxpy (agent.dispatch.formulation) against numpy pricing (agent.dispatch.pricing): the LP's breakdown of its own
   optimum equals what `plan_cost` and `reserve_cost` make of that schedule, for every term, on seeded random sites
-  with a battery, a V2G and a charge-only EV, wear segments, calendar ageing, a binding import limit, an up-DR window
-  and a reserve award.
+  with a battery, a V2G and a charge-only EV, wear segments, calendar ageing (the battery's convex in SoC, with a
+  bend below its floor in some cases), a binding import limit, an up-DR window and a reserve award.
 * HiGHS arrays (agent.dispatch.member_lp) against numpy pricing: the EV LP's objective, split by term
   (ArrayLp.term_values), equals `plan_cost` of the schedule it returns less the same schedule left idle (the LP
   leaves out what no decision of its changes), on seeded random EV-only sites.
@@ -45,7 +45,9 @@ def site_inputs(seed: int, with_battery: bool = True, with_reserve: bool = True)
     if with_battery:
         assets.append(
             AssetPlan("bess", rng.uniform(20e3, 80e3), 10e3, 100e3, 30e3, 30e3, 0.95, wear_prices=WEAR * 2,
-                      calendar_price_per_wh_h=rng.uniform(0, 2e-5), activation_wear_per_kwh=rng.uniform(0, 8))
+                      calendar_price_per_wh_h=rng.uniform(0, 2e-5), activation_wear_per_kwh=rng.uniform(0, 8),
+                      calendar_bends=((rng.uniform(5e3, 50e3), rng.uniform(0, 4e-5)),
+                                      (rng.uniform(50e3, 90e3), rng.uniform(0, 8e-5))))  # convex in SoC
         )  # fmt: skip
     for k, v2g in enumerate((True, False, bool(rng.integers(2)))):
         arrive, depart = int(rng.integers(0, 4)), int(rng.integers(6, T + 4))

@@ -27,7 +27,7 @@ def test_a_tiny_fit_reproduces_the_shipped_file(tmp_path: Path) -> None:
     shipped_text = resources.files("agent.dispatch.wear_fits").joinpath("fits.json").read_text(encoding="utf-8")
     shipped = json.loads(shipped_text)["chemistries"]["lfp"]["fits"]
     for source in ("blast", "xu"):
-        for key in ("life_per_cycle", "shallow_life_per_cycle", "calendar_life_per_h"):
+        for key in ("life_per_cycle", "shallow_life_per_cycle", "calendar_life_per_h", "calendar_convex_per_h"):
             assert np.allclose(fresh[source]["25"][key], shipped[source]["25"][key], rtol=1e-5), (source, key)
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [
         "wear_calendar.png", "wear_cycle.png", "wear_shallow.png",

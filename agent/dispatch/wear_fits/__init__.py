@@ -1,11 +1,11 @@
 """Wear fits per battery chemistry, read from `fits.json` (written by `python -m evaluation.wearfit`).
 
 The planner prices wear with three numbers per pack: a life-per-cycle curve over cycle depth (the cycle-depth
-segments come from it), a life-per-cycle curve for the shallow swings of regulation, and a calendar rate linear in
-SoC. `fits.json` holds them per chemistry (each named by the BLAST-Lite cell model it was fitted to), per source
-(`blast`: that cell model; `xu`: Xu et al. 2018's LMO model, the same for every chemistry, so the evaluation can run
-the planner fitted to either scorer) and per pack temperature. BLAST-Lite is needed only to write the file, never to
-read it: the runtime reads plain JSON.
+segments come from it), a life-per-cycle curve for the shallow swings of regulation, and a calendar rate in SoC
+(a line, and the closest convex curve). `fits.json` holds them per chemistry (each named by the BLAST-Lite cell
+model it was fitted to), per source (`blast`: that cell model; `xu`: Xu et al. 2018's LMO model, the same for every
+chemistry, so the evaluation can run the planner fitted to either scorer) and per pack temperature. BLAST-Lite is
+needed only to write the file, never to read it: the runtime reads plain JSON.
 
 Everything is a fraction of the pack's life (life used: BLAST-Lite fade / 20 %, Xu damage / damage at 20 % fade), so
 a price is replacement cost × life fraction / kWh. Between fitted temperatures the curves are interpolated linearly;
@@ -15,7 +15,7 @@ outside the fitted range a temperature is refused (the config says so when it is
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -44,6 +44,9 @@ class WearFit:
     shallow_life_per_cycle: np.ndarray  # life fraction one full swing of each depth uses
     calendar_base_per_h: float  # life fraction per hour at SoC 0 (the linear fit's intercept)
     calendar_slope_per_h: float  # life fraction per hour per unit of SoC
+    # the closest convex, non-decreasing curve to the calendar rate (life fraction per hour) at these SoCs
+    calendar_socs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    calendar_convex_per_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def cycle_life(self, depth: float | np.ndarray) -> np.ndarray:
         """Φ(δ): life fraction of one full cycle of depth δ (linear between the fitted depths)."""
@@ -130,4 +133,6 @@ def fit(chemistry: str | None = None, temperature_c: float | None = None, source
         shallow_life_per_cycle=mix("shallow_life_per_cycle"),
         calendar_base_per_h=float(mix("calendar_base_per_h")),
         calendar_slope_per_h=float(mix("calendar_slope_per_h")),
+        calendar_socs=np.asarray(d["calendar_socs"], dtype=float),
+        calendar_convex_per_h=mix("calendar_convex_per_h"),  # a mix of two convex curves is convex
     )

@@ -254,8 +254,9 @@ def make_policy(
 def _step_of(plan: Plan, index: int, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Step `index` of a plan for the plant's devices (rows of other assets, such as future sessions, are skipped)."""
     rows = [(i, a) for i, a in enumerate(plan.asset_ids) if a in plant.devices]
+    setpoints = plan.setpoints_w(index)
     return (
-        {a: float(plan.power_w[i, index]) for i, a in rows},
+        {a: setpoints[a] for _, a in rows},
         {a: float(plan.reserve_up_w[i, index]) for i, a in rows},
         {a: float(plan.reserve_down_w[i, index]) for i, a in rows},
     )

@@ -137,6 +137,21 @@ def _wear_model(chemistry: str | None, temperature_c: float | None, source: str 
     return fit(chemistry, temperature_c, source)
 
 
+def departure_steps(steps_left: float, steps: int) -> tuple[int, np.ndarray | None]:
+    """The target step of an EV leaving `steps_left` steps after the horizon's start (the boundary at or after it),
+    and the fraction of each step it is still plugged in when it leaves mid-step (None: on a boundary, or already
+    past its departure: it stays plugged in for the whole first step). The plan books the departure step's energy
+    for that fraction only and the executor holds the step's average over it (Plan.setpoints_w), so a car leaving
+    10 minutes into an hour gets no more than 10 minutes of charging from the plan."""
+    target_step = max(1, math.ceil(steps_left - 1e-9))
+    last = steps_left - (target_step - 1)  # of the departure step, in (0, 1] unless the departure has passed
+    if not 0.0 < last < 1.0 - 1e-9 or target_step > steps:
+        return target_step, None
+    presence = (np.arange(steps) < target_step).astype(float)
+    presence[target_step - 1] = last
+    return target_step, presence
+
+
 def _calendar(
     cost: float | None, nominal_wh: float, usable_wh: float, model: WearFit, is_ev: bool
 ) -> tuple[float, tuple[tuple[float, float], ...]]:
@@ -190,10 +205,10 @@ def _asset(
     if cfg.wear_price_per_kwh is None and cost:
         life = activation_life_per_kwh(state, usable, nominal, soh, model)
         activation = None if life is None else cost * life
-    available = None
+    available = presence = None
     target_wh = target_step = None
     if is_ev and m.ev_departure is not None:
-        target_step = max(1, math.ceil((m.ev_departure - start).total_seconds() / step_s))
+        target_step, presence = departure_steps((m.ev_departure - start).total_seconds() / step_s, steps)
         available = np.arange(steps) < target_step
         target_wh = (m.ev_target_soc or 0.0) * usable
     return AssetPlan(
@@ -207,6 +222,7 @@ def _asset(
         available=available,
         target_wh=target_wh,
         target_step=target_step,
+        present_fraction=presence,
         wear_prices=wear,
         activation_wear_per_kwh=activation,
         calendar_price_per_wh_h=calendar,

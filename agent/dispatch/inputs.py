@@ -65,6 +65,10 @@ class AssetPlan:
     # Per-step overrides, for virtual batteries standing for many EVs (agent.dispatch.aggregate): their members
     # plug in and leave at different steps, so limits and reachable energies change along the horizon. None = the
     # scalar fields above. Energies are pack Wh per step boundary (steps + 1 values), powers W per step.
+    # per step, the fraction of it the asset is plugged in (an EV leaving mid-step: build.departure_steps); limits
+    # scale by it and the executor holds the step's average over it (plan.Plan.setpoints_w). None: whole steps.
+    # The aggregated path (agent.dispatch.aggregate) reads whole steps.
+    present_fraction: np.ndarray | None = None
     charge_limit_w: np.ndarray | None = None  # replaces charge_w x available
     discharge_limit_w: np.ndarray | None = None  # replaces discharge_w x available
     floor_path_wh: np.ndarray | None = None  # hard: energy never below this (within [min_wh, max_wh])
@@ -204,20 +208,27 @@ class PlanInputs:
 
 
 def charge_limits_w(asset: AssetPlan, steps: int) -> np.ndarray:
-    """The asset's charge limit per step (W): its per-step override, else nameplate x availability."""
-    return _limits_w(asset.charge_limit_w, asset.charge_w, asset.available, steps)
+    """The asset's charge limit per step (W, a step's average): its per-step override, else nameplate x presence."""
+    return _limits_w(asset.charge_limit_w, asset.charge_w, asset, steps)
 
 
 def discharge_limits_w(asset: AssetPlan, steps: int) -> np.ndarray:
-    """The asset's discharge limit per step (W, magnitude): its per-step override, else nameplate x availability."""
-    return _limits_w(asset.discharge_limit_w, asset.discharge_w, asset.available, steps)
+    """The asset's discharge limit per step (W, magnitude, a step's average): its per-step override, else nameplate
+    x presence."""
+    return _limits_w(asset.discharge_limit_w, asset.discharge_w, asset, steps)
 
 
-def _limits_w(override: np.ndarray | None, nameplate_w: float, available: np.ndarray | None, steps: int) -> np.ndarray:
+def presence(asset: AssetPlan, steps: int) -> np.ndarray:
+    """The fraction of each step the asset is plugged in: `present_fraction`, else `available` (whole steps)."""
+    if asset.present_fraction is not None:
+        return np.asarray(asset.present_fraction, dtype=float)[:steps]
+    return np.ones(steps) if asset.available is None else np.asarray(asset.available, dtype=float)[:steps]
+
+
+def _limits_w(override: np.ndarray | None, nameplate_w: float, asset: AssetPlan, steps: int) -> np.ndarray:
     if override is not None:
         return np.asarray(override, dtype=float)[:steps]
-    mask = np.ones(steps) if available is None else np.asarray(available, dtype=float)[:steps]
-    return nameplate_w * mask
+    return nameplate_w * presence(asset, steps)
 
 
 def updr_reachable(inputs: PlanInputs) -> np.ndarray:

@@ -38,6 +38,18 @@ class Plan:
     violations: dict[str, float] = field(default_factory=dict)  # kWh short of each soft preference
     solve_s: float = 0.0
     status: str = ""
+    # (N, T) fraction of each step an asset is plugged in (an EV leaving mid-step), None: whole steps. power_w is a
+    # step's average; the setpoint that delivers it while plugged in is that average over the fraction
+    presence: np.ndarray | None = None
+
+    def setpoints_w(self, index: int) -> dict[str, float]:
+        """Step `index`'s setpoint per asset: the planned average power over the part of the step each asset is
+        plugged in, so an EV leaving mid-step gets the step's planned energy in the minutes it is still there
+        (the plan's limits were scaled by the same fraction, so the setpoint stays within the rating)."""
+        power = [float(p) for p in self.power_w[:, index]]
+        if self.presence is not None:
+            power = [float(p / f) if f > 0 else p for p, f in zip(power, self.presence[:, index], strict=True)]
+        return dict(zip(self.asset_ids, power, strict=True))
 
     @property
     def net_cost(self) -> float:

@@ -18,6 +18,7 @@ from agent.dispatch.inputs import (
     PlanInputs,
     charge_limits_w,
     discharge_limits_w,
+    presence,
     updr_reachable,
 )
 from agent.dispatch.plan import Plan, PlanError
@@ -43,6 +44,13 @@ def model_for(inputs: PlanInputs) -> DispatchModel:
     while len(_MODELS) > MODEL_CACHE_SIZE:
         _MODELS.popitem(last=False)
     return _MODELS[key]
+
+
+def plan_presence(inputs: PlanInputs) -> np.ndarray | None:
+    """The Plan's `presence`: each asset's fraction of each step plugged in, where some asset leaves mid-step."""
+    if all(a.present_fraction is None for a in inputs.assets):
+        return None
+    return np.array([presence(a, inputs.steps) for a in inputs.assets])
 
 
 def fill(model: DispatchModel, inputs: PlanInputs) -> None:
@@ -293,4 +301,5 @@ def _read_plan(model: DispatchModel, inputs: PlanInputs, elapsed: float) -> Plan
         violations={k: v for k, v in violations.items()},
         solve_s=elapsed,
         status=str(model.problem.status),
+        presence=plan_presence(inputs),
     )

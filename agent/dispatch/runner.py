@@ -94,7 +94,7 @@ class Dispatcher:
         index = self._index(now)
         if self.plan is None or index is None:
             return None
-        return {asset_id: float(self.plan.power_w[i, index]) for i, asset_id in enumerate(self.plan.asset_ids)}
+        return self.plan.setpoints_w(index)
 
     def reserves(self, now: datetime) -> tuple[dict[str, float], dict[str, float]] | None:
         """This step's reserved (up, down) headroom per asset in W, or None when no plan covers `now`."""

@@ -22,6 +22,7 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -413,6 +414,21 @@ def _offers(
         zeros = np.zeros(steps)
         reserves.append(Reserve(product, up, down, zeros, zeros, activation_per_h=activation))
     return reserves
+
+
+def offered_prices(book: Mapping[str, Mapping[str, SignalModel]], step: datetime, step_s: float) -> list[Offered]:
+    """What the planner prices per product offered (`as_offer`) in the step starting at `step`: `plan_inputs`' own
+    rule (the newest offer per side, 0 where an award has sold the step), for the status page. Products priced 0 on
+    both sides are left out."""
+    reserves = _offers(np.array([step.timestamp()]), step_s, book.get("as_offer", {}), book.get("as_award", {}))
+    priced = [Offered(r.product, float(r.up_price_per_kw_h[0]), float(r.down_price_per_kw_h[0])) for r in reserves]
+    return [o for o in priced if o.up_per_kw_h > 0 or o.down_per_kw_h > 0]
+
+
+class Offered(NamedTuple):
+    product: str
+    up_per_kw_h: float
+    down_per_kw_h: float
 
 
 def _series(offer: AsOffer, index: int | None = None) -> tuple[datetime, float, Sequence[float]]:

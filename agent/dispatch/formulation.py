@@ -294,7 +294,7 @@ class _Params:
         self.initial = P((n, j), nonneg=True)
         self.segment_cap = P((n, j), nonneg=True)
         self.headroom = P((n, 1), nonneg=True)  # usable energy between floor and ceiling
-        self.charge_max = P((n, t), nonneg=True)  # power limits: the flows and the reserve headroom
+        self.charge_max = P((n, t), nonneg=True)  # power limits for the reserve headroom (whole steps plugged in)
         self.discharge_max = P((n, t), nonneg=True)
         self.charge_flow_max = P((n, t), nonneg=True)  # the flows only (planner._forbid_burning cuts these)
         self.discharge_flow_max = P((n, t), nonneg=True)

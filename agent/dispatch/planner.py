@@ -108,8 +108,11 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.bend_above_floor.value = np.repeat(above_floor[:, None], inputs.steps, axis=1)
         p.bend_price.value = np.concatenate([per_wh for _, _, per_wh in bends])
     p.terminal.value = np.array([costs.terminal_per_wh(a, inputs) for a in inputs.assets])
-    p.charge_max.value = charge_max
-    p.discharge_max.value = discharge_max
+    # a reserve is held for whole steps: an EV leaving mid-step holds none in its departure step, whatever power its
+    # minutes there allow (the flows keep that power)
+    whole = np.array([presence(a, t) >= 1.0 for a in inputs.assets], dtype=float).reshape(n, t)
+    p.charge_max.value = charge_max * whole
+    p.discharge_max.value = discharge_max * whole
     p.charge_flow_max.value = charge_max  # the burning re-solve cuts these; a fill restores them
     p.discharge_flow_max.value = discharge_max
     site = inputs.site

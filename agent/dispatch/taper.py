@@ -8,8 +8,10 @@ else learns it here from what every poll already carries, the live charge limit 
 
 The model is the generic linear taper: the limit falls from the rating P at the knee k to 0 at full, so at SoC s
 above the knee limit = P·(1 − s)/(1 − k), and one observation gives k = 1 − (1 − s)·P/limit. A limit lowered for
-another reason (heat, a grid code) gives a knee that is no knee (below 0) or scatters; the estimate is the median of
-several observations per asset, so a few odd ones do not move it.
+another reason (heat, a grid code, a car that takes less than the charger gives) is steady where a taper falls with
+SoC: read at two SoCs it gives two knees (k moves by ΔSoC·P/limit), where a taper gives one. So a reading counts only
+once another reading at least `SOC_SPREAD` of SoC away gives the same knee within `KNEE_AGREEMENT`; the estimate is
+the median of the readings that counted, so a few odd ones do not move it.
 
 Memory only: a restart learns again from the next sessions that reach the taper (a few per charger).
 """
@@ -28,6 +30,11 @@ from agent.model import AssetKind, DeviceStatus
 BELOW_RATED = 0.98  # a live charge limit under this fraction of the rating counts as a taper observation
 MIN_OBSERVATIONS = 3  # observations an asset needs before its learnt knee is used
 OBSERVATIONS_KEPT = 25  # the newest observations per asset the median is taken over
+# a reading counts when another one this far away in SoC gives the same knee within KNEE_AGREEMENT: a steady derate
+# gives knees that differ by at least the SoC spread (P/limit > 1), a taper one knee up to the limit's noise
+SOC_SPREAD = 0.05
+KNEE_AGREEMENT = 0.02
+CANDIDATES_KEPT = 50  # recent readings per asset a new one is checked against
 
 
 def knee_from_limit(soc: float, limit_w: float, rated_w: float) -> float | None:
@@ -48,6 +55,7 @@ class TaperBook:
 
     def __init__(self) -> None:
         self._knees: dict[str, deque[float]] = {}
+        self._candidates: dict[str, deque[tuple[float, float]]] = {}  # (SoC, knee) of recent readings
         self._seen: dict[str, datetime] = {}
 
     def observe(self, state: AssetState) -> None:
@@ -63,8 +71,12 @@ class TaperBook:
         if m.status in (DeviceStatus.FAULT, DeviceStatus.NO_EV) or m.soc is None or m.max_charge_w is None:
             return
         knee = knee_from_limit(m.soc, m.max_charge_w, state.rated_charge_w())
-        if knee is not None:
+        if knee is None:
+            return
+        candidates = self._candidates.setdefault(state.id, deque(maxlen=CANDIDATES_KEPT))
+        if any(abs(m.soc - s) >= SOC_SPREAD - 1e-9 and abs(knee - k) <= KNEE_AGREEMENT for s, k in candidates):
             self._knees.setdefault(state.id, deque(maxlen=OBSERVATIONS_KEPT)).append(knee)
+        candidates.append((m.soc, knee))
 
     def knee(self, asset_id: str) -> float | None:
         """The learnt knee SoC of the asset: the median of its observations once it has MIN_OBSERVATIONS, else None."""

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 from agent import installed_version, money
 from agent.events.lifecycle import OPEN_STATES, Event, EventState
 from agent.model import AssetKind, DeviceStatus
-from agent.signals.models import AsAward, AsOffer, UpDrEvent
+from agent.signals.models import AsAward, UpDrEvent
 from agent.web import delivery, fmt, svg
 
 if TYPE_CHECKING:
@@ -280,17 +280,14 @@ class Snapshot:
             held = f"reserve held now: up {fmt.magnitude(up)}, down {fmt.magnitude(down)}"
         else:
             held = "reserve held now: none (the plan does not cover now)"
-        offers = []
-        for offer in self.app.ingest.book.get("as_offer", {}).values():
-            if not isinstance(offer, AsOffer) or not offer.start <= now < offer.ends_at():
-                continue
-            price = offer.capacity_price_per_kw_h[int((now - offer.start).total_seconds() // offer.interval_s)]
-            offers.append(f"{offer.product} offered {offer.directions.replace('_', '/')} at "
-                          f"{money.price(price)} {self.currency} per kW·h until "
-                          f"{fmt.local_time(offer.ends_at(), self.zone, False)}")  # fmt: skip
+        from agent.dispatch.build import offered_prices  # dispatch mode only: numpy is loaded already
+
+        now_step = start + timedelta(seconds=plan.step_s * step)
+        offers = [f"{o.product} offered at up {money.price(o.up_per_kw_h)}, down {money.price(o.down_per_kw_h)} "
+                  f"{self.currency} per kW·h" for o in offered_prices(self.app.ingest.book, now_step, plan.step_s)]
         if not offers:
             return held
-        return f"{held}; {'; '.join(offers)} (priced into the plan, no bid published)"
+        return f"{held}; {'; '.join(offers)} this step (priced into the plan, no bid published)"
 
     @staticmethod
     def _step_index(plan: Plan, start: datetime, now: datetime) -> int:

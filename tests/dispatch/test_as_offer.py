@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from agent.config import AppConfig, AssetConfig
-from agent.dispatch.build import plan_inputs
+from agent.dispatch.build import Offered, offered_prices, plan_inputs
 from agent.dispatch.inputs import Penalties
 from agent.dispatch.planner import solve
 from agent.fleet import AssetState, Fleet
@@ -303,3 +303,21 @@ def test_an_offer_at_the_highest_price_keeps_every_obligation() -> None:
     assert plan.violations["ev_short_kwh"] == pytest.approx(0, abs=1e-6)
     assert plan.violations["site_limit_excess_kwh"] == pytest.approx(0, abs=1e-6)
     assert plan.breakdown["reserve_revenue"] != 0  # the offer is bid where it does not crowd out the award
+
+
+def test_what_the_status_page_lists_is_what_the_plan_prices() -> None:
+    """build.offered_prices (the status page's reserve line) reads the book by plan_inputs' rule: the newer offer's
+    side wins, an award's block is sold (not listed), and a step no offer covers lists nothing."""
+    old = offer("old", capacity_price_per_kw_h=[5.0, 5.0])
+    new = offer("new", directions="up", capacity_price_per_kw_h=[1.0, 1.0])
+    award = AsAward(id="a", product="FRR", block_start=START, block_end=START + timedelta(minutes=30), up_w=4_000,
+                    down_w=0)  # fmt: skip
+    book = {"as_offer": {"old": old, "new": new}, "as_award": {"a": award}}
+    inputs, _ = plan_inputs(Fleet({}), config(), NOW, book, 0.0)
+    offered = next(r for r in inputs.reserves if not r.awarded_up_w.any())
+    for step in range(6):
+        listed = offered_prices(book, START + timedelta(minutes=15 * step), 900)
+        up, down = offered.up_price_per_kw_h[step], offered.down_price_per_kw_h[step]
+        assert listed == ([Offered("FRR", up, down)] if up or down else []), step
+    assert offered_prices(book, START, 900) == []  # the award's block: sold
+    assert offered_prices(book, START + timedelta(minutes=30), 900) == [Offered("FRR", 1.0, 5.0)]

@@ -4,6 +4,7 @@ part, so the car leaves with what the plan promised. Checked on the simulator's 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from agent.config import AppConfig, AssetConfig
 from agent.dispatch.build import departure_steps, plan_inputs
+from agent.dispatch.inputs import Reserve
 from agent.dispatch.planner import solve
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
@@ -79,3 +81,18 @@ def test_a_plan_without_a_partial_step_sets_the_average_as_is() -> None:
     plan = solve(inputs)
     assert plan.presence is None
     assert plan.setpoints_w(0)["ev"] == pytest.approx(float(plan.power_w[0, 0]))
+
+
+def test_an_ev_leaving_mid_step_holds_no_reserve_in_that_step() -> None:
+    """A reserve is held for the whole step: the car gone after 15 minutes of it can hold none there, though its
+    minutes still take power; the steps before hold what pays."""
+    config = AppConfig.model_validate({"dispatch": {"step_s": STEP_S, "horizon_steps": 4}})
+    inputs, _ = plan_inputs(ev_fleet(2.25 * STEP_S), config, START, {}, 0.0)
+    price = np.full(4, 20.0)  # per kW·h each side: pays more than the wear of holding it
+    zeros = np.zeros(4)
+    inputs = dataclasses.replace(inputs, reserves=[Reserve("FCR", price, price, zeros, zeros)])
+    plan = solve(inputs)
+    assert plan.presence is not None and plan.presence[0].tolist() == [1.0, 1.0, 0.25, 0.0]
+    assert plan.reserve_up_w[0, :2].min() > 1_000.0
+    assert plan.reserve_up_w[0, 2] == pytest.approx(0.0, abs=1e-3)
+    assert plan.reserve_down_w[0, 2] == pytest.approx(0.0, abs=1e-3)

@@ -299,10 +299,12 @@ async def test_plan_against_price_and_an_assets_schedule(browser: Browser, tmp_p
         band = await browser.wait_text("#plan-reserve", lambda t: "up 5.0 kW, down 5.0 kW" in t, "award's band shown")
         assert band.startswith("reserve held now:") and "offered" not in band, band
         # a price-only offer: listed with its price now (no bid is published, so this line is where it shows)
-        offer = json.dumps({"id": "o1", "product": "FRR", "start": str(now), "interval_s": 1800,
-                            "capacity_price_per_kw_h": [3.5, 4], "directions": "up"}).encode()  # fmt: skip
+        # covering the plan's current step from its start (a step takes the price its start falls in)
+        offer = json.dumps({"id": "o1", "product": "FRR", "start": str(now - dt.timedelta(hours=1)),
+                            "interval_s": 1800, "capacity_price_per_kw_h": [3.5] * 4,
+                            "directions": "up"}).encode()  # fmt: skip
         assert (await app.ingest.receive("as_offer", offer)).status == "accepted"
-        await browser.wait_text("#plan-reserve", lambda t: "FRR offered up at 3.5 JPY per kW·h until" in t,
+        await browser.wait_text("#plan-reserve", lambda t: "FRR offered at up 3.5, down 0 JPY per kW·h this step" in t,
                                 "offer shown")  # fmt: skip
 
 

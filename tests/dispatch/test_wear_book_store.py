@@ -59,6 +59,16 @@ def save(book: WearBook, store: Store, now_s: float) -> None:
     book.saved(pending)
 
 
+def learnt_and_saved(path: Path, days: int) -> tuple[AssetState, WearBook, Store, float]:
+    """A battery's book that learnt `days` of cycles, saved to a new store at `path` (left open); the end time."""
+    state = battery()
+    book = WearBook(step_s=HOUR)
+    end = learn(book, state, days)
+    store = Store(path)
+    save(book, store, end)
+    return state, book, store, end
+
+
 def reopened(path: Path, now_s: float) -> WearBook:
     """A new book from the file, as a restarted agent makes it."""
     store = Store(path)
@@ -80,11 +90,7 @@ def rows(path: Path, table: str) -> list[tuple]:
 
 
 def test_a_book_saved_and_loaded_resumes_its_value_and_its_half_cycle(tmp_path: Path) -> None:
-    state = battery()
-    book = WearBook(step_s=HOUR)
-    end = learn(book, state, 20)
-    store = Store(tmp_path / "s.db")
-    save(book, store, end)
+    state, book, store, end = learnt_and_saved(tmp_path / "s.db", 20)
     store.close()
     learnt = book.basis(end)["b"]
     assert learnt != pytest.approx(R, rel=1e-3), "the scenario learns a value other than the seed"
@@ -104,11 +110,7 @@ def test_a_book_saved_and_loaded_resumes_its_value_and_its_half_cycle(tmp_path: 
 
 def test_only_what_settled_since_the_last_save_is_written(tmp_path: Path) -> None:
     """Periods are appended as they settle, not the whole window rewritten each step."""
-    state = battery()
-    book = WearBook(step_s=HOUR)
-    end = learn(book, state, 3)
-    store = Store(tmp_path / "s.db")
-    save(book, store, end)
+    state, book, store, end = learnt_and_saved(tmp_path / "s.db", 3)
     assert book.unsaved(end) is None  # nothing new: no write
     book.settle(state, end, end + HOUR, exported_wh=9_500.0, imported_wh=0.0, price_per_kwh=8.0)
     pending = book.unsaved(end + HOUR)

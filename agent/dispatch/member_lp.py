@@ -95,7 +95,7 @@ def band_loss_wh(inputs: PlanInputs, efficiency: np.ndarray) -> np.ndarray:
     return np.asarray(activation_loss_wh(alpha, efficiency, inputs.step_h), dtype=float)
 
 
-def _losses(inputs: PlanInputs, m: EvMembers) -> np.ndarray:
+def member_losses(inputs: PlanInputs, m: EvMembers) -> np.ndarray:
     """(n, T) Wh each member's band takes from its energy per step (`band_loss_wh` times the up reserve it holds)."""
     return band_loss_wh(inputs, m.efficiency)[:, None] * m.up_w
 
@@ -171,7 +171,7 @@ def _charge_only(
     row_of = np.full(len(m.index), -1)
     row_of[owners] = np.arange(len(owners))
     # the band's round-trip loss (constants: the reserve is fixed) frees room and must be charged back for the need
-    loss = _losses(inputs, m)
+    loss = member_losses(inputs, m)
     room = lp.rows(-INF, np.maximum(m.ceiling[owners] - m.energy[owners] + loss[owners].sum(axis=1), 0.0))
     lp.entries(room[row_of[rows]], cols, gain)
     # departure needs: Σ_{k < check} η·h·c + short1 + short2 ≥ need − energy + Σ_{k < check} loss (short1 ≤ tier 1)
@@ -263,7 +263,7 @@ def _band_losses(
     per pair holding an up reserve, one non-negative share per segment entering its dynamics row (e_j(k) falls by
     it), the shares summing to the loss. A loss the segments cannot give (a member at its floor) is left untaken at
     the price of the reserve energy it leaves unheld, so the LP stays feasible."""
-    loss = _losses(inputs, m)[rows, steps]
+    loss = member_losses(inputs, m)[rows, steps]
     held = np.flatnonzero(loss > 0)
     if not len(held):
         return
@@ -282,7 +282,7 @@ def _loss_calendar(lp: ArrayLp, inputs: PlanInputs, m: EvMembers) -> None:
     """The calendar ageing the band's loss saves (a Wh lost at step k is not held at the T − k boundaries after it):
     a constant, as the reserve is fixed, carried by one column fixed at 1 so that `term_values` reads the same
     calendar money as pricing.plan_cost of the schedule."""
-    loss = _losses(inputs, m)
+    loss = member_losses(inputs, m)
     if not loss.any():
         return
     held = inputs.steps - np.arange(inputs.steps)
@@ -390,6 +390,35 @@ def _site_rows(
         lp.entries(r, below, -1.0)
 
 
+def site_slopes(inputs: PlanInputs, net_w: np.ndarray, reachable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right derivatives (currency per W for one step, per step) of what the site costs at net load `net_w`:
+    the energy price plus the rows of `_site_rows` at their optimum (limit excess; in a reachable up-DR window the
+    stand-in under the baseline, then the paid increase up to the request). Their interval is the subdifferential a
+    price must lie in for members filled at that price (agent.dispatch.fill) to be the LP's optimum."""
+    t, h = inputs.steps, inputs.step_h
+    site = inputs.site
+    price = costs.energy_per_w(inputs)
+    over = costs.site_excess_per_w(inputs.penalties, h)
+    net = np.asarray(net_w, dtype=float)
+    left = price + over * (net > site.import_limit_w) - over * (net <= -site.export_limit_w)
+    right = price + over * (net >= site.import_limit_w) - over * (net < -site.export_limit_w)
+    if inputs.updr is not None:
+        dr = inputs.updr
+        prices = costs.updr_per_w(dr, inputs.penalties, h)
+        base = np.asarray(dr.baseline_w[:t], dtype=float)
+        paid = prices.revenue + prices.shortfall
+        top = base + dr.requested_w
+        left -= reachable * np.where(net <= base, prices.below, np.where(net <= top, paid, 0.0))
+        right -= reachable * np.where(net < base, prices.below, np.where(net < top, paid, 0.0))
+    return left, right
+
+
+def trajectories(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Powers and energies of members following `power` (`_follow`): what a schedule from outside this LP (the fill
+    of agent.dispatch.fill) becomes, by the rule this LP's own solutions go through."""
+    return _follow(inputs, m, power)
+
+
 def _follow(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Energies of the members following `power`, each step's power cut to what its energy range allows.
 
@@ -401,7 +430,7 @@ def _follow(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.nda
     energy = np.empty((len(m.index), inputs.steps + 1))
     energy[:, 0] = e = m.energy.copy()
     power = power.copy()
-    loss = _losses(inputs, m)  # the band's round-trip loss, taken as the LP took it
+    loss = member_losses(inputs, m)  # the band's round-trip loss, taken as the LP took it
     for k in range(inputs.steps):
         top = np.minimum(m.charge_w, np.maximum(m.ceiling - e + loss[:, k], 0.0) / (eta * h))
         bottom = np.minimum(m.discharge_w, np.maximum(e - loss[:, k] - m.floor, 0.0) * eta / h)

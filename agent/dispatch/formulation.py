@@ -143,13 +143,21 @@ class DispatchModel:
         A down reserve is more charge the device must be able to take at any time of the step, so it shares the same
         tapered limit: charge + down ≤ the limit at the step's end, i.e. η·h·charge + η·h·(1 − β)·down + β·above ≤
         β·headroom (taper.held_step_fraction); without it a tapering EV "held" down regulation it could not follow,
-        and following only the up half drained it before departure."""
+        and following only the up half drained it before departure.
+
+        An EV leaving mid-step is plugged in for a fraction f of its departure step and its setpoint is held for f·h
+        (plan.Plan.setpoints_w), so there the share is β for f·h, smaller: a second row per asset with that β and a
+        right-hand side per step, β_f·headroom at the departure step and out of reach elsewhere (a Parameter on the
+        right-hand side, so the step can move without a recompile). Its down reserve is 0 there (whole steps
+        only)."""
         p, h, t = self.params, self.h, self.shape.steps
         stored = h * cp.multiply(self.efficiency, self.charge)
         share = cp.multiply(p.taper_fraction @ np.ones((1, t)), self.above[:, :-1])
+        held = stored
         if self.shape.products:
             stored = stored + cp.multiply(p.taper_down @ np.ones((1, t)), cp.sum(self.r_down))
-        return [stored + share <= p.taper_room @ np.ones((1, t))]
+        departure_share = cp.multiply(p.taper_departure_fraction @ np.ones((1, t)), self.above[:, :-1])
+        return [stored + share <= p.taper_room @ np.ones((1, t)), held + departure_share <= p.taper_departure_room]
 
     def _activation_losses(self, cons: list[cp.Constraint]) -> list[cp.Expression | float]:
         """Wh each segment loses per step to following activations: expected, so the plan buys it back.
@@ -315,6 +323,8 @@ class _Params:
             self.taper_fraction = P((n, 1), nonneg=True)
             self.taper_room = P((n, 1), nonneg=True)
             self.taper_down = P((n, 1), nonneg=True)  # Wh of the row per W of down reserve: η·h·(1 − β)
+            self.taper_departure_fraction = P((n, 1), nonneg=True)  # β for the part of its departure step plugged in
+            self.taper_departure_room = P((n, t), nonneg=True)  # β_f x headroom there, out of reach at other steps
         if shape.paths:  # energy above the floor, per step boundary (only models of virtual batteries have them)
             self.floor_at = P((n, t + 1), nonneg=True)
             self.ceiling_at = P((n, t + 1), nonneg=True)

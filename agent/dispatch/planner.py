@@ -129,6 +129,7 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.ceiling_at.value = ceiling_at
     if shape.tapers:
         p.taper_fraction.value, p.taper_room.value, p.taper_down.value = _taper_rows(inputs, headroom, charge_max)
+        p.taper_departure_fraction.value, p.taper_departure_room.value = _departure_taper_rows(inputs, headroom)
     p.ev_tier1_price.value, p.ev_tier2_price.value = costs.ev_shortfall_per_wh(pen)
     if shape.updr and inputs.updr is not None:
         dr = inputs.updr
@@ -167,6 +168,24 @@ def _taper_rows(
         room[i, 0] = beta[i, 0] * headroom[i, 0]
         down[i, 0] = a.efficiency * h * (1.0 - beta[i, 0])
     return beta, room, down
+
+
+def _departure_taper_rows(inputs: PlanInputs, headroom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """β for the fraction f of its departure step a tapering EV is still plugged in (the setpoint held f·h) and the
+    row's right-hand side per step: β_f x headroom at that step, BIG_W elsewhere (formulation._taper)."""
+    n, t, h = len(inputs.assets), inputs.steps, inputs.step_h
+    beta = np.zeros((n, 1))
+    room = np.full((n, t), BIG_W)
+    for i, a in enumerate(inputs.assets):
+        if a.charge_taper_soc is None or a.present_fraction is None:
+            continue
+        share = presence(a, t)
+        partial = np.flatnonzero((share > 0) & (share < 1))
+        if len(partial):
+            k = int(partial[0])
+            beta[i, 0] = held_step_fraction(a.charge_taper_soc, a.max_wh, a.charge_w, a.efficiency, share[k] * h)
+            room[i, k] = beta[i, 0] * headroom[i, 0]
+    return beta, room
 
 
 FALLBACK_OPTIONS: dict[str, object] = {"solver": "ipm"}

@@ -96,3 +96,27 @@ def test_an_ev_leaving_mid_step_holds_no_reserve_in_that_step() -> None:
     assert plan.reserve_up_w[0, :2].min() > 1_000.0
     assert plan.reserve_up_w[0, 2] == pytest.approx(0.0, abs=1e-3)
     assert plan.reserve_down_w[0, 2] == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("leaves_after_h", [2.25, 3.0])
+def test_a_tapering_ev_leaving_mid_step_reaches_its_target_on_the_simulator(leaves_after_h: float) -> None:
+    """Above its knee from the start (SoC 0.80 → 0.95, knee 0.8), cheapest in the step it leaves 15 minutes into:
+    the taper there is that of a setpoint held 15 minutes, not an hour (a whole step's share left it 1.5 kWh short
+    while the plan said none)."""
+    leaves_after_s = leaves_after_h * STEP_S
+    fleet = ev_fleet(leaves_after_s)
+    measurement = fleet.assets["ev"].measurement
+    assert measurement is not None
+    fleet.assets["ev"].measurement = dataclasses.replace(measurement, soc=0.80, ev_target_soc=0.95)
+    config = AppConfig.model_validate({"dispatch": {"step_s": STEP_S, "horizon_steps": 6}})
+    prices = PriceSeries(id="p", area="Kyushu", start=START, interval_s=3600,
+                         prices_per_kwh=[30.0, 30.0, 1.0, 30.0, 30.0, 30.0])  # fmt: skip
+    inputs, _ = plan_inputs(fleet, config, START, {"prices": {"p": prices}}, 0.0)
+    plan = solve(inputs)
+    assert plan.violations.get("ev_short_kwh", 0.0) == pytest.approx(0.0, abs=1e-3)
+    charger = EVCharger([EVSession(0.0, leaves_after_s, CAPACITY_WH, 0.80, 0.95, 0.1)], rated_charge_w=RATED_W,
+                        rated_discharge_w=RATED_W, efficiency=ETA, lease_timeout_s=4 * STEP_S)  # fmt: skip
+    for k in range(3):
+        charger.write_setpoint(plan.setpoints_w(k)["ev"])
+        charger.step(min(STEP_S, leaves_after_s - 1e-6 - charger.t_s))
+    assert charger.soc >= 0.95 - 1e-3

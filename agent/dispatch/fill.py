@@ -14,7 +14,7 @@ LP's optimum (a concave separable objective under one capacity). All members at 
 
 With the coupling rows (site limits, up-DR) the members are not independent; `agent.dispatch.refine` prices each step
 at its coupling slope and accepts the fill only with a certificate of optimality (the price lies in the
-subdifferential of the coupling at the filled totals: `member_lp.site_subgradient`), else solves the LP.
+subdifferential of the coupling at the filled totals: `member_lp.site_slopes`), else solves the LP.
 """
 
 from __future__ import annotations

@@ -406,7 +406,8 @@ def site_slopes(inputs: PlanInputs, net_w: np.ndarray, reachable: np.ndarray) ->
         dr = inputs.updr
         prices = costs.updr_per_w(dr, inputs.penalties, h)
         base = np.asarray(dr.baseline_w[:t], dtype=float)
-        paid = prices.revenue + prices.shortfall
+        # a paid increase that would cost (a negative up-DR price) stays at 0 in the LP: the slope is energy alone
+        paid = max(prices.revenue + prices.shortfall, 0.0)
         top = base + dr.requested_w
         left -= reachable * np.where(net <= base, prices.below, np.where(net <= top, paid, 0.0))
         right -= reachable * np.where(net < base, prices.below, np.where(net < top, paid, 0.0))

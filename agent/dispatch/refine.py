@@ -187,8 +187,6 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
     # blocks of about equal columns (not members: a block of long stays has several times the columns)
     cut = np.searchsorted(np.cumsum(per_member[order]), per_member.sum() * np.arange(1, blocks) / blocks)
     reachable = updr_reachable(inputs)  # once: the blocks' pricing asks for it on other inputs
-    # the fill cannot honour a charge taper (a limit that falls with the SoC): blocks with a tapered member go to the LP
-    tapered = np.array([getattr(inputs.assets[i], "charge_taper_soc", None) is not None for i in chosen.index])
     applied = False
     for number, rows in enumerate(np.split(order, cut)):
         if _left(deadline) <= 0:
@@ -196,7 +194,9 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
         block = _subset(chosen, np.sort(rows)) if blocks > 1 else chosen
         rest = _rest_w(split, block.index)
         filled = None
-        if not block.v2g.any() and not tapered[rows].any():
+        # neither the fill nor the member LP plans a charge taper (README: the taper holds on the full LP only), so a
+        # tapered member is no reason to send its block to the LP
+        if not block.v2g.any():
             filled = _filled(inputs, block, rest, split.power[block.index], reachable)
         try:
             power, energy = filled or plan_members(inputs, block, rest, _left(deadline), reachable)
@@ -260,8 +260,9 @@ def _slope(inputs: PlanInputs, net: np.ndarray, reachable: np.ndarray) -> np.nda
 def _settled(inputs: PlanInputs, price: np.ndarray, net: np.ndarray, reachable: np.ndarray) -> np.ndarray:
     """Per step, whether `price` lies in the site's subdifferential at `net` (to rounding)."""
     tol = 1e-9 * np.maximum(np.abs(net), 1.0)  # W: the fill's rounding, not a tolerance on the site's limits
-    low, _ = site_slopes(inputs, net + tol, reachable)
-    _, high = site_slopes(inputs, net - tol, reachable)
+    # widened by the rounding on both sides: the left slope just below `net`, the right slope just above it
+    low, _ = site_slopes(inputs, net - tol, reachable)
+    _, high = site_slopes(inputs, net + tol, reachable)
     slack = 1e-12 + 1e-9 * np.abs(price)
     return (price >= low - slack) & (price <= high + slack)
 

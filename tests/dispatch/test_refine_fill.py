@@ -54,8 +54,8 @@ def fleet(seed: int, n: int = 40, import_limit: float = float("inf"), updr: bool
 
 def members_of(inputs: PlanInputs) -> EvMembers:
     _, grouping = aggregate(inputs, 16)
-    zeros = np.zeros((len(inputs.assets), T))
-    split = Split(zeros, np.zeros((len(inputs.assets), T + 1)), zeros, zeros, 0.0)
+    zeros = np.zeros((len(inputs.assets), inputs.steps))
+    split = Split(zeros, np.zeros((len(inputs.assets), inputs.steps + 1)), zeros, zeros, 0.0)
     return refine.ev_members(inputs, grouping.members, split, v2g=False)
 
 
@@ -133,3 +133,34 @@ def test_the_fill_keeps_the_members_bands_as_the_member_lp_does(seed: int) -> No
     filled = trajectories(inputs, m, independent_charge(inputs, m, price))
     assert np.all(filled[0] >= up - 1e-6) and np.all(filled[0] <= m.charge_w[:, None] - down + 1e-6)
     assert net_cost(inputs, m, *filled) == pytest.approx(net_cost(inputs, m, *lp), rel=1e-7, abs=1e-4)
+
+
+def test_a_price_inside_the_subdifferential_at_a_kink_is_a_certificate() -> None:
+    """Step 1: the other load sits exactly on the import limit and no member is plugged in there, so the site's cost
+    has a kink at that step's total; its midpoint price is inside [left, right] and the fill is the LP's optimum.
+    The rounding tolerance used to narrow the interval (the right slope below the kink, the left one above)."""
+    ev = AssetPlan(id="ev", energy_wh=10e3, min_wh=5e3, max_wh=40e3, charge_w=7e3, discharge_w=0.0, efficiency=0.9,
+                   available=np.array([True, False]), target_wh=15e3, target_step=1, is_ev=True)  # fmt: skip
+    site = SiteForecast(np.array([10.0, 10.0]), np.array([0.0, 20e3]), np.zeros(2), import_limit_w=20e3)
+    inputs = PlanInputs(2, 3600.0, [ev], site)
+    m, reach = members_of(inputs), updr_reachable(inputs)
+    refine.FILLED.clear()
+    filled = refine._filled(inputs, m, np.zeros(2), np.zeros((1, 2)), reach)
+    assert refine.FILLED == ["certified"] and filled is not None
+    assert filled[0] == pytest.approx(plan_members(inputs, m, np.zeros(2), 30.0, reach)[0])
+
+
+def test_a_negative_up_dr_price_is_no_reason_to_certify_a_fill_that_stays_idle() -> None:
+    """A window paying -200 per kWh above the baseline: the LP leaves the paid increase at 0 and charges at the
+    negative energy price; the certificate read the site's slope as energy minus that price and accepted 0 W."""
+    steps = np.arange(4)
+    ev = AssetPlan(id="ev", energy_wh=10_000.0, min_wh=5_000.0, max_wh=30_000.0, charge_w=10_000.0, discharge_w=0.0,
+                   efficiency=1.0, available=np.ones(4, bool), is_ev=True)  # fmt: skip
+    site = SiteForecast(np.array([-10.0, 20, 20, 20]), np.zeros(4), np.zeros(4))
+    inputs = PlanInputs(4, 3600.0, [ev], site, updr=UpDr(steps == 0, np.full(4, 1_000.0), 50_000.0, -200.0))
+    m, reach = members_of(inputs), updr_reachable(inputs)
+    rest = np.array([5_000.0, 0, 0, 0])
+    lp_power = plan_members(inputs, m, rest, 60.0, reach)[0]
+    filled = refine._filled(inputs, m, rest, np.zeros((1, 4)), reach)
+    assert lp_power[0, 0] > 1_000.0
+    assert filled is None or filled[0] == pytest.approx(lp_power, abs=1e-3)

@@ -148,9 +148,8 @@ def calendar_bends(
     as the line is (`calendar_price_per_wh_h`: over the nominal energy). Without a model or a convex curve: the line,
     no bends. Why convex: BLAST-Lite's NMC ages 0.4 % of a life a year at SoC 0.2 and 24 % at 0.9, which a line
     misses by 65 % of its mean (docs/wear.md); a convex cost is what an LP prices exactly."""
-    line = calendar_price_per_wh_h(replacement_cost, nominal_wh, model=model)
     if model is None or len(model.calendar_socs) < 2 or nominal_wh <= 0:
-        return line, ()
+        return calendar_price_per_wh_h(replacement_cost, nominal_wh, model=model), ()
     socs, rate = model.calendar_socs, model.calendar_convex_per_h
     per_wh = replacement_cost * np.maximum(np.diff(rate) / np.diff(socs), 0.0) / nominal_wh  # per band of the grid
     rises = np.diff(per_wh)

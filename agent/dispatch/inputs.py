@@ -62,13 +62,13 @@ class AssetPlan:
     # currency per kWh (pack side) of energy above the floor left at the horizon's end, stationary assets only
     # (EVs: always 0, see `terminal_price`); None: the horizon's lowest price
     terminal_price_per_kwh: float | None = None
-    # Per-step overrides, for virtual batteries standing for many EVs (agent.dispatch.aggregate): their members
-    # plug in and leave at different steps, so limits and reachable energies change along the horizon. None = the
-    # scalar fields above. Energies are pack Wh per step boundary (steps + 1 values), powers W per step.
     # per step, the fraction of it the asset is plugged in (an EV leaving mid-step: build.departure_steps); limits
     # scale by it and the executor holds the step's average over it (plan.Plan.setpoints_w). None: whole steps.
     # The aggregated path (agent.dispatch.aggregate) reads whole steps.
     present_fraction: np.ndarray | None = None
+    # Per-step overrides, for virtual batteries standing for many EVs (agent.dispatch.aggregate): their members
+    # plug in and leave at different steps, so limits and reachable energies change along the horizon. None = the
+    # scalar fields above. Energies are pack Wh per step boundary (steps + 1 values), powers W per step.
     charge_limit_w: np.ndarray | None = None  # replaces charge_w x available
     discharge_limit_w: np.ndarray | None = None  # replaces discharge_w x available
     floor_path_wh: np.ndarray | None = None  # hard: energy never below this (within [min_wh, max_wh])

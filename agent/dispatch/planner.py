@@ -110,7 +110,8 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
     p.terminal.value = np.array([costs.terminal_per_wh(a, inputs) for a in inputs.assets])
     # a reserve is held for whole steps: an EV leaving mid-step holds none in its departure step, whatever power its
     # minutes there allow (the flows keep that power)
-    whole = np.array([presence(a, t) >= 1.0 for a in inputs.assets], dtype=float).reshape(n, t)
+    present = np.array([presence(a, t) for a in inputs.assets]).reshape(n, t)
+    whole = (present >= 1.0).astype(float)
     p.charge_max.value = charge_max * whole
     p.discharge_max.value = discharge_max * whole
     p.charge_flow_max.value = charge_max  # the burning re-solve cuts these; a fill restores them
@@ -129,7 +130,9 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.ceiling_at.value = ceiling_at
     if shape.tapers:
         p.taper_fraction.value, p.taper_room.value, p.taper_down.value = _taper_rows(inputs, headroom, charge_max)
-        p.taper_departure_fraction.value, p.taper_departure_room.value = _departure_taper_rows(inputs, headroom)
+        p.taper_departure_fraction.value, p.taper_departure_room.value = _departure_taper_rows(
+            inputs, headroom, present
+        )
     p.ev_tier1_price.value, p.ev_tier2_price.value = costs.ev_shortfall_per_wh(pen)
     if shape.updr and inputs.updr is not None:
         dr = inputs.updr
@@ -170,16 +173,19 @@ def _taper_rows(
     return beta, room, down
 
 
-def _departure_taper_rows(inputs: PlanInputs, headroom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """β for the fraction f of its departure step a tapering EV is still plugged in (the setpoint held f·h) and the
-    row's right-hand side per step: β_f x headroom at that step, BIG_W elsewhere (formulation._taper)."""
+def _departure_taper_rows(
+    inputs: PlanInputs, headroom: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """β for the fraction f of its departure step a tapering EV is still plugged in (the setpoint held f·h; `present`:
+    each asset's fraction per step) and the row's right-hand side per step: β_f x headroom at that step, BIG_W
+    elsewhere (formulation._taper)."""
     n, t, h = len(inputs.assets), inputs.steps, inputs.step_h
     beta = np.zeros((n, 1))
     room = np.full((n, t), BIG_W)
     for i, a in enumerate(inputs.assets):
-        if a.charge_taper_soc is None or a.present_fraction is None:
+        if a.charge_taper_soc is None:
             continue
-        share = presence(a, t)
+        share = present[i]
         partial = np.flatnonzero((share > 0) & (share < 1))
         if len(partial):
             k = int(partial[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Mapping
 from functools import partial
 from typing import Protocol
@@ -214,6 +215,23 @@ class GatewayCore(SimCore):
         return await super().async_setValues(device_id, func_code, address, values)
 
 
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why `host:port` cannot be bound now, or None if it can: pymodbus logs the bind's OSError and raises a bare
+    RuntimeError, so the errno (in use, not permitted, no such address) is found again by trying the bind."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc
+    return None
+
+
 class PortServer:
     """One listening TCP port: a single device, or a gateway with several unit ids."""
 
@@ -247,7 +265,10 @@ class PortServer:
             try:
                 await server.serve_forever(background=True)
             except RuntimeError as exc:
-                raise OSError(f"cannot listen on {self.host}:{self.port} (in use or not permitted)") from exc
+                reason = bind_error(self.host, self.port)
+                if reason is None:
+                    raise OSError(f"cannot listen on {self.host}:{self.port} (in use or not permitted)") from exc
+                raise OSError(reason.errno, f"cannot listen on {self.host}:{self.port}: {reason.strerror}") from reason
             self._server = server
 
     async def stop(self) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 
-from sim_devices.ports import LOOPBACK, ephemeral_range, free_port_block
+import pytest
+
+from sim_devices.ports import LOOPBACK, address_in_use, ephemeral_range, free_port_block
+from sim_devices.server import PortServer, bind_error
 
 
 def test_block_is_outside_the_ephemeral_range_and_binds() -> None:
@@ -33,3 +38,28 @@ def test_a_held_port_is_never_handed_out() -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_taken_port_is_reported_with_its_errno() -> None:
+    """pymodbus raises a bare RuntimeError when it cannot bind; vpp-sim's error must still say why (EADDRINUSE), so
+    the retry on a new block (ports.address_in_use) and the user both see the real cause."""
+    taken = socket.socket()
+    taken.bind((LOOPBACK, 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as caught:
+            asyncio.run(PortServer(LOOPBACK, port, []).start())
+    finally:
+        taken.close()
+    assert caught.value.errno == errno.EADDRINUSE
+    assert f"cannot listen on {LOOPBACK}:{port}" in str(caught.value)
+    assert address_in_use(caught.value)
+
+
+def test_bind_error_is_none_for_a_free_port() -> None:
+    probe = socket.socket()
+    probe.bind((LOOPBACK, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    assert bind_error(LOOPBACK, port) is None

@@ -198,9 +198,16 @@ FALLBACK_OPTIONS: dict[str, object] = {"solver": "ipm"}
 
 
 def solve(
-    inputs: PlanInputs, time_limit_s: float = 30.0, solver_options: dict[str, object] | None = None
+    inputs: PlanInputs,
+    time_limit_s: float = 30.0,
+    solver_options: dict[str, object] | None = None,
+    *,
+    forbid_burning: bool = True,
 ) -> Plan:
     """Solve the plan; raises PlanError when no optimal solution comes back.
+
+    With `forbid_burning` False the LP's own optimum comes back, burning included (agent.dispatch.bound: a lower
+    bound needs the unrestricted optimum); no device can follow such a plan.
 
     `solver_options` go to HiGHS. When that solve yields nothing usable and time is left, interior point
     (FALLBACK_OPTIONS) gets the rest: HiGHS' simplex gave up (status UNKNOWN) on a 10 000-EV aggregate whose sums
@@ -217,7 +224,7 @@ def solve(
             raise
         _run(model, left, {**(solver_options or {}), **FALLBACK_OPTIONS})
     plan = _read_plan(model, inputs, time.perf_counter() - started)
-    for _ in range(BURN_PASSES):
+    for _ in range(BURN_PASSES if forbid_burning else 0):
         burning = _forbid_burning(model)
         left = time_limit_s - (time.perf_counter() - started)
         if not burning.any() or left <= 0:

@@ -194,15 +194,22 @@ class MpcPolicy:
 
     def _settle_wear(self, plant: Plant) -> None:
         """Feed the book what each opportunity-priced pack did in the step just run: its terminal energy (the
-        device's own counters) at that step's price, and its regulation band at the capacity price (the hour's
-        performance score is the site's, not the pack's: counted at a perfect score)."""
+        device's own counters) at that step's price, its regulation band at the capacity price (the hour's
+        performance score is the site's, not the pack's: counted at a perfect score), and its SoC at the step's
+        start and end for its calendar life (the start's: the view's reading from the last decide, taken before
+        this step's observe replaces it)."""
         assert self.wear_book is not None
         if self._settled is None or self._settled[0] != plant.k - 1:
             return
         k, before, safe = self._settled
         sc = self.scenario
-        self.view.observe(plant)
         end_s = self.view.now(plant).timestamp()
+        start_soc = {
+            i: s.measurement.soc
+            for i, s in self.view.fleet.assets.items()
+            if s.measurement is not None and abs(s.measurement.at.timestamp() - (end_s - sc.step_s)) < 1.0  # read then
+        }
+        self.view.observe(plant)
         capacity_price = float(sc.regulation_price_per_kw_h[k]) if sc.offers_regulation else 0.0
         for asset_id, state in self.view.fleet.assets.items():
             if not WearBook.applies(state):
@@ -214,6 +221,7 @@ class MpcPolicy:
                 state, end_s - sc.step_s, end_s, exported_wh=device.export_wh - exported0,
                 imported_wh=device.import_wh - imported0, price_per_kwh=float(sc.price_per_kwh[k]),
                 reserve_revenue=regulation_payment(up, down, sc.step_h, capacity_price),
+                soc_start=start_soc.get(asset_id), soc_end=state.measurement.soc if state.measurement else None,
             )  # fmt: skip
 
     def _request(self, plant: Plant) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:

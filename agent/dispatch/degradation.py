@@ -150,7 +150,8 @@ def calendar_bends(
     misses by 65 % of its mean (docs/wear.md); a convex cost is what an LP prices exactly."""
     if model is None or len(model.calendar_socs) < 2 or nominal_wh <= 0:
         return calendar_price_per_wh_h(replacement_cost, nominal_wh, model=model), ()
-    socs, rate = model.calendar_socs, model.calendar_convex_per_h
+    socs = model.calendar_socs
+    rate = model.calendar_life_per_h(socs)  # the curve the opportunity book counts calendar life by (one rule)
     per_wh = replacement_cost * np.maximum(np.diff(rate) / np.diff(socs), 0.0) / nominal_wh  # per band of the grid
     rises = np.diff(per_wh)
     # a rise below 0.01 % of the steepest slope is the rounding of fits.json's 6 digits (~0.001 % here), not a bend

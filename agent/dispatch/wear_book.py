@@ -10,15 +10,27 @@ What a step counts, per pack:
 * revenue: the pack's measured energy at its terminals × the step's energy price (export earns, import pays), plus
   the reserve capacity payment the caller attributes to it (the evaluation: its regulation band × the capacity
   price, at a perfect performance score; the running agent: none, since an awarded reserve carries no price in its
-  plan inputs). Not counted: up-DR payments (a site-level settlement against a baseline), calendar ageing.
-* life used: the cycle life its throughput used by the pack's own fitted wear (`build.wear_model`, the fit its
-  prices come from). Net discharge extends the current half cycle (depth from where the pack last charged, as a
-  fraction of its usable energy): it uses Φ(depth after) − Φ(depth before), so a discharge spread over several steps
-  costs what one cycle of its whole depth costs, as the planner's segment prices charge it; a net charge refills
-  the half cycle by what it stored (depth − charged × efficiency / usable, at least 0), as the planner's segments
-  refill by the amount charged, so a small top-up between two discharges leaves them nearly one deep cycle (Xu's
-  convention: a cycle is charged once, on discharge). Energy that went out and came back within the step
-  (regulation swings) uses the pack's shallow-swing life per kWh (`build.activation_life_per_kwh`).
+  plan inputs). Not counted: up-DR payments (a site-level settlement against a baseline).
+* life used: the cycling life its throughput used plus the calendar life the period used, both by the pack's own
+  fitted wear (`build.wear_model`, the fit its prices come from), so the life used per unit of time is the rate at
+  which the pack's service runs out. Cycling: net discharge extends the current half cycle (depth from where the
+  pack last charged, as a fraction of its usable energy): it uses Φ(depth after) − Φ(depth before), so a discharge
+  spread over several steps costs what one cycle of its whole depth costs, as the planner's segment prices charge
+  it; a net charge refills the half cycle by what it stored (depth − charged × efficiency / usable, at least 0), as
+  the planner's segments refill by the amount charged, so a small top-up between two discharges leaves them nearly
+  one deep cycle (Xu's convention: a cycle is charged once, on discharge). Energy that went out and came back within
+  the step (regulation swings) uses the pack's shallow-swing life per kWh (`build.activation_life_per_kwh`).
+  Calendar: the period's hours × the fit's calendar life per hour (`WearFit.calendar_life_per_h`, the curve the
+  calendar price is the slope of) at the pack's measured SoC over the period, the mean of the SoCs read at its start
+  and end (the one known when only one is), not the mean of the rates at the two: the scorers age a period at its
+  mean SoC (BLAST-Lite's per-chunk mean, the Xu simulator's trapezoid average). No SoC read at either end: no
+  calendar life is counted (such a pack is not planned, build._plannable, so its price is not used).
+
+Why calendar life is counted (Kumtepeli et al. 2024; docs/wear.md): ν is to be the marginal value of a unit of life,
+what the pack would earn with it at the end of its service. The service ends when the TOTAL fade reaches end of
+life; a unit used now shortens it by 1 / (total life used per unit time), and the pack then earns revenue per unit
+time, so ν = Σ revenue / Σ (cycling + calendar life) to first order. Counting cycling life only overstated ν by the
+calendar share of the pack's ageing.
 
 Measured energy in the running agent (`observe`): the device's import/export counters between two readings, else
 its SoC change × usable energy, converted to terminal energy with the configured efficiency (which sees only the
@@ -33,8 +45,9 @@ Across restarts (`restore`, `unsaved`, `saved`; the running agent's dispatcher m
 a pack resumes from its settled periods still in the window and the depth of its current half cycle, which is all
 its estimate and the life rule are made of (the last reading is not kept: the period over a restart has no plan's
 price, so it would not be counted anyway). A stored book is taken up only when it is of this `FORMAT` and was
-measured in the same life measure (chemistry, temperature and source of the pack's fit: a life fraction of another
-fit is another unit); otherwise, or when it does not decode, it is logged (`wear.stored_ignored`: asset, the file,
+measured in the same life measure (the rule, `LIFE_RULE`, and the chemistry, temperature and source of the pack's
+fit: a life fraction of another rule or fit is another unit, and rows written before calendar life was counted have
+no rule, read as 1); otherwise, or when it does not decode, it is logged (`wear.stored_ignored`: asset, the file,
 why) and the pack starts from its seed, and its first save replaces the stored rows.
 """
 
@@ -66,6 +79,9 @@ REFUSAL_LOG_S = 3600.0  # `wear.reading_refused` at most once per pack in this l
 # the layout of a stored pack's `state` (agent.store `wear_packs.format`): a row of another number (an older or newer
 # agent's) is refused with its number, never read as this one; a change of layout takes the next number
 FORMAT = 1
+# what a stored period's life used counts (`_life_measure`): 1 (rows with no rule, written before it existed) cycling
+# life only; 2 cycling + calendar life. Periods of another rule are in another unit: ignored, never mixed in
+LIFE_RULE = 2
 Period = tuple[float, float, float, float]  # one settled period: start (unix s), end, revenue, life used
 
 
@@ -91,12 +107,14 @@ class PriceTrack:
 
 @dataclass(frozen=True)
 class Reading:
-    """What `observe` keeps of a pack's last reading: when, its energy counters (Wh) and its stored energy (Wh)."""
+    """What `observe` keeps of a pack's last reading: when, its energy counters (Wh), its stored energy (Wh) and its
+    SoC (fraction of its usable energy; the calendar life of the period it starts is counted at it)."""
 
     t_s: float
     import_wh: float | None
     export_wh: float | None
     stored_wh: float | None
+    soc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,11 +233,15 @@ class WearBook:
         imported_wh: float,
         price_per_kwh: float,
         reserve_revenue: float = 0.0,
+        soc_start: float | None = None,
+        soc_end: float | None = None,
     ) -> tuple[float, float]:
-        """Record one settled period of one pack from its measured terminal energy; returns (revenue, life used)."""
+        """Record one settled period of one pack from its measured terminal energy and the SoCs read at its start
+        and end (its calendar life, the module docstring; both None: none counted); returns (revenue, life used)."""
         pack = self._pack(state)
         revenue = (exported_wh - imported_wh) / 1000.0 * price_per_kwh + reserve_revenue
         life = self._life_used(pack, state, max(exported_wh, 0.0), max(imported_wh, 0.0))
+        life += _calendar_life(state, (end_s - start_s) / 3600.0, soc_start, soc_end)
         pack.value.record(start_s, end_s, revenue, life)
         pack.unsaved.append((start_s, end_s, revenue, life))
         return revenue, life
@@ -271,7 +293,7 @@ class WearBook:
             if not self._plausible(pack, state, reading.t_s - before.t_s, exported, imported, now_s):
                 continue
             self.settle(state, before.t_s, reading.t_s, exported_wh=exported, imported_wh=imported,
-                        price_per_kwh=price)  # fmt: skip
+                        price_per_kwh=price, soc_start=before.soc, soc_end=reading.soc)  # fmt: skip
             step = int(now_s // self.step_s)
             if pack.logged_step != step:
                 pack.logged_step = step
@@ -302,10 +324,21 @@ class WearBook:
         return False
 
 
+def _calendar_life(state: AssetState, hours: float, soc_start: float | None, soc_end: float | None) -> float:
+    """Calendar life fraction a pack used over `hours` at the mean of the SoCs read (the module docstring)."""
+    socs = [s for s in (soc_start, soc_end) if s is not None and math.isfinite(s)]
+    if not socs or hours <= 0:
+        return 0.0
+    soc = min(max(sum(socs) / len(socs), 0.0), 1.0)  # a reading past full or empty ages as full or empty
+    return hours * float(wear_model(state).calendar_life_per_h(soc))
+
+
 def _life_measure(state: AssetState) -> dict[str, object]:
-    """What a pack's life fractions are measured in: its fit (build.wear_model), by the fit's own resolved names."""
+    """What a pack's life fractions are measured in: the rule that counts them (`LIFE_RULE`) and its fit
+    (build.wear_model), by the fit's own resolved names."""
     model = wear_model(state)
-    return {"chemistry": model.chemistry, "source": model.source, "temperature_c": model.temperature_c}
+    return {"rule": LIFE_RULE, "chemistry": model.chemistry, "source": model.source,
+            "temperature_c": model.temperature_c}  # fmt: skip
 
 
 def _decode(stored: StoredWear, measure: dict[str, object]) -> tuple[float, list[Period]]:
@@ -319,6 +352,12 @@ def _decode(stored: StoredWear, measure: dict[str, object]) -> tuple[float, list
         periods = [(float(a), float(b), float(c), float(d)) for a, b, c, d in stored.settlements]
     except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"corrupt row: {exc!r}") from exc
+    if not isinstance(found, dict):
+        raise ValueError(f"corrupt row: life_measure {found!r} is not an object")
+    rule = found.get("rule", 1)  # rows written before the rule was recorded counted cycling life only
+    if rule != measure["rule"]:
+        raise ValueError(f"life measured by rule {rule!r} ({'cycling only' if rule == 1 else 'unknown'}), this agent "
+                         f"counts by rule {measure['rule']} (cycling + calendar): another unit")  # fmt: skip
     if found != measure:
         raise ValueError(f"measured for another pack: life in {found}, the pack's fit now {measure}")
     if not 0.0 <= depth <= 1.0:
@@ -333,7 +372,8 @@ def _reading(state: AssetState) -> Reading | None:
     usable = state.usable_capacity_wh()
     stored = m.soc * usable if m.soc is not None and usable else None
     counters = [v if v is not None and math.isfinite(v) else None for v in (m.energy_import_wh, m.energy_export_wh)]
-    return Reading(m.at.timestamp(), counters[0], counters[1], stored)
+    soc = m.soc if m.soc is not None and math.isfinite(m.soc) else None
+    return Reading(m.at.timestamp(), counters[0], counters[1], stored, soc)
 
 
 def _energy(before: Reading, after: Reading, efficiency: float) -> tuple[float, float] | None:

@@ -8,15 +8,22 @@ earns a lot should save its life for the better hours.
 
 `OpportunityWearValue` estimates that value online from the agent's own settled figures: each settlement period it
 is told what the pack earned (net revenue, currency) and how much life it used (fraction of its life to 20 % fade,
-the same measure the fitted prices use, docs/wear.md). The value of a whole life is
+the same measure the fitted prices use, docs/wear.md), cycling and calendar ageing together. The value of a whole
+life is
 
     ν = (Σ revenue + R · L₀) / (Σ life used + L₀)
 
-over a rolling window, where R is the replacement cost and L₀ a prior of "L₀ of life at the depreciation price":
-with no history ν = R, the fitted depreciation price; as history accumulates past L₀ the agent's own figures win.
-ν is never negative (a pack that earns nothing has no use for its life later either). The estimate replaces R in
-`agent.dispatch.degradation`'s price functions: `segment_prices(value.cost_basis(now), ...)`. Optionally the value
-is discounted over the years until that unit of life would have been used (remaining life / current rate of use).
+over a rolling window, where R is the replacement cost and L₀ a prior of "L₀ of life at the depreciation price".
+Why the TOTAL life used: the pack's service ends when its total fade reaches end of life, so a unit of life used now
+shortens the service by 1 / (life used per unit time) and gives up the revenue per unit time it would earn then; to
+first order (earnings then ≈ earnings now, no discount) the marginal value of a unit of life is revenue per unit
+time over total life used per unit time. Cycling life alone in the denominator gives the average return per unit
+of cycling life, which overstates it by the calendar share of the pack's ageing (agent.dispatch.wear_book counts
+both). With no history ν = R, the fitted depreciation price; as history accumulates past L₀ the agent's own
+figures win. ν is never negative (a pack that earns nothing has no use for its life later either). The estimate
+replaces R in `agent.dispatch.degradation`'s price functions: `segment_prices(value.cost_basis(now), ...)`.
+Optionally the value is discounted over the years until that unit of life would have been used (remaining life /
+current rate of use).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ class OpportunityWearValue:
     replacement_cost: float  # R, currency for a new pack: the seed (depreciation) value of a whole life
     # L₀: the seed counts as 0.2 % of life at the depreciation price, about 10 full cycles of an LFP pack (BLAST-Lite
     # fit: 2.0e-4 of life per cycle) or two weeks of daily cycling; 2 % would outweigh 90 days of daily full cycles
-    # (0.018 of life), so the window's own figures would never take over
+    # (0.018 of life), so the window's own figures would never take over. With calendar life counted too (1.4e-4 a
+    # day at SoC 0.5, LFP and NMC at 25 °C) a daily cycling pack uses L₀ in about a week
     prior_life: float = 0.002
     window_s: float = 90 * 86400.0  # only the last 90 days of settlements count (prices and duties drift)
     discount_rate_per_year: float = 0.0  # 0: a unit of life is worth the same whenever it is used

@@ -3,8 +3,10 @@ measured energy, and the running agent's dispatcher planning with what the book 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from agent.config import AppConfig, AssetConfig, ConfigError, parse_config
-from agent.dispatch import runner
+from agent.dispatch import runner, wear_fits
 from agent.dispatch.build import plan_inputs, wear_model
 from agent.dispatch.runner import Dispatcher
 from agent.dispatch.wear_book import PriceTrack, WearBook
@@ -24,6 +26,7 @@ R = 3_000_000.0
 CAPACITY_WH = 100_000.0
 NOW = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
 HOUR = 3600.0
+DAY = 86_400.0
 
 
 def battery(soc: float = 0.5, at: datetime = NOW, imported: float | None = None, exported: float | None = None,
@@ -98,7 +101,8 @@ def test_the_book_settles_the_counters_at_the_plans_price_and_the_life_by_the_pa
     with capture_logs() as logs:
         book.observe(Fleet({"b": state}), later.timestamp(), prices)
     depth = 19_000.0 / 0.95 / CAPACITY_WH
-    life = float(wear_model(state).cycle_life(depth))
+    # the discharge's cycle life, and the hour's calendar life at the mean of the two SoCs read
+    life = float(wear_model(state).cycle_life(depth)) + float(wear_model(state).calendar_life_per_h(0.7))
     value = book.value(state)
     assert value.history_life(later.timestamp()) == pytest.approx(life)
     revenue = 19.0 * 20.0
@@ -117,9 +121,11 @@ def test_without_counters_the_stored_energy_change_is_the_measured_energy() -> N
     measure(state, later, 0.3, None, None)  # charged 10 kWh into the store: 10 / 0.95 kWh bought at 10
     book.observe(Fleet({"b": state}), later.timestamp(), prices)
     value = book.value(state)
-    assert value.history_life(later.timestamp()) == 0  # charging uses no life (a cycle is counted on discharge)
+    # charging uses no cycle life (a cycle is counted on discharge): only the half hour's calendar life at SoC 0.25
+    calendar = 0.5 * float(wear_model(state).calendar_life_per_h(0.25))
+    assert value.history_life(later.timestamp()) == pytest.approx(calendar)
     prior = WearBook.prior_life
-    expected = (-10.0 / 0.95 * 10.0 + R * prior) / prior
+    expected = (-10.0 / 0.95 * 10.0 + R * prior) / (calendar + prior)
     assert value.value_per_life(later.timestamp()) == pytest.approx(expected)
 
 
@@ -156,6 +162,69 @@ def test_the_basis_moves_from_the_replacement_cost_to_what_the_pack_earns_per_li
     prior = WearBook.prior_life
     assert basis == pytest.approx((60 * per_cycle_revenue + R * prior) / (60 * per_cycle_life + prior))
     assert R - basis > (R - own) / 2, "past the prior's weight, the book's own figures have the larger say"
+
+
+# -- calendar life in the denominator (the marginal value of a unit of life) -----------------------------------------
+
+FITS = json.loads((Path(wear_fits.__file__).parent / "fits.json").read_text(encoding="utf-8"))
+
+
+def _fitted(chemistry: str) -> dict:
+    """The shipped fit a pack of `chemistry` with no temperature or source is priced by (25 °C, BLAST-Lite)."""
+    return FITS["chemistries"][chemistry]["fits"]["blast"]["25"]
+
+
+def _calendar_per_h(chemistry: str, soc: float) -> float:
+    """fits.json's convex calendar rate (life per hour) at a grid SoC, read from the file itself."""
+    return float(_fitted(chemistry)["calendar_convex_per_h"][FITS["calendar_socs"].index(soc)])
+
+
+def _idle_day(chemistry: str, soc: float) -> float:
+    """Life the book counts for a pack of `chemistry` read at `soc` at both ends of a day it did nothing."""
+    state = battery(soc=soc, imported=0.0, exported=0.0, wear_pricing="opportunity", chemistry=chemistry)
+    book = WearBook(step_s=HOUR)
+    prices = PriceTrack(NOW.timestamp(), HOUR, np.full(24, 20.0))
+    book.observe(Fleet({"b": state}), NOW.timestamp(), prices)
+    later = NOW + timedelta(days=1)
+    measure(state, later, soc, 0.0, 0.0)
+    book.observe(Fleet({"b": state}), later.timestamp(), prices)
+    return book.value(state).history_life(later.timestamp())
+
+
+@pytest.mark.parametrize("chemistry", ["lfp", "nmc"])
+def test_an_idle_day_uses_the_fits_calendar_life_at_the_packs_soc(chemistry: str) -> None:
+    """A pack that moved no energy for a day still used a day of its calendar life: 24 h × the fit's rate at its SoC
+    (before, the book counted no life at all for it). Held at 0.2 it ages less; BLAST-Lite's NMC, much less."""
+    full = _idle_day(chemistry, 0.9)
+    assert full == pytest.approx(24.0 * _calendar_per_h(chemistry, 0.9), rel=1e-9)
+    low = _idle_day(chemistry, 0.2)
+    assert low == pytest.approx(24.0 * _calendar_per_h(chemistry, 0.2), rel=1e-9)
+    assert low < full
+    if chemistry == "nmc":
+        assert low < full / 20
+
+
+def test_the_value_of_a_life_counts_calendar_life_in_its_denominator() -> None:
+    """ν = (Σ revenue + R·L₀) / (Σ cycling + calendar life + L₀), every number from fits.json: a day of one cycle, an
+    hour's charge from SoC 0.5 to 0.8 at 5, 22 h held at 0.8, an hour's discharge of 0.3 of the pack at 8."""
+    state = battery(wear_pricing="opportunity")
+    book = WearBook(step_s=HOUR)
+    book.settle(state, 0.0, HOUR, exported_wh=0.0, imported_wh=30_000.0 / 0.95, price_per_kwh=5.0,
+                soc_start=0.5, soc_end=0.8)  # fmt: skip
+    book.settle(state, HOUR, 23 * HOUR, exported_wh=0.0, imported_wh=0.0, price_per_kwh=5.0,
+                soc_start=0.8, soc_end=0.8)  # fmt: skip
+    book.settle(state, 23 * HOUR, 24 * HOUR, exported_wh=28_500.0, imported_wh=0.0, price_per_kwh=8.0,
+                soc_start=0.8, soc_end=0.5)  # fmt: skip
+    fitted = _fitted("lfp")
+    cycling = fitted["life_per_cycle"][FITS["depths"].index(0.3)]
+    at_065 = (_calendar_per_h("lfp", 0.6) + _calendar_per_h("lfp", 0.7)) / 2  # the curve is linear between its SoCs
+    calendar = 2 * 1.0 * at_065 + 22.0 * _calendar_per_h("lfp", 0.8)
+    revenue = 28.5 * 8.0 - 30.0 / 0.95 * 5.0
+    prior = WearBook.prior_life
+    value = book.value(state)
+    assert value.history_life(DAY) == pytest.approx(cycling + calendar, rel=1e-9)
+    assert value.value_per_life(DAY) == pytest.approx((revenue + R * prior) / (cycling + calendar + prior), rel=1e-9)
+    assert calendar > cycling / 2, "the day's calendar life is a large share of its life used (LFP, 25 °C)"
 
 
 # -- the running agent -----------------------------------------------------------------------------------------------
@@ -256,8 +325,9 @@ def test_an_implausible_counter_jump_is_refused_and_the_next_period_settles_from
     assert max(refused[0]["imported_wh"], refused[0]["exported_wh"]) == pytest.approx(1e9)
     value = book.value(state)
     later = (NOW + timedelta(hours=2)).timestamp()
-    life = float(wear_model(state).cycle_life(19_000.0 / 0.95 / CAPACITY_WH))
-    assert value.history_life(later) == pytest.approx(life)  # only the second hour's 19 kWh
+    model = wear_model(state)
+    life = float(model.cycle_life(19_000.0 / 0.95 / CAPACITY_WH)) + float(model.calendar_life_per_h(0.7))
+    assert value.history_life(later) == pytest.approx(life)  # only the second hour's 19 kWh and its calendar life
     prior = WearBook.prior_life
     assert value.value_per_life(later) == pytest.approx((19.0 * 20.0 + R * prior) / (life + prior))
 

@@ -20,7 +20,7 @@ from agent.dispatch.runner import Dispatcher
 from agent.dispatch.wear_book import WearBook
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus, Measurement
-from agent.store import Store
+from agent.store import Store, WearPackRow, WearSettlementRow
 
 R = 3_000_000.0
 CAPACITY_WH = 100_000.0
@@ -242,6 +242,35 @@ def test_a_pack_with_another_chemistry_does_not_take_up_the_old_packs_book(tmp_p
         assert reopened(tmp_path / "s.db", end).value(battery(chemistry="nmc")).cost_basis(end) == R
     assert [e["event"] for e in logs] == ["wear.stored_ignored"]
     assert "measured for another pack" in logs[0]["error"]
+
+
+def test_rows_of_the_cycling_only_measure_are_ignored_and_the_new_measure_resumes(tmp_path: Path) -> None:
+    """Rows an agent wrote before calendar life was counted hold cycling life only, another unit: a pack must not mix
+    them into a denominator of total life. They are logged and ignored; what the pack then saves resumes."""
+    path = tmp_path / "s.db"
+    store = Store(path)
+    old_state = '{"life_measure":{"chemistry":"lfp","source":"blast","temperature_c":25.0},"run_depth":0.2}'
+    store.save_wear([WearPackRow("b", 1, T0 + 2 * HOUR, old_state, True)],
+                    [WearSettlementRow("b", T0, T0 + HOUR, -157.9, 0.0),
+                     WearSettlementRow("b", T0 + HOUR, T0 + 2 * HOUR, 228.0, 5.0e-5)], T0 - 90 * DAY)  # fmt: skip
+    store.close()
+    state = battery()
+    book = reopened(path, T0 + 2 * HOUR)
+    with capture_logs() as logs:
+        assert book.value(state).cost_basis(T0 + 2 * HOUR) == R
+    assert [e["event"] for e in logs] == ["wear.stored_ignored"]
+    assert "rule 1 (cycling only)" in logs[0]["error"], logs[0]["error"]
+    assert book.packs["b"].run_depth == 0.0  # nor is the old half cycle taken up
+    # the pack's own rows, of this measure, replace the old ones and are taken up after a restart
+    end = learn(book, state, 3, start_s=T0 + 2 * HOUR)
+    store = Store(path)
+    save(book, store, end)
+    store.close()
+    assert min(r[1] for r in rows(path, "wear_settlements")) == T0 + 2 * HOUR  # the old rows are gone
+    with capture_logs() as logs:
+        again = reopened(path, end)
+        assert again.value(state).cost_basis(end) == book.basis(end)["b"] != R
+    assert [e["event"] for e in logs] == ["wear.resumed"]
 
 
 # -- a failing disk --------------------------------------------------------------------------------------------------

@@ -57,6 +57,22 @@ class WearFit:
         per_depth = self.shallow_life_per_cycle / self.shallow_depths
         return float(np.interp(np.log(max(depth, 1e-9)), np.log(self.shallow_depths), per_depth))
 
+    def calendar_life_per_h(self, soc: float | np.ndarray) -> np.ndarray:
+        """Life fraction per hour a pack held at SoC `soc` (fraction of its usable energy, as a device reports it)
+        uses by calendar ageing: the convex curve, linear between its SoCs and its end slopes continued beyond them,
+        or the fitted line where the file has no curve. It is the curve whose slope a stationary pack's calendar
+        price is (agent.dispatch.degradation.calendar_bends evaluates this), so the planner's calendar price and
+        the life the opportunity book counts (agent.dispatch.wear_book) cannot disagree. Never below 0: BLAST-Lite's
+        NMC curve, continued below its first SoC with its first slope, would reach 0 just short of SoC 0."""
+        s = np.asarray(soc, dtype=float)
+        socs, rate = self.calendar_socs, self.calendar_convex_per_h
+        if len(socs) < 2:
+            return np.maximum(self.calendar_base_per_h + self.calendar_slope_per_h * s, 0.0)
+        below = rate[0] + (s - socs[0]) * (rate[1] - rate[0]) / (socs[1] - socs[0])
+        above = rate[-1] + (s - socs[-1]) * (rate[-1] - rate[-2]) / (socs[-1] - socs[-2])
+        curve = np.where(s < socs[0], below, np.where(s > socs[-1], above, np.interp(s, socs, rate)))
+        return np.maximum(curve, 0.0)
+
 
 def _load_text() -> str:
     return resources.files(__package__).joinpath(DATA_FILE).read_text(encoding="utf-8")

@@ -19,8 +19,8 @@ only in how the batteries' wear is configured (AssetConfig terms) and, for `full
 * `aware-value`: as aware with wear priced by its opportunity cost (AssetConfig.wear_pricing = "opportunity",
   docs/wear.md): every step the agent's own book (agent.dispatch.wear_book) settles what each pack did in the step
   before (terminal energy x that step's price, plus its regulation band x the capacity price at a perfect score, and
-  the life its throughput used by its fitted wear) and the pack's wear is priced at the value of a life it implies,
-  seeded from the replacement cost. Not in the default strategies.
+  the cycling and calendar life it used by its fitted wear) and the pack's wear is priced at the value of a life it
+  implies, at most the replacement cost and seeded from it. Not in the default strategies.
 * `aware-<s>x` (e.g. `aware-4x`): as aware with each pack's life priced at s x its replacement cost (its config's
   `replacement_cost` scaled; the world's pack still costs 1x). An analysis, not a setting to ship: a sweep of s shows
   whether any one level of the fitted wear meets the goals in both scorer columns (chosen in hindsight it is tuned on

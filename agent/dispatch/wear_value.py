@@ -86,12 +86,16 @@ class OpportunityWearValue:
         return max(0.0, (revenue + self.replacement_cost * self.prior_life) / (life + self.prior_life))
 
     def cost_basis(self, now_s: float, remaining_life: float = 1.0) -> float:
-        """What to price a whole life at now (the `replacement_cost` argument of the price functions).
+        """What to price a whole life at now (the `replacement_cost` argument of the price functions): ν, but never
+        more than R.
 
-        With a discount rate, ν is discounted over the years until the margin of life is reached:
+        Why the cap: a pack that earns more than R per life is replaced when its life ends, so life used now only
+        brings forward a purchase of R per life (the depreciation price), whatever the pack earns; only a pack that
+        earns less than R per life (not worth replacing) gives up its earnings at the end of its service, ν < R.
+        With a discount rate, that value is discounted over the years until the margin of life is reached:
         remaining_life / (life used per year over the window); with no use yet, no discount.
         """
-        value = self.value_per_life(now_s)
+        value = min(self.value_per_life(now_s), self.replacement_cost)
         if self.discount_rate_per_year == 0 or not self._history:
             return value
         _, life = self._sums(now_s)

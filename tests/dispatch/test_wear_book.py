@@ -231,9 +231,10 @@ def test_the_value_of_a_life_counts_calendar_life_in_its_denominator() -> None:
 
 
 def _opportunity_pack() -> tuple[AppConfig, AssetState, Fleet]:
-    """A dispatching agent's config with one opportunity-priced 50 kW pack at 80 % SoC, its state and fleet."""
+    """A dispatching agent's config with one opportunity-priced 50 kW pack at 80 % SoC, its state and fleet. Energy
+    is cheap (0.5 per kWh), so what the pack earns puts its life below R and the basis moves (cost_basis caps at R)."""
     config = parse_config(
-        "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 20\n"
+        "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 0.5\n"
         f"[[assets]]\nid = 'b'\nmap = 'vppsim_battery'\nrated_charge_w = 50000\nrated_discharge_w = 50000\n"
         f"replacement_cost = {R}\nwear_pricing = 'opportunity'\n"
     )
@@ -335,7 +336,8 @@ def test_an_implausible_counter_jump_is_refused_and_the_next_period_settles_from
 def test_a_flow_within_the_rating_is_recorded() -> None:
     """The bound keeps ordinary hours: 50 kW for an hour (the rating) is settled, not refused."""
     book, state, logs, first = _jump(0.0, 50_000.0)
-    assert first["b"] != pytest.approx(R, rel=1e-6)
+    assert first["b"] == R  # it earns more than R per life: priced at the cap (cost_basis)
+    assert book.value(state).value_per_life((NOW + timedelta(hours=1)).timestamp()) != pytest.approx(R, rel=1e-6)
     assert not [e for e in logs if e["event"] == "wear.reading_refused"]
     assert book.value(state).history_life((NOW + timedelta(hours=2)).timestamp()) > 0
 

@@ -124,8 +124,9 @@ def test_only_what_settled_since_the_last_save_is_written(tmp_path: Path) -> Non
 
 
 def _opportunity_config() -> AppConfig:
+    """Energy at 0.5 per kWh: the pack earns less than R per life, so its basis moves below R (cost_basis caps at R)."""
     return parse_config(
-        "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 20\n"
+        "[control]\nmode = 'dispatch'\n[dispatch]\nstep_s = 3600\nhorizon_steps = 4\ndefault_price_per_kwh = 0.5\n"
         f"[[assets]]\nid = 'b'\nmap = 'vppsim_battery'\nrated_charge_w = 50000\nrated_discharge_w = 50000\n"
         f"replacement_cost = {R}\nwear_pricing = 'opportunity'\n"
     )

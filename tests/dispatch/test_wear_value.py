@@ -34,6 +34,18 @@ def test_settled_history_moves_the_value_from_the_seed_to_the_packs_own_earnings
     assert abs(value.value_per_life(80 * DAY) - own) < 0.05 * own
 
 
+def test_a_life_that_earns_more_than_it_costs_is_priced_at_its_replacement() -> None:
+    """Earning 3 R per life, the pack is replaced when its life ends, so a unit of life used now costs R; earning
+    R / 2 per life it is not worth replacing, and a unit of life is worth what it earns."""
+    rich = OpportunityWearValue(R, prior_life=1e-6)
+    rich.record(0.0, DAY, revenue=3 * R * 0.01, life_used=0.01)
+    assert rich.value_per_life(DAY) == pytest.approx(3 * R, rel=1e-3)
+    assert rich.cost_basis(DAY) == R
+    poor = OpportunityWearValue(R, prior_life=1e-6)
+    poor.record(0.0, DAY, revenue=0.5 * R * 0.01, life_used=0.01)
+    assert poor.cost_basis(DAY) == pytest.approx(0.5 * R, rel=1e-3)
+
+
 def test_settlements_older_than_the_window_stop_counting() -> None:
     value = OpportunityWearValue(R, window_s=30 * DAY)
     value.record(0.0, DAY, revenue=100.0, life_used=0.05)

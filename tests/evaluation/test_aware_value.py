@@ -20,7 +20,7 @@ def test_aware_value_is_aware_with_opportunity_pricing_and_not_a_default_strateg
     assert AWARE_VALUE not in STRATEGIES
 
 
-def test_the_books_basis_leaves_the_replacement_cost_as_the_plant_settles() -> None:
+def test_the_books_basis_never_exceeds_the_replacement_cost() -> None:
     results = evaluate(CONFIG).results
     value, aware = results[AWARE_VALUE], results["aware"]
     assert value.solve_failures == 0 and value.solves == 48
@@ -28,7 +28,7 @@ def test_the_books_basis_leaves_the_replacement_cost_as_the_plant_settles() -> N
     costs = {b.id: b.replacement_cost for b in scenario_of(CONFIG).fleet.batteries}
     assert set(value.wear_basis) == set(costs)
     for pack, basis in value.wear_basis.items():
-        assert basis != pytest.approx(costs[pack], rel=0.01)
+        assert basis <= costs[pack]  # a life is never priced above its replacement (wear_value.cost_basis)
 
 
 def test_the_book_is_fed_the_packs_terminal_energy_every_step() -> None:
@@ -40,6 +40,9 @@ def test_the_book_is_fed_the_packs_terminal_energy_every_step() -> None:
     for spec in scenario.fleet.batteries:
         value = book.packs[spec.id].value
         assert len(value._history) == scenario.steps - 1  # every step but the last (settled before the next plan)
-        assert value.history_life(scenario.steps * scenario.step_s + scenario.start.timestamp()) > 0
+        end = scenario.steps * scenario.step_s + scenario.start.timestamp()
+        assert value.history_life(end) > 0
+        assert value.value_per_life(end) != pytest.approx(spec.replacement_cost, rel=0.01)  # it learnt from the plant
+        assert value.cost_basis(end) == min(value.value_per_life(end), spec.replacement_cost)
     discharged = {b.id: b.discharged_kwh for b in result.batteries}
     assert all(kwh > 0 for kwh in discharged.values())

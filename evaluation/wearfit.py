@@ -406,7 +406,7 @@ def summary(data: dict[str, Any], temperature_c: float = 25.0) -> str:
             seg = segment_prices(cost, pack_wh, 1.0, PLOT_EFFICIENCY, CHECK_SEGMENTS, window=CHECK_WINDOW, model=model)
             shallow = shallow_cycle_price(cost, pack_wh, 1.0, PLOT_EFFICIENCY, 0.003, model=model)
             cal = calendar_price_per_wh_h(cost, pack_wh, model=model) * 1000 * 24
-            base, bends = calendar_bends(cost, pack_wh, pack_wh, model)
+            base, bends = calendar_bends(cost, pack_wh, model)
             convex = [(base + sum(x for knee, x in bends if soc * pack_wh > knee)) * 1000 * 24
                       for soc in (0.15, 0.5, 0.85)]  # fmt: skip
             life = np.interp(CENTRE_SOC, data["calendar_socs"], f["calendar_life_per_h"]) * 8760

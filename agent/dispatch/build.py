@@ -154,16 +154,16 @@ def departure_steps(steps_left: float, steps: int) -> tuple[int, np.ndarray | No
 
 
 def _calendar(
-    cost: float | None, nominal_wh: float, usable_wh: float, model: WearFit, is_ev: bool
+    cost: float | None, usable_wh: float, model: WearFit, is_ev: bool
 ) -> tuple[float, tuple[tuple[float, float], ...]]:
-    """A pack's calendar price: convex in the energy held for a stationary pack (its fit's convex curve), the line
-    for an EV, whose member LP on the aggregated path (agent.dispatch.member_lp) prices calendar as flows, linear in
-    the energy held (docs/wear.md)."""
+    """A pack's calendar price per Wh of its usable energy (the SoC's unit): convex in the energy held for a
+    stationary pack (its fit's convex curve), the line for an EV, whose member LP on the aggregated path
+    (agent.dispatch.member_lp) prices calendar as flows, linear in the energy held (docs/wear.md)."""
     if not cost:
         return 0.0, ()
     if is_ev:
-        return calendar_price_per_wh_h(cost, nominal_wh, model=model), ()
-    return calendar_bends(cost, nominal_wh, usable_wh, model)
+        return calendar_price_per_wh_h(cost, usable_wh, model=model), ()
+    return calendar_bends(cost, usable_wh, model)
 
 
 def _asset(
@@ -201,7 +201,7 @@ def _asset(
         wear = segment_prices(cost, nominal, soh, cfg.efficiency, segments, window=window, model=model)
     else:
         wear = np.zeros(1)
-    calendar, bends = _calendar(cost, nominal, usable, model, is_ev)
+    calendar, bends = _calendar(cost, usable, model, is_ev)
     activation = None
     if cfg.wear_price_per_kwh is None and cost:
         life = activation_life_per_kwh(state, usable, nominal, soh, model)

@@ -117,19 +117,22 @@ def shallow_cycle_price(
     return replacement_cost * per_depth / (usable_kwh * efficiency)
 
 
-def calendar_price_per_wh_h(replacement_cost: float, nominal_wh: float, *, model: WearFit | None = None) -> float:
+def calendar_price_per_wh_h(replacement_cost: float, capacity_wh: float, *, model: WearFit | None = None) -> float:
     """Marginal calendar-ageing cost of holding one more Wh for one hour (currency), from the SoC-stress slope.
 
-    Calendar damage per second is k_t·exp(1.04(σ−0.5)); linearised around σ = 0.5 its SoC-dependent part is
-    k_t·1.04·σ, i.e. per Wh held: k_t·1.04/E_nominal. Priced by the pack's replacement cost over f_EOL. With
-    `model`, the slope of its calendar rate fitted linear in SoC over the 10–90 % window (docs/wear.md).
+    `capacity_wh` is the energy a SoC of 1 stands for: the usable energy (nominal × SoH), as a device's SoC is a
+    fraction of what the pack holds now, and the calendar stress is a function of that SoC; so an aged pack's Wh moves
+    its SoC further and costs more. Calendar damage per second is k_t·exp(1.04(σ−0.5)); linearised around σ = 0.5
+    its SoC-dependent part is k_t·1.04·σ, i.e. per Wh held: k_t·1.04/capacity. Priced by the pack's replacement
+    cost over f_EOL. With `model`, the slope of its calendar rate fitted linear in SoC over the 10–90 % window
+    (docs/wear.md).
     """
-    if nominal_wh <= 0:
+    if capacity_wh <= 0:
         return 0.0
     if model is not None:
         # the LP takes a non-negative calendar price; every fitted slope is positive (fits.json), the clamp is a guard
-        return replacement_cost * max(model.calendar_slope_per_h, 0.0) / nominal_wh
-    per_hour = K_CAL_PER_S * 3600.0 * K_SIGMA / nominal_wh
+        return replacement_cost * max(model.calendar_slope_per_h, 0.0) / capacity_wh
+    per_hour = K_CAL_PER_S * 3600.0 * K_SIGMA / capacity_wh
     return replacement_cost * per_hour / damage_at_end_of_life()
 
 
@@ -137,26 +140,27 @@ BEND_TOLERANCE = 1e-4
 
 
 def calendar_bends(
-    replacement_cost: float, nominal_wh: float, usable_wh: float, model: WearFit | None
+    replacement_cost: float, capacity_wh: float, model: WearFit | None
 ) -> tuple[float, tuple[tuple[float, float], ...]]:
     """The calendar price as a convex piecewise-linear cost of the energy held: (price per Wh·h below the first
     bend, ((bend Wh, extra price per Wh·h above it), ...)), every extra ≥ 0.
 
     From the fit's convex curve (wear_fits: the closest convex, non-decreasing curve to the model's calendar rate
     over the SoC grid): the first slope is the price from SoC 0, each grid SoC where the slope rises is a bend at
-    that SoC of the usable energy (the SoC a device reports). Beyond the grid the end slopes go on. Priced per Wh
-    as the line is (`calendar_price_per_wh_h`: over the nominal energy). Without a model or a convex curve: the line,
-    no bends. Why convex: BLAST-Lite's NMC ages 0.4 % of a life a year at SoC 0.2 and 24 % at 0.9, which a line
+    that SoC of `capacity_wh`, the usable energy (the SoC a device reports), and each slope is priced per Wh of it
+    (`calendar_price_per_wh_h`'s rule). Beyond the grid the end slopes go on. Without a model or a convex curve: the
+    line, no bends. Why convex: BLAST-Lite's NMC ages 0.4 % of a life a year at SoC 0.2 and 24 % at 0.9, which a line
     misses by 65 % of its mean (docs/wear.md); a convex cost is what an LP prices exactly."""
-    if model is None or len(model.calendar_socs) < 2 or nominal_wh <= 0:
-        return calendar_price_per_wh_h(replacement_cost, nominal_wh, model=model), ()
+    if model is None or len(model.calendar_socs) < 2 or capacity_wh <= 0:
+        return calendar_price_per_wh_h(replacement_cost, capacity_wh, model=model), ()
     socs = model.calendar_socs
     rate = model.calendar_life_per_h(socs)  # the curve the opportunity book counts calendar life by (one rule)
-    per_wh = replacement_cost * np.maximum(np.diff(rate) / np.diff(socs), 0.0) / nominal_wh  # per band of the grid
+    per_wh = replacement_cost * np.maximum(np.diff(rate) / np.diff(socs), 0.0) / capacity_wh  # per band of the grid
     rises = np.diff(per_wh)
     # a rise below 0.01 % of the steepest slope is the rounding of fits.json's 6 digits (~0.001 % here), not a bend
     real = rises > BEND_TOLERANCE * float(per_wh.max(initial=0.0))
-    bends = tuple((float(s * usable_wh), float(r)) for s, r, keep in zip(socs[1:-1], rises, real, strict=True) if keep)
+    kept = zip(socs[1:-1], rises, real, strict=True)
+    bends = tuple((float(s * capacity_wh), float(r)) for s, r, keep in kept if keep)
     return float(per_wh[0]), bends
 
 

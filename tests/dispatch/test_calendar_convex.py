@@ -54,7 +54,7 @@ def test_the_nmc_refit_is_judged_by_its_fit_error() -> None:
 @pytest.mark.parametrize(("chemistry", "source"), [("nmc", "blast"), ("lfp", "xu"), ("nca", "blast")])
 def test_the_bends_price_an_hour_held_as_the_convex_curve_says(chemistry: str, source: str) -> None:
     model = fit(chemistry, 25.0, source)
-    base, bends = calendar_bends(REPLACEMENT, NOMINAL, NOMINAL, model)
+    base, bends = calendar_bends(REPLACEMENT, NOMINAL, model)
     assert bends, "a curve that bends has bends"
 
     def cost_per_h(energy_wh: float) -> float:
@@ -68,18 +68,18 @@ def test_the_bends_price_an_hour_held_as_the_convex_curve_says(chemistry: str, s
 
 def test_a_curve_no_more_convex_than_a_line_has_no_bends() -> None:
     model = fit("lfp", 25.0, "blast")  # BLAST-Lite's LFP bends the other way around SoC 0.5: its convex fit is a line
-    base, bends = calendar_bends(REPLACEMENT, NOMINAL, NOMINAL, model)
+    base, bends = calendar_bends(REPLACEMENT, NOMINAL, model)
     assert bends == ()
     assert base == pytest.approx(calendar_price_per_wh_h(REPLACEMENT, NOMINAL, model=model), rel=1e-4)
 
 
-def _fleet(kind: AssetKind) -> Fleet:
+def _fleet(kind: AssetKind, soh: float = 1.0) -> Fleet:
     is_ev = kind is AssetKind.EV_CHARGER
     cfg = AssetConfig(id="pack", map="vppsim_v2g_dc" if is_ev else "vppsim_battery", rated_charge_w=20_000,
                       rated_discharge_w=20_000, replacement_cost=REPLACEMENT, chemistry="nmc")  # fmt: skip
     state = AssetState("pack", kind, cfg, available=True)
     ev = {"ev_connected": True, "ev_target_soc": 0.8, "ev_min_soc": 0.1, "ev_departure": NOW + timedelta(hours=8)}
-    state.measurement = Measurement("pack", NOW, 0.0, DeviceStatus.STANDBY, soc=0.5, soh=1.0, capacity_wh=NOMINAL,
+    state.measurement = Measurement("pack", NOW, 0.0, DeviceStatus.STANDBY, soc=0.5, soh=soh, capacity_wh=NOMINAL,
                                     **(ev if is_ev else {}))  # type: ignore[arg-type]  # fmt: skip
     return Fleet({"pack": state})
 
@@ -88,11 +88,25 @@ def test_a_stationary_pack_is_planned_with_the_bends_and_an_ev_with_the_line() -
     config = AppConfig.model_validate({"dispatch": {"step_s": 900, "horizon_steps": 8}})
     (battery,), _ = plan_inputs(_fleet(AssetKind.BATTERY), config, NOW, {}, 5_000.0)[0].assets, None
     (ev,), _ = plan_inputs(_fleet(AssetKind.EV_CHARGER), config, NOW, {}, 5_000.0)[0].assets, None
-    base, bends = calendar_bends(REPLACEMENT, NOMINAL, NOMINAL, fit("nmc"))
+    base, bends = calendar_bends(REPLACEMENT, NOMINAL, fit("nmc"))
     assert np.array(battery.calendar_bends) == pytest.approx(np.array(bends))
     assert battery.calendar_price_per_wh_h == pytest.approx(base)
     assert ev.calendar_bends == ()
     assert ev.calendar_price_per_wh_h == pytest.approx(calendar_price_per_wh_h(REPLACEMENT, NOMINAL, model=fit("nmc")))
+
+
+@pytest.mark.parametrize("kind", [AssetKind.BATTERY, AssetKind.EV_CHARGER])
+def test_an_aged_pack_pays_per_wh_of_what_it_holds_now(kind: AssetKind) -> None:
+    """The calendar stress is a function of the SoC the device reports, a fraction of the usable energy (nominal ×
+    SoH): at SoH 0.8 a Wh moves the SoC 1/0.8 as far, so it costs 1/0.8 as much, and the bends sit at the same SoCs
+    of the smaller energy."""
+    config = AppConfig.model_validate({"dispatch": {"step_s": 900, "horizon_steps": 8}})
+    (new,) = plan_inputs(_fleet(kind), config, NOW, {}, 5_000.0)[0].assets
+    (aged,) = plan_inputs(_fleet(kind, soh=0.8), config, NOW, {}, 5_000.0)[0].assets
+    assert aged.calendar_price_per_wh_h == pytest.approx(new.calendar_price_per_wh_h / 0.8, rel=1e-9)
+    assert len(aged.calendar_bends) == len(new.calendar_bends)
+    for (aged_wh, aged_extra), (new_wh, new_extra) in zip(aged.calendar_bends, new.calendar_bends, strict=True):
+        assert aged_wh == pytest.approx(new_wh * 0.8) and aged_extra == pytest.approx(new_extra / 0.8)
 
 
 def test_the_planner_empties_a_pack_to_the_bend_it_pays_to_leave_and_no_further() -> None:

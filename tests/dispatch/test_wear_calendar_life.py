@@ -17,8 +17,7 @@ from evaluation.plant import Plant, fast_substeps
 from evaluation.policies import AWARE_VALUE, make_policy
 
 R = 3_000_000.0
-NOMINAL_WH = 100_000.0
-USABLE_WH = 95_000.0
+USABLE_WH = 95_000.0  # a pack of 100 kWh at SoH 0.95
 
 
 def _price_between(lo: float, hi: float, base: float, bends: tuple[tuple[float, float], ...]) -> float:
@@ -28,24 +27,24 @@ def _price_between(lo: float, hi: float, base: float, bends: tuple[tuple[float, 
 
 @pytest.mark.parametrize(("chemistry", "source"), [("lfp", "blast"), ("nmc", "blast"), ("nca", "blast"), ("lfp", "xu")])
 def test_the_calendar_price_is_the_slope_of_the_life_the_book_counts(chemistry: str, source: str) -> None:
-    """Per band of the SoC grid, and beyond it, the price per Wh·h held is R × d(life per hour)/dSoC / nominal."""
+    """Per band of the SoC grid, and beyond it, the price per Wh·h held is R × d(life per hour)/dSoC / usable."""
     model = fit(chemistry, 25.0, source)
-    base, bends = calendar_bends(R, NOMINAL_WH, USABLE_WH, model)
+    base, bends = calendar_bends(R, USABLE_WH, model)
     edges = [0.03, *model.calendar_socs, 0.97]  # outside the grid: its end slopes go on
     for lo, hi in itertools.pairwise(edges):
         rate = model.calendar_life_per_h(np.array([lo, hi]))
         if min(rate) <= 0:
             continue  # where the curve is clamped at 0 (NMC near SoC 0), no slope to compare
         slope = float(rate[1] - rate[0]) / (hi - lo)
-        assert _price_between(lo, hi, base, bends) == pytest.approx(R * slope / NOMINAL_WH, rel=1e-3), (lo, hi)
+        assert _price_between(lo, hi, base, bends) == pytest.approx(R * slope / USABLE_WH, rel=1e-3), (lo, hi)
 
 
 def test_without_a_convex_curve_the_life_is_the_line_the_price_is_the_slope_of() -> None:
     model = replace(fit("nmc", 25.0), calendar_socs=np.zeros(0), calendar_convex_per_h=np.zeros(0))
-    base, bends = calendar_bends(R, NOMINAL_WH, USABLE_WH, model)
+    base, bends = calendar_bends(R, USABLE_WH, model)
     assert bends == ()
     rate = model.calendar_life_per_h(np.array([0.3, 0.7]))
-    assert base == pytest.approx(R * float(rate[1] - rate[0]) / 0.4 / NOMINAL_WH, rel=1e-9)
+    assert base == pytest.approx(R * float(rate[1] - rate[0]) / 0.4 / USABLE_WH, rel=1e-9)
     assert float(model.calendar_life_per_h(0.5)) == pytest.approx(
         model.calendar_base_per_h + 0.5 * model.calendar_slope_per_h, rel=1e-12
     )

@@ -217,18 +217,19 @@ class GatewayCore(SimCore):
 
 def bind_error(host: str, port: int) -> OSError | None:
     """Why `host:port` cannot be bound now, or None if it can: pymodbus logs the bind's OSError and raises a bare
-    RuntimeError, so the errno (in use, not permitted, no such address) is found again by trying the bind."""
+    RuntimeError, so the errno (in use, not permitted, no such address) is found again by trying the bind on every
+    address the host resolves to, as asyncio's server binds them all (localhost: ::1 and 127.0.0.1)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         return exc
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            return exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc
     return None
 
 

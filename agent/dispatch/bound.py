@@ -29,7 +29,8 @@ import numpy as np
 
 from agent.dispatch import planner
 from agent.dispatch.aggregate import DEFAULT_GROUPS, Grouping, aggregate
-from agent.dispatch.inputs import AssetPlan, PlanInputs
+from agent.dispatch.inputs import AssetPlan, PlanInputs, activation_wear
+from agent.dispatch.plan import PlanError
 
 
 @dataclass(frozen=True)
@@ -73,21 +74,21 @@ def _cheapest(virtual: AssetPlan, members: list[AssetPlan], g: int) -> AssetPlan
         if len(own) == segments:
             wear = np.minimum(wear, own)
     wear = np.where(np.isfinite(wear), wear, 0.0)  # a charge-only group: its one segment is never used
-    activation = min(
-        float(a.activation_wear_per_kwh) if a.activation_wear_per_kwh is not None
-        else float(a.wear_prices[0]) if len(a.wear_prices) else 0.0
-        for a in members
-    )  # fmt: skip  # inputs.activation_price's rule per member
     return replace(
         virtual,
         wear_prices=wear,
         calendar_price_per_wh_h=min(a.calendar_price_per_wh_h for a in members),
-        activation_wear_per_kwh=activation,
+        activation_wear_per_kwh=min(activation_wear(a) for a in members),
     )
 
 
 def lower_bound(inputs: PlanInputs, groups: int | None = None, time_limit_s: float = 60.0) -> LowerBound:
-    """Solve the relaxation once (no burning passes) and return its optimum: a lower bound on the full LP's."""
+    """Solve the relaxation once (no burning passes) and return its optimum: a lower bound on the full LP's.
+
+    Raises PlanError unless the solver reports the optimum (an inaccurate or stopped solve's objective bounds nothing).
+    """
     relaxed, _ = relaxation(inputs, groups)
     plan = planner.solve(relaxed, time_limit_s, forbid_burning=False)
+    if plan.status != "optimal":
+        raise PlanError(f"no lower bound: the relaxation's solve ended {plan.status!r}, not at its optimum")
     return LowerBound(plan.net_cost, plan.solve_s, DEFAULT_GROUPS if groups is None else groups)

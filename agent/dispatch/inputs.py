@@ -117,11 +117,14 @@ def activation_price(asset: AssetPlan, reserve: Reserve, price_per_kwh: np.ndarr
     makes huge (formulation.Shape)."""
     if reserve.activation_per_h <= 0:
         return 0.0
+    return reserve.activation_per_h * activation_wear(asset)
+
+
+def activation_wear(asset: AssetPlan) -> float:
+    """Currency per kWh `asset` discharges following activations: its own price, else its cheapest wear segment."""
     if asset.activation_wear_per_kwh is not None:
-        wear = float(asset.activation_wear_per_kwh)
-    else:
-        wear = float(asset.wear_prices[0]) if len(asset.wear_prices) else 0.0
-    return reserve.activation_per_h * wear
+        return float(asset.activation_wear_per_kwh)
+    return float(asset.wear_prices[0]) if len(asset.wear_prices) else 0.0
 
 
 BELOW_BASELINE_MARGIN = 0.01  # relative: the price of a Wh under the baseline sits this far above price + penalty

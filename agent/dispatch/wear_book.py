@@ -299,6 +299,7 @@ class WearBook:
                 pack.logged_step = step
                 value = pack.value
                 log.info("wear.value_updated", asset=state.id, value_per_life=round(value.value_per_life(now_s), 2),
+                         cost_basis=round(value.cost_basis(now_s), 2),
                          history_life=round(value.history_life(now_s), 6))  # fmt: skip
 
     @staticmethod

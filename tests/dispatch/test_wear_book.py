@@ -110,6 +110,9 @@ def test_the_book_settles_the_counters_at_the_plans_price_and_the_life_by_the_pa
     assert value.value_per_life(later.timestamp()) == pytest.approx((revenue + R * prior) / (life + prior))
     assert [e["event"] for e in logs] == ["wear.value_updated"]
     assert logs[0]["asset"] == "b"
+    nu = value.value_per_life(later.timestamp())
+    assert logs[0]["value_per_life"] == pytest.approx(nu, abs=0.01)
+    assert logs[0]["cost_basis"] == pytest.approx(min(nu, R), abs=0.01)  # what the plan prices, capped at R
 
 
 def test_without_counters_the_stored_energy_change_is_the_measured_energy() -> None:

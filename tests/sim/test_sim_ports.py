@@ -63,3 +63,23 @@ def test_bind_error_is_none_for_a_free_port() -> None:
     port = probe.getsockname()[1]
     probe.close()
     assert bind_error(LOOPBACK, port) is None
+
+
+def test_bind_error_probes_every_address_the_host_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio binds every address of a host (localhost: ::1 and 127.0.0.1); if only the second is taken, the reason
+    must still be found. Stand-in for the two families: two loopback entries, the second on the taken port."""
+    taken = socket.socket()
+    taken.bind((LOOPBACK, 0))
+    taken.listen()
+    held = taken.getsockname()[1]
+    free = socket.socket()
+    free.bind((LOOPBACK, 0))
+    spare = free.getsockname()[1]
+    free.close()
+    entries = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (LOOPBACK, p)) for p in (spare, held)]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: entries)
+    try:
+        reason = bind_error("localhost", held)
+    finally:
+        taken.close()
+    assert reason is not None and reason.errno == errno.EADDRINUSE

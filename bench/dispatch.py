@@ -16,11 +16,14 @@ bound: the aggregate is a relaxation). The split line also counts the re-solve's
 and fill with a certificate of optimality (agent.dispatch.fill) against all of them (the others went to the member
 LP). Where the V2G members are not re-planned (refine.V2G_MAX_COLUMNS), the same re-solve is run once more with
 them re-planned, to show the time it would take and the gap it leaves.
+With --taper-soc K every EV's charge tapers above SoC K (AssetPlan.charge_taper_soc, linear to 0 at full), on both
+paths: the full LP's taper rows, the aggregated path's tapered envelopes, split and member LP (charge-only blocks
+with a taper row that can bind are not filled: the split line's "taper" count).
 With --regd the site also offers regulation: a `RegD` Reserve with hourly capacity prices and the signal's mean
 activation, nothing awarded, as evaluation/agent_view.py appends it to the agent's inputs, so the reserve path (the
 split's per-member bands, the refinement's reserve rows) is timed too.
 Usage: python bench/dispatch.py [--sizes 10 100 1000 10000 100000] [--groups 32] [--naive-max 60] [--budget 600]
-       [--skip-v2g] [--regd]
+       [--skip-v2g] [--regd] [--taper-soc 0.8]
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ SEGMENTS = 4
 REGD_MEDIAN_PER_KW_H = 1.5  # evaluation's default regulation capacity price (evaluation/evaluate.py)
 REGD_SAMPLE_S = 10.0  # the regulation signal's sample period, as evaluation/scenario.py draws it
 REGD = False  # --regd: offer regulation (see the module docstring)
+TAPER_SOC: float | None = None  # --taper-soc: every EV's charge taper knee (see the module docstring)
 
 
 def regd_reserve(start: datetime, seed: int = 11) -> Reserve:
@@ -124,6 +128,7 @@ def ev_plans(sessions: list[SessionSpec], start: datetime, energy: dict[int, flo
                 wear_prices=segment_prices(EV_PACK_COST_PER_KWH * cap / 1000, cap, 1.0, eff, SEGMENTS),
                 calendar_price_per_wh_h=calendar_price_per_wh_h(EV_PACK_COST_PER_KWH * cap / 1000, cap),
                 is_ev=True,
+                charge_taper_soc=TAPER_SOC,
             )
         )
     return plans
@@ -278,6 +283,8 @@ def run(sizes: list[int], groups: int, naive_max_s: float, skip_v2g: bool = Fals
         refine.FILLED.clear()
         agg_re, t_agg_re = timed_aggregated(re_inputs, groups)
         filled = f"{refine.FILLED.count('certified')}/{len(refine.FILLED)}"
+        if refine.FILLED.count("taper"):
+            filled += f" ({refine.FILLED.count('taper')} not filled: a taper row can bind)"
         if naive is not None and naive_re is not None:
             ratio = f"{t_agg_re / t_naive_re:8.3f}"
             gap1 = f"{gap_percent(agg.plan, naive, first_inputs):9.3f}"
@@ -330,12 +337,16 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=600.0, help="time limit of an aggregated solve (s)")
     parser.add_argument("--skip-v2g", action="store_true", help="do not measure the V2G members re-planned")
     parser.add_argument("--regd", action="store_true", help="offer a RegD regulation product (no award)")
+    parser.add_argument("--taper-soc", type=float, default=None, help="every EV's charge taper knee SoC (0..1)")
     args = parser.parse_args()
     from agent.dispatch.aggregate import DEFAULT_GROUPS
 
-    global BUDGET_S, REGD
+    if args.taper_soc is not None and not 0.0 <= args.taper_soc <= 1.0:
+        parser.error(f"--taper-soc must be within 0..1, got {args.taper_soc}")
+    global BUDGET_S, REGD, TAPER_SOC
     BUDGET_S = args.budget
     REGD = args.regd
+    TAPER_SOC = None if args.taper_soc is None or args.taper_soc >= 1.0 else args.taper_soc
     run(args.sizes, args.groups or DEFAULT_GROUPS, args.naive_max, args.skip_v2g)
 
 

@@ -15,6 +15,10 @@ LP's optimum (a concave separable objective under one capacity). All members at 
 With the coupling rows (site limits, up-DR) the members are not independent; `agent.dispatch.refine` prices each step
 at its coupling slope and accepts the fill only with a certificate of optimality (the price lies in the
 subdifferential of the coupling at the filled totals: `member_lp.site_slopes`), else solves the LP.
+
+The knapsack has no charge taper (agent.dispatch.taper): a block where a member's taper row can bind is not filled at
+all (`fillable`), so every certified fill is still the LP's optimum. A member leaving mid-step is filled within its
+minutes there (its `high_w` is its rating times that fraction, refine.ev_members).
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ import numpy as np
 
 from agent.dispatch import costs
 from agent.dispatch.inputs import PlanInputs
-from agent.dispatch.member_lp import EvMembers, member_losses
+from agent.dispatch.member_lp import EvMembers, member_losses, taper_binds
+
+
+def fillable(inputs: PlanInputs, m: EvMembers) -> bool:
+    """Whether the sort and fill can plan `m` at all: it is the member LP without taper rows, so where one of them
+    can bind (member_lp.taper_binds: a tapered member that may come within its taper's reach of full) the fill is
+    not that LP's optimum, and its certificate (which checks the prices, not the members' rows) would not notice.
+    Such blocks go to the member LP. Where no row can bind the LP has none, and the fill is still its optimum."""
+    return not taper_binds(inputs, m).any()
 
 
 def independent_charge(inputs: PlanInputs, m: EvMembers, price_w: np.ndarray) -> np.ndarray:

@@ -64,7 +64,6 @@ class AssetPlan:
     terminal_price_per_kwh: float | None = None
     # per step, the fraction of it the asset is plugged in (an EV leaving mid-step: build.departure_steps); limits
     # scale by it and the executor holds the step's average over it (plan.Plan.setpoints_w). None: whole steps.
-    # The aggregated path (agent.dispatch.aggregate) reads whole steps.
     present_fraction: np.ndarray | None = None
     # Per-step overrides, for virtual batteries standing for many EVs (agent.dispatch.aggregate): their members
     # plug in and leave at different steps, so limits and reachable energies change along the horizon. None = the

@@ -2,10 +2,17 @@
 
 Both kinds of EV in one LP, so that they share the site's limits and an up-DR window as the full LP shares them:
 * **charge-only** EVs only ever add energy, so each one is a handful of numbers: one column per plugged-in step
-  (its charge), a room row (it cannot take more than it has room for) and a departure-need row;
+  (its charge), a room row (it cannot take more than it has room for) and a departure-need row, plus, with a taper
+  that can bind, an energy column, a dynamics row and a taper row per step from the first where it can;
 * **V2G** EVs carry Xu's wear segments as the planner's model does (agent.dispatch.formulation): per plugged-in step
   and segment a charge, a discharge and an energy column, one dynamics row per segment and step, and charge and
   discharge limit rows. Steps where an EV is not plugged in have no columns: its energy is held.
+A member's limits in the step it leaves during are its rating times the minutes it is still there (inputs.presence,
+via `present`). Its charge taper (agent.dispatch.taper) is formulation._taper's row, η·h·c + η·h·(1 − β)·down ≤
+β·(ceiling − energy at the step's start), β of its minutes there: on a V2G member's segment columns, and for a
+charge-only member on energy columns chained from its first step where the row can bind (`_charge_only_taper`).
+Rows that cannot bind are left out (`taper_binds`: its reachable ceiling at the step's start stays below
+ceiling − η·C·h·f/β), so a fleet without a taper, or far from full, gets no extra row.
 Costs are the planner's own terms for these assets, so the optimum here is priced the same by `plan_cost`: energy at
 the site price, cycle wear per kWh discharged from each segment, calendar ageing of the energy held (as flows: a Wh
 stored at step k is held at the T − k step boundaries after it), the tiered departure shortfall, site-limit excess
@@ -37,13 +44,19 @@ class EvMembers:
     """The EVs to re-plan (rows of inputs.assets), as arrays of one row per EV."""
 
     index: np.ndarray  # position in inputs.assets
-    plugged: np.ndarray  # (n, T) bool
+    plugged: np.ndarray  # (n, T) bool: plugged in for some of the step
+    # (n, T) fraction of the step plugged in (inputs.presence): the step's limits scale by it; None: whole steps
+    # (`plugged`). None, like `taper` and `upper` without a taper: each (n, T) array here is copied for every block
+    # (refine._subset), ~0.3 s each at 100 000 EVs
+    present: np.ndarray | None
     energy: np.ndarray  # Wh now, within [floor, ceiling]
     floor: np.ndarray  # Wh, hard
     ceiling: np.ndarray  # Wh, hard
     charge_w: np.ndarray
     discharge_w: np.ndarray  # 0 = charge-only
     efficiency: np.ndarray
+    taper: np.ndarray | None  # (n, T) β of each step (taper.held_step_fractions, its minutes there; 1: no taper)
+    upper: np.ndarray | None  # (n, T+1) Wh it can hold at most at each step boundary (aggregate._tapered_ceiling)
     calendar: np.ndarray  # currency per Wh held at a step's end (costs.calendar_per_wh)
     need: np.ndarray  # Wh it should hold at its checkpoint (clipped to what it can reach; ≤ floor: none)
     tier1: np.ndarray  # Wh of a shortfall priced at tier 1
@@ -58,6 +71,10 @@ class EvMembers:
     @property
     def v2g(self) -> np.ndarray:
         return self.discharge_w > 0
+
+    def fraction(self, rows: np.ndarray | slice, steps: np.ndarray | int) -> np.ndarray:
+        """The fraction of each (member, step) plugged in, from `present` (or `plugged` for whole steps)."""
+        return (self.plugged if self.present is None else self.present)[rows, steps].astype(float)
 
 
 @dataclass
@@ -104,6 +121,19 @@ def v2g_columns(members: EvMembers) -> int:
     """Columns the V2G members add to the LP (3 per plugged-in step and segment): what sizes its solve time."""
     v2g = members.v2g
     return int(3 * (members.plugged[v2g].sum(axis=1) * members.segments[v2g]).sum())
+
+
+def taper_binds(inputs: PlanInputs, m: EvMembers) -> np.ndarray:
+    """(n, T) where a member's taper row can bind: plugged in, with a taper, and able to be within η·C·h·f/β of
+    full at the step's start (its reachable ceiling `upper` above ceiling − η·C·h·f/β). Elsewhere the row
+    η·h·c ≤ β·(ceiling − e) is implied by the charge limit c ≤ C·f, so it is left out (rows and the fill's proof,
+    agent.dispatch.fill.fillable, both read this)."""
+    beta, upper = m.taper, m.upper
+    if beta is None or upper is None:
+        return np.zeros(m.plugged.shape, dtype=bool)
+    most = (m.efficiency * m.charge_w * inputs.step_h)[:, None] * m.fraction(slice(None), slice(None))
+    slack = np.divide(most, beta, out=np.full_like(most, np.inf), where=beta > 0)
+    return m.plugged & (beta < 1.0) & (upper[:, :-1] > m.ceiling[:, None] - slack)
 
 
 def plan_members(
@@ -184,7 +214,60 @@ def _charge_only(
         row_of[needy] = np.arange(len(needy))
         take = (steps < m.check[rows]) & (row_of[rows] >= 0)
         lp.entries(need_row[row_of[rows[take]]], cols[take], gain[take])
+    _charge_only_taper(lp, inputs, m, rows, steps, cols, loss)
     return rows, steps, cols, lower, upper
+
+
+def _charge_only_taper(
+    lp: ArrayLp, inputs: PlanInputs, m: EvMembers, rows: np.ndarray, steps: np.ndarray, cols: np.ndarray,
+    loss: np.ndarray,
+) -> None:  # fmt: skip
+    """The taper rows of charge-only members (formulation._taper): η·h·c(k) + β(k)·x(k) ≤ β(k)·ceiling − η·h·(1 −
+    β(k))·down(k), x(k) the energy at step k's start, at the steps where the row can bind (`taper_binds`).
+
+    x is an energy column per step from a member's first such step k0 to its last, chained by its dynamics
+    (x(k+1) = x(k) + η·h·c(k) − loss(k); x(k0) = its energy now plus its charge before k0, less the band's loss):
+    three entries per step, where the cumulative form (every earlier charge in every row) grew with T²."""
+    t, h = inputs.steps, inputs.step_h
+    binds = taper_binds(inputs, m) & ~m.v2g[:, None]
+    who = np.flatnonzero(binds.any(axis=1))
+    if not len(who):
+        return
+    first_k = np.argmax(binds[who], axis=1)
+    last_k = t - 1 - np.argmax(binds[who][:, ::-1], axis=1)
+    counts = last_k - first_k + 1
+    owner = np.repeat(np.arange(len(who)), counts)
+    start = np.cumsum(counts) - counts
+    k = first_k[owner] + np.arange(int(counts.sum())) - start[owner]
+    member = who[owner]
+    first = k == first_k[owner]
+    col_at = np.full((len(m.index), t), -1)
+    col_at[rows, steps] = cols
+    gain = m.efficiency * h
+    lost = np.concatenate([np.zeros((len(m.index), 1)), np.cumsum(loss, axis=1)], axis=1)  # before each boundary
+    x = lp.columns(np.zeros(len(k)), -INF, INF)  # pinned by the rows below
+    rhs = np.where(first, m.energy[member] - lost[member, k], -loss[member, np.maximum(k - 1, 0)])
+    dyn = lp.rows(rhs, rhs)
+    lp.entries(dyn, x, 1.0)
+    chain = np.flatnonzero(~first)  # x(k) − x(k−1) − η·h·c(k−1) = −loss(k−1)
+    lp.entries(dyn[chain], x[chain - 1], -1.0)
+    prev = col_at[member[chain], k[chain] - 1]
+    has = prev >= 0
+    lp.entries(dyn[chain[has]], prev[has], -gain[member[chain[has]]])
+    # the first row: every charge before k0 (x(k0) − Σ η·h·c = energy now − losses)
+    first_row = np.full(len(m.index), -1)
+    first_row[who] = dyn[start]
+    k0 = np.full(len(m.index), -1)
+    k0[who] = first_k
+    early = (first_row[rows] >= 0) & (steps < k0[rows])
+    lp.entries(first_row[rows[early]], cols[early], -gain[rows[early]])
+    at = np.flatnonzero(binds[member, k])
+    mem, kk = member[at], k[at]
+    assert m.taper is not None  # rows bind only with a taper
+    beta = m.taper[mem, kk]
+    row = lp.rows(-INF, beta * m.ceiling[mem] - gain[mem] * (1.0 - beta) * m.down_w[mem, kk])
+    lp.entries(row, x[at], beta)
+    lp.entries(row, col_at[mem, kk], gain[mem])
 
 
 def _need_rows(lp: ArrayLp, inputs: PlanInputs, m: EvMembers, who: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -241,19 +324,45 @@ def _v2g(
         energy.append(e)
         dynamics.append(dyn)
     _band_losses(lp, inputs, m, rows, steps, dynamics)
-    limits = [(charge, m.charge_w[rows]), (discharge, m.discharge_w[rows])]
-    for cols, bound in limits:
+    f = m.fraction(rows, steps)
+    top, bottom = m.charge_w[rows] * f, m.discharge_w[rows] * f
+    for cols, bound in ((charge, top), (discharge, bottom)):
         r = lp.rows(-INF, bound)
         for c in cols:
             lp.entries(r, c, 1.0)
-    if (m.low_w[rows, steps] > -m.discharge_w[rows]).any() or (m.high_w[rows, steps] < m.charge_w[rows]).any():
-        net = lp.rows(np.maximum(m.low_w[rows, steps], -m.discharge_w[rows]), m.high_w[rows, steps])
+    _v2g_taper(lp, inputs, m, rows, steps, first, charge, energy, room)
+    if (m.low_w[rows, steps] > -bottom).any() or (m.high_w[rows, steps] < top).any():
+        net = lp.rows(np.maximum(m.low_w[rows, steps], -bottom), m.high_w[rows, steps])
         for c, d in zip(charge, discharge, strict=True):
             lp.entries(net, c, 1.0)
             lp.entries(net, d, -1.0)
         _reserve_energy(lp, inputs, m, rows, steps, first, energy, room)
     _v2g_needs(lp, inputs, m, rows, steps, energy)
     return rows, steps, np.array(charge), np.array(discharge)
+
+
+def _v2g_taper(
+    lp: ArrayLp, inputs: PlanInputs, m: EvMembers, rows: np.ndarray, steps: np.ndarray, first: np.ndarray,
+    charge: list[np.ndarray], energy: list[np.ndarray], room: np.ndarray,
+) -> None:  # fmt: skip
+    """The taper rows of V2G members where they can bind (`taper_binds`), on their segment columns as
+    formulation._taper writes them: η·h·Σ_j c_j + β·(energy above the floor at the step's start) ≤ β·room −
+    η·h·(1 − β)·down. The step's start is the previous plugged-in pair's energy columns, or (a member's first pair)
+    its energy now, a constant moved into the bound."""
+    at = np.flatnonzero(taper_binds(inputs, m)[rows, steps])
+    if not len(at):
+        return
+    r, k = rows[at], steps[at]
+    assert m.taper is not None  # rows bind only with a taper
+    beta = m.taper[r, k]
+    gain = m.efficiency[r] * inputs.step_h
+    initial = np.where(first[at], np.clip(m.energy[r] - m.floor[r], 0.0, room[r]), 0.0)
+    row = lp.rows(-INF, beta * (room[r] - initial) - gain * (1.0 - beta) * m.down_w[r, k])
+    for c in charge:
+        lp.entries(row, c[at], gain)
+    later = ~first[at]
+    for e in energy:
+        lp.entries(row[later], e[at[later] - 1], beta[later])
 
 
 def _band_losses(
@@ -433,8 +542,14 @@ def _follow(inputs: PlanInputs, m: EvMembers, power: np.ndarray) -> tuple[np.nda
     power = power.copy()
     loss = member_losses(inputs, m)  # the band's round-trip loss, taken as the LP took it
     for k in range(inputs.steps):
-        top = np.minimum(m.charge_w, np.maximum(m.ceiling - e + loss[:, k], 0.0) / (eta * h))
-        bottom = np.minimum(m.discharge_w, np.maximum(e - loss[:, k] - m.floor, 0.0) * eta / h)
+        # the step's limit for the minutes the member is there, and (to rounding, as the LP's rows hold it) its taper
+        f = m.fraction(slice(None), k)
+        limit = m.charge_w * f
+        if m.taper is not None:
+            tapered = m.taper[:, k] < 1.0
+            limit[tapered] = np.minimum(limit, m.taper[:, k] * np.maximum(m.ceiling - e, 0.0) / (eta * h))[tapered]
+        top = np.minimum(limit, np.maximum(m.ceiling - e + loss[:, k], 0.0) / (eta * h))
+        bottom = np.minimum(m.discharge_w * f, np.maximum(e - loss[:, k] - m.floor, 0.0) * eta / h)
         p = np.where(m.plugged[:, k], np.clip(power[:, k], -bottom, top), 0.0)
         power[:, k] = p
         e = np.clip(e + np.where(p > 0, p * eta * h, p * h / eta) - loss[:, k], m.floor, m.ceiling)

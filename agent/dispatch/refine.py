@@ -15,7 +15,9 @@ recover most of that:
   the EVs are re-planned in blocks, one after the other, each against the others' latest power. A block of
   charge-only EVs is first planned by sort and fill at the site's prices (agent.dispatch.fill, `_filled`), kept
   where a certificate proves it the block LP's optimum, else solved by the LP: at 100 000 EVs 19 of 24 blocks were
-  filled, and HiGHS' share of the re-solve fell from ~8 s to ~1.5 s for the same executed cost.
+  filled, and HiGHS' share of the re-solve fell from ~8 s to ~1.5 s for the same executed cost. A block where a
+  member's charge taper row can bind (member_lp.taper_binds) is not filled: the fill has no taper. Those rows (an
+  energy column and two rows per step) count towards the block's size, as HiGHS' time grows with them.
 * **Stationary batteries** are re-planned with the planner's own model against the site load the EVs now make: they
   take up what the EVs' schedule leaves (an up-DR window the split under-filled, a dear step it over-filled).
 
@@ -39,13 +41,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.dispatch import costs, planner
-from agent.dispatch.fill import independent_charge
+from agent.dispatch.fill import fillable, independent_charge
 from agent.dispatch.inputs import PlanInputs, Reserve, updr_reachable
 from agent.dispatch.member_lp import (
     EvMembers,
     band_activation_per_h,
     plan_members,
     site_slopes,
+    taper_binds,
     trajectories,
     v2g_columns,
 )
@@ -69,6 +72,8 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
     rows = np.flatnonzero(chosen)
     index = members.index[rows]
     plugged = members.plugged[rows]
+    present = members.present[rows] if members.partial[rows].any() else None  # < 1 in a step it leaves during
+    tapered = members.tapered[rows].any()
     check = members.check[rows]
     reachable = members.need_path[rows, check]  # the departure need, clipped to what the EV can reach
     wanted = members.floor[rows] + members.need_above[rows]
@@ -88,20 +93,23 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
     return EvMembers(
         index=index,
         plugged=plugged,
+        present=present,
         energy=members.energy[rows],
         floor=members.floor[rows],
         ceiling=members.ceiling[rows],
         charge_w=charge,
         discharge_w=discharge,
         efficiency=members.efficiency[rows],
+        taper=members.taper[rows] if tapered else None,
+        upper=members.upper[rows] if tapered else None,
         calendar=calendar,
         need=reachable,
         tier1=tier1,
         check=check,
         wear=wear,
         segments=segments,
-        low_w=np.where(plugged, up - discharge[:, None], 0.0),
-        high_w=np.where(plugged, charge[:, None] - down, 0.0),
+        low_w=np.where(plugged, up - discharge[:, None] * (1.0 if present is None else present), 0.0),
+        high_w=np.where(plugged, charge[:, None] * (1.0 if present is None else present) - down, 0.0),
         up_w=np.where(plugged, up, 0.0),
         down_w=np.where(plugged, down, 0.0),
     )
@@ -168,11 +176,19 @@ def _ev_step(inputs: PlanInputs, members: Members, split: Split, deadline: float
 # HiGHS, and smaller blocks leave less to it: 24 blocks of ~75 k gave the same executed cost as 12 of ~150 k (to 1e-9)
 # in 9.7 s against 10.8 s; 45 of ~40 k cost 3e-3 more per 6e7 (block coordinate descent loses a little per cut).
 EV_BLOCK_COLUMNS = 75_000
+# columns a charge-only member's step counts for in a block's size where its taper rows are written (an energy
+# column and two rows on top of its charge column). HiGHS took ~8x as long on a block of tapered members as on the
+# same block without the rows, and smaller blocks cut that more than their number adds: bench/dispatch.py
+# --taper-soc 0.8 at 10 000 EVs, refinement 12.1 s in 7 blocks (2 here), 8.9 s in 15 (6), 5.9-7.8 s in 28 (12),
+# 3.7-5.5 s in 103 (48), the executed cost the same to 3 per 6.25e6; 12 keeps the blocks' count (and their fixed
+# cost per block, ~10 ms at 100 000 EVs) moderate on larger fleets
+TAPER_COLUMNS = 12
 
 
 def _subset(m: EvMembers, rows: np.ndarray) -> EvMembers:
     """The members at `rows` (every field of EvMembers is an array with one row per member)."""
-    return dataclasses.replace(m, **{f.name: getattr(m, f.name)[rows] for f in dataclasses.fields(m)})
+    fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    return dataclasses.replace(m, **{name: None if v is None else v[rows] for name, v in fields.items()})
 
 
 def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float) -> bool | None:
@@ -182,6 +198,12 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
     kept. Without reserves a block with V2G members is kept only where it prices lower than what it replaces
     (`_cheaper`)."""
     per_member = chosen.plugged.sum(axis=1) * np.where(chosen.v2g, 3 * chosen.segments, 1)
+    # a charge-only member's taper adds an energy column and two rows per step from its first row that can bind
+    # (member_lp._charge_only_taper): counted as TAPER_COLUMNS more columns there, so tapered blocks stay quick
+    binds = taper_binds(inputs, chosen) & ~chosen.v2g[:, None]
+    if binds.any():
+        last = binds.shape[1] - np.argmax(binds[:, ::-1], axis=1)
+        per_member = per_member + TAPER_COLUMNS * np.where(binds.any(axis=1), last - np.argmax(binds, axis=1), 0)
     blocks = max(1, int(np.ceil(per_member.sum() / EV_BLOCK_COLUMNS)))
     order = np.argsort(chosen.check, kind="stable")  # members leaving together share a block
     # blocks of about equal columns (not members: a block of long stays has several times the columns)
@@ -194,10 +216,11 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
         block = _subset(chosen, np.sort(rows)) if blocks > 1 else chosen
         rest = _rest_w(split, block.index)
         filled = None
-        # neither the fill nor the member LP plans a charge taper (README: the taper holds on the full LP only), so a
-        # tapered member is no reason to send its block to the LP
         if not block.v2g.any():
-            filled = _filled(inputs, block, rest, split.power[block.index], reachable)
+            if fillable(inputs, block):
+                filled = _filled(inputs, block, rest, split.power[block.index], reachable)
+            else:
+                FILLED.append("taper")  # a taper row can bind: the fill is no proof, the member LP plans it
         try:
             power, energy = filled or plan_members(inputs, block, rest, _left(deadline), reachable)
         except planner.PlanError:
@@ -217,8 +240,9 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
 # prices re-read from the filled totals before a charge-only block goes to its LP: at 10 000 and 100 000 EVs every
 # block certified was certified at the first prices (21 of 27), and a block that was not never settled in 4 rounds
 FILL_ROUNDS = 2
-# per charge-only block of the last refinement, "certified" or "lp" (read by bench/dispatch.py and the tests; cleared
-# by every `refine`, so a long-running solver process keeps one refinement's worth)
+# per charge-only block of the last refinement, "certified", "lp" (not certified) or "taper" (not filled: a member's
+# taper row can bind, fill.fillable) (read by bench/dispatch.py and the tests; cleared by every `refine`, so a
+# long-running solver process keeps one refinement's worth)
 FILLED: list[str] = []
 
 

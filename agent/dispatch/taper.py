@@ -24,6 +24,8 @@ import weakref
 from collections import deque
 from datetime import datetime
 
+import numpy as np
+
 from agent.fleet import AssetState, Fleet
 from agent.model import AssetKind, DeviceStatus
 
@@ -120,7 +122,23 @@ def held_step_fraction(knee_soc: float, capacity_wh: float, charge_w: float, eff
     (setpoint at the rating, the device cutting it) would store 1 − exp(−x) of the room, more than x/(1 + x), but
     then the step's power is not what the plan says, and the device ends the step short of the plan's energy.
     A knee at 1 (no taper) gives 1: a step stores at most the room."""
-    if knee_soc >= 1.0 or capacity_wh <= 0 or charge_w <= 0:
-        return 1.0
-    x = efficiency * charge_w * step_h / (capacity_wh * (1.0 - knee_soc))
-    return x / (1.0 + x)
+    return float(held_step_fractions(knee_soc, capacity_wh, charge_w, efficiency, step_h))
+
+
+def held_step_fractions(
+    knee_soc: np.ndarray | float,
+    capacity_wh: np.ndarray | float,
+    charge_w: np.ndarray | float,
+    efficiency: np.ndarray | float,
+    step_h: np.ndarray | float,
+) -> np.ndarray:
+    """`held_step_fraction` elementwise over arrays (broadcast), the one home of its rule: the aggregated path asks
+    for every member and step at once (agent.dispatch.aggregate; a Python call per pair took ~1 s at 100 000 EVs).
+    `step_h` may be a fraction of a step (an EV leaving mid-step holds its setpoint for its minutes there only).
+    Where there is nothing to hold (no taper, no capacity, no power, no time) it gives 1: the room is the only bound."""
+    knee, cap, power, eta, hours = np.broadcast_arrays(
+        *(np.asarray(v, dtype=float) for v in (knee_soc, capacity_wh, charge_w, efficiency, step_h))
+    )
+    held = (knee < 1.0) & (cap > 0) & (power > 0) & (hours > 0)
+    x = np.divide(eta * power * hours, cap * (1.0 - knee), out=np.zeros(knee.shape), where=held)
+    return np.where(held, x / (1.0 + x), 1.0)

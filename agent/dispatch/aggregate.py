@@ -31,14 +31,17 @@ the ceiling's step map e ↦ e + min(η·C·h·f, β·(max − e)) is nondecreas
 stays below it at t + 1; its need path is implied by its departure need up to that member's shortfall, so the
 group's shortfall is at most the members' summed shortfall; the group's taper row is the sum of its members' rows
 with each β_i raised to the group's largest, `_group_knee`), so the sum of any feasible member trajectories is
-feasible for the aggregate: aggregated LP cost ≤ full LP cost ≤ cost of the disaggregated schedule, which is a
-feasible point of the full LP. The need path stays the untapered one for that reason: the taper's need path (what
-must be held at t for the need to stay reachable under the taper) grows a member's shortfall by 1/(1 − β) per step
-back, which a group's single shortfall cannot hold; the split keeps members above it (`need_reach`). Exact where
-members share the per-kWh wear and calendar prices and efficiency, which is why EVs are first split into categories
-of those (`_categories`); wear segments of a group are the summed segments of its members (a further relaxation:
-the group may discharge from a shallow segment while a member is deep). Charge-only groups get a single wear-free
-segment, as their members never discharge: the LP then has no segment variables for them after HiGHS' presolve.
+feasible for the aggregate; priced at its members' lowest prices (agent.dispatch.bound) the aggregate's optimum is ≤
+the full LP's ≤ the cost of the disaggregated schedule, which is a feasible point of the full LP. Priced at their
+averages, as planned here, it is not a bound where members' prices differ within a category (a group pays the
+average for what the full LP takes from its cheapest member: tests/dispatch/test_lower_bound.py). The need path
+stays the untapered one for the relaxation's sake: the taper's need path (what must be held at t for the need to
+stay reachable under the taper) grows a member's shortfall by 1/(1 − β) per step back, which a group's single
+shortfall cannot hold; the split keeps members above it (`need_reach`). Exact where members share the per-kWh wear
+and calendar prices and efficiency, which is why EVs are first split into categories of those (`_categories`); wear
+segments of a group are the summed segments of its members (a further relaxation: the group may discharge from a
+shallow segment while a member is deep). Charge-only groups get a single wear-free segment, as their members never
+discharge: the LP then has no segment variables for them after HiGHS' presolve.
 
 Where it is loose, and departure buckets. The sum forgets which member holds the energy: after a member leaves at
 less than its own ceiling, the group still counts that member's unused room and could fill it with the members that
@@ -94,6 +97,7 @@ from agent.dispatch.taper import held_step_fractions
 
 DEFAULT_GROUPS = 16
 PRICE_BIN = 0.02  # members whose wear/calendar prices differ by less than this (relative) share a category
+MAX_PRICE_BIN = 1.0  # past this width (prices within 2x) prices no longer split categories (`_categories`)
 ARRIVAL_BUCKETS = 2  # per category: EVs plugged in now and those arriving later (see "Where it is loose")
 
 
@@ -133,6 +137,7 @@ class Grouping:
     buckets: int  # departure buckets per category
     members: Members
     passthrough: np.ndarray  # (k, 2): (index in inputs.assets, index in the aggregated assets) of non-EVs
+    price_bin: float = PRICE_BIN  # relative width of the price bins the categories used (`_categories`; inf: none)
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,8 @@ def _members(inputs: PlanInputs, evs: list[int]) -> tuple[Members, np.ndarray]:
         upper[tapered] = _tapered_ceiling(energy[tapered], ceiling[tapered], (gain * present)[tapered], taper[tapered])
     lower = np.maximum(floor[:, None], energy[:, None] - loss * before)
     need = (floor + need_above)[:, None] - np.where(
-        before <= at_check, gain * (at_check - before), -loss * (before - at_check)
-    )  # after the checkpoint: what discharging since then can have taken off a need met on time
+        before <= at_check, gain * (at_check - before), loss * (before - at_check)
+    )  # after the checkpoint it falls by what discharging since then can have taken off a need met on time
     # per member the need path never lies below its own floor envelope: summed, one member's surplus above its need
     # must not count for another's need (it would, summing the bare need paths)
     need_path = np.clip(np.where(targeted[:, None], need, floor[:, None]), lower, upper)
@@ -279,18 +284,24 @@ def _tapered_need(
     return out
 
 
-def _price_bins(values: np.ndarray) -> np.ndarray:
-    """Prices on a relative grid of PRICE_BIN (0 stays its own bin), so near-equal prices share a category."""
+def _price_bins(values: np.ndarray, width: float) -> np.ndarray:
+    """Prices on a relative grid of `width` (0 stays its own bin), so near-equal prices share a category."""
     positive = values > 0
-    logs = np.log(np.where(positive, values, 1.0)) / np.log1p(PRICE_BIN)
+    logs = np.log(np.where(positive, values, 1.0)) / np.log1p(width)
     return np.where(positive, np.round(logs).astype(np.int64) + 1, 0)
 
 
-def _categories(inputs: PlanInputs, evs: list[int], m: Members) -> np.ndarray:
-    """Category of each EV: efficiency, V2G or charge-only, wear-segment prices and calendar price (binned).
+def _categories(inputs: PlanInputs, evs: list[int], m: Members, groups: int) -> tuple[np.ndarray, float]:
+    """Category of each EV (efficiency, V2G or charge-only, wear-segment prices and calendar price, binned) and the
+    relative width of the price bins used.
 
     Members of one category share what the aggregate cannot average exactly: the dynamics (efficiency) and the
-    per-kWh prices. Charge-only EVs ignore their wear prices: they never discharge, so never pay them.
+    per-kWh prices. Charge-only EVs ignore their wear prices: they never discharge, so never pay them. Prices are
+    per Wh of each pack's usable energy, so packs of one model that aged differently differ in price: where bins
+    of PRICE_BIN give more categories than `groups`, the bins are widened (doubled) until they fit, and past
+    MAX_PRICE_BIN prices no longer split categories. Wider bins only make the virtual batteries' averages coarser:
+    the refinement re-plans each member at its own prices, and agent.dispatch.bound prices each group at its
+    members' lowest. Only categories of efficiency and V2G alone beyond `groups` are refused (by `aggregate`).
     """
     n = len(evs)
     v2g = m.discharge_w > 0
@@ -301,20 +312,25 @@ def _categories(inputs: PlanInputs, evs: list[int], m: Members) -> np.ndarray:
     for row in v2g_rows:
         wear[row, : lengths[row]] = inputs.assets[evs[row]].wear_prices
     calendar = np.fromiter((inputs.assets[i].calendar_price_per_wh_h for i in evs), float, n)
-    key = np.concatenate(
-        [
-            np.round(m.efficiency * 1000).astype(np.int64)[:, None],
-            v2g[:, None].astype(np.int64),
-            np.where(v2g[:, None], _price_bins(wear), 0),
-            lengths[:, None],
-            _price_bins(calendar)[:, None],
-        ],
+    if n == 0:
+        return np.zeros(0, dtype=int), PRICE_BIN
+    active = m.plugged.any(axis=1)  # the idle ones are in no group: they do not count against `groups`
+    dynamics = np.concatenate(
+        [np.round(m.efficiency * 1000).astype(np.int64)[:, None], v2g[:, None].astype(np.int64), lengths[:, None]],
         axis=1,
     )
-    if n == 0:
-        return np.zeros(0, dtype=int)
-    _, category = np.unique(key, axis=0, return_inverse=True)
-    return category.reshape(-1)
+    width = PRICE_BIN
+    while True:
+        if width > MAX_PRICE_BIN:
+            key, width = dynamics, float("inf")
+        else:
+            prices = [np.where(v2g[:, None], _price_bins(wear, width), 0), _price_bins(calendar, width)[:, None]]
+            key = np.concatenate([dynamics, *prices], axis=1)
+        _, category = np.unique(key, axis=0, return_inverse=True)
+        category = category.reshape(-1)
+        if width == float("inf") or len(np.unique(category[active])) <= groups:
+            return category, width
+        width *= 2.0
 
 
 def _buckets(check: np.ndarray, buckets: int) -> np.ndarray:
@@ -335,12 +351,13 @@ def aggregate(inputs: PlanInputs, groups: int | None = None) -> tuple[PlanInputs
     evs = [i for i, a in enumerate(inputs.assets) if a.is_ev]
     others = [i for i, a in enumerate(inputs.assets) if not a.is_ev]
     m, check = _members(inputs, evs)
-    category = _categories(inputs, evs, m)
+    category, price_bin = _categories(inputs, evs, m, groups)
     active = m.plugged.any(axis=1)
     category = np.where(active, category, -1)  # never plugged in: in no group, power stays 0
     kinds = np.unique(category[active])
     if len(kinds) > groups:
-        raise ValueError(f"the EVs fall into {len(kinds)} categories (efficiency, V2G, prices), more than {groups}")
+        raise ValueError(f"the EVs fall into {len(kinds)} categories of efficiency, V2G and wear segments (prices "
+                         f"aside), more than {groups} virtual batteries")  # fmt: skip
     per = groups // max(len(kinds), 1)
     group = m.group
     arrivals = max(1, min(ARRIVAL_BUCKETS, per // 2))
@@ -373,6 +390,7 @@ def aggregate(inputs: PlanInputs, groups: int | None = None) -> tuple[PlanInputs
         buckets=per,
         members=m,
         passthrough=passthrough,
+        price_bin=price_bin,
     )
     aggregated = PlanInputs(
         inputs.steps, inputs.step_s, virtual, inputs.site, inputs.updr, inputs.reserves, inputs.penalties

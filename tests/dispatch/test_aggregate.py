@@ -11,6 +11,8 @@ charge rates), as a measured property, not a theorem.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -401,3 +403,33 @@ def test_refinement_in_blocks_never_costs_more_than_the_split_and_nears_the_sing
     controllable = whole.plan.net_cost - float(H / 1000.0 * np.dot(inputs.site.price_per_kwh, inputs.site.base_load_w))
     assert blocks.plan.net_cost - whole.plan.net_cost <= 0.001 * abs(controllable) + 0.01
     check_member_physics(inputs, blocks.plan.power_w, blocks.plan.energy_wh)
+
+
+def test_a_fleet_of_one_model_with_a_spread_of_soh_is_still_aggregated() -> None:
+    """Prices are per Wh of a pack's usable energy (nominal × SoH), so 200 EVs of one model at SoH 0.70–1.00 carry
+    200 calendar and wear prices: bins of 2 % made ~20 categories for 16 virtual batteries and the aggregate refused
+    the fleet (the agent then never planned it). The bins widen until the categories fit."""
+    rng = np.random.default_rng(5)
+    assets = []
+    for i in range(200):
+        soh = rng.uniform(0.70, 1.0)
+        base = ev(i, int(rng.integers(0, 6)), int(rng.integers(10, T)), 60_000.0 * soh, 20_000.0 * soh, 15_000.0,
+                  11_000.0, v2g=i % 3 == 0)  # fmt: skip
+        assets.append(replace(base, wear_prices=WEAR / soh, calendar_price_per_wh_h=2e-5 / soh))
+    site = SiteForecast(np.linspace(5.0, 40.0, T), np.full(T, 50_000.0), np.zeros(T))
+    inputs = PlanInputs(T, STEP_S, [*assets, battery()], site)
+    _, grouping = aggregate(inputs, GROUPS)
+    assert grouping.categories <= GROUPS and grouping.price_bin > 0.02
+    result = solve_aggregated_detail(inputs, GROUPS)
+    check_member_physics(inputs, result.plan.power_w, result.plan.energy_wh)
+
+
+def test_a_v2g_members_need_path_falls_after_its_checkpoint() -> None:
+    """Target due at step 6, plugged in until step 12: after step 6 the member may discharge what it holds above its
+    need, so the energy the group must keep falls; it rose (a sign slip), which asked the group for energy its
+    members need not hold and made the aggregate's optimum exceed the full LP's."""
+    member = replace(ev(0, 0, 12, 60_000.0, 30_000.0, 20_000.0, 11_000.0, v2g=True), target_step=6)
+    _, grouping = aggregate(PlanInputs(T, STEP_S, [member], SiteForecast(np.full(T, 10.0), np.zeros(T), np.zeros(T))))
+    path = grouping.members.need_path[0]
+    assert np.all(np.diff(path[6:]) <= 1e-9), path
+    assert path[7] < path[6]

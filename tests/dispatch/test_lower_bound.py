@@ -7,6 +7,8 @@ never exceed the full LP's optimum on any fleet (hypothesis), which the aggregat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from agent.dispatch import planner
 from agent.dispatch.aggregate import solve_aggregated_detail
 from agent.dispatch.bound import lower_bound, relaxation
-from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast
+from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, UpDr
 
 T = 24
 STEP_S = 3600.0
@@ -60,6 +62,8 @@ def test_the_aggregate_optimum_is_not_a_bound_and_this_is() -> None:
 
 @st.composite
 def fleets(draw: st.DrawFn) -> PlanInputs:
+    """EVs (V2G and charge-only, some with their departure target before they leave), a battery, and any of: an
+    export limit, an up-DR window, a reserve offered or awarded."""
     n = draw(st.integers(2, 8))
     assets = []
     for i in range(n):
@@ -68,21 +72,31 @@ def fleets(draw: st.DrawFn) -> PlanInputs:
         energy = draw(st.floats(8_000.0, 50_000.0))
         scale = draw(st.floats(1.0, 1.05))  # within and across the aggregate's 2 % price bins
         calendar = draw(st.sampled_from([0.0, 1e-5]))
-        assets.append(ev(i, arrive, depart, energy, scale, draw(st.booleans()), calendar=calendar))
+        asset = ev(i, arrive, depart, energy, scale, draw(st.booleans()), calendar=calendar)
+        if draw(st.booleans()):  # the target falls due while the EV is still plugged in
+            asset = replace(asset, target_step=draw(st.integers(arrive + 1, min(depart, T))))
+        assets.append(asset)
     prices = np.array(draw(st.lists(st.floats(-5, 60), min_size=T, max_size=T)))
     base = draw(st.floats(0, 20_000))
     limit = draw(st.sampled_from([float("inf"), base + 30_000.0]))
     export = draw(st.sampled_from([float("inf"), 11_000.0]))  # a scarce export picks the cheapest wear (test above)
     site = SiteForecast(prices, np.full(T, base), np.zeros(T), import_limit_w=limit, export_limit_w=export)
     battery = AssetPlan("bess", 100_000, 10_000, 200_000, 50_000, 50_000, 0.96, wear_prices=WEAR * 2)
-    reserves = ()
+    updr = None
     if draw(st.booleans()):
+        start = draw(st.integers(0, T - 4))
+        window = (np.arange(T) >= start) & (np.arange(T) < start + 4)
+        updr = UpDr(window, np.full(T, base), draw(st.floats(5_000.0, 40_000.0)), draw(st.floats(1.0, 30.0)))
+    reserves = []
+    kind = draw(st.sampled_from(["none", "offered", "awarded"]))
+    if kind != "none":
         price = np.full(T, draw(st.floats(0.5, 5.0)))
-        reserves = (Reserve("RegD", price, price, np.zeros(T), np.zeros(T), activation_per_h=0.1),)
-    return PlanInputs(T, STEP_S, [*assets, battery], site, reserves=reserves)
+        award = np.full(T, draw(st.floats(1_000.0, 30_000.0))) if kind == "awarded" else np.zeros(T)
+        reserves = [Reserve("RegD", price, price, award, award, activation_per_h=0.1)]
+    return PlanInputs(T, STEP_S, [*assets, battery], site, updr, reserves)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets())
 def test_the_bound_never_exceeds_the_full_optimum(inputs: PlanInputs) -> None:
     full = planner.solve(inputs, forbid_burning=False).net_cost

@@ -97,6 +97,9 @@ from agent.dispatch.taper import held_step_fractions
 
 DEFAULT_GROUPS = 16
 PRICE_BIN = 0.02  # members whose wear/calendar prices differ by less than this (relative) share a category
+# the split aims each tapering member this fraction of its capacity below its departure need (`_tapered_need`)
+NEED_REACH_SLACK = 0.01
+MIN_BUCKETS = 4  # prices split categories only while each category keeps this many departure buckets (`_categories`)
 MAX_PRICE_BIN = 1.0  # past this width (prices within 2x) prices no longer split categories (`_categories`)
 ARRIVAL_BUCKETS = 2  # per category: EVs plugged in now and those arriving later (see "Where it is loose")
 
@@ -269,9 +272,14 @@ def _tapered_need(
 
     For the split only (`_split` keeps each member above it): summed into a virtual battery it would not stay a
     relaxation, as a member's shortfall at its checkpoint grows by 1/(1 − β) per step back along it, while the
-    group's shortfall is one number per group (module docstring)."""
+    group's shortfall is one number per group (module docstring).
+
+    The pass starts NEED_REACH_SLACK of the capacity below `wanted`: under a linear taper the room to full shrinks by
+    (1 − β) per step and never closes, so an exact target of full (a fifth of the scenario's sessions) would pin the
+    member to its tapered ceiling from plug-in, charging through the dearest steps, where the full LP leaves a few
+    hundred Wh short at tier 1. From the slack the pass relaxes by 1/(1 − β) per step back."""
     out = need.copy()
-    r = wanted.astype(float)
+    r = wanted.astype(float) - NEED_REACH_SLACK * ceiling
     tapered = taper < 1.0
     for k in range(most.shape[1] - 1, -1, -1):
         active = k < check
@@ -298,8 +306,11 @@ def _categories(inputs: PlanInputs, evs: list[int], m: Members, groups: int) -> 
     Members of one category share what the aggregate cannot average exactly: the dynamics (efficiency) and the
     per-kWh prices. Charge-only EVs ignore their wear prices: they never discharge, so never pay them. Prices are
     per Wh of each pack's usable energy, so packs of one model that aged differently differ in price: where bins
-    of PRICE_BIN give more categories than `groups`, the bins are widened (doubled) until they fit, and past
-    MAX_PRICE_BIN prices no longer split categories. Wider bins only make the virtual batteries' averages coarser:
+    of PRICE_BIN give more categories than `groups` // MIN_BUCKETS, the bins are widened (doubled, up to
+    MAX_PRICE_BIN) until they fit, and past that prices no longer split categories. Why leave room for buckets:
+    with as many categories as groups each category is one virtual battery with no departure buckets, where the
+    module docstring says the sums are loose (a 48-EV fleet with a spread of SoH: the split's cost over the full
+    LP 2034 at 14 categories × 1 bucket, 760 at 2 × 8). Wider bins only make the virtual batteries' averages coarser:
     the refinement re-plans each member at its own prices, and agent.dispatch.bound prices each group at its
     members' lowest. Only categories of efficiency and V2G alone beyond `groups` are refused (by `aggregate`).
     """
@@ -320,17 +331,18 @@ def _categories(inputs: PlanInputs, evs: list[int], m: Members, groups: int) -> 
         axis=1,
     )
     width = PRICE_BIN
+    fits = max(groups // MIN_BUCKETS, 1)
     while True:
-        if width > MAX_PRICE_BIN:
-            key, width = dynamics, float("inf")
+        if width == float("inf"):
+            key = dynamics
         else:
             prices = [np.where(v2g[:, None], _price_bins(wear, width), 0), _price_bins(calendar, width)[:, None]]
             key = np.concatenate([dynamics, *prices], axis=1)
         _, category = np.unique(key, axis=0, return_inverse=True)
         category = category.reshape(-1)
-        if width == float("inf") or len(np.unique(category[active])) <= groups:
+        if width == float("inf") or len(np.unique(category[active])) <= fits:
             return category, width
-        width *= 2.0
+        width = min(2.0 * width, MAX_PRICE_BIN) if width < MAX_PRICE_BIN else float("inf")
 
 
 def _buckets(check: np.ndarray, buckets: int) -> np.ndarray:

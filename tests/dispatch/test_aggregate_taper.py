@@ -186,3 +186,24 @@ def test_members_leaving_mid_step_are_held_to_their_minutes_in_a_fleet() -> None
             assert np.all(plan.power_w[i] >= -a.discharge_w * f - 1e-6)
             partial += int(((f > 0) & (f < 1)).any())
         assert partial >= 3
+
+
+@pytest.mark.parametrize("target", [1.0, 0.999])
+def test_a_target_of_full_does_not_pin_a_tapering_member_to_its_ceiling(
+    monkeypatch: pytest.MonkeyPatch, target: float
+) -> None:
+    """Under a linear taper the room to full never closes, so a need of exactly full, kept reachable step by step
+    backwards, pinned the member to its tapered ceiling from plug-in: the split charged a V2G EV through the six dear
+    steps (cost 2019.9 against the full LP's 1017.2, which leaves 0.39 kWh short at tier 1). The split aims just below
+    the need; with the V2G member kept at its split power (as past refine.V2G_MAX_COLUMNS) it matches the full LP."""
+    t = 12
+    prices = np.where(np.arange(t) < 6, 40.0, 5.0)
+    member = AssetPlan(id="ev", energy_wh=24_000.0, min_wh=8_000.0, max_wh=40_000.0, charge_w=11_000.0,
+                       discharge_w=11_000.0, efficiency=0.95, available=np.ones(t, bool), target_wh=target * 40_000.0,
+                       target_step=t, wear_prices=np.array([2.0, 4.0]), is_ev=True, charge_taper_soc=0.8)  # fmt: skip
+    inputs = PlanInputs(t, 3600.0, [member], SiteForecast(prices, np.full(t, 5_000.0), np.zeros(t)))
+    monkeypatch.setattr(refine, "V2G_MAX_COLUMNS", 0)
+    full = solve(inputs)
+    executed = solve_aggregated_detail(inputs)
+    assert "v2g" not in executed.refined
+    assert executed.plan.net_cost == pytest.approx(full.net_cost, rel=1e-3)

@@ -27,9 +27,12 @@ block's optimum cannot price higher, the split being feasible for it), so the re
 than the split (tests/dispatch/test_aggregate.py checks it on random fleets). With reserves it may: it trades
 cost for the energy behind each member's reserve, which `plan_cost` does not price.
 
-Reserves: a member keeps the reserve the split gave it deliverable and loses its up band's expected round-trip loss
-from its energy (agent.dispatch.member_lp), and the batteries keep, together, the reserve the aggregate gave them
-(`_battery_step`).
+Reserves: with one reserve product the member LP chooses every re-planned member's band, as the full LP does
+(member_lp._band_columns: the split shares a group's reserve by its members' headroom at the power it gave them, all or
+nothing for a charge-only member, so bands held at its shares left most of the regulation revenue); such blocks skip
+the sort and fill, which plans no band. With several products a member keeps the reserve the split gave it
+deliverable. Either way it loses its up band's expected round-trip loss from its energy (agent.dispatch.member_lp),
+and the batteries keep, together, the reserve the aggregate gave them (`_battery_step`).
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ RESERVE_TOLERANCE_KWH = 1e-3  # solver rounding on a battery re-plan's reserve s
 
 
 def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) -> EvMembers:
-    """The grouped EVs to re-plan (the V2G ones only with `v2g`), with the reserves the split gave them."""
+    """The grouped EVs to re-plan (the V2G ones only with `v2g`), with the reserves the split gave them, or with
+    one reserve product `banded`: the member LP chooses their bands (up_w, down_w 0 here)."""
     chosen = (members.group >= 0) & ((members.discharge_w <= 0) | v2g)
     rows = np.flatnonzero(chosen)
     index = members.index[rows]
@@ -80,7 +84,9 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
     # the unreachable part of a need is a shortfall no decision changes: it uses up its tier-1 share first
     tier1 = np.maximum(costs.tier1_wh(members.need_above[rows], inputs.penalties) - (wanted - reachable), 0.0)
     charge, discharge = members.charge_w[rows], members.discharge_w[rows]
-    up, down = split.up[index], split.down[index]
+    banded = np.full(len(index), len(inputs.reserves) == 1)
+    up = np.where(banded[:, None], 0.0, split.up[index])
+    down = np.where(banded[:, None], 0.0, split.down[index])
     # per-asset attributes in one pass; wear prices read only for the V2G members (charge-only ones never pay them)
     assets = [inputs.assets[i] for i in index]
     v2g_rows = np.flatnonzero(discharge > 0)
@@ -90,6 +96,11 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
     for row in v2g_rows:
         wear[row, : segments[row]] = costs.wear_per_w(assets[row], inputs.step_h)
     calendar = np.fromiter((costs.calendar_per_wh(a, inputs.step_h) for a in assets), float, len(assets))
+    activation = np.zeros(len(index))
+    if banded.any():
+        reserve = inputs.reserves[0]
+        per_w = (costs.activation_per_w(a, reserve, inputs.step_h) for a in assets)
+        activation = np.fromiter(per_w, float, len(assets))
     return EvMembers(
         index=index,
         plugged=plugged,
@@ -112,6 +123,8 @@ def ev_members(inputs: PlanInputs, members: Members, split: Split, v2g: bool) ->
         high_w=np.where(plugged, charge[:, None] * (1.0 if present is None else present) - down, 0.0),
         up_w=np.where(plugged, up, 0.0),
         down_w=np.where(plugged, down, 0.0),
+        banded=banded,
+        activation=activation,
     )
 
 
@@ -139,7 +152,12 @@ def _left(deadline: float) -> float:
 def _rest_w(split: Split, rows: np.ndarray) -> np.ndarray:
     """W per step that every asset but `rows` draws at the meter in `split` (all minus `rows`: a masked copy of the
     other assets' powers cost ~0.1 s per block at 100 000 EVs)."""
-    return split.power.sum(axis=0) - split.power[rows].sum(axis=0)
+    return _rest_w_of(split.power, rows)
+
+
+def _rest_w_of(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per step, the sum of `values` (N, T) over every asset but `rows`."""
+    return values.sum(axis=0) - values[rows].sum(axis=0)
 
 
 def _with_rest_fixed(inputs: PlanInputs, rows: np.ndarray, split: Split, **changes: object) -> PlanInputs:
@@ -197,7 +215,9 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
     Returns None when the first block's LP fails (the caller may try fewer members), else whether any block was
     kept. Without reserves a block with V2G members is kept only where it prices lower than what it replaces
     (`_cheaper`)."""
-    per_member = chosen.plugged.sum(axis=1) * np.where(chosen.v2g, 3 * chosen.segments, 1)
+    # a chosen band adds its columns and rows per step (member_lp._charge_only_bands: ~2 to a charge-only member's
+    # 1, and to a V2G member's 3 per segment)
+    per_member = chosen.plugged.sum(axis=1) * (np.where(chosen.v2g, 3 * chosen.segments, 1) + 2 * chosen.banded)
     # a charge-only member's taper adds an energy column and two rows per step from its first row that can bind
     # (member_lp._charge_only_taper): counted as TAPER_COLUMNS more columns there, so tapered blocks stay quick
     binds = taper_binds(inputs, chosen) & ~chosen.v2g[:, None]
@@ -216,13 +236,24 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
         block = _subset(chosen, np.sort(rows)) if blocks > 1 else chosen
         rest = _rest_w(split, block.index)
         filled = None
-        if not block.v2g.any():
+        if not block.v2g.any() and not block.banded.any():  # the fill plans no band: a banded block goes to its LP
             if fillable(inputs, block):
                 filled = _filled(inputs, block, rest, split.power[block.index], reachable)
             else:
                 FILLED.append("taper")  # a taper row can bind: the fill is no proof, the member LP plans it
+        elif not block.v2g.any():
+            FILLED.append("bands")
+        bands: tuple[np.ndarray, np.ndarray] | None = None
         try:
-            power, energy = filled or plan_members(inputs, block, rest, _left(deadline), reachable)
+            if filled:
+                power, energy = filled
+            else:
+                # every other asset's band, for an award's covering rows (member_lp._award_rows)
+                others = None
+                if block.banded.any():
+                    others = (_rest_w_of(split.up, block.index), _rest_w_of(split.down, block.index))
+                power, energy, up, down = plan_members(inputs, block, rest, _left(deadline), reachable, others)
+                bands = (up, down)
         except planner.PlanError:
             if number == 0:
                 return None
@@ -233,6 +264,8 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
             continue
         split.power[block.index] = power
         split.stored[block.index] = energy
+        if bands is not None and block.banded.any():
+            split.up[block.index], split.down[block.index] = bands
         applied = True
     return applied
 
@@ -240,9 +273,10 @@ def _chunks(inputs: PlanInputs, chosen: EvMembers, split: Split, deadline: float
 # prices re-read from the filled totals before a charge-only block goes to its LP: at 10 000 and 100 000 EVs every
 # block certified was certified at the first prices (21 of 27), and a block that was not never settled in 4 rounds
 FILL_ROUNDS = 2
-# per charge-only block of the last refinement, "certified", "lp" (not certified) or "taper" (not filled: a member's
-# taper row can bind, fill.fillable) (read by bench/dispatch.py and the tests; cleared by every `refine`, so a
-# long-running solver process keeps one refinement's worth)
+# per charge-only block of the last refinement, "certified", "lp" (not certified), "taper" (not filled: a member's
+# taper row can bind, fill.fillable) or "bands" (not filled: the member LP chooses its bands) (read by
+# bench/dispatch.py and the tests; cleared by every `refine`, so a long-running solver process keeps one
+# refinement's worth)
 FILLED: list[str] = []
 
 

@@ -70,7 +70,7 @@ def net_cost(inputs: PlanInputs, m: EvMembers, power: np.ndarray, energy: np.nda
 def test_the_fill_is_the_member_lps_optimum_without_coupling(seed: int) -> None:
     inputs = fleet(seed)
     m = members_of(inputs)
-    lp = plan_members(inputs, m, np.zeros(T), 60.0)
+    lp = plan_members(inputs, m, np.zeros(T), 60.0)[:2]
     price = np.asarray(inputs.site.price_per_kwh, dtype=float) * inputs.step_h / 1000.0
     filled = trajectories(inputs, m, independent_charge(inputs, m, price))
     assert np.all(filled[0] >= -1e-9) and np.all(filled[0] <= m.charge_w[:, None] * m.plugged + 1e-9)
@@ -125,10 +125,15 @@ def test_the_fill_keeps_the_members_bands_as_the_member_lp_does(seed: int) -> No
     up = np.where(m.plugged & roomy[:, None] & (rng.random(m.plugged.shape) < 0.3), 0.2 * m.charge_w[:, None], 0.0)
     down = np.where(m.plugged & (rng.random(m.plugged.shape) < 0.3), 0.3 * m.charge_w[:, None], 0.0)
     m = dataclasses.replace(
-        m, low_w=up, high_w=np.where(m.plugged, m.charge_w[:, None] - down, 0.0), up_w=up, down_w=down
+        m,
+        low_w=up,
+        high_w=np.where(m.plugged, m.charge_w[:, None] - down, 0.0),
+        up_w=up,
+        down_w=down,
+        banded=np.zeros(len(m.index), dtype=bool),  # the bands the split gave, held fixed
     )
     assert member_losses(inputs, m).sum() > 0, "the bands lose energy"
-    lp = plan_members(inputs, m, np.zeros(T), 60.0)
+    lp = plan_members(inputs, m, np.zeros(T), 60.0)[:2]
     price = np.asarray(inputs.site.price_per_kwh, dtype=float) * inputs.step_h / 1000.0
     filled = trajectories(inputs, m, independent_charge(inputs, m, price))
     assert np.all(filled[0] >= up - 1e-6) and np.all(filled[0] <= m.charge_w[:, None] - down + 1e-6)

@@ -263,6 +263,10 @@ class DispatchModel:
         cons = [
             up <= p.discharge_max - self.discharge + self.charge,
             down <= p.charge_max - self.charge + self.discharge,
+            # held for whole steps only: none where the asset is plugged in for part of the step (its flows there
+            # keep the minutes' power; zeroing the limits above instead forbade an EV to charge in its departure step)
+            up <= p.reserve_cap,
+            down <= p.reserve_cap,
         ]
         # energy headroom: every product's reservation sustainable for its duration from the planned energy, at the
         # step's start as well as its end (an activation may come at either; agent.dispatch.reserve_check, same rule)
@@ -302,8 +306,9 @@ class _Params:
         self.initial = P((n, j), nonneg=True)
         self.segment_cap = P((n, j), nonneg=True)
         self.headroom = P((n, 1), nonneg=True)  # usable energy between floor and ceiling
-        self.charge_max = P((n, t), nonneg=True)  # power limits for the reserve headroom (whole steps plugged in)
+        self.charge_max = P((n, t), nonneg=True)  # power limits for the reserve headroom
         self.discharge_max = P((n, t), nonneg=True)
+        self.reserve_cap = P((n, t), nonneg=True)  # most reserve an asset may hold: 0 in a step it is not there whole
         self.charge_flow_max = P((n, t), nonneg=True)  # the flows only (planner._forbid_burning cuts these)
         self.discharge_flow_max = P((n, t), nonneg=True)
         self.wear = P((n, j), nonneg=True)

@@ -109,11 +109,12 @@ def fill(model: DispatchModel, inputs: PlanInputs) -> None:
         p.bend_price.value = np.concatenate([per_wh for _, _, per_wh in bends])
     p.terminal.value = np.array([costs.terminal_per_wh(a, inputs) for a in inputs.assets])
     # a reserve is held for whole steps: an EV leaving mid-step holds none in its departure step, whatever power its
-    # minutes there allow (the flows keep that power)
+    # minutes there allow (the flows keep that power, and the headroom rows their limits, so it can still charge)
     present = np.array([presence(a, t) for a in inputs.assets]).reshape(n, t)
     whole = (present >= 1.0).astype(float)
-    p.charge_max.value = charge_max * whole
-    p.discharge_max.value = discharge_max * whole
+    p.charge_max.value = charge_max
+    p.discharge_max.value = discharge_max
+    p.reserve_cap.value = (charge_max + discharge_max) * whole
     p.charge_flow_max.value = charge_max  # the burning re-solve cuts these; a fill restores them
     p.discharge_flow_max.value = discharge_max
     site = inputs.site

@@ -98,6 +98,23 @@ def test_an_ev_leaving_mid_step_holds_no_reserve_in_that_step() -> None:
     assert plan.reserve_down_w[0, 2] == pytest.approx(0.0, abs=1e-3)
 
 
+def test_an_ev_leaving_mid_step_still_charges_there_when_a_reserve_is_offered() -> None:
+    """Holding no band in the departure step must not stop the car charging in its minutes there. The headroom rows
+    read limits zeroed in that step, so with any reserve offered (down ≤ 0 − charge) the plan could not charge there
+    and bought the energy in the dear steps before."""
+    config = AppConfig.model_validate({"dispatch": {"step_s": STEP_S, "horizon_steps": 4}})
+    inputs, _ = plan_inputs(ev_fleet(2.5 * STEP_S), config, START, {}, 0.0)
+    prices = np.array([40.0, 40.0, 5.0, 5.0])  # its departure step is the cheap one
+    inputs = dataclasses.replace(inputs, site=dataclasses.replace(inputs.site, price_per_kwh=prices))
+    without = solve(inputs)
+    band = np.full(4, 0.5)
+    zeros = np.zeros(4)
+    offered = solve(dataclasses.replace(inputs, reserves=[Reserve("FCR", band, band, zeros, zeros)]))
+    assert without.power_w[0, 2] > 1_000.0, "the case needs the departure step to be worth charging in"
+    assert offered.power_w[0, 2] == pytest.approx(without.power_w[0, 2], rel=1e-3)
+    assert offered.reserve_down_w[0, 2] == pytest.approx(0.0, abs=1e-3)
+
+
 @pytest.mark.parametrize("leaves_after_h", [2.25, 3.0])
 def test_a_tapering_ev_leaving_mid_step_reaches_its_target_on_the_simulator(leaves_after_h: float) -> None:
     """Above its knee from the start (SoC 0.80 → 0.95, knee 0.8), cheapest in the step it leaves 15 minutes into:

@@ -580,7 +580,6 @@ class Split:
     up: np.ndarray
     down: np.ndarray
     unrealised_kwh: float
-    reserve_unheld_kwh: float = 0.0  # group reserve beyond its members' power headroom (not held by anyone)
 
 
 def _group_sums(values: np.ndarray, g: np.ndarray, groups: int) -> np.ndarray:
@@ -630,7 +629,6 @@ def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
     symmetric = bool(inputs.reserves) and all(r.product in SYMMETRIC_PRODUCTS for r in inputs.reserves)
     band = band_loss_wh(inputs, eff)  # Wh per W of up reserve held for a step: the band's round-trip loss
     lossy = reserved and bool(band.any())
-    unheld = 0.0
     for k in range(t):
         on = np.flatnonzero(plugged[k])
         if len(on):
@@ -655,14 +653,11 @@ def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
             moved = np.where(p > 0, p * up_gain[on], p * down_gain[on])
             loss = 0.0
             if reserved:
-                held_up, held_down, missing = _share_reserves(p, e + moved - floor[on], *groups_k, *bands(p), *tail)
+                held_up, held_down = _share_reserves(p, e + moved - floor[on], *groups_k, *bands(p), *tail)
                 up[m.index[rows[on]], k], down[m.index[rows[on]], k] = held_up, held_down
-                unheld += missing
                 loss = band[on] * held_up
             energy[on] = np.clip(energy[on] + moved - loss, floor[on], ceiling[on])
             member_power[k, on] = p
-        elif reserved:  # no member plugged in: the groups' reserve is held by no one
-            unheld += float(group_up[:, k].sum() + group_down[:, k].sum())
         member_energy[k + 1] = energy
     power = np.zeros((n_all, t))
     stored = np.zeros((n_all, t + 1))
@@ -670,7 +665,6 @@ def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
     power[m.index[rows]] = member_power.T
     stored[m.index[rows]] = member_energy.T
     unrealised = 0.0
-    unheld *= h / 1000.0
     if len(rows):
         summed = _group_sums(member_power, g, groups)
         unrealised = float(np.abs(summed - group_power).sum()) * h / 1000.0
@@ -680,7 +674,7 @@ def _split(plan: Plan, grouping: Grouping, inputs: PlanInputs) -> Split:
         stored[src] = plan.energy_wh[dst]
         up[src] = plan.reserve_up_w[dst]
         down[src] = plan.reserve_down_w[dst]
-    return Split(power, stored, up, down, unrealised, unheld)
+    return Split(power, stored, up, down, unrealised)
 
 
 def _band_limits(
@@ -730,8 +724,9 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split, members: Members) -> P
         breakdown.update(reserve_terms)
         violations.update(reserve_violations)
     violations["unrealised_kwh"] = split.unrealised_kwh
-    if split.reserve_unheld_kwh:
-        violations["reserve_unheld_kwh"] = split.reserve_unheld_kwh
+    unheld = _group_reserve_unheld_kwh(plan, inputs, split, members)
+    if unheld:
+        violations["reserve_unheld_kwh"] = unheld
     if inputs.reserves:
         violations["reserve_energy_unheld_kwh"] = reserve_energy_unheld_kwh(inputs, stored, up, down)
     return Plan(
@@ -747,6 +742,21 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split, members: Members) -> P
         status=plan.status,
         presence=_plan_presence(inputs, members),  # the setpoints of EVs leaving mid-step, as the full path's
     )
+
+
+def _group_reserve_unheld_kwh(plan: Plan, inputs: PlanInputs, split: Split, members: Members) -> float:
+    """kWh of the groups' planned reserve (both sides) their members do not hold in `split`, as it is priced: after
+    the refinement, what its member LP chose, not what the split could place."""
+    rows = np.flatnonzero(members.group >= 0)
+    if not inputs.reserves or not len(rows):
+        return 0.0
+    g = members.group[rows]
+    groups = int(g.max()) + 1
+    gap = 0.0
+    for planned, held in ((plan.reserve_up_w, split.up), (plan.reserve_down_w, split.down)):
+        members_held = _group_sums(held[members.index[rows]].T, g, groups)
+        gap += float(np.maximum(planned[:groups] - members_held, 0.0).sum())
+    return gap * inputs.step_h / 1000.0
 
 
 def _by_product(inputs: PlanInputs, up: np.ndarray, down: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -786,9 +796,9 @@ def _share_reserves(
     groups: int,
     symmetric: bool,
     band: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray]:
     """One step: each group's reserve shared by its plugged members' headroom at `power`, each member at most its
-    own. Returns the members' up and down W and the W of group reserve their headroom could not hold.
+    own. Returns the members' up and down W (what the groups planned beyond it: `_group_reserve_unheld_kwh`).
 
     Headroom is power (up ≤ discharge limit + power, down ≤ charge limit − power) and, for up, the band's loss
     (`band`, Wh per W): no more than the Wh `above` its floor at the step's end (before the loss) can give, so a
@@ -806,13 +816,11 @@ def _share_reserves(
     if symmetric:
         head_up = head_down = np.minimum(head_up, head_down)
     held = []
-    unheld = 0.0
     for head, src in ((head_up, group_up), (head_down, group_down)):
         total = np.bincount(g, weights=head, minlength=groups)
         share = np.divide(head, total[g], out=np.zeros_like(head), where=total[g] > 0)
         held.append(np.minimum(share * src[g], head))
-        unheld += float(np.maximum(src - total, 0.0).sum())
-    return held[0], held[1], unheld
+    return held[0], held[1]
 
 
 # -- convenience ----------------------------------------------------------------------------------------------

@@ -72,3 +72,18 @@ def test_several_products_never_book_more_than_the_band_earns_at_the_best_price(
     h = STEP_S / 3600.0
     best = 8.0 * h / 1000.0 * (plan.reserve_up_w.sum() + plan.reserve_down_w.sum())
     assert 0.0 < plan.breakdown["reserve_revenue"] <= best + 1e-6
+
+
+def test_the_unheld_group_reserve_is_what_the_priced_plan_leaves() -> None:
+    """`reserve_unheld_kwh` is the groups' planned reserve their members do not hold in the plan as priced: after the
+    refinement, what its member LP chose (it was the split's figure, which the refinement's bands no longer are)."""
+    inputs = fleet([regd(8.0)])
+    solved = solve_aggregated_detail(inputs, groups=2, refined=True)
+    members = solved.grouping.members
+    gap = 0.0
+    for planned, held in ((solved.aggregate_plan.reserve_up_w, solved.plan.reserve_up_w),
+                          (solved.aggregate_plan.reserve_down_w, solved.plan.reserve_down_w)):  # fmt: skip
+        for group in range(2):
+            mine = members.index[members.group == group]
+            gap += float(np.maximum(planned[group] - held[mine].sum(axis=0), 0.0).sum())
+    assert solved.plan.violations["reserve_unheld_kwh"] == pytest.approx(gap * STEP_S / 3600.0 / 1000.0, rel=1e-9)

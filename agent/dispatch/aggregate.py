@@ -274,12 +274,14 @@ def _tapered_need(
     relaxation, as a member's shortfall at its checkpoint grows by 1/(1 − β) per step back along it, while the
     group's shortfall is one number per group (module docstring).
 
-    The pass starts NEED_REACH_SLACK of the capacity below `wanted`: under a linear taper the room to full shrinks by
+    The pass starts at most (1 − NEED_REACH_SLACK) of the capacity: under a linear taper the room to full shrinks by
     (1 − β) per step and never closes, so an exact target of full (a fifth of the scenario's sessions) would pin the
     member to its tapered ceiling from plug-in, charging through the dearest steps, where the full LP leaves a few
-    hundred Wh short at tier 1. From the slack the pass relaxes by 1/(1 − β) per step back."""
+    hundred Wh short at tier 1. From there the pass relaxes by 1/(1 − β) per step back. A need below that is kept
+    whole: it can be met exactly, and a V2G member kept at its split power would otherwise leave up to the slack short.
+    """
     out = need.copy()
-    r = wanted.astype(float) - NEED_REACH_SLACK * ceiling
+    r = np.minimum(wanted.astype(float), (1.0 - NEED_REACH_SLACK) * ceiling)
     tapered = taper < 1.0
     for k in range(most.shape[1] - 1, -1, -1):
         active = k < check
@@ -745,17 +747,16 @@ def _priced(plan: Plan, inputs: PlanInputs, split: Split, members: Members) -> P
 
 
 def _group_reserve_unheld_kwh(plan: Plan, inputs: PlanInputs, split: Split, members: Members) -> float:
-    """kWh of the groups' planned reserve (both sides) their members do not hold in `split`, as it is priced: after
-    the refinement, what its member LP chose, not what the split could place."""
+    """kWh of the groups' planned reserve (both sides) the EVs do not hold in `split` as it is priced, fleet-wide per
+    step: the refinement's member LP chooses bands across groups, so a group's own gap would count a band it moved to
+    another group's member as missing."""
     rows = np.flatnonzero(members.group >= 0)
     if not inputs.reserves or not len(rows):
         return 0.0
-    g = members.group[rows]
-    groups = int(g.max()) + 1
+    groups = int(members.group[rows].max()) + 1
     gap = 0.0
     for planned, held in ((plan.reserve_up_w, split.up), (plan.reserve_down_w, split.down)):
-        members_held = _group_sums(held[members.index[rows]].T, g, groups)
-        gap += float(np.maximum(planned[:groups] - members_held, 0.0).sum())
+        gap += float(np.maximum(planned[:groups].sum(axis=0) - held[members.index[rows]].sum(axis=0), 0.0).sum())
     return gap * inputs.step_h / 1000.0
 
 

@@ -207,3 +207,20 @@ def test_a_target_of_full_does_not_pin_a_tapering_member_to_its_ceiling(
     executed = solve_aggregated_detail(inputs)
     assert "v2g" not in executed.refined
     assert executed.plan.net_cost == pytest.approx(full.net_cost, rel=1e-3)
+
+
+@pytest.mark.parametrize("target", [0.85, 0.95])
+def test_a_need_below_full_is_kept_whole_under_the_taper(monkeypatch: pytest.MonkeyPatch, target: float) -> None:
+    """The split's slack below a need of full must not reach needs that can be met exactly: six tapering V2G EVs
+    kept at their split power (as past refine.V2G_MAX_COLUMNS) left 1.06 and 1.99 kWh short where the full LP
+    leaves none."""
+    t = 12
+    steps = np.arange(t)
+    evs = [AssetPlan(id=f"ev{i}", energy_wh=60_000.0 * (0.45 + 0.02 * i), min_wh=12_000.0, max_wh=60_000.0,
+                     charge_w=7_000.0, discharge_w=7_000.0, efficiency=0.95, available=steps < 10,
+                     target_wh=60_000.0 * target, target_step=10, wear_prices=np.array([2.0, 4.0]), is_ev=True,
+                     charge_taper_soc=0.6) for i in range(6)]  # fmt: skip
+    inputs = PlanInputs(t, 3600.0, evs, SiteForecast(np.where(steps < 6, 30.0, 5.0), np.full(t, 5_000.0), np.zeros(t)))
+    monkeypatch.setattr(refine, "V2G_MAX_COLUMNS", 0)
+    assert solve(inputs).violations["ev_short_kwh"] == pytest.approx(0.0, abs=1e-3)
+    assert solve_aggregated_detail(inputs, groups=2).plan.violations["ev_short_kwh"] == pytest.approx(0.0, abs=1e-3)

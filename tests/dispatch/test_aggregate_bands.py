@@ -20,16 +20,7 @@ from agent.dispatch.aggregate import solve_aggregated_detail
 from agent.dispatch.inputs import AssetPlan, PlanInputs, Reserve, SiteForecast, presence
 from agent.dispatch.taper import held_step_fraction
 from tests.dispatch import test_aggregate_taper as tapered
-
-T, STEP_S = 16, 900.0
-
-
-def member(i: int, v2g: bool, energy: float, depart: int) -> AssetPlan:
-    return AssetPlan(
-        id=f"ev{i}", energy_wh=energy, min_wh=10_000.0, max_wh=60_000.0, charge_w=7_000.0,
-        discharge_w=7_000.0 if v2g else 0.0, efficiency=0.95, available=np.arange(T) < depart,
-        target_wh=energy + 8_000.0, target_step=depart, wear_prices=np.array([1.0, 2.0]), is_ev=True,
-    )  # fmt: skip
+from tests.dispatch.test_aggregate_reserves import STEP_S, T, member
 
 
 def fleet(award_w: float, v2g: bool) -> PlanInputs:

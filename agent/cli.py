@@ -26,7 +26,7 @@ from agent.config import AppConfig, ConfigError, load_config
 from agent.logs import configure_logging
 from agent.preflight import preflight, state_file_problems
 from agent.store import StoreError
-from agent.trust.keys import KeyFileError
+from agent.trust.keys import KeyFileError, key_arguments
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(key_arguments(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except ConfigError as exc:

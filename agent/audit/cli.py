@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agent.audit.chain import GENESIS, HEAD_EVERY_S, MIN_KEEP_DAYS, Head, check_heads, check_rows
 from agent.store import read_audit
+from agent.trust.keys import key_arguments
 
 EXIT_OK, EXIT_BROKEN, EXIT_INPUT = 0, 1, 2
 
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m agent.audit.cli verify|show ...`: the same commands without the rest of `vpp-agent`."""
     parser = argparse.ArgumentParser(prog="vpp-agent")
     add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
+    args = parser.parse_args(["audit", *key_arguments(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))
 
 

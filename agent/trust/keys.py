@@ -40,6 +40,23 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+KEY_OPTIONS = ("--public-key",)  # command-line options whose value is a key's base64url text
+
+
+def key_arguments(argv: list[str]) -> list[str]:
+    """`argv` with each key option's value attached (`--public-key=-h6b…`). A base64url key starts with '-' once in
+    64, and argparse reads `--public-key -h6b…` as two options ("expected one argument"); attached, it is the value."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in KEY_OPTIONS:
+            value = next(args, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """The config form of a public key: base64url of its 32 raw bytes."""
     from cryptography.hazmat.primitives import serialization  # deferred (module docstring)

@@ -28,7 +28,7 @@ from agent.audit.chain import (
 from agent.audit.cli import main as audit_main
 from agent.audit.trail import AuditTrail
 from agent.store import Store
-from agent.trust.keys import Signer, new_private_key
+from agent.trust.keys import Signer, key_arguments, new_private_key
 from agent.trust.seal import Sealer
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -295,6 +295,21 @@ def test_verify_cli_with_signed_heads_finds_the_start_deleted(
     assert "BROKEN: rows before 10 are gone" in out and out.count("MISMATCH") == 8
 
 
+def dash_signer() -> Signer:
+    """An agent key whose public text begins with '-': argparse took `--public-key -h6b…` for two options."""
+    while True:
+        signer = Signer("agent", new_private_key())
+        if signer.public_key.startswith("-"):
+            return signer
+
+
+def test_a_key_option_keeps_a_value_that_starts_with_a_dash() -> None:
+    assert key_arguments(["verify", "--public-key", "-h6bb", "--site", "s1"]) == [
+        "verify", "--public-key=-h6bb", "--site", "s1"
+    ]
+    assert key_arguments(["verify", "--public-key"]) == ["verify", "--public-key"]  # argparse names what is missing
+
+
 def test_verify_cli_passes_a_pruned_chain_under_a_later_head(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -303,7 +318,7 @@ def test_verify_cli_passes_a_pruned_chain_under_a_later_head(
     clock.now += timedelta(seconds=1)
     trail.record("stop", {})
     asyncio.run(trail.flush())
-    agent = Signer("agent", new_private_key())
+    agent = dash_signer()  # a key whose text starts with '-' (one in 64) is still read as the option's value
     sealer = Sealer(agent, "site1", clock)
     heads = tmp_path / "heads.txt"
     kept = [*heads_of(store).values(), Head(1, "0" * 64, "x")]  # (row 1 was gone before this list was made)

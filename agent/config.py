@@ -114,6 +114,11 @@ class AgentSettings(Strict):
         10.0, ge=1, le=65535, description="device-side setpoint lease written to devices (whole seconds of device time)"
     )
     setpoint_deadband_w: float = Field(50.0, ge=0, description="rewrite a setpoint only past this change")
+    response_s: float = Field(
+        5.0, gt=0, le=600, description="device seconds an asset may take to answer a setpoint told anew: a reading "
+        "older than the poll, measured sooner and not within setpoint_deadband_w of it, may show the asset on its way "
+        "and counts as anywhere between it and the setpoint"
+    )
     state_file: FilePath = Field(
         "vpp-state.sqlite3", description="SQLite file of accepted signals and event progress (':memory:' for none)"
     )

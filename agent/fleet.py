@@ -10,6 +10,7 @@ steered by what it says.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
@@ -38,6 +39,7 @@ class AssetState:
     # The read-back check compares with this, or a device holding 0 W would look wrong and be rewritten every cycle
     commanded_setpoint_w: float | None = None
     written_at_monotonic: float | None = None
+    told_at: datetime | None = None  # when the setpoint the device was told last changed, on the agent's clock
     lease_written: bool = False
     clamp_reasons: tuple[str, ...] = ()
     polls_ok: int = 0
@@ -47,6 +49,12 @@ class AssetState:
     @property
     def frozen(self) -> bool:
         return self.freeze_check.frozen
+
+    @property
+    def told_w(self) -> float | None:
+        """The setpoint the device was told: what its driver commanded when it changed the request, else the
+        request; None before the first write."""
+        return self.commanded_setpoint_w if self.commanded_setpoint_w is not None else self.written_setpoint_w
 
     @property
     def controllable(self) -> bool:

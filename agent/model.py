@@ -69,6 +69,11 @@ class Measurement:
 
     Optional fields are None when the device model does not report them (a meter has no SoC) or, for EV fields,
     when no EV is plugged in.
+
+    `at` is when the device measured its power, as the agent's clock tells it: the poll for a device that is read,
+    the arrival for one that pushes (OCPP meter values, MQTT telemetry), so a pushed value keeps its age across the
+    polls that hand it out again. The controller needs that age: a reading older than the site meter's may describe
+    the asset before its last setpoint (control/meter.py).
     """
 
     asset_id: str

@@ -27,6 +27,7 @@ from typing import Literal
 import structlog
 
 from agent.config import AppConfig
+from agent.control.assets_now import assets_power
 from agent.control.meter import MeterCheck
 from agent.control.rule import plan_within_bounds, share_within_reserves, site_target_requests
 from agent.control.safety import Bounds, SafetyEnvelope
@@ -111,6 +112,7 @@ class ControlLoop:
         self._next_poll_at = -math.inf  # monotonic time the next poll is due: the first cycle polls
         self._last_woken_start = -math.inf
         self.polls = 0  # poll phases run so far (a woken cycle skips it unless the poll is due)
+        self.polled_at: datetime | None = None  # when the last poll began: readings since are the meter's moment
         # the optimiser's value for this step per asset (None: no plan covers now); set by the app in dispatch mode
         self.schedule: Callable[[datetime], dict[str, float] | None] | None = None
         # events shape the site target: (now, configured target) -> target in force; set by the app
@@ -261,6 +263,7 @@ class ControlLoop:
 
     # -- phases ---------------------------------------------------------------------------------------------
     async def poll(self) -> None:
+        self.polled_at = self.clock()
         now = self.monotonic()
         due = [s for s in self.fleet.assets.values() if s.next_poll_monotonic <= now]
         results = await self._read_by_channel([s.id for s in due])
@@ -325,10 +328,11 @@ class ControlLoop:
             for asset_id, state in states.items()
         }
         self.last_bounds = bounds
-        assets_power = sum(s.measurement.power_w for s in states.values() if s.measurement is not None)
         # the meter cross-checked against the assets and the site's range (control/meter.py); with no reading the
         # last estimate is kept: treating an unseen base load as 0 would let charging blow the import limit
-        uncontrolled = self.meter_check.update(self.site_meter_w(), assets_power)
+        assets_w = assets_power(states.values(), self.polled_at or now, self.config.agent.response_s,
+                                self.config.agent.setpoint_deadband_w)
+        uncontrolled = self.meter_check.update(self.site_meter_w(), assets_w)
         self.uncontrolled_w = uncontrolled.value_w
         requests = self._requests(now, bounds)
         requests.update({k: v for k, v in self.overrides.items() if k in requests})
@@ -397,7 +401,7 @@ class ControlLoop:
             state.lease_written = False  # rewrite lease and setpoint this cycle
         elif (
             m.setpoint_w is not None
-            and (told := _told(state)) is not None
+            and (told := state.told_w) is not None
             and abs(m.setpoint_w - told) > max(self.config.agent.setpoint_deadband_w, 1.0)
         ):
             log.warning("setpoint.mismatch", asset_id=state.id, device_w=m.setpoint_w, written_w=told)
@@ -445,6 +449,8 @@ class ControlLoop:
     async def _write(self, setpoint: Setpoint) -> None:
         state = self.fleet.assets[setpoint.asset_id]
         driver = self.drivers[setpoint.asset_id]
+        # a write forced by a read-back mismatch or a new lease tells the device again: it may move anew
+        retold = not state.lease_written or state.written_at_monotonic is None
         try:
             if not state.lease_written:
                 await driver.write_lease_timeout(self.lease_s)
@@ -455,14 +461,12 @@ class ControlLoop:
             log.warning("setpoint.write_failed", asset_id=setpoint.asset_id, error=f"{type(exc).__name__}: {exc}")
             return
         self.writes += 1
+        told_before = state.told_w
         state.written_setpoint_w = setpoint.power_w
         state.commanded_setpoint_w = commanded
         state.written_at_monotonic = self.monotonic()
-
-
-def _told(state: AssetState) -> float | None:
-    """The setpoint the device was told: what its driver commanded when it changed the request, else the request."""
-    return state.commanded_setpoint_w if state.commanded_setpoint_w is not None else state.written_setpoint_w
+        if retold or state.told_w != told_before:
+            state.told_at = self.clock()
 
 
 def _log_trip(asset_id: str, before: Measurement | None, now: Measurement) -> None:

@@ -14,13 +14,20 @@ agent trusts the tighter bound, the range:
 - the site limits are kept for every value in the range (import against its top, export against its bottom), so
   whatever the truth is within the configured range, the true site stays within its limits.
 A meter that gives no reading (unavailable, or reporting its own fault) is handled the same way: the last estimate,
-clamped, and the limits against the whole range. A believed reading is used exactly, as without the check.
+clamped, and the limits against the whole range. A believed reading is used exactly, as without the check, while
+every asset's power is known.
 
 An implausible reading must pass back inside the range itself (not just the tolerance) to be believed again: a
 reading hovering at the edge of the tolerance does not flap between the two modes every cycle.
 
 Without `base_load_max_w` (the default) there is no range and no check: the meter is believed and, while it gives no
 reading, the last estimate is kept.
+
+The assets' power may be known only as an interval (`control/assets_now.py`: a reading older than the poll may
+describe the asset before it moved towards its setpoint). The rest of the site then lies in `[meter − high,
+meter − low]`: the controller keeps its last estimate while it lies in there (nothing says the rest of the site
+changed) and otherwise moves to the nearer end, and the site limits are kept for the whole of it (within the range,
+where there is one): a change of the rest of the site hidden inside it must not take the site past a limit.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ MeterState = Literal["believed", "implausible", "missing"]
 class Uncontrolled:
     """What the site draws besides the controlled assets: the value to steer by and the interval the truth lies in.
 
-    `low_w == high_w == value_w` when the meter is believed.
+    `low_w == high_w == value_w` when the meter is believed and every asset's power is known.
     """
 
     value_w: float
@@ -76,25 +83,47 @@ class SiteRange:
         return min(max(watts, self.low_w), self.high_w)
 
 
+AssetsPower = float | tuple[float, float]  # the assets' summed power, W: known, or the interval (low, high) it lies in
+
+
+def implied_w(meter_w: float, assets_w: AssetsPower, last_w: float) -> float:
+    """What the rest of the site draws by this reading: meter − assets, or, with the assets an interval, the last
+    estimate while the reading allows it, else the nearer end of what it allows."""
+    low, high = assets_w if isinstance(assets_w, tuple) else (assets_w, assets_w)
+    return min(max(last_w, meter_w - high), meter_w - low)
+
+
+def _believed(meter_w: float, assets_w: AssetsPower, value_w: float, site: SiteRange | None) -> Uncontrolled:
+    """Steer by `value_w`; the truth lies where the reading allows, `[meter − high, meter − low]`, and within the
+    site's range where there is one (never excluding `value_w`, which the tolerance may put just outside it)."""
+    low, high = assets_w if isinstance(assets_w, tuple) else (assets_w, assets_w)
+    truth_low, truth_high = meter_w - high, meter_w - low
+    if site is not None:
+        truth_low, truth_high = max(truth_low, site.low_w), min(truth_high, site.high_w)
+    return Uncontrolled(value_w, min(truth_low, value_w), max(truth_high, value_w))
+
+
 def judge(
-    meter_w: float | None, assets_w: float, last_w: float, site: SiteRange | None, believed_before: bool = True
+    meter_w: float | None, assets_w: AssetsPower, last_w: float, site: SiteRange | None, believed_before: bool = True
 ) -> tuple[Uncontrolled, MeterState]:
     """The uncontrolled power to steer and limit by, and whether the meter reading was believed.
 
     `meter_w` None (or not finite) is no reading. `last_w` is the previous estimate, kept while there is none.
+    `assets_w` is the assets' summed power, or the interval it lies in (`control/assets_now.py`).
     `believed_before` False: the meter was not believed last time, so its reading must lie inside the range itself,
     not only within the tolerance, to be believed again.
     """
     if meter_w is not None and not math.isfinite(meter_w):
         meter_w = None
     if site is None:
-        value = last_w if meter_w is None else meter_w - assets_w
-        return Uncontrolled.exactly(value), "believed" if meter_w is not None else "missing"
+        if meter_w is None:
+            return Uncontrolled.exactly(last_w), "missing"
+        return _believed(meter_w, assets_w, implied_w(meter_w, assets_w, last_w), None), "believed"
     if meter_w is None:
         return Uncontrolled(site.clamp(last_w), site.low_w, site.high_w), "missing"
-    implied = meter_w - assets_w
+    implied = implied_w(meter_w, assets_w, last_w)
     if site.contains(implied, site.tolerance_w if believed_before else 0.0):
-        return Uncontrolled.exactly(implied), "believed"
+        return _believed(meter_w, assets_w, implied, site), "believed"
     return Uncontrolled(site.clamp(implied), site.low_w, site.high_w), "implausible"
 
 
@@ -109,22 +138,27 @@ class MeterCheck:
         estimate = 0.0 if self.range is None else self.range.clamp(0.0)
         self.uncontrolled = Uncontrolled.exactly(estimate)
 
-    def update(self, meter_w: float | None, assets_w: float) -> Uncontrolled:
-        """This cycle's uncontrolled power from the meter reading (None: none) and the assets' measured sum."""
+    def update(self, meter_w: float | None, assets_w: AssetsPower) -> Uncontrolled:
+        """This cycle's uncontrolled power from the meter reading (None: none) and the assets' power now (their
+        measured sum, or the interval it lies in: `control/assets_now.py`)."""
         if self.meter_id is None:  # no meter at the connection point: nothing to check, the range is all we know
             if self.range is not None:
                 self.uncontrolled = Uncontrolled(self.uncontrolled.value_w, self.range.low_w, self.range.high_w)
             return self.uncontrolled
-        result, state = judge(meter_w, assets_w, self.uncontrolled.value_w, self.range, self.state == "believed")
+        last_w = self.uncontrolled.value_w
+        result, state = judge(meter_w, assets_w, last_w, self.range, self.state == "believed")
         self.uncontrolled = result
         if state != self.state:
-            self._changed(state, meter_w, assets_w)
+            self._changed(state, meter_w, assets_w, last_w)
         self.state = state
         return result
 
-    def _changed(self, state: MeterState, meter_w: float | None, assets_w: float) -> None:
+    def _changed(self, state: MeterState, meter_w: float | None, assets: AssetsPower, last_w: float) -> None:
         site = self.range
         span = {} if site is None else {"range_low_w": site.low_w, "range_high_w": site.high_w}
+        # the assets' power the verdict took: their sum, or the point of their interval the estimate implies
+        implied = None if meter_w is None else implied_w(meter_w, assets, last_w)
+        assets_w = 0.0 if meter_w is None or implied is None else meter_w - implied
         if state == "believed":
             self.problem = None
             log.info("meter.plausible", meter_id=self.meter_id, meter_w=meter_w, assets_w=round(assets_w, 1))
@@ -134,8 +168,7 @@ class MeterCheck:
             self.problem = f"site meter {self.meter_id!r} gives no reading: {kept}"
             log.warning("meter.missing", meter_id=self.meter_id, uncontrolled_w=self.uncontrolled.value_w, **span)
             return
-        assert site is not None and meter_w is not None
-        implied = meter_w - assets_w
+        assert site is not None and meter_w is not None and implied is not None
         self.problem = (
             f"site meter {self.meter_id!r} reads {meter_w:.0f} W; with the assets' own {assets_w:.0f} W the rest of "
             f"the site would draw {implied:.0f} W, outside {site.low_w:.0f}..{site.high_w:.0f} W "

@@ -121,11 +121,12 @@ def enforce_site_limits(
 ) -> tuple[dict[str, float], str | None]:
     """Scale setpoints toward 0 so import/export at the site meter stays within limits.
 
-    `uncontrolled_w` is what the site draws besides the assets: one value when the meter is believed, else the
-    (low, high) interval the truth lies in (agent/control/meter.py). The limits then hold for every value in it: the
-    import limit against the top, the export limit against the bottom. Should the interval be wider than the two
-    limits together, no total of the assets keeps both for all of it; their net power is then held between 0 and
-    what the one limit with room still allows, so they never push the site toward a limit the range already breaks.
+    `uncontrolled_w` is what the site draws besides the assets: one value when it is known, else the (low, high)
+    interval the truth lies in (agent/control/meter.py: a meter not believed, or assets whose power is not known).
+    The limits then hold for every value in it: the import limit against the top, the export limit against the
+    bottom. Should the interval be wider than the two limits together, no total of the assets keeps both for all of
+    it; their net power is then held between 0 and what the one limit with room still allows, so they never push
+    the site toward a limit the range already breaks.
 
     Scaling only moves values toward zero, so every setpoint stays within its asset's hard bounds, which always
     contain 0 (an EV's departure floor is a preference and yields to the site connection limit).

@@ -106,6 +106,7 @@ class OcppEvseDriver:
         self.last_seq_no: int | None = None
         self.meter: dict[str, float] = {}
         self.meter_at: float | None = None  # monotonic arrival of the latest meter values
+        self.meter_clock_at: datetime | None = None  # the arrival of the latest power, agent's clock: Measurement.at
         # the station's Power.Active.Setpoint: (W, measured at UNIX s, monotonic arrival)
         self.station_setpoint: tuple[float, float, float] | None = None
         self.accepted_at: tuple[float, float] | None = None  # last accepted write: (UNIX s, monotonic)
@@ -229,6 +230,8 @@ class OcppEvseDriver:
             return
         self.bad_data = None
         self.meter_at = self._monotonic()
+        if "power_w" in values:  # values without power (an energy register alone) do not date the power held
+            self.meter_clock_at = self._now()
         setpoint = values.pop("setpoint_w", None)
         self.meter.update(values)
         if setpoint is not None and measured_at is not None:
@@ -308,7 +311,10 @@ class OcppEvseDriver:
             if age > self.stale_after_s:
                 raise DriverError(self.asset_id, f"meter values stale: last {age:.1f} s ago "
                                                  f"(meter_stale_after_s {self.stale_after_s:g})")
-        return to_measurement(self.asset_id, self._fields(in_transaction), self._now, self._implausible)
+        arrived = self.meter_clock_at
+        pushed = in_transaction and arrived is not None and "power_w" in self.meter
+        measured_at = (lambda: arrived) if pushed else self._now
+        return to_measurement(self.asset_id, self._fields(in_transaction), measured_at, self._implausible)
 
     def _fields(self, in_transaction: bool) -> dict[str, float]:
         values: dict[str, float] = {"power_w": 0.0}

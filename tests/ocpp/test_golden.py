@@ -14,7 +14,7 @@ misreading with these expectations:
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -111,6 +111,32 @@ async def test_transaction_event_and_needs_make_the_measurement(tmp_path: Path) 
     assert m.ev_min_soc == pytest.approx(0.3)  # 50 % - 12 kWh of 60 kWh
     assert m.ev_departure == datetime(2026, 11, 23, 8, 30, tzinfo=UTC)
     assert m.rated_discharge_w == pytest.approx(10000.0) and m.rated_charge_w == pytest.approx(11000.0)
+
+
+async def test_a_measurement_keeps_the_time_its_meter_values_arrived(tmp_path: Path) -> None:
+    """The control loop takes the site meter's reading and the assets' at one moment (control/meter.py): a pushed
+    meter value handed out again by later polls must say how old it is, not look measured at each poll."""
+    clock = [datetime(2026, 11, 23, 0, 0, 0, tzinfo=UTC)]
+    driver = OcppEvseDriver("ev1", STATION, 1, lambda: clock[0])
+    async with running_csms(tmp_path, [driver]) as (csms, pki), raw_station(csms, pki, STATION) as station:
+        await station.boot()
+        await station.call("StatusNotification", {"timestamp": "2026-11-23T00:00:00Z", "connectorStatus": "Occupied",
+                                                  "evseId": 1, "connectorId": 1})  # fmt: skip
+        assert (await driver.read()).at == clock[0]  # no transaction: 0 W is known at the poll
+        arrived = clock[0] = clock[0] + timedelta(seconds=1)
+        await station.call("TransactionEvent", STARTED)
+        clock[0] += timedelta(seconds=3)
+        first, second = await driver.read(), await driver.read()
+        # a meter value without power (an energy register alone) says nothing new about the power held
+        clock[0] += timedelta(seconds=1)
+        energy_only = {**STARTED, "eventType": "Updated", "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+                       "meterValue": [{"timestamp": "2026-11-23T00:00:05.000Z", "sampledValue": [
+                           {"value": 12346, "measurand": "Energy.Active.Import.Register"}]}]}  # fmt: skip
+        assert (await station.call("TransactionEvent", energy_only))[0] == 3
+        third = await driver.read()
+    assert first.at == second.at == third.at == arrived
+    assert first.power_w == third.power_w == pytest.approx(-7400.0)
+    assert third.energy_import_wh == pytest.approx(12346.0)
 
 
 async def test_discharge_setpoint_is_a_dynamic_central_setpoint_profile_then_updates(tmp_path: Path) -> None:

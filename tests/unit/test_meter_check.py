@@ -1,4 +1,5 @@
-"""The site-meter plausibility check: believed, too high, too low, at the tolerance edge, no range, no reading."""
+"""The site-meter plausibility check: believed, too high, too low, at the tolerance edge, no range, no reading, the
+assets' power known only as an interval."""
 
 from __future__ import annotations
 
@@ -98,3 +99,28 @@ def test_site_limits_hold_for_every_value_in_the_range(requested: float) -> None
     total = sum(limited.values())
     for uncontrolled in (-21_000, 15_000):  # the site is linear in it: the ends of the range are the worst cases
         assert -40_000 - 1e-6 <= uncontrolled + total <= 60_000 + 1e-6
+
+
+def test_with_the_assets_an_interval_the_last_estimate_holds_while_the_reading_allows_it() -> None:
+    # base 0 W; an EV told -5000 W is on its way there, its last meter value (0 W) older than the meter's -2000 W:
+    # steer by the last estimate, keep the limits for all the reading allows
+    assert judge(-2_000, (-5_000, 0.0), 0.0, None) == (Uncontrolled(0.0, -2_000, 3_000), "believed")
+    # read as if the old value were now, the rest of the site would export 2 kW and the rule would chase it
+    assert judge(-2_000, 0.0, 0.0, None)[0].value_w == -2_000
+    # the rest of the site rose by 8 kW: beyond what the EV's ramp can explain, the estimate moves to the nearer end
+    assert judge(6_000, (-5_000, 0.0), 0.0, None)[0].value_w == 6_000
+    assert judge(-9_000, (-5_000, 0.0), 0.0, None)[0].value_w == -4_000
+    # with a range, the truth is also inside it: the interval is cut to it; the estimate 3 kW is believed
+    assert judge(-2_000, (-5_000, 0.0), 3_000.0, RANGE) == (Uncontrolled(3_000, -2_000, 3_000), "believed")
+    assert judge(12_000, (-5_000, 0.0), 14_000.0, RANGE) == (Uncontrolled(14_000, 12_000, 15_000), "believed")
+    # believed within the tolerance just outside the range: the interval never excludes the estimate
+    assert judge(16_000, (-1_000, 0.0), 16_500.0, RANGE) == (Uncontrolled(16_500, 16_000, 16_500), "believed")
+
+
+def test_the_site_limits_hold_for_a_change_the_assets_interval_hides() -> None:
+    """Import limit 60 kW: the rest of the site rose from 45 to 50 kW while an EV told 11 kW, last read at 3 kW, is
+    somewhere between. Steered by the held 45 kW the rule would ask 15 kW; the limit holds for 50 kW as well."""
+    uncontrolled, _ = judge(55_000, (3_000, 11_000), 45_000.0, None)
+    assert uncontrolled == Uncontrolled(45_000, 44_000, 52_000)
+    limited, _ = enforce_site_limits({"ev": 15_000}, (uncontrolled.low_w, uncontrolled.high_w), 60_000, 40_000)
+    assert uncontrolled.high_w + limited["ev"] <= 60_000

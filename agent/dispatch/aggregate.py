@@ -768,26 +768,47 @@ def _group_reserve_unheld_kwh(plan: Plan, inputs: PlanInputs, split: Split, memb
 def _by_product(inputs: PlanInputs, up: np.ndarray, down: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each asset's band (summed over products, as a Plan keeps it) cut into the products of `inputs.reserves`.
 
-    A Plan keeps no per-product split, so each step's held total is given to the awards first (in product order),
-    the rest to the product that pays least at that step: what is booked never exceeds what the band could earn.
-    Every asset's band is cut in the same proportions; with one product this is the band itself."""
+    A Plan keeps no per-product split, so each step's held totals are booked as the products allow at the least pay:
+    the awards first (in product order), then the rest to the product that pays least at that step on that side, so
+    what is booked never exceeds what the band could earn and no side books more than it holds. A symmetric product
+    (inputs.SYMMETRIC_PRODUCTS; the full LP's r_up == r_down) is one band, booked as much down as up within what both
+    sides have left: its award at the larger of the award's two sides (the one band meeting both, as the LP holds
+    it), and the rest only where its up and down prices together pay less than the cheapest one-sided products'; with
+    no one-sided product, one side's excess over the other is booked to none (no product pays for it). Cut side by
+    side, a symmetric product would be booked with up and down bands that differ, which the market does not pay
+    for: the revenue would be mispriced and part of an award's shortfall hidden.
+    Every asset's band is cut in the same proportions per side; with one product this is the band itself."""
     if len(inputs.reserves) == 1:
         return [up], [down]
-    t = inputs.steps
-    cut: list[list[np.ndarray]] = []
-    for side, band in ((0, up), (1, down)):
-        total = band.sum(axis=0)
-        left = total.copy()
-        parts = []
-        for reserve in inputs.reserves:
-            award = np.asarray(reserve.awarded_down_w if side else reserve.awarded_up_w, dtype=float)[:t]
-            parts.append(np.minimum(award, left))
-            left -= parts[-1]
-        prices = np.array([costs.reserve_per_w(r, t, inputs.step_h)[side] for r in inputs.reserves])
-        cheapest = np.argmin(prices, axis=0)
-        parts = [p + np.where(cheapest == k, left, 0.0) for k, p in enumerate(parts)]
-        fraction = [np.divide(p, total, out=np.zeros(t), where=total > 0) for p in parts]
-        cut.append([band * f[None, :] for f in fraction])
+    t, reserves = inputs.steps, inputs.reserves
+    symmetric = np.array([r.product in SYMMETRIC_PRODUCTS for r in reserves])
+    totals = (up.sum(axis=0), down.sum(axis=0))
+    left = [totals[0].copy(), totals[1].copy()]
+    parts = np.zeros((2, len(reserves), t))  # side, product, step: W booked fleet-wide
+    for k, reserve in enumerate(reserves):
+        award = [np.asarray(a, dtype=float)[:t] for a in (reserve.awarded_up_w, reserve.awarded_down_w)]
+        if symmetric[k]:
+            award = [np.minimum(np.maximum(*award), np.minimum(*left))] * 2
+        for side in (0, 1):
+            parts[side, k] = np.minimum(award[side], left[side])
+            left[side] = left[side] - parts[side, k]
+    prices = np.array([costs.reserve_per_w(r, t, inputs.step_h) for r in reserves])  # product, side, step
+    steps = np.arange(t)
+    one_sided = np.flatnonzero(~symmetric)
+    band = np.zeros(t)
+    if symmetric.any():
+        both = prices[symmetric].sum(axis=1)  # a symmetric band's pay per W (up and down)
+        band = np.minimum(*left)
+        if len(one_sided):
+            band = np.where(both.min(axis=0) < prices[one_sided].min(axis=0).sum(axis=0), band, 0.0)
+        parts[:, np.flatnonzero(symmetric)[np.argmin(both, axis=0)], steps] += band
+    if len(one_sided):
+        for side in (0, 1):
+            parts[side, one_sided[np.argmin(prices[one_sided, side], axis=0)], steps] += left[side] - band
+    cut = [
+        [band_w * np.divide(p, total, out=np.zeros(t), where=total > 0)[None, :] for p in parts[side]]
+        for side, (band_w, total) in enumerate(zip((up, down), totals, strict=True))
+    ]
     return cut[0], cut[1]
 
 

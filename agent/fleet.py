@@ -39,7 +39,9 @@ class AssetState:
     # The read-back check compares with this, or a device holding 0 W would look wrong and be rewritten every cycle
     commanded_setpoint_w: float | None = None
     written_at_monotonic: float | None = None
-    told_at: datetime | None = None  # when the setpoint the device was told last changed, on the agent's clock
+    # when the device was last told a setpoint anew (a new value, or rewritten after a reboot, a lapsed lease or a
+    # read-back mismatch), on the agent's clock: readings from response_s after it are its answer (assets_now.py)
+    told_at: datetime | None = None
     lease_written: bool = False
     clamp_reasons: tuple[str, ...] = ()
     polls_ok: int = 0

@@ -73,7 +73,7 @@ class Measurement:
     `at` is when the device measured its power, as the agent's clock tells it: the poll for a device that is read,
     the arrival for one that pushes (OCPP meter values, MQTT telemetry), so a pushed value keeps its age across the
     polls that hand it out again. The controller needs that age: a reading older than the site meter's may describe
-    the asset before its last setpoint (control/meter.py).
+    the asset before its last setpoint (control/assets_now.py).
     """
 
     asset_id: str

@@ -86,18 +86,23 @@ class SiteRange:
 AssetsPower = float | tuple[float, float]  # the assets' summed power, W: known, or the interval (low, high) it lies in
 
 
+def _allowed(meter_w: float, assets_w: AssetsPower) -> tuple[float, float]:
+    """The interval the rest of the site lies in by this reading: `[meter − high, meter − low]`."""
+    low, high = assets_w if isinstance(assets_w, tuple) else (assets_w, assets_w)
+    return meter_w - high, meter_w - low
+
+
 def implied_w(meter_w: float, assets_w: AssetsPower, last_w: float) -> float:
     """What the rest of the site draws by this reading: meter − assets, or, with the assets an interval, the last
     estimate while the reading allows it, else the nearer end of what it allows."""
-    low, high = assets_w if isinstance(assets_w, tuple) else (assets_w, assets_w)
-    return min(max(last_w, meter_w - high), meter_w - low)
+    low, high = _allowed(meter_w, assets_w)
+    return min(max(last_w, low), high)
 
 
 def _believed(meter_w: float, assets_w: AssetsPower, value_w: float, site: SiteRange | None) -> Uncontrolled:
     """Steer by `value_w`; the truth lies where the reading allows, `[meter − high, meter − low]`, and within the
     site's range where there is one (never excluding `value_w`, which the tolerance may put just outside it)."""
-    low, high = assets_w if isinstance(assets_w, tuple) else (assets_w, assets_w)
-    truth_low, truth_high = meter_w - high, meter_w - low
+    truth_low, truth_high = _allowed(meter_w, assets_w)
     if site is not None:
         truth_low, truth_high = max(truth_low, site.low_w), min(truth_high, site.high_w)
     return Uncontrolled(value_w, min(truth_low, value_w), max(truth_high, value_w))
